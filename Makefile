@@ -1,0 +1,36 @@
+# envkiln developer commands. `make test` is what CI runs (through .ci/run).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export ENVKILN_CACHE ?= $(HOME)/.cache/envkiln
+
+.PHONY: venv test unit integration lint crds controlplane run bench clean
+
+$(BIN)/envkiln: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/envkiln
+
+controlplane:  ## build (or reuse) kube-apiserver, etcd and helm from the pinned Go modules
+	bash tests/controlplane/build.sh
+
+lint: venv
+	$(BIN)/ruff check operator tests bench
+
+unit: venv  ## unit tests only, in seconds
+	$(BIN)/pytest tests/unit -q
+
+integration: venv controlplane
+	$(BIN)/pytest tests/integration -q
+
+test: venv controlplane lint  ## everything CI runs: lint, unit and integration tests
+	$(BIN)/pytest tests -q
+
+crds: venv  ## regenerate crds/ (and the chart's copy) from the models
+	$(BIN)/envkiln crds
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

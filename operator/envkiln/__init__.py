@@ -1,0 +1,12 @@
+"""envkiln: Azure ML-style environments for Kubernetes.
+
+Versioned environment definitions (base image, docker steps, conda/pip packages or a
+user build context) are hashed, built into container images exactly once per distinct
+definition, and handed to training workloads.
+"""
+
+__version__ = "0.1.0"
+
+GROUP = "envkiln.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"

@@ -1,0 +1,171 @@
+"""The `envkiln` command: offline tools for definitions, and the operator itself."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from envkiln import __version__
+from envkiln.definition import (
+    DEFAULT_IMAGE_TEMPLATE,
+    MissingContextContent,
+    definition_document,
+    definition_hash,
+    image_name,
+)
+from envkiln.manifests import LoadedEnvironment, LoadProblem, load_environments
+from envkiln.models import DEFAULT_CURATED_NAMESPACE, EnvironmentKind
+from envkiln.render import NothingToBuild, render
+
+DEFAULT_REGISTRY = "localhost:5000"
+REPO_ROOT_CRDS = Path("crds")
+CHART_CRDS = Path("charts/envkiln/crds")
+
+
+def _print_problems(problems: list[LoadProblem]) -> None:
+    for problem in problems:
+        for line in problem.problems:
+            print(f"error: {problem.source}: {line}", file=sys.stderr)
+
+
+def _load(args: argparse.Namespace) -> tuple[list[LoadedEnvironment], int]:
+    loaded, problems = load_environments(args.files, args.curated_namespace)
+    _print_problems(problems)
+    return loaded, (1 if problems else 0)
+
+
+def _context_data(item: LoadedEnvironment, context_dir: str | None) -> dict[str, str | bytes] | None:
+    data = item.context_data()
+    if data is None and context_dir and item.environment.spec.build and item.environment.spec.build.config_map:
+        root = Path(context_dir)
+        data = {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+    return data
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    loaded, status = _load(args)
+    for item in loaded:
+        env = item.environment
+        try:
+            value = definition_hash(env.spec, _context_data(item, args.context_dir))
+        except MissingContextContent as error:
+            print(f"error: {item.source}: {error}", file=sys.stderr)
+            status = 1
+            continue
+        if env.spec.kind is EnvironmentKind.BRING_YOUR_OWN:
+            image = env.spec.image
+        else:
+            image = image_name(value, args.registry, args.template)
+        if args.json:
+            print(json.dumps({"name": env.metadata.name, "version": env.spec.version, "hash": value,
+                              "kind": env.spec.kind.value, "image": image}))
+        elif args.explain:
+            print(json.dumps(definition_document(env.spec, _context_data(item, args.context_dir)), indent=2))
+        else:
+            print(f"{env.metadata.name}\t{env.spec.version}\t{value}\t{image}")
+    return status
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    loaded, status = _load(args)
+    for item in loaded:
+        print(f"ok: {item.source} ({item.environment.spec.kind.value})")
+    return status
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    loaded, status = _load(args)
+    out_root = Path(args.output)
+    for item in loaded:
+        env = item.environment
+        try:
+            value = definition_hash(env.spec, _context_data(item, args.context_dir))
+            plan = render(env.spec, value)
+        except NothingToBuild as error:
+            print(f"{item.source}: {error}")
+            continue
+        except MissingContextContent as error:
+            print(f"error: {item.source}: {error}", file=sys.stderr)
+            status = 1
+            continue
+        target = out_root / (env.metadata.name or value) if len(loaded) > 1 else out_root
+        target.mkdir(parents=True, exist_ok=True)
+        if plan.context is not None:
+            (target / "context.json").write_text(json.dumps(plan.context.to_kube(), indent=2) + "\n")
+        else:
+            (target / "Dockerfile").write_text(plan.dockerfile)
+            for file in plan.files:
+                (target / file.path).write_text(file.content)
+        print(f"{item.source}: wrote {target}")
+    return status
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from envkiln.crdgen import write_crds
+
+    directories = [Path(d) for d in args.output] if args.output else [REPO_ROOT_CRDS]
+    if not args.output and CHART_CRDS.parent.is_dir():
+        directories.append(CHART_CRDS)
+    for path in write_crds(directories):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from envkiln.runner import run_operator
+
+    return run_operator(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="envkiln", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"envkiln {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_files(p: argparse.ArgumentParser) -> None:
+        p.add_argument("files", nargs="+", help="YAML files with Environment manifests (several documents allowed)")
+        p.add_argument("--curated-namespace", default=DEFAULT_CURATED_NAMESPACE,
+                       help="namespace where reserved names (azureml-*, microsoft*) are allowed")
+        p.add_argument("--context-dir", help="directory holding a ConfigMap build context's files")
+
+    p = sub.add_parser("hash", help="print the definition hash and image name the operator would use")
+    with_files(p)
+    p.add_argument("--registry", default=DEFAULT_REGISTRY, help=f"registry host (default {DEFAULT_REGISTRY})")
+    p.add_argument("--template", default=DEFAULT_IMAGE_TEMPLATE, help="image repository template")
+    p.add_argument("--json", action="store_true", help="one JSON object per environment")
+    p.add_argument("--explain", action="store_true", help="print the document that is hashed")
+    p.set_defaults(func=cmd_hash)
+
+    p = sub.add_parser("validate", help="check manifests; exit 1 with field-named errors")
+    with_files(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="write the Dockerfile and context files a build would use")
+    with_files(p)
+    p.add_argument("-o", "--output", default="envkiln-build", help="output directory")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("crds", help="regenerate the CRD manifests from the models")
+    p.add_argument("-o", "--output", action="append", help="directory (repeatable; default crds/ and the chart's)")
+    p.set_defaults(func=cmd_crds)
+
+    p = sub.add_parser("run", help="run the operator against the current kubeconfig")
+    p.add_argument("--namespace", action="append", help="namespace to watch (repeatable; default: all)")
+    p.add_argument("--standalone", action="store_true", help="no peering with other replicas")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The definition hash: the cache key that decides whether an image must be built.
+
+Algorithm (version 1, documented in README.md):
+
+1. Take the image-affecting parts of the spec and nothing else:
+   `image` (as written, no resolution), `userManaged`, `dockerSteps`, `conda`
+   (channels and dependencies; its `name` is ignored), `pip`, and `build` (source kind,
+   its identity: ConfigMap name + the SHA-256 of every data entry, git url/ref/path, or
+   tarball url/sha256, and `dockerfilePath`). Absent lists are empty lists.
+2. Serialise as canonical JSON: keys sorted, separators `,` and `:`, UTF-8, no ASCII
+   escaping. Mapping key order therefore never matters; list order always does.
+3. SHA-256 over `envkiln.dev/definition/v1` + a newline + that JSON; the hash is the first
+   32 hex characters of the digest.
+
+Excluded: metadata (name, namespace, labels), `version`, `description`, `tags`,
+`environmentVariables`, `inference`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from envkiln.models import CondaPipBlock, EnvironmentSpec
+
+HASH_SCHEMA = "envkiln.dev/definition/v1"
+HASH_LENGTH = 32
+DEFAULT_IMAGE_TEMPLATE = "{registry}/envkiln/env_{hash}"
+
+
+class MissingContextContent(ValueError):
+    """A ConfigMap build context's content is part of the hash but was not supplied."""
+
+
+def _conda_document(spec: EnvironmentSpec) -> dict[str, Any] | None:
+    if spec.conda is None:
+        return None
+    dependencies: list[Any] = []
+    for dep in spec.conda.dependencies:
+        dependencies.append({"pip": list(dep.pip)} if isinstance(dep, CondaPipBlock) else dep)
+    return {"channels": list(spec.conda.channels), "dependencies": dependencies}
+
+
+def content_digests(data: Mapping[str, str | bytes]) -> dict[str, str]:
+    """SHA-256 of each context file, keyed by its name (contents, never just names)."""
+    digests = {}
+    for key, value in data.items():
+        raw = value.encode() if isinstance(value, str) else value
+        digests[key] = hashlib.sha256(raw).hexdigest()
+    return digests
+
+
+def _build_document(spec: EnvironmentSpec, context_data: Mapping[str, str | bytes] | None) -> dict[str, Any] | None:
+    build = spec.build
+    if build is None:
+        return None
+    document: dict[str, Any] = {"source": build.source, "dockerfilePath": build.dockerfile_path}
+    if build.config_map is not None:
+        if context_data is None:
+            raise MissingContextContent(
+                f"spec.build.configMap: the content of ConfigMap {build.config_map.name!r} is part of the hash; "
+                "supply it (put the ConfigMap in the same file, or pass --context-dir)"
+            )
+        document["configMap"] = {"name": build.config_map.name, "content": content_digests(context_data)}
+    elif build.git is not None:
+        document["git"] = {"url": build.git.url, "ref": build.git.ref, "path": build.git.path}
+    elif build.tarball is not None:
+        document["tarball"] = {"url": build.tarball.url, "sha256": build.tarball.sha256}
+    return document
+
+
+def definition_document(
+    spec: EnvironmentSpec, context_data: Mapping[str, str | bytes] | None = None
+) -> dict[str, Any]:
+    """The exact structure that is hashed (useful to explain why two hashes differ)."""
+    return {
+        "image": spec.image,
+        "userManaged": spec.user_managed,
+        "dockerSteps": list(spec.docker_steps or []),
+        "conda": _conda_document(spec),
+        "pip": list(spec.pip or []),
+        "build": _build_document(spec, context_data),
+    }
+
+
+def canonical_json(document: Any) -> str:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def definition_hash(spec: EnvironmentSpec, context_data: Mapping[str, str | bytes] | None = None) -> str:
+    payload = HASH_SCHEMA + "\n" + canonical_json(definition_document(spec, context_data))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:HASH_LENGTH]
+
+
+def image_repository(definition_hash_value: str, registry: str, template: str = DEFAULT_IMAGE_TEMPLATE) -> str:
+    """The repository (no tag) for a hash, from the configured template."""
+    try:
+        name = template.format(registry=registry.rstrip("/"), hash=definition_hash_value)
+    except (KeyError, IndexError) as error:
+        raise ValueError(
+            f"image template {template!r} uses an unknown field {error}; only {{registry}} and {{hash}} exist"
+        ) from None
+    if "{hash}" not in template:
+        raise ValueError(f"image template {template!r} must contain {{hash}} so each definition gets its own image")
+    return name.lstrip("/")
+
+
+def image_name(definition_hash_value: str, registry: str, template: str = DEFAULT_IMAGE_TEMPLATE) -> str:
+    """repository:tag, the tag being the hash (envkiln also pushes `latest`)."""
+    return f"{image_repository(definition_hash_value, registry, template)}:{definition_hash_value}"

@@ -1,0 +1,119 @@
+"""Build rendering: from a validated definition, the Dockerfile and context files a builder needs.
+
+Deterministic by construction: the same definition and renderer settings give a
+byte-identical plan (no timestamps, no dict iteration order that the user did not write).
+Layers are ordered so that rarely changing ones come first: docker steps, then the conda
+environment, then pip requirements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import yaml
+
+from envkiln.models import BuildPlan, CondaPipBlock, ContextFile, EnvironmentKind, EnvironmentSpec
+
+# Pinned so that renders (and therefore builds) are reproducible; both are settings.
+DEFAULT_MICROMAMBA_IMAGE = "docker.io/mambaorg/micromamba:2.3.3"
+DEFAULT_UV_VERSION = "0.9.18"
+
+CONDA_PREFIX = "/opt/envkiln/conda"
+VENV_PREFIX = "/opt/envkiln/venv"
+STAGING_DIR = "/tmp/envkiln"
+LABEL_HASH = "dev.envkiln.definition-hash"
+LABEL_BASE = "org.opencontainers.image.base.name"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    micromamba_image: str = DEFAULT_MICROMAMBA_IMAGE
+    uv_version: str = DEFAULT_UV_VERSION
+
+
+class NothingToBuild(ValueError):
+    """Bring-your-own-container environments are run as they are."""
+
+
+def _quote(value: str) -> str:
+    # Dockerfile LABEL values in double quotes; references cannot contain quotes, but be exact.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def conda_file(spec: EnvironmentSpec) -> str:
+    assert spec.conda is not None
+    dependencies: list[object] = [
+        {"pip": list(dep.pip)} if isinstance(dep, CondaPipBlock) else dep for dep in spec.conda.dependencies
+    ]
+    document = {"name": "envkiln", "channels": list(spec.conda.channels), "dependencies": dependencies}
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+def requirements_file(lines: list[str]) -> str:
+    return "".join(line.strip() + "\n" for line in lines)
+
+
+def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings) -> BuildPlan:
+    assert spec.image is not None
+    files: list[ContextFile] = []
+    lines: list[str] = ["# Rendered by envkiln; do not edit. Definition hash " + definition_hash]
+    if spec.conda is not None:
+        lines.append(f"FROM {settings.micromamba_image} AS micromamba")
+    lines.append(f"FROM {spec.image}")
+    lines.append(f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}")
+    for step in spec.docker_steps or []:
+        lines.append(step.strip())
+    path_entries: list[str] = []
+    if spec.conda is not None:
+        files.append(ContextFile(path="conda.yaml", content=conda_file(spec)))
+        lines += [
+            "COPY --from=micromamba /bin/micromamba /usr/local/bin/micromamba",
+            f"COPY conda.yaml {STAGING_DIR}/conda.yaml",
+            f"RUN MAMBA_ROOT_PREFIX={STAGING_DIR}/mamba micromamba create --yes --prefix {CONDA_PREFIX} "
+            f"--file {STAGING_DIR}/conda.yaml \\\n"
+            f" && MAMBA_ROOT_PREFIX={STAGING_DIR}/mamba micromamba clean --all --yes \\\n"
+            f" && rm -rf {STAGING_DIR}/mamba",
+        ]
+        path_entries.append(f"{CONDA_PREFIX}/bin")
+    if spec.pip:
+        files.append(ContextFile(path="requirements.txt", content=requirements_file(spec.pip)))
+        lines.append(f"COPY requirements.txt {STAGING_DIR}/requirements.txt")
+        if spec.conda is not None:
+            # pip requirements go into the conda environment, next to its Python.
+            python = f"{CONDA_PREFIX}/bin/python"
+            create = f"{python} -m pip --version >/dev/null"
+        else:
+            python = f"{VENV_PREFIX}/bin/python"
+            create = f"python3 -m venv {VENV_PREFIX}"
+            path_entries.insert(0, f"{VENV_PREFIX}/bin")
+        # uv when it can be installed in the build (much faster resolves and installs);
+        # pip otherwise. A failing uv install of the requirements fails the build: no fallback
+        # there, or a real dependency error would be retried with another resolver.
+        lines.append(
+            f"RUN {create} \\\n"
+            f" && if {python} -m pip install --no-cache-dir --disable-pip-version-check --quiet "
+            f"--target {STAGING_DIR}/uv uv=={settings.uv_version}; then \\\n"
+            f"      {STAGING_DIR}/uv/bin/uv pip install --no-cache --python {python} "
+            f"--requirement {STAGING_DIR}/requirements.txt; \\\n"
+            f"    else \\\n"
+            f"      {python} -m pip install --no-cache-dir --disable-pip-version-check "
+            f"--requirement {STAGING_DIR}/requirements.txt; \\\n"
+            f"    fi \\\n"
+            f" && rm -rf {STAGING_DIR}"
+        )
+    if path_entries:
+        lines.append(f"ENV PATH={':'.join(path_entries)}:$PATH")
+        if spec.conda is not None:
+            lines.append(f"ENV CONDA_PREFIX={CONDA_PREFIX}")
+    return BuildPlan(dockerfile="\n".join(lines) + "\n", files=files)
+
+
+def render(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings | None = None) -> BuildPlan:
+    """The build plan for a definition. User build contexts pass through untouched."""
+    settings = settings or RenderSettings()
+    kind = spec.kind
+    if kind is EnvironmentKind.BRING_YOUR_OWN:
+        raise NothingToBuild("userManaged environments are not built; their image is used as is")
+    if kind is EnvironmentKind.BUILD_CONTEXT:
+        return BuildPlan(dockerfile="", files=[], context=spec.build)
+    return _system_managed(spec, definition_hash, settings)
