@@ -1,0 +1,162 @@
+"""etcd + kube-apiserver on 127.0.0.1, the way controller-runtime's envtest runs them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from envkiln.devcluster.certs import ControlPlaneCerts, make_control_plane_certs
+from envkiln.devcluster.ports import free_port, http_ok, wait_until
+from envkiln.devcluster.process import ManagedProcess
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+BUILD_SCRIPT = REPO_ROOT / "tests" / "controlplane" / "build.sh"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ENVKILN_CACHE", Path.home() / ".cache" / "envkiln"))
+
+
+def ensure_binaries(names: tuple[str, ...] = ("etcd", "apiserver")) -> Path:
+    """Build (once, then cached) the pinned binaries; returns the bin directory."""
+    subprocess.run(["bash", str(BUILD_SCRIPT), *names], check=True, stdout=subprocess.DEVNULL)
+    return cache_dir() / "bin"
+
+
+class ControlPlane:
+    """A real API server backed by a real etcd. Use as a context manager."""
+
+    def __init__(self, workdir: Path | None = None, bin_dir: Path | None = None):
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="envkiln-cp-", dir=_fast_tmp()))
+        self.bin_dir = bin_dir
+        self.etcd_port = free_port()
+        self.etcd_peer_port = free_port()
+        self.apiserver_port = free_port()
+        self.certs: ControlPlaneCerts | None = None
+        self.etcd: ManagedProcess | None = None
+        self.apiserver: ManagedProcess | None = None
+        self.kubeconfig = self.workdir / "kubeconfig"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def start(self) -> ControlPlane:
+        self.bin_dir = self.bin_dir or ensure_binaries()
+        self.certs = make_control_plane_certs(self.workdir / "certs")
+        self._start_etcd()
+        self.start_apiserver()
+        self._write_kubeconfig()
+        return self
+
+    def _start_etcd(self) -> None:
+        assert self.bin_dir is not None
+        client = f"http://127.0.0.1:{self.etcd_port}"
+        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        self.etcd = ManagedProcess("etcd", [
+            str(self.bin_dir / "etcd"),
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}",
+            "--unsafe-no-fsync", "--log-level=warn",
+        ], self.workdir / "etcd.log").start()
+        wait_until(lambda: http_ok(f"{client}/health"), 60, "etcd", self.etcd.exited)
+
+    def start_apiserver(self) -> None:
+        assert self.bin_dir is not None and self.certs is not None
+        certs = self.certs
+        self.apiserver = ManagedProcess("kube-apiserver", [
+            str(self.bin_dir / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            f"--tls-cert-file={certs.serving_cert}", f"--tls-private-key-file={certs.serving_key}",
+            f"--client-ca-file={certs.ca_cert}",
+            f"--secure-port={self.apiserver_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            # No controller-manager runs, so no token controller: the ServiceAccount
+            # admission plugin would refuse pods waiting for tokens that never come.
+            "--disable-admission-plugins=ServiceAccount",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={certs.service_account_pub}",
+            f"--service-account-signing-key-file={certs.service_account_key}",
+            "--endpoint-reconciler-type=none",
+            "--v=1",
+        ], self.workdir / "kube-apiserver.log").start()
+        context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        context.load_cert_chain(str(certs.admin_cert), str(certs.admin_key))
+        wait_until(lambda: http_ok(f"{self.url}/readyz", context), 120, "kube-apiserver", self.apiserver.exited,
+                   interval=0.5)
+
+    def stop_apiserver(self) -> None:
+        if self.apiserver is not None:
+            self.apiserver.stop()
+
+    def restart_apiserver(self) -> None:
+        self.stop_apiserver()
+        self.start_apiserver()
+
+    def _write_kubeconfig(self) -> None:
+        assert self.certs is not None
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "envkiln-test", "cluster": {
+                "server": self.url, "certificate-authority": str(self.certs.ca_cert)}}],
+            "users": [{"name": "admin", "user": {
+                "client-certificate": str(self.certs.admin_cert), "client-key": str(self.certs.admin_key)}}],
+            "contexts": [{"name": "envkiln-test", "context": {"cluster": "envkiln-test", "user": "admin"}}],
+            "current-context": "envkiln-test",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+
+    def stop(self) -> None:
+        for process in (self.apiserver, self.etcd):
+            if process is not None:
+                process.stop()
+        if self._own_workdir and not os.environ.get("ENVKILN_KEEP_TESTDIRS"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> ControlPlane:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _fast_tmp() -> str | None:
+    # etcd is much faster on tmpfs; fall back to the default temp dir.
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def wait_for_crds(api_client: object, names: list[str], timeout: float = 60) -> None:
+    from kubernetes import client
+
+    extensions = client.ApiextensionsV1Api(api_client)  # type: ignore[arg-type]
+
+    def established() -> bool:
+        for name in names:
+            crd = extensions.read_custom_resource_definition(name)
+            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+            if conditions.get("Established") != "True":
+                return False
+        return True
+
+    wait_until(established, timeout, "CRDs established")
+    time.sleep(0.2)
