@@ -178,7 +178,11 @@ def environment_crd() -> dict[str, Any]:
 def environment_build_crd() -> dict[str, Any]:
     spec = model_schema(EnvironmentBuildSpec)
     spec["x-kubernetes-validations"] = [
-        {"rule": "self == oldSelf", "message": "an EnvironmentBuild's spec is immutable", "reason": "FieldValueForbidden"}
+        {
+            "rule": "self == oldSelf",
+            "message": "an EnvironmentBuild's spec is immutable",
+            "reason": "FieldValueForbidden",
+        }
     ]
     status = _with_conditions(model_schema(EnvironmentBuildStatus, mode="serialization"))
     columns = [

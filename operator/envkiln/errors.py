@@ -46,5 +46,10 @@ def describe(error: ValidationError, prefix: str = "") -> list[str]:
         if path in seen_paths and item["type"] in ("string_type", "model_type", "dict_type"):
             continue
         seen_paths.add(path)
-        problems.append(f"{path}: {message}")
+        if path == "(document)" and message.startswith("metadata."):
+            problems.append(message.replace(" is required", ": required field is missing", 1))
+        elif message.startswith(("spec.", "metadata.")) and path in ("spec", "(document)"):
+            problems.append(message)  # the message already names its field
+        else:
+            problems.append(f"{path}: {message}")
     return problems

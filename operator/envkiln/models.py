@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -49,7 +50,9 @@ _REQUIREMENT = re.compile(
     r"(\s*(===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+(\s*,\s*(===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?"
     r"(\s*@\s*(https|git\+https|file)://\S+)?\s*$"
 )
-_CONDA_DEP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:+-]*(\[[^\]\n]*\])?(\s*(==|=|>=|<=|>|<|!=|~=)?\s*[A-Za-z0-9.*+!_,|<>=-]*)*$")
+_CONDA_DEP = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9._/:+-]*(\[[^\]\n]*\])?(\s*(==|=|>=|<=|>|<|!=|~=)?\s*[A-Za-z0-9.*+!_,|<>=-]*)*$"
+)
 _STEP_INSTRUCTIONS = {
     "RUN", "ENV", "WORKDIR", "USER", "LABEL", "ARG", "SHELL", "EXPOSE", "VOLUME",
     "ENTRYPOINT", "CMD", "STOPSIGNAL", "HEALTHCHECK", "ONBUILD",
@@ -119,17 +122,33 @@ def check_pip_requirement(text: str, what: str = "requirement") -> str:
     return text
 
 
+def _pip_item(text: str) -> str:
+    return check_pip_requirement(text, "requirement")
+
+
+def _channel_item(channel: str) -> str:
+    _check_line(channel, "channel")
+    if not _CONDA_CHANNEL.match(channel):
+        raise ValueError(f"{channel!r} is not a conda channel name or URL")
+    return channel
+
+
+def _conda_dep_item(dep: str) -> str:
+    _check_line(dep, "dependency")
+    if not _CONDA_DEP.match(dep.strip()):
+        raise ValueError(f"{dep!r} is not a conda package spec (e.g. numpy=1.26)")
+    return dep
+
+
+PipLine = Annotated[str, StringConstraints(max_length=MAX_LINE), AfterValidator(_pip_item)]
+ChannelLine = Annotated[str, StringConstraints(max_length=MAX_LINE), AfterValidator(_channel_item)]
+CondaDependency = Annotated[str, StringConstraints(max_length=MAX_LINE), AfterValidator(_conda_dep_item)]
+
+
 class CondaPipBlock(KubeModel):
     """The `- pip: [...]` entry inside conda dependencies."""
 
-    pip: list[Line] = Field(max_length=MAX_PACKAGES)
-
-    @field_validator("pip")
-    @classmethod
-    def _pip_lines(cls, lines: list[str]) -> list[str]:
-        for index, line in enumerate(lines):
-            check_pip_requirement(line, f"pip[{index}]")
-        return lines
+    pip: list[PipLine] = Field(max_length=MAX_PACKAGES)
 
 
 class CondaSpec(KubeModel):
@@ -140,17 +159,8 @@ class CondaSpec(KubeModel):
     name: Annotated[str, StringConstraints(max_length=253)] | None = Field(
         default=None, description="Ignored for the build (the prefix is fixed); kept for round-tripping."
     )
-    channels: list[Line] = Field(default_factory=list, max_length=50)
-    dependencies: list[Line | CondaPipBlock] = Field(max_length=MAX_PACKAGES)
-
-    @field_validator("channels")
-    @classmethod
-    def _channels(cls, channels: list[str]) -> list[str]:
-        for index, channel in enumerate(channels):
-            _check_line(channel, f"channels[{index}]")
-            if not _CONDA_CHANNEL.match(channel):
-                raise ValueError(f"channels[{index}] {channel!r} is not a conda channel name or URL")
-        return channels
+    channels: list[ChannelLine] = Field(default_factory=list, max_length=50)
+    dependencies: list[CondaDependency | CondaPipBlock] = Field(max_length=MAX_PACKAGES)
 
     @field_validator("dependencies")
     @classmethod
@@ -158,13 +168,9 @@ class CondaSpec(KubeModel):
         if not deps:
             raise ValueError("dependencies is empty; list at least one package (e.g. python=3.11)")
         pip_blocks = 0
-        for index, dep in enumerate(deps):
+        for dep in deps:
             if isinstance(dep, CondaPipBlock):
                 pip_blocks += 1
-                continue
-            _check_line(dep, f"dependencies[{index}]")
-            if not _CONDA_DEP.match(dep.strip()):
-                raise ValueError(f"dependencies[{index}] {dep!r} is not a conda package spec (e.g. numpy=1.26)")
         if pip_blocks > 1:
             raise ValueError("dependencies has more than one pip block; merge them into one '- pip: [...]'")
         if pip_blocks and not any(
@@ -281,6 +287,11 @@ class InferenceConfig(KubeModel):
     port: int | None = Field(default=None, ge=1, le=65535)
 
 
+DockerStep = Annotated[
+    str, StringConstraints(max_length=MAX_STEP_LENGTH), AfterValidator(lambda step: check_docker_step(step))
+]
+
+
 class EnvironmentKind(StrEnum):
     SYSTEM_MANAGED = "SystemManaged"
     BUILD_CONTEXT = "BuildContext"
@@ -290,8 +301,10 @@ class EnvironmentKind(StrEnum):
 class EnvironmentSpec(KubeModel):
     """What the user writes under `spec:` of an Environment."""
 
-    version: Annotated[str, StringConstraints(pattern=_VERSION)] = Field(
-        default="1", description="A label for this definition; the image-affecting fields are immutable per version."
+    version: Annotated[str, StringConstraints(max_length=63)] = Field(
+        default="1",
+        description="A label for this definition; the image-affecting fields are immutable per version.",
+        json_schema_extra={"pattern": _VERSION},
     )
     description: Annotated[str, StringConstraints(max_length=4096)] | None = None
     tags: dict[str, Annotated[str, StringConstraints(max_length=256)]] | None = Field(default=None, max_length=50)
@@ -302,8 +315,8 @@ class EnvironmentSpec(KubeModel):
         default=False, description="true: the image already holds everything; envkiln builds nothing."
     )
     conda: CondaSpec | None = None
-    pip: list[Line] | None = Field(default=None, max_length=MAX_PACKAGES)
-    docker_steps: list[Annotated[str, StringConstraints(max_length=MAX_STEP_LENGTH)]] | None = Field(
+    pip: list[PipLine] | None = Field(default=None, max_length=MAX_PACKAGES)
+    docker_steps: list[DockerStep] | None = Field(
         default=None, max_length=MAX_STEPS, description="Dockerfile instructions applied after FROM."
     )
     build: BuildContext | None = None
@@ -311,6 +324,16 @@ class EnvironmentSpec(KubeModel):
         default=None, max_length=200
     )
     inference: InferenceConfig | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, version: str) -> str:
+        if not re.match(_VERSION, version):
+            raise ValueError(
+                f"{version!r} is not a version label: letters, digits, '.', '_' and '-', starting with a "
+                "letter or digit, at most 63 characters (e.g. \"3\" or \"2024.06\")"
+            )
+        return version
 
     @field_validator("image")
     @classmethod
@@ -327,17 +350,8 @@ class EnvironmentSpec(KubeModel):
     @classmethod
     def _pip(cls, lines: list[str] | None) -> list[str] | None:
         if lines is not None and not lines:
-            raise ValueError("spec.pip is empty; list at least one requirement or remove the field")
-        for index, line in enumerate(lines or []):
-            check_pip_requirement(line, f"pip[{index}]")
+            raise ValueError("empty list; list at least one requirement or remove the field")
         return lines
-
-    @field_validator("docker_steps")
-    @classmethod
-    def _steps(cls, steps: list[str] | None) -> list[str] | None:
-        for index, step in enumerate(steps or []):
-            check_docker_step(step, index)
-        return steps
 
     @field_validator("environment_variables")
     @classmethod
@@ -403,34 +417,33 @@ class EnvironmentSpec(KubeModel):
         return EnvironmentKind.SYSTEM_MANAGED
 
 
-def check_docker_step(step: str, index: int) -> str:
-    what = f"dockerSteps[{index}]"
+def check_docker_step(step: str) -> str:
     if not step.strip():
-        raise ValueError(f"{what} is empty; remove it")
+        raise ValueError("the step is empty; remove it")
     if "\0" in step or "\r" in step:
-        raise ValueError(f"{what} contains a NUL or carriage return")
+        raise ValueError("the step contains a NUL or carriage return")
     if not step.isascii():
-        raise ValueError(f"{what} contains non-ASCII characters (look for look-alike letters)")
+        raise ValueError("the step contains non-ASCII characters (look for look-alike letters)")
     lines = step.split("\n")
     for line_no, line in enumerate(lines[:-1]):
         if not line.rstrip().endswith("\\"):
             raise ValueError(
-                f"{what} spans several lines, but line {line_no + 1} does not end with '\\'; give one "
+                f"the step spans several lines, but line {line_no + 1} does not end with '\\'; give one "
                 "instruction per entry (continue lines with a trailing backslash)"
             )
     instruction = step.lstrip().split(None, 1)[0].upper()
     if instruction in ("FROM", "COPY", "ADD"):
         raise ValueError(
-            f"{what}: {instruction} is not allowed in docker steps (there is no build context and the base "
+            f"{instruction} is not allowed in docker steps (there is no build context and the base "
             "is spec.image); use spec.build with your own Dockerfile instead"
         )
     if instruction not in _STEP_INSTRUCTIONS:
         raise ValueError(
-            f"{what} starts with {instruction!r}, which is not a Dockerfile instruction; expected one of "
+            f"the step starts with {instruction!r}, which is not a Dockerfile instruction; expected one of "
             + ", ".join(sorted(_STEP_INSTRUCTIONS))
         )
     if instruction == "ONBUILD" and re.match(r"^\s*ONBUILD\s+(FROM|COPY|ADD)\b", step, re.IGNORECASE):
-        raise ValueError(f"{what}: ONBUILD may not wrap FROM, COPY or ADD")
+        raise ValueError("ONBUILD may not wrap FROM, COPY or ADD")
     return step
 
 
@@ -479,7 +492,7 @@ def check_reserved_name(name: str, namespace: str | None, curated_namespace: str
     for prefix in RESERVED_NAME_PREFIXES:
         if lowered.startswith(prefix) and namespace != curated_namespace:
             raise ValueError(
-                f"metadata.name {name!r} starts with the reserved prefix {prefix!r}, which only curated "
+                f"metadata.name: {name!r} starts with the reserved prefix {prefix!r}, which only curated "
                 f"environments in namespace {curated_namespace!r} may use; rename the environment"
             )
 

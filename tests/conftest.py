@@ -1,0 +1,36 @@
+"""Shared pytest setup: the source root on sys.path, and the integration marker by folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "operator"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    # CI wants to see that integration tests ran for real, not that they were skipped.
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    for outcome in counts:
+        for report in terminalreporter.stats.get(outcome, []):
+            if "integration" in getattr(report, "keywords", {}):
+                counts[outcome] += 1
+    total = sum(counts.values())
+    if total:
+        terminalreporter.write_line(
+            f"integration tests: {counts['passed']} passed, {counts['failed']} failed, "
+            f"{counts['error']} errors, {counts['skipped']} skipped (of {total}) against a real "
+            "kube-apiserver + etcd, registry and buildah"
+        )

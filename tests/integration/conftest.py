@@ -1,0 +1,88 @@
+"""Session fixtures: a real kube-apiserver + etcd, a real registry, buildah; a namespace per test."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client, config
+
+from envkiln.devcluster.buildah import base_image_archive, push_archive
+from envkiln.devcluster.controlplane import ControlPlane, wait_for_crds
+from envkiln.devcluster.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE_REPOSITORY = "envkiln-test/python-base"
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    with ControlPlane() as plane:
+        yield plane
+
+
+@pytest.fixture(scope="session")
+def api_client(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(str(control_plane.kubeconfig))
+    install_crds(api)
+    yield api
+    api.close()
+
+
+def install_crds(api: client.ApiClient) -> None:
+    extensions = client.ApiextensionsV1Api(api)
+    names = []
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        names.append(crd["metadata"]["name"])
+        try:
+            extensions.create_custom_resource_definition(crd)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+            existing = extensions.read_custom_resource_definition(crd["metadata"]["name"])
+            crd["metadata"]["resourceVersion"] = existing.metadata.resource_version
+            extensions.replace_custom_resource_definition(crd["metadata"]["name"], crd)
+    wait_for_crds(api, names)
+
+
+@pytest.fixture()
+def namespace(api_client: client.ApiClient) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    # No namespace controller runs, so objects are not garbage-collected; the whole
+    # etcd goes away with the session. Deleting marks it Terminating for tidiness.
+    with contextlib.suppress(client.ApiException):
+        core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    with Registry() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def base_image(registry: Registry) -> str:
+    """A small Debian + python3 image in the test registry, from a cached debootstrap rootfs."""
+    reference = f"{registry.host}/{BASE_IMAGE_REPOSITORY}:bookworm"
+    push_archive(base_image_archive(), reference)
+    return reference
+
+
+@pytest.fixture(scope="session")
+def kubeconfig_env(control_plane: ControlPlane) -> Iterator[str]:
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(control_plane.kubeconfig)
+    yield str(control_plane.kubeconfig)
+    if previous is None:
+        os.environ.pop("KUBECONFIG", None)
+    else:
+        os.environ["KUBECONFIG"] = previous

@@ -1,0 +1,164 @@
+"""The definition hash: what it covers, what it ignores, order rules, and pinned golden values."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from envkiln.crdgen import IMAGE_AFFECTING_FIELDS
+from envkiln.definition import (
+    MissingContextContent,
+    definition_document,
+    definition_hash,
+    image_name,
+    image_repository,
+)
+from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
+
+CONFIGMAP_ENV = {
+    "apiVersion": "envkiln.dev/v1alpha1", "kind": "Environment", "metadata": {"name": "ctx"},
+    "spec": {"build": {"configMap": {"name": "ctx"}}},
+}
+BYOC_ENV = {
+    "apiVersion": "envkiln.dev/v1alpha1", "kind": "Environment", "metadata": {"name": "byoc"},
+    "spec": {"image": "ghcr.io/org/trainer:1.0", "userManaged": True},
+}
+
+
+def h(doc: dict, context: dict | None = None) -> str:
+    return definition_hash(spec_of(doc), context)
+
+
+# Pinned: a change here means every user's images get rebuilt. Bump HASH_SCHEMA instead.
+GOLDEN = [
+    (PIP_ENV, None, "7b4cf293710535670da388f7badddf5b"),
+    (CONDA_ENV, None, "43127723ae8d44f7ddaca02693d1f485"),
+    (BYOC_ENV, None, "a62d7c48cd239da9ff47a3e7bb71dfa9"),
+    (CONFIGMAP_ENV, {"Dockerfile": "FROM python:3.11\n"}, "0c05d3eb89e228e2687f6400bf818f69"),
+]
+
+
+@pytest.mark.parametrize(("doc", "context", "expected"), GOLDEN, ids=["pip", "conda", "byoc", "configmap"])
+def test_golden_hashes(doc: dict, context: dict | None, expected: str) -> None:
+    assert h(doc, context) == expected
+
+
+def test_golden_pip_hash_matches_an_independent_computation() -> None:
+    # The README's algorithm, written out by hand, gives the pinned value.
+    import hashlib
+    import json
+
+    document = {"image": "python:3.11-slim", "userManaged": False, "dockerSteps": [], "conda": None,
+                "pip": ["numpy==2.1.3", "pandas==2.2.3"], "build": None}
+    payload = "envkiln.dev/definition/v1\n" + json.dumps(document, sort_keys=True, separators=(",", ":"))
+    assert hashlib.sha256(payload.encode()).hexdigest()[:32] == GOLDEN[0][2]
+
+
+def test_hash_shape() -> None:
+    value = h(PIP_ENV)
+    assert len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+@pytest.mark.parametrize("change", [
+    {"version": "7"},
+    {"description": "another description"},
+    {"tags": {"team": "x"}},
+    {"environmentVariables": {"OMP_NUM_THREADS": "4"}},
+    {"inference": {"port": 8080, "scoringRoute": "/score"}},
+])
+def test_runtime_metadata_is_excluded(change: dict) -> None:
+    assert h(manifest(**change)) == h(PIP_ENV)
+
+
+def test_name_and_namespace_are_excluded() -> None:
+    other = copy.deepcopy(PIP_ENV)
+    other["metadata"] = {"name": "something-else", "namespace": "team-b", "labels": {"a": "b"}}
+    assert h(other) == h(PIP_ENV)
+
+
+@pytest.mark.parametrize(("base", "change"), [
+    (PIP_ENV, {"image": "python:3.12-slim"}),
+    (PIP_ENV, {"image": "docker.io/library/python:3.11-slim"}),  # as written: no normalisation
+    (PIP_ENV, {"pip": ["numpy==2.1.3"]}),
+    (PIP_ENV, {"pip": ["numpy==2.1.3", "pandas==2.2.2"]}),
+    (PIP_ENV, {"dockerSteps": ["RUN true"]}),
+    (CONDA_ENV, {"conda": {"channels": ["conda-forge"], "dependencies": ["python=3.11"]}}),
+    (CONDA_ENV, {"dockerSteps": ["ENV A=1"]}),
+    (CONDA_ENV, {"pip": None}),
+    (BYOC_ENV, {"image": "ghcr.io/org/trainer:1.1"}),
+])
+def test_image_affecting_changes_change_the_hash(base: dict, change: dict) -> None:
+    assert h(manifest(base, **change)) != h(base)
+
+
+def test_user_managed_flag_is_included() -> None:
+    system = manifest(PIP_ENV, pip=None, dockerSteps=["RUN true"])
+    assert spec_of(system).user_managed is False
+    byoc = manifest(PIP_ENV, pip=None, userManaged=True)
+    plain = definition_document(spec_of(byoc))
+    assert plain["userManaged"] is True
+    assert h(byoc) != h(manifest(byoc, image="python:3.11-slim", userManaged=None, dockerSteps=["RUN true"]))
+
+
+def test_list_order_matters() -> None:
+    assert h(manifest(pip=["pandas==2.2.3", "numpy==2.1.3"])) != h(PIP_ENV)
+    conda = copy.deepcopy(CONDA_ENV)
+    conda["spec"]["conda"]["channels"].reverse()
+    assert h(conda) != h(CONDA_ENV)
+    steps = copy.deepcopy(CONDA_ENV)
+    steps["spec"]["dockerSteps"].reverse()
+    assert h(steps) != h(CONDA_ENV)
+
+
+def test_mapping_key_order_does_not_matter() -> None:
+    reordered = copy.deepcopy(CONDA_ENV)
+    reordered["spec"] = dict(reversed(list(reordered["spec"].items())))
+    reordered["spec"]["conda"] = dict(reversed(list(reordered["spec"]["conda"].items())))
+    assert list(reordered["spec"]) != list(CONDA_ENV["spec"])
+    assert h(reordered) == h(CONDA_ENV)
+    # ConfigMap data keys too.
+    a = {"Dockerfile": "FROM x\n", "train.py": "print(1)\n"}
+    b = dict(reversed(list(a.items())))
+    assert h(CONFIGMAP_ENV, a) == h(CONFIGMAP_ENV, b)
+
+
+def test_conda_name_is_not_part_of_the_hash() -> None:
+    named = copy.deepcopy(CONDA_ENV)
+    named["spec"]["conda"]["name"] = "my-env"
+    assert h(named) == h(CONDA_ENV)
+
+
+def test_configmap_context_content_is_hashed_not_its_name_only() -> None:
+    base = h(CONFIGMAP_ENV, {"Dockerfile": "FROM python:3.11\n"})
+    assert h(CONFIGMAP_ENV, {"Dockerfile": "FROM python:3.12\n"}) != base
+    assert h(CONFIGMAP_ENV, {"Dockerfile": "FROM python:3.11\n", "extra.txt": ""}) != base
+    with pytest.raises(MissingContextContent, match=r"spec\.build\.configMap"):
+        h(CONFIGMAP_ENV)
+
+
+def test_git_and_tarball_identity() -> None:
+    git = {**CONFIGMAP_ENV, "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "v1", "path": "a"}}}}
+    assert h(git) != h({**git, "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "v2", "path": "a"}}}})
+    assert h(git) != h({**git, "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "v1", "path": "b"}}}})
+    assert h(git) != h({**git, "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "v1", "path": "a"},
+                                                  "dockerfilePath": "Dockerfile.gpu"}}})
+    tar = {**CONFIGMAP_ENV, "spec": {"build": {"tarball": {"url": "https://x/c.tgz"}}}}
+    assert h(tar) != h({**tar, "spec": {"build": {"tarball": {"url": "https://x/c.tgz", "sha256": "a" * 64}}}})
+
+
+def test_hash_covers_exactly_the_fields_the_crd_freezes() -> None:
+    document = definition_document(spec_of(PIP_ENV))
+    assert set(document) == {"image", "userManaged", "dockerSteps", "conda", "pip", "build"}
+    assert set(IMAGE_AFFECTING_FIELDS) == set(document)
+
+
+def test_image_names() -> None:
+    value = "0123456789abcdef0123456789abcdef"
+    assert image_name(value, "localhost:5000") == f"localhost:5000/envkiln/env_{value}:{value}"
+    assert image_repository(value, "registry.example.com/", "{registry}/ml/envs/{hash}") == (
+        f"registry.example.com/ml/envs/{value}")
+    with pytest.raises(ValueError, match="must contain"):
+        image_name(value, "r", "{registry}/fixed")
+    with pytest.raises(ValueError, match="unknown field"):
+        image_name(value, "r", "{registry}/{team}/{hash}")

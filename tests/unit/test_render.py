@@ -1,0 +1,88 @@
+"""Build rendering: deterministic Dockerfiles, conda via micromamba, pip via uv with a pip fallback."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from envkiln.definition import definition_hash
+from envkiln.render import (
+    CONDA_PREFIX,
+    LABEL_HASH,
+    VENV_PREFIX,
+    NothingToBuild,
+    RenderSettings,
+    render,
+)
+from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
+
+
+def plan_of(doc: dict, settings: RenderSettings | None = None):  # type: ignore[no-untyped-def]
+    spec = spec_of(doc)
+    return render(spec, definition_hash(spec), settings)
+
+
+def test_rendering_is_deterministic() -> None:
+    first = plan_of(CONDA_ENV)
+    again = plan_of(copy.deepcopy(CONDA_ENV))
+    assert first.dockerfile.encode() == again.dockerfile.encode()
+    assert [(f.path, f.content) for f in first.files] == [(f.path, f.content) for f in again.files]
+
+
+def test_pip_only_uses_a_venv_and_uv_with_pip_fallback() -> None:
+    plan = plan_of(PIP_ENV)
+    lines = plan.dockerfile.splitlines()
+    assert lines[1] == "FROM python:3.11-slim"
+    assert "micromamba" not in plan.dockerfile
+    assert f"python3 -m venv {VENV_PREFIX}" in plan.dockerfile
+    assert "uv pip install" in plan.dockerfile and "-m pip install --no-cache-dir" in plan.dockerfile
+    assert f"ENV PATH={VENV_PREFIX}/bin:$PATH" in lines
+    assert {f.path: f.content for f in plan.files} == {"requirements.txt": "numpy==2.1.3\npandas==2.2.3\n"}
+    assert f'{LABEL_HASH}="{definition_hash(spec_of(PIP_ENV))}"' in plan.dockerfile
+
+
+def test_conda_uses_pinned_micromamba_stage_and_fixed_prefix() -> None:
+    plan = plan_of(CONDA_ENV, RenderSettings(micromamba_image="registry.local/micromamba:2.3.3"))
+    lines = plan.dockerfile.splitlines()
+    assert lines[1] == "FROM registry.local/micromamba:2.3.3 AS micromamba"
+    assert lines[2] == "FROM debian:bookworm-slim"
+    assert "COPY --from=micromamba /bin/micromamba /usr/local/bin/micromamba" in lines
+    assert f"micromamba create --yes --prefix {CONDA_PREFIX}" in plan.dockerfile
+    assert f"ENV PATH={CONDA_PREFIX}/bin:$PATH" in lines
+    conda_yaml = {f.path: f.content for f in plan.files}["conda.yaml"]
+    assert conda_yaml.index("scikit-learn") > conda_yaml.index("python=3.11"), "order kept as written"
+    assert "mlflow-skinny==2.17.2" in conda_yaml
+    # spec.pip goes into the conda environment's own Python.
+    assert f"{CONDA_PREFIX}/bin/python -m pip" in plan.dockerfile
+
+
+def test_docker_steps_come_right_after_from_and_before_packages() -> None:
+    plan = plan_of(CONDA_ENV)
+    text = plan.dockerfile
+    assert text.index("FROM debian:bookworm-slim") < text.index("RUN apt-get update") < text.index("ENV A=1")
+    assert text.index("ENV A=1") < text.index("micromamba create") < text.index("requirements.txt")
+
+
+def test_multiline_docker_step_is_kept_verbatim() -> None:
+    plan = plan_of(manifest(dockerSteps=["RUN apt-get update \\\n && apt-get install -y git"]))
+    assert "RUN apt-get update \\\n && apt-get install -y git\n" in plan.dockerfile
+
+
+def test_user_build_context_passes_through() -> None:
+    doc = {"apiVersion": "envkiln.dev/v1alpha1", "kind": "Environment", "metadata": {"name": "g"},
+           "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "v1"}, "dockerfilePath": "docker/Dockerfile"}}}
+    plan = plan_of(doc)
+    assert plan.dockerfile == "" and plan.files == []
+    assert plan.context is not None and plan.context.git is not None
+    assert plan.context.dockerfile_path == "docker/Dockerfile"
+
+
+def test_bring_your_own_container_is_not_built() -> None:
+    doc = manifest(pip=None, userManaged=True)
+    with pytest.raises(NothingToBuild):
+        plan_of(doc)
+
+
+def test_different_definitions_render_differently() -> None:
+    assert plan_of(PIP_ENV).dockerfile != plan_of(manifest(pip=["numpy==2.1.3"])).dockerfile
