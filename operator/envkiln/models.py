@@ -573,10 +573,19 @@ class EnvironmentBuildSpec(KubeModel):
     reason: BuildReason = BuildReason.IMAGE_MISSING
 
 
+class BuildPhase(StrEnum):
+    PENDING = "Pending"
+    BUILDING = "Building"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
 class EnvironmentBuildStatus(StatusModel):
-    phase: Phase | None = None
-    job: str | None = None
-    attempts: int | None = None
+    phase: BuildPhase | None = None
+    job: str | None = Field(default=None, description="The Job (kaniko) of the current attempt.")
+    attempts: int | None = Field(default=None, description="Attempts started so far (1 = first try).")
+    retry_after: str | None = Field(default=None, description="The next attempt starts after this time.")
+    builder_instance: str | None = Field(default=None, description="Operator process running a local build.")
     start_time: str | None = None
     completion_time: str | None = None
     digest: str | None = None

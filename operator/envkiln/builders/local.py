@@ -1,0 +1,141 @@
+"""The local builder: buildah on the operator's host, for development clusters and tests.
+
+Builds run in a bounded thread pool (max concurrent builds). A build that this process
+does not know about is reported MISSING, so a restarted operator starts it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+import urllib.request
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from envkiln.builders import AttemptResult, AttemptState, tail
+from envkiln.kube import Kube
+from envkiln.models import BuildContext, EnvironmentBuildSpec
+from envkiln.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+
+class ContextError(RuntimeError):
+    pass
+
+
+def materialise_context(spec: EnvironmentBuildSpec, namespace: str, kube: Kube, into: Path) -> str:
+    """Write the build context into `into`; returns the Dockerfile path inside it."""
+    user: BuildContext | None = spec.plan.context
+    if user is None:
+        (into / "Dockerfile").write_text(spec.plan.dockerfile)
+        for file in spec.plan.files:
+            (into / file.path).write_text(file.content)
+        return "Dockerfile"
+    if user.config_map is not None:
+        configmap = kube.read_configmap(namespace, user.config_map.name)
+        if configmap is None:
+            raise ContextError(f"ConfigMap {user.config_map.name} not found")
+        for key, value in (configmap.data or {}).items():
+            (into / key).write_text(value)
+        import base64
+        for key, value in (configmap.binary_data or {}).items():
+            (into / key).write_bytes(base64.b64decode(value))
+        return user.dockerfile_path
+    if user.git is not None:
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True, text=True, timeout=600)  # noqa: E731
+        run("git", "clone", "--quiet", user.git.url, str(into / "repo"))
+        run("git", "-C", str(into / "repo"), "checkout", "--quiet", user.git.ref)
+        root = into / "repo" / user.git.path if user.git.path else into / "repo"
+        for item in root.iterdir():
+            if item.name != ".git":
+                shutil.move(str(item), into / item.name)
+        shutil.rmtree(into / "repo", ignore_errors=True)
+        return user.dockerfile_path
+    assert user.tarball is not None
+    archive = into / ".context.tar"
+    with urllib.request.urlopen(user.tarball.url, timeout=300) as response, open(archive, "wb") as out:
+        shutil.copyfileobj(response, out)
+    if user.tarball.sha256:
+        actual = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if actual != user.tarball.sha256:
+            raise ContextError(f"tarball sha256 is {actual}, spec.build.tarball.sha256 says {user.tarball.sha256}")
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    archive.unlink()
+    return user.dockerfile_path
+
+
+class LocalBuilder:
+    name = "local"
+
+    def __init__(self, kube: Kube, settings: OperatorSettings, on_done: Callable[[str, str], None] | None = None,
+                 instance_id: str | None = None):
+        self.kube = kube
+        self.settings = settings
+        self.on_done = on_done
+        self.instance_id = instance_id or uuid.uuid4().hex
+        self._executor = ThreadPoolExecutor(max_workers=settings.max_concurrent_builds,
+                                            thread_name_prefix="envkiln-build")
+        self._futures: dict[tuple[str, str, int], Future[AttemptResult]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, build: dict[str, Any], attempt: int) -> str | None:
+        key = (build["metadata"]["namespace"], build["metadata"]["name"], attempt)
+        with self._lock:
+            if key in self._futures:
+                return None
+            future = self._executor.submit(self._build, build, attempt)
+            self._futures[key] = future
+        if self.on_done is not None:
+            future.add_done_callback(lambda _: self._notify(key[0], key[1]))
+        return None
+
+    def _notify(self, namespace: str, name: str) -> None:
+        try:
+            assert self.on_done is not None
+            self.on_done(namespace, name)
+        except Exception:  # the periodic sync picks it up; never kill the pool thread
+            log.exception("after local build of %s/%s", namespace, name)
+
+    def observe(self, build: dict[str, Any], attempt: int) -> AttemptResult:
+        key = (build["metadata"]["namespace"], build["metadata"]["name"], attempt)
+        with self._lock:
+            future = self._futures.get(key)
+        if future is None:
+            return AttemptResult(AttemptState.MISSING)
+        if not future.done():
+            return AttemptResult(AttemptState.RUNNING)
+        return future.result()
+
+    def _build(self, build: dict[str, Any], attempt: int) -> AttemptResult:
+        from envkiln.devcluster.buildah import BuildFailed, build_and_push
+
+        spec = EnvironmentBuildSpec.model_validate(build["spec"])
+        namespace = build["metadata"]["namespace"]
+        with tempfile.TemporaryDirectory(prefix="envkiln-ctx-") as tmp:
+            context = Path(tmp)
+            try:
+                dockerfile = materialise_context(spec, namespace, self.kube, context)
+                result = build_and_push(context, spec.image, dockerfile=dockerfile, extra_tags=("latest",),
+                                        insecure=self.settings.insecure_registry,
+                                        timeout=self.settings.build_deadline_seconds)
+            except BuildFailed as error:
+                return AttemptResult(AttemptState.FAILED, reason="BuildFailed", log_tail=tail(error.log))
+            except (ContextError, OSError, subprocess.SubprocessError) as error:
+                return AttemptResult(AttemptState.FAILED, reason="ContextUnavailable", log_tail=str(error))
+            except Exception as error:  # a bug must not leave the build RUNNING forever
+                log.exception("local build %s", spec.image)
+                return AttemptResult(AttemptState.FAILED, reason="BuilderError", log_tail=repr(error))
+        return AttemptResult(AttemptState.SUCCEEDED, digest=result.digest)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

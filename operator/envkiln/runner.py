@@ -1,0 +1,33 @@
+"""`envkiln run`: start the operator (Kopf) against the current kubeconfig or in-cluster config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from envkiln.settings import OperatorSettings, SettingsError
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = OperatorSettings.from_env()  # fail fast with a clear message, before connecting
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    import envkiln.handlers  # noqa: F401  (registers the handlers)
+
+    namespaces = args.namespace or settings.namespaces
+    kopf.run(
+        standalone=args.standalone,
+        priority=settings.peering_priority,
+        peering_name=settings.peering_name,
+        clusterwide=not namespaces,
+        namespaces=namespaces or (),
+        liveness_endpoint=settings.liveness_endpoint,
+    )
+    return 0

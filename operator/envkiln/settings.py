@@ -1,0 +1,124 @@
+"""Operator settings, read from ENVKILN_* environment variables and validated at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from envkiln.definition import DEFAULT_IMAGE_TEMPLATE, image_repository
+from envkiln.errors import describe
+from envkiln.models import DEFAULT_CURATED_NAMESPACE
+from envkiln.render import DEFAULT_MICROMAMBA_IMAGE, DEFAULT_UV_VERSION, RenderSettings
+
+# The maintained Kaniko fork (GoogleContainerTools/kaniko was archived in June 2025).
+DEFAULT_KANIKO_IMAGE = "ghcr.io/osscontainertools/kaniko:v1.28.0"
+PREFIX = "ENVKILN_"
+# Read by the development tools (envkiln.devcluster), not by the operator.
+DEV_TOOL_VARIABLES = {"cache", "debian_mirror", "keep_testdirs"}
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class OperatorSettings(BaseModel):
+    """Every setting has a default that works for a local development cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    registry: str = Field(default="localhost:5000", description="Registry host[:port][/path] builds push to.")
+    pull_registry: str | None = Field(
+        default=None, description="The same registry as kubelets reach it (default: registry)."
+    )
+    registry_secret: str | None = Field(
+        default=None, description="dockerconfigjson Secret (operator namespace) with registry credentials."
+    )
+    insecure_registry: bool = Field(default=False, description="Plain HTTP / unverified TLS to the registry.")
+    image_template: str = DEFAULT_IMAGE_TEMPLATE
+    cache_repository: str | None = Field(
+        default=None, description="Kaniko layer cache repo (default <registry>/envkiln/cache)."
+    )
+    builder: Literal["kaniko", "local"] = "kaniko"
+    kaniko_image: str = DEFAULT_KANIKO_IMAGE
+    kaniko_extra_args: list[str] = Field(default_factory=list)
+    build_cpu_request: str = "500m"
+    build_cpu_limit: str = "2"
+    build_memory_request: str = "1Gi"
+    build_memory_limit: str = "8Gi"
+    build_ephemeral_storage_limit: str = "20Gi"
+    build_deadline_seconds: int = Field(default=3600, ge=60)
+    build_ttl_seconds: int = Field(default=86400, ge=0)
+    build_retry_limit: int = Field(default=2, ge=0, le=20, description="Retries after the first failed attempt.")
+    build_retry_backoff_seconds: int = Field(default=30, ge=0)
+    max_concurrent_builds: int = Field(default=4, ge=1)
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch (empty: all).")
+    curated_namespace: str = DEFAULT_CURATED_NAMESPACE
+    operator_namespace: str = "envkiln-system"
+    micromamba_image: str = DEFAULT_MICROMAMBA_IMAGE
+    uv_version: str = DEFAULT_UV_VERSION
+    registry_timeout_seconds: float = Field(default=10.0, gt=0)
+    registry_retry_seconds: int = Field(default=15, ge=1, description="Retry delay while the registry is down.")
+    cache_ttl_seconds: float = Field(default=30.0, ge=0, description="How long a found image is remembered.")
+    build_sync_seconds: float = Field(default=10.0, gt=0, description="How often unfinished builds are checked.")
+    env_sync_seconds: float = Field(default=30.0, gt=0, description="How often unsettled Environments are checked.")
+    workers: int = Field(default=20, ge=1, description="Kopf handler threads.")
+    watch_timeout_seconds: int = Field(default=300, ge=1, description="Server-side watch timeout.")
+    liveness_endpoint: str | None = Field(default=None, description="e.g. http://0.0.0.0:8080/healthz")
+    peering_name: str = "envkiln"
+    peering_priority: int = 0
+
+    @field_validator("registry", "pull_registry")
+    @classmethod
+    def _registry(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        value = value.strip().rstrip("/")
+        if not value or "://" in value or " " in value:
+            raise ValueError(f"{value!r} is not a registry host: give host[:port][/path] without a scheme")
+        return value
+
+    @model_validator(mode="after")
+    def _template(self) -> OperatorSettings:
+        try:
+            image_repository("0" * 32, self.registry, self.image_template)
+        except ValueError as error:
+            raise ValueError(f"ENVKILN_IMAGE_TEMPLATE: {error}") from None
+        return self
+
+    @property
+    def effective_pull_registry(self) -> str:
+        return self.pull_registry or self.registry
+
+    @property
+    def effective_cache_repository(self) -> str:
+        return self.cache_repository or f"{self.registry}/envkiln/cache"
+
+    def render_settings(self) -> RenderSettings:
+        return RenderSettings(micromamba_image=self.micromamba_image, uv_version=self.uv_version)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        known = set(cls.model_fields)
+        for key, raw in environ.items():
+            if not key.startswith(PREFIX):
+                continue
+            name = key[len(PREFIX):].lower()
+            if name in DEV_TOOL_VARIABLES:
+                continue
+            if name not in known:
+                names = ", ".join(PREFIX + k.upper() for k in sorted(known))
+                raise SettingsError(f"{key}: unknown setting (a typo?); known settings: {names}")
+            if name in ("namespaces", "kaniko_extra_args"):
+                values[name] = [part for part in raw.replace(",", " ").split() if part]
+            else:
+                values[name] = raw
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            problems = [PREFIX + p.split(":", 1)[0].upper() + ":" + p.split(":", 1)[1] for p in describe(error)]
+            raise SettingsError("; ".join(problems)) from None
