@@ -53,7 +53,12 @@ def pull_reference(ctx: OperatorContext, image: str, digest: str) -> str:
 
 
 def _count_running_kaniko_jobs(ctx: OperatorContext) -> int:
-    jobs = ctx.kube.batch.list_job_for_all_namespaces(label_selector="envkiln.dev/build").items
+    selector = "envkiln.dev/build"
+    if ctx.settings.namespaces:
+        jobs = [job for namespace in ctx.settings.namespaces
+                for job in ctx.kube.batch.list_namespaced_job(namespace, label_selector=selector).items]
+    else:
+        jobs = ctx.kube.batch.list_job_for_all_namespaces(label_selector=selector).items
     return sum(1 for job in jobs if not (job.status and (job.status.succeeded or job.status.failed or any(
         c.status == "True" and c.type in ("Complete", "Failed") for c in job.status.conditions or []))))
 

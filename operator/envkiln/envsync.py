@@ -132,9 +132,12 @@ def decide(ctx: OperatorContext, env: dict[str, Any]) -> tuple[Outcome, str | No
     build_id = build_name(value)
 
     # A build of ours already decided (server-side state is the truth; no registry request needed).
+    # cacheHit means "this Environment caused no build": false once it has waited for one.
+    previous = env.get("status") or {}
+    waited = previous.get("hash") == value and previous.get("cacheHit") is False
     build = ctx.kube.get(BUILDS, namespace, build_id)
     if build is not None:
-        outcome = _from_build(build, pull_image, build_id)
+        outcome = _from_build(build, pull_image, build_id, cache_hit=not waited)
         if outcome is not None:
             return outcome, value
 
@@ -147,8 +150,8 @@ def decide(ctx: OperatorContext, env: dict[str, Any]) -> tuple[Outcome, str | No
             assert lookup.digest is not None
             return _ready(pull_image, lookup.digest, pull_reference(ctx, push_image, lookup.digest), True, None,
                           f"image {push_image} already in the registry; no build needed"), value
-        build = create_or_adopt_build(ctx, namespace, spec, value, push_image, _context_present(spec))
-        outcome = _from_build(build, pull_image, build_id)
+        build = create_or_adopt_build(ctx, namespace, spec, value, push_image)
+        outcome = _from_build(build, pull_image, build_id, cache_hit=not waited)
         if outcome is not None:
             return outcome, value
 
@@ -159,15 +162,11 @@ def decide(ctx: OperatorContext, env: dict[str, Any]) -> tuple[Outcome, str | No
     }, fields={"image": pull_image, "build": build_id, "cacheHit": False}, event=("Normal", "Building")), value
 
 
-def _context_present(spec: EnvironmentSpec) -> bool:
-    return spec.build is not None
-
-
-def _from_build(build: dict[str, Any], pull_image: str, build_id: str) -> Outcome | None:
+def _from_build(build: dict[str, Any], pull_image: str, build_id: str, cache_hit: bool) -> Outcome | None:
     status = build.get("status") or {}
     phase = status.get("phase")
     if phase == BuildPhase.SUCCEEDED.value and status.get("digest") and status.get("imageRef"):
-        return _ready(pull_image, status["digest"], status["imageRef"], False, build_id,
+        return _ready(pull_image, status["digest"], status["imageRef"], cache_hit, build_id,
                       f"built by EnvironmentBuild {build_id}")
     if phase == BuildPhase.FAILED.value:
         message = (f"EnvironmentBuild {build_id} failed: {status.get('message', '')}; see "
@@ -182,7 +181,7 @@ def _from_build(build: dict[str, Any], pull_image: str, build_id: str) -> Outcom
 
 
 def create_or_adopt_build(ctx: OperatorContext, namespace: str, spec: EnvironmentSpec, value: str,
-                          push_image: str, _: bool) -> dict[str, Any]:
+                          push_image: str) -> dict[str, Any]:
     plan = render(spec, value, ctx.settings.render_settings())
     build_spec = EnvironmentBuildSpec(hash=value, image=push_image, builder=ctx.settings.builder, plan=plan,
                                       reason=BuildReason.IMAGE_MISSING)

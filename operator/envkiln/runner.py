@@ -25,7 +25,9 @@ def run_operator(args: argparse.Namespace) -> int:
     kopf.run(
         standalone=args.standalone,
         priority=settings.peering_priority,
-        peering_name=settings.peering_name,
+        # An explicit peering name makes peering mandatory in Kopf; without one, Kopf uses
+        # peering when its CRD exists and runs alone otherwise.
+        peering_name=None if args.standalone else settings.peering_name,
         clusterwide=not namespaces,
         namespaces=namespaces or (),
         liveness_endpoint=settings.liveness_endpoint,

@@ -67,7 +67,9 @@ class OperatorSettings(BaseModel):
     workers: int = Field(default=20, ge=1, description="Kopf handler threads.")
     watch_timeout_seconds: int = Field(default=300, ge=1, description="Server-side watch timeout.")
     liveness_endpoint: str | None = Field(default=None, description="e.g. http://0.0.0.0:8080/healthz")
-    peering_name: str = "envkiln"
+    peering_name: str | None = Field(
+        default=None, description="Kopf peering object; when set, peering is mandatory (its CRD must exist)."
+    )
     peering_priority: int = 0
 
     @field_validator("registry", "pull_registry")

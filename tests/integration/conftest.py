@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,3 +87,51 @@ def kubeconfig_env(control_plane: ControlPlane) -> Iterator[str]:
         os.environ.pop("KUBECONFIG", None)
     else:
         os.environ["KUBECONFIG"] = previous
+
+
+@pytest.fixture()
+def start_operator(control_plane: ControlPlane, api_client: client.ApiClient, registry: Registry,
+                   tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
+    """A factory: start_operator(namespace, builder=..., **ENVKILN settings) -> a running operator process."""
+    from envkiln.devcluster.operator import OperatorProcess
+
+    started: list[OperatorProcess] = []
+
+    def start(namespace: str, builder: str = "kaniko", registry_host: str | None = None,
+              **settings: str) -> OperatorProcess:
+        env = {
+            "ENVKILN_REGISTRY": registry_host or registry.host,
+            "ENVKILN_INSECURE_REGISTRY": "true",
+            "ENVKILN_BUILDER": builder,
+            "ENVKILN_BUILD_SYNC_SECONDS": "1",
+            "ENVKILN_ENV_SYNC_SECONDS": "2",
+            "ENVKILN_REGISTRY_RETRY_SECONDS": "2",
+            "ENVKILN_WATCH_TIMEOUT_SECONDS": "20",
+            "ENVKILN_BUILD_RETRY_BACKOFF_SECONDS": "1",
+            "ENVKILN_CACHE_TTL_SECONDS": "0",
+            **{f"ENVKILN_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        process = OperatorProcess(control_plane.kubeconfig, env, namespaces=[namespace],
+                                  log_dir=tmp_path, name=f"operator-{len(started)}").start()
+        started.append(process)
+        # Fail fast with the operator's own message when it cannot start.
+        deadline = time.monotonic() + 30
+        while "envkiln operator" not in process.log():
+            if process.exited() or time.monotonic() > deadline:
+                pytest.fail(f"operator did not start: {process.exited()}\n{process.log()[-3000:]}")
+            time.sleep(0.2)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for process in started:
+            print(f"--- {process.name} log (tail) ---\n" + "\n".join(process.log().splitlines()[-80:]))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

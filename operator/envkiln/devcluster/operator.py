@@ -1,0 +1,62 @@
+"""Run `envkiln run` as a child process (tests, demo): a real operator process that can be killed."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from envkiln.devcluster.process import ManagedProcess
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, settings: dict[str, str], namespaces: list[str] | None = None,
+                 log_dir: Path | None = None, standalone: bool = True, name: str = "operator"):
+        self.kubeconfig = kubeconfig
+        self.settings = settings
+        self.namespaces = namespaces or []
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="envkiln-operator-"))
+        self.standalone = standalone
+        self.name = name
+        self.process: ManagedProcess | None = None
+        self.starts = 0
+
+    def start(self) -> OperatorProcess:
+        self.starts += 1
+        argv = [sys.executable, "-m", "envkiln.cli", "run"]
+        if self.standalone:
+            argv.append("--standalone")
+        for namespace in self.namespaces:
+            argv += ["--namespace", namespace]
+        env = {
+            "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "PYTHONUNBUFFERED": "1",
+            **{k: v for k, v in os.environ.items() if k.startswith("ENVKILN_") and k not in self.settings},
+            **self.settings,
+        }
+        if self.namespaces:
+            env.setdefault("ENVKILN_NAMESPACES", ",".join(self.namespaces))
+        self.process = ManagedProcess(self.name, argv, self.log_dir / f"{self.name}.log", env=env).start()
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=20)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+    def log(self) -> str:
+        return self.process.log_path.read_text(errors="replace") if self.process else ""
+
+    def exited(self) -> str | None:
+        return self.process.exited() if self.process else None
+
+    def __enter__(self) -> OperatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

