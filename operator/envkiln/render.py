@@ -86,6 +86,7 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
             python = f"{VENV_PREFIX}/bin/python"
             create = f"python3 -m venv {VENV_PREFIX}"
             path_entries.insert(0, f"{VENV_PREFIX}/bin")
+        # UV_NATIVE_TLS: trust the image's CA store like pip does (TLS-inspecting proxies).
         # uv when it can be installed in the build (much faster resolves and installs);
         # pip otherwise. A failing uv install of the requirements fails the build: no fallback
         # there, or a real dependency error would be retried with another resolver.
@@ -93,7 +94,7 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
             f"RUN {create} \\\n"
             f" && if {python} -m pip install --no-cache-dir --disable-pip-version-check --quiet "
             f"--target {STAGING_DIR}/uv uv=={settings.uv_version}; then \\\n"
-            f"      {STAGING_DIR}/uv/bin/uv pip install --no-cache --python {python} "
+            f"      UV_NATIVE_TLS=1 {STAGING_DIR}/uv/bin/uv pip install --no-cache --python {python} "
             f"--requirement {STAGING_DIR}/requirements.txt; \\\n"
             f"    else \\\n"
             f"      {python} -m pip install --no-cache-dir --disable-pip-version-check "

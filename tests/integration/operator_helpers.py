@@ -70,8 +70,16 @@ class Envs:
 
     def wait_phase(self, name: str, phase: str, timeout: float = 60, diagnostics: Callable[[], str] | None = None
                    ) -> dict[str, Any]:
-        return wait_for(lambda: (s := self.status(name)).get("phase") == phase and s, timeout,
-                        what=f"Environment {name} phase {phase}", diagnostics=diagnostics)
+        def check() -> dict[str, Any] | None:
+            status = self.status(name)
+            if status.get("phase") == phase:
+                return status
+            if status.get("phase") == "Failed" and phase != "Failed":
+                builds = {b["metadata"]["name"]: b.get("status") for b in self.builds()}
+                raise AssertionError(f"Environment {name} Failed while waiting for {phase}: {status}\n{builds}")
+            return None
+
+        return wait_for(check, timeout, what=f"Environment {name} phase {phase}", diagnostics=diagnostics)
 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
