@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export ENVKILN_CACHE ?= $(HOME)/.cache/envkiln
 
-.PHONY: venv test unit integration lint crds controlplane run bench clean
+.PHONY: venv test unit integration lint crds controlplane run demo bench clean
 
 $(BIN)/envkiln: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,9 @@ crds: venv  ## regenerate crds/ (and the chart's copy) from the models
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+demo: venv  ## the whole product locally, no Docker: control plane, registry, operator (local builder), demo Environments
+	$(BIN)/python -m envkiln.devcluster.demo
+
+run: venv  ## the operator against the current kubeconfig (kubectl apply -f crds/ first)
+	$(BIN)/envkiln run

@@ -71,10 +71,12 @@ class Envs:
     def wait_phase(self, name: str, phase: str, timeout: float = 60, diagnostics: Callable[[], str] | None = None
                    ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
-            status = self.status(name)
-            if status.get("phase") == phase:
+            obj = self.get(name)
+            status = obj.get("status") or {}
+            current = status.get("observedGeneration") == obj["metadata"]["generation"]
+            if status.get("phase") == phase and current:
                 return status
-            if status.get("phase") == "Failed" and phase != "Failed":
+            if status.get("phase") == "Failed" and phase != "Failed" and current:
                 builds = {b["metadata"]["name"]: b.get("status") for b in self.builds()}
                 raise AssertionError(f"Environment {name} Failed while waiting for {phase}: {status}\n{builds}")
             return None
