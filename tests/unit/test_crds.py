@@ -21,7 +21,8 @@ def test_committed_crds_match_the_models(directory: Path) -> None:
         path = directory / name
         assert path.exists(), f"{path} missing: run `make crds`"
         assert path.read_text() == text, f"{path} differs from the models: run `make crds` and commit"
-    assert sorted(p.name for p in directory.glob("*.yaml")) == sorted(render_crds())
+    others = {p.name for p in directory.glob("*.yaml")} - set(render_crds())
+    assert others <= {"kopf.dev_peerings.yaml"}, f"unexpected CRD files {others}"
 
 
 def _walk(node: object, path: str = ""):  # type: ignore[no-untyped-def]
