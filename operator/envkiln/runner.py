@@ -24,7 +24,7 @@ def run_operator(args: argparse.Namespace) -> int:
     namespaces = args.namespace or settings.namespaces
     kopf.run(
         standalone=args.standalone,
-        priority=settings.peering_priority,
+        priority=settings.resolved_peering_priority(),
         # An explicit peering name makes peering mandatory in Kopf; without one, Kopf uses
         # peering when its CRD exists and runs alone otherwise.
         peering_name=None if args.standalone else settings.peering_name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from typing import Literal
 
@@ -70,7 +71,18 @@ class OperatorSettings(BaseModel):
     peering_name: str | None = Field(
         default=None, description="Kopf peering object; when set, peering is mandatory (its CRD must exist)."
     )
-    peering_priority: int = 0
+    peering_priority: str = Field(default="0", description="An integer, or 'random' (distinct per replica).")
+
+    @field_validator("peering_priority")
+    @classmethod
+    def _priority(cls, value: str) -> str:
+        if value != "random" and not value.lstrip("-").isdigit():
+            raise ValueError(f"{value!r} is neither an integer nor 'random'")
+        return value
+
+    def resolved_peering_priority(self) -> int:
+        # Kopf peering is not leader election: replicas with equal priorities would all act.
+        return secrets.randbelow(1_000_000) + 1 if self.peering_priority == "random" else int(self.peering_priority)
 
     @field_validator("registry", "pull_registry")
     @classmethod
