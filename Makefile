@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export ENVKILN_CACHE ?= $(HOME)/.cache/envkiln
 
-.PHONY: venv test unit integration lint crds controlplane run demo bench clean
+.PHONY: venv test unit integration lint crds controlplane run demo kind e2e bench clean
 
 $(BIN)/envkiln: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,9 @@ demo: venv  ## the whole product locally, no Docker: control plane, registry, op
 
 run: venv  ## the operator against the current kubeconfig (kubectl apply -f crds/ first)
 	$(BIN)/envkiln run
+
+kind:  ## a kind cluster + local registry + the operator image + the chart (needs docker and kind)
+	scripts/kind-up.sh
+
+e2e: venv  ## the e2e suite against the kind cluster from `make kind`
+	ENVKILN_E2E=1 $(BIN)/pytest tests/e2e -q
