@@ -7,6 +7,8 @@ sync handlers in its thread pool instead of on the event loop.
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -18,6 +20,9 @@ from envkiln.context import OperatorContext, make_context
 from envkiln.envsync import sync_environment
 from envkiln.kube import BUILDS, ENVIRONMENTS
 from envkiln.settings import OperatorSettings
+from envkiln.webhook import admit_pod, release_pods
+from envkiln.webhookcert import ensure_certificate, patch_ca_bundle
+from envkiln.workloads import LABEL, WorkloadError
 
 log = logging.getLogger("envkiln")
 ENV_RESOURCE = (GROUP, VERSION, ENVIRONMENTS)
@@ -60,8 +65,47 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.watching.client_timeout = operator_settings.watch_timeout_seconds + 30
     ctx = make_context(api_client_from_environment(), operator_settings, on_local_build_done=_after_local_build)
     _STATE["ctx"] = ctx
+    if operator_settings.webhook_enabled:
+        settings.admission.server = _webhook_server(ctx)
     logger.info("envkiln operator %s: builder=%s registry=%s pull=%s", ctx.instance_id[:8], operator_settings.builder,
                 operator_settings.registry, operator_settings.effective_pull_registry)
+
+
+def _webhook_server(ctx: OperatorContext) -> kopf.WebhookServer:
+    options = ctx.settings
+    certificate = ensure_certificate(ctx.kube, options.operator_namespace, options.webhook_cert_secret,
+                                     options.effective_webhook_hosts())
+    directory = Path(tempfile.mkdtemp(prefix="envkiln-webhook-"))
+    (directory / "tls.crt").write_bytes(certificate.cert_pem)
+    (directory / "tls.key").write_bytes(certificate.key_pem)
+    (directory / "tls.key").chmod(0o600)
+    if options.webhook_configuration:
+        patch_ca_bundle(ctx.kube, options.webhook_configuration, certificate.ca_pem)
+    return kopf.WebhookServer(addr=options.webhook_listen_address, port=options.webhook_port,
+                              certfile=str(directory / "tls.crt"), pkeyfile=str(directory / "tls.key"),
+                              cadata=certificate.ca_pem, host=options.effective_webhook_hosts()[0])
+
+
+@kopf.on.mutate("v1", "pods", id="envkiln-environment", operations=["CREATE"], side_effects=True,
+                labels={LABEL: kopf.PRESENT})
+def mutate_pod(body: kopf.Body, patch: kopf.Patch, dryrun: bool, **_: Any) -> None:
+    """Set the environment's image (or a scheduling gate) and variables on a new pod."""
+    namespace = body.metadata.namespace or body.get("metadata", {}).get("namespace") or "default"
+    try:
+        changes = admit_pod(operator_context(), dict(body), namespace, dryrun)
+    except WorkloadError as error:
+        raise kopf.AdmissionError(str(error), code=400) from None
+    for key, value in changes["metadata"].items():
+        patch.metadata[key] = value
+    for key, value in changes["spec"].items():
+        patch.spec[key] = value
+
+
+def _release(namespace: str, name: str) -> None:
+    try:
+        release_pods(operator_context(), namespace, name)
+    except client.ApiException as error:
+        log.warning("could not release pods waiting for %s/%s: %s", namespace, name, error.reason)
 
 
 @kopf.on.cleanup()
@@ -85,6 +129,8 @@ def _remember_index(index: kopf.Index) -> None:
 
 def _sync_environment(namespace: str, name: str) -> None:
     result = sync_environment(operator_context(), namespace, name)
+    if result.phase in ("Ready", "Failed"):
+        _release(namespace, name)
     if result.retry_in is not None:
         raise kopf.TemporaryError(f"retrying in {result.retry_in:.0f}s", delay=result.retry_in)
 
@@ -104,7 +150,9 @@ def _environment_unsettled(status: kopf.Status, **_: Any) -> bool:
 @kopf.timer(*ENV_RESOURCE, interval=ENV_SYNC_SECONDS, initial_delay=ENV_SYNC_SECONDS, when=_environment_unsettled)
 def environment_unsettled(namespace: str, name: str, **_: Any) -> None:
     # A safety net: builds and registry recoveries normally push updates sooner.
-    sync_environment(operator_context(), namespace, name)
+    result = sync_environment(operator_context(), namespace, name)
+    if result.phase in ("Ready", "Failed"):
+        _release(namespace, name)
 
 
 def notify_environments(namespace: str, definition_hash: str) -> None:
@@ -116,6 +164,7 @@ def notify_environments(namespace: str, definition_hash: str) -> None:
     for name in names:
         try:
             sync_environment(ctx, namespace, name)
+            _release(namespace, name)
         except client.ApiException as error:
             log.warning("could not update Environment %s/%s: %s", namespace, name, error.reason)
 

@@ -68,6 +68,15 @@ class OperatorSettings(BaseModel):
     workers: int = Field(default=20, ge=1, description="Kopf handler threads.")
     watch_timeout_seconds: int = Field(default=300, ge=1, description="Server-side watch timeout.")
     liveness_endpoint: str | None = Field(default=None, description="e.g. http://0.0.0.0:8080/healthz")
+    webhook_enabled: bool = Field(default=False, description="Serve the pod admission webhook.")
+    webhook_listen_address: str = "0.0.0.0"
+    webhook_port: int = Field(default=9443, ge=1, le=65535)
+    webhook_service: str = Field(default="envkiln-webhook", description="Service in front of the webhook.")
+    webhook_hosts: list[str] = Field(default_factory=list, description="Certificate names (default: the Service's).")
+    webhook_configuration: str | None = Field(
+        default=None, description="MutatingWebhookConfiguration whose caBundle the operator keeps current."
+    )
+    webhook_cert_secret: str = "envkiln-webhook-tls"
     peering_name: str | None = Field(
         default=None, description="Kopf peering object; when set, peering is mandatory (its CRD must exist)."
     )
@@ -102,6 +111,13 @@ class OperatorSettings(BaseModel):
             raise ValueError(f"ENVKILN_IMAGE_TEMPLATE: {error}") from None
         return self
 
+    def effective_webhook_hosts(self) -> list[str]:
+        if self.webhook_hosts:
+            return self.webhook_hosts
+        service, namespace = self.webhook_service, self.operator_namespace
+        return [f"{service}.{namespace}.svc", service, f"{service}.{namespace}",
+                f"{service}.{namespace}.svc.cluster.local"]
+
     @property
     def effective_pull_registry(self) -> str:
         return self.pull_registry or self.registry
@@ -127,7 +143,7 @@ class OperatorSettings(BaseModel):
             if name not in known:
                 names = ", ".join(PREFIX + k.upper() for k in sorted(known))
                 raise SettingsError(f"{key}: unknown setting (a typo?); known settings: {names}")
-            if name in ("namespaces", "kaniko_extra_args"):
+            if name in ("namespaces", "kaniko_extra_args", "webhook_hosts"):
                 values[name] = [part for part in raw.replace(",", " ").split() if part]
             else:
                 values[name] = raw

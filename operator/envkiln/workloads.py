@@ -1,0 +1,136 @@
+"""Workloads that name an environment: which image and variables a pod gets, and when.
+
+Pure functions; the admission webhook (envkiln.webhook) and the gate release use them.
+
+A pod opts in with the label `envkiln.dev/environment` (it scopes the webhook's object
+selector, so other pods never reach it). Its value is the Environment name, or `inline` for an
+anonymous environment defined in the annotation `envkiln.dev/environment-spec`. The annotation
+`envkiln.dev/environment` may give `name` or `name:version`; `envkiln.dev/container` picks the
+container (default: the first).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from envkiln.definition import definition_hash
+from envkiln.errors import describe
+from envkiln.models import EnvironmentSpec
+
+LABEL = "envkiln.dev/environment"
+ANNOTATION = "envkiln.dev/environment"
+VERSION_ANNOTATION = "envkiln.dev/environment-version"
+CONTAINER_ANNOTATION = "envkiln.dev/container"
+SPEC_ANNOTATION = "envkiln.dev/environment-spec"
+INLINE = "inline"
+GATE = "envkiln.dev/environment"
+ANONYMOUS_LABEL = "envkiln.dev/anonymous"
+POD_CONDITION = "envkiln.dev/EnvironmentReady"
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class WorkloadError(ValueError):
+    """The pod cannot be admitted; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class EnvironmentRequest:
+    name: str | None  # None: anonymous (inline spec)
+    version: str | None
+    container: str | None
+    inline_spec: EnvironmentSpec | None = None
+
+
+def parse_request(labels: dict[str, str], annotations: dict[str, str]) -> EnvironmentRequest:
+    label = labels.get(LABEL, "")
+    reference = annotations.get(ANNOTATION) or label
+    container = annotations.get(CONTAINER_ANNOTATION) or None
+    if label == INLINE or (SPEC_ANNOTATION in annotations and not annotations.get(ANNOTATION)):
+        return EnvironmentRequest(None, None, container, parse_inline_spec(annotations.get(SPEC_ANNOTATION, "")))
+    name, _, version = reference.partition(":")
+    version = version or annotations.get(VERSION_ANNOTATION) or None
+    if not name or not _NAME.match(name):
+        raise WorkloadError(f"{ANNOTATION}: {reference!r} is not an Environment name (optionally name:version)")
+    return EnvironmentRequest(name, version, container)
+
+
+def parse_inline_spec(text: str) -> EnvironmentSpec:
+    if not text.strip():
+        raise WorkloadError(f"annotation {SPEC_ANNOTATION} is empty; put the environment spec there (YAML or JSON)")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise WorkloadError(f"annotation {SPEC_ANNOTATION} is not valid YAML/JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise WorkloadError(f"annotation {SPEC_ANNOTATION} must be a mapping (an Environment spec)")
+    try:
+        spec = EnvironmentSpec.model_validate(document)
+    except ValidationError as error:
+        raise WorkloadError(f"annotation {SPEC_ANNOTATION}: " + "; ".join(describe(error, "spec"))) from None
+    if spec.build is not None and spec.build.config_map is not None:
+        raise WorkloadError(f"annotation {SPEC_ANNOTATION}: spec.build.configMap is not supported in anonymous "
+                            "environments; create a named Environment")
+    return spec
+
+
+def anonymous_name(spec: EnvironmentSpec) -> str:
+    return f"anonymous-{definition_hash(spec)}"
+
+
+def anonymous_environment(spec: EnvironmentSpec, namespace: str) -> dict[str, Any]:
+    value = definition_hash(spec)
+    return {
+        "apiVersion": "envkiln.dev/v1alpha1", "kind": "Environment",
+        "metadata": {"name": anonymous_name(spec), "namespace": namespace,
+                     "labels": {ANONYMOUS_LABEL: "true", "envkiln.dev/hash": value}},
+        "spec": spec.to_kube(),
+    }
+
+
+def image_for_version(environment: dict[str, Any], version: str | None) -> str | None:
+    """The digest reference for the wanted version; None while it is not built yet.
+
+    Raises WorkloadError when the version is neither current nor in the history.
+    """
+    spec, status = environment.get("spec") or {}, environment.get("status") or {}
+    current = spec.get("version", "1")
+    if version is None or version == current:
+        if status.get("phase") == "Ready" and status.get("observedGeneration") == environment["metadata"].get(
+                "generation"):
+            return status.get("imageRef")
+        return None
+    for record in reversed(status.get("versions") or []):
+        if record.get("version") == version:
+            if record.get("imageRef"):
+                return str(record["imageRef"])
+            raise WorkloadError(f"Environment {environment['metadata']['name']} version {version} was never built; "
+                                f"use version {current} or another one from status.versions")
+    known = sorted({r.get("version") for r in status.get("versions") or []} | {current})
+    raise WorkloadError(f"Environment {environment['metadata']['name']} has no version {version!r}; "
+                        f"known versions: {', '.join(known)}")
+
+
+def container_index(pod: dict[str, Any], wanted: str | None) -> int:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    if not containers:
+        raise WorkloadError("the pod has no containers")
+    if wanted is None:
+        return 0
+    for index, container in enumerate(containers):
+        if container.get("name") == wanted:
+            return index
+    names = ", ".join(c.get("name", "?") for c in containers)
+    raise WorkloadError(f"{CONTAINER_ANNOTATION}: no container named {wanted!r} (containers: {names})")
+
+
+def with_environment_variables(container: dict[str, Any], variables: dict[str, str]) -> dict[str, Any]:
+    """The container with the environment's variables added; the pod's own values win."""
+    existing = list(container.get("env") or [])
+    names = {item.get("name") for item in existing}
+    added = [{"name": key, "value": value} for key, value in sorted(variables.items()) if key not in names]
+    return {**container, "env": existing + added}
