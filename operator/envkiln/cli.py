@@ -113,6 +113,73 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster_environments(namespace: str) -> list[dict]:
+    from kubernetes import client, config
+
+    config.load_kube_config()
+    result = client.CustomObjectsApi().list_namespaced_custom_object("envkiln.dev", "v1alpha1", namespace,
+                                                                     "environments")
+    return list(result.get("items", []))
+
+
+def _current_namespace(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    from kubernetes import config
+
+    _, active = config.list_kube_config_contexts()
+    return (active or {}).get("context", {}).get("namespace") or "default"
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    """The digest reference of NAME[:VERSION] (or of --hash), for scripts and Helm values."""
+    from envkiln.workloads import WorkloadError, image_for_version
+
+    namespace = _current_namespace(args.namespace)
+    environments = _cluster_environments(namespace)
+    if args.hash:
+        matches = [e for e in environments if (e.get("status") or {}).get("hash", "").startswith(args.hash)]
+        if not matches:
+            print(f"error: no Environment with hash {args.hash} in namespace {namespace}", file=sys.stderr)
+            return 1
+        environment, version = matches[0], None
+    else:
+        name, _, version = args.reference.partition(":")
+        environment = next((e for e in environments if e["metadata"]["name"] == name), None)
+        if environment is None:
+            print(f"error: Environment {name!r} not found in namespace {namespace}", file=sys.stderr)
+            return 1
+    try:
+        image = image_for_version(environment, version or None)
+    except WorkloadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if image is None:
+        status = environment.get("status") or {}
+        print(f"error: Environment {environment['metadata']['name']} is not Ready "
+              f"(phase {status.get('phase', 'Pending')}): {status.get('message', '')}", file=sys.stderr)
+        return 3
+    print(image)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Environments in a namespace; anonymous ones only with --anonymous."""
+    namespace = _current_namespace(args.namespace)
+    rows = [("NAME", "VERSION", "HASH", "PHASE", "IMAGE REF")]
+    for environment in sorted(_cluster_environments(namespace), key=lambda e: e["metadata"]["name"]):
+        anonymous = (environment["metadata"].get("labels") or {}).get("envkiln.dev/anonymous") == "true"
+        if anonymous and not args.anonymous:
+            continue
+        status = environment.get("status") or {}
+        rows.append((environment["metadata"]["name"], environment["spec"].get("version", "1"),
+                     status.get("shortHash", ""), status.get("phase", ""), status.get("imageRef", "")))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4])
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from envkiln.runner import run_operator
 
@@ -151,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", action="append", help="directory (repeatable; default crds/ and the chart's)")
     p.set_defaults(func=cmd_crds)
 
+    p = sub.add_parser("image", help="print the image reference (digest) of NAME[:VERSION] from the cluster")
+    p.add_argument("reference", nargs="?", help="Environment name, optionally :version")
+    p.add_argument("--hash", help="find the Environment by (a prefix of) its definition hash instead")
+    p.add_argument("-n", "--namespace")
+    p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("list", help="list Environments in the cluster (anonymous ones with --anonymous)")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("--anonymous", action="store_true", help="include anonymous (inline) environments")
+    p.set_defaults(func=cmd_list)
+
     p = sub.add_parser("run", help="run the operator against the current kubeconfig")
     p.add_argument("--namespace", action="append", help="namespace to watch (repeatable; default: all)")
     p.add_argument("--standalone", action="store_true", help="no peering with other replicas")
@@ -160,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "image" and not (args.reference or args.hash):
+        parser.error("image: give NAME[:VERSION] or --hash")
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

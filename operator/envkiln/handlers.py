@@ -86,8 +86,6 @@ def _webhook_server(ctx: OperatorContext) -> kopf.WebhookServer:
                               cadata=certificate.ca_pem, host=options.effective_webhook_hosts()[0])
 
 
-@kopf.on.mutate("v1", "pods", id="envkiln-environment", operations=["CREATE"], side_effects=True,
-                labels={LABEL: kopf.PRESENT})
 def mutate_pod(body: kopf.Body, patch: kopf.Patch, dryrun: bool, **_: Any) -> None:
     """Set the environment's image (or a scheduling gate) and variables on a new pod."""
     namespace = body.metadata.namespace or body.get("metadata", {}).get("namespace") or "default"
@@ -99,6 +97,12 @@ def mutate_pod(body: kopf.Body, patch: kopf.Patch, dryrun: bool, **_: Any) -> No
         patch.metadata[key] = value
     for key, value in changes["spec"].items():
         patch.spec[key] = value
+
+
+if _IMPORT_SETTINGS.webhook_enabled:
+    # Registered only with a server to serve it: Kopf refuses admission handlers without one.
+    kopf.on.mutate("v1", "pods", id="envkiln-environment", operations=["CREATE"], side_effects=True,
+                   labels={LABEL: kopf.PRESENT})(mutate_pod)
 
 
 def _release(namespace: str, name: str) -> None:

@@ -16,7 +16,12 @@ OPERATOR_PERMISSIONS: set[tuple[str, ...]] = {
     *{("batch", "jobs", v) for v in ("get", "list", "watch", "create")},  # Kaniko builder + job events
     ("", "configmaps", "get"),  # user ConfigMap contexts
     ("", "configmaps", "create"),  # rendered contexts
-    ("", "pods", "list"),  # termination messages of build pods
+    ("", "pods", "list"),  # termination messages of build pods; pods waiting for an environment
+    ("", "pods", "patch"),  # set the image and remove the scheduling gate
+    ("", "pods/status", "patch"),  # tell a waiting pod why its environment failed
+    # keep the webhook's caBundle current (RELEASE: the chart's fullname)
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get", "RELEASE"),
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "RELEASE"),
     ("", "secrets", "create"),  # registry credentials copied for Kaniko
     ("", "secrets", "patch", "envkiln-registry-credentials"),
     ("", "events", "create"),

@@ -117,7 +117,8 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(helm: str) -> None:
         rules = roles[0]["rules"]
         for rule in rules:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-        granted = permissions_of(rules)
+        fullname = roles[0]["metadata"]["name"]
+        granted = {tuple("RELEASE" if part == fullname else part for part in p) for p in permissions_of(rules)}
         assert granted - OPERATOR_PERMISSIONS == set(), "the ClusterRole grants more than the operator uses"
         assert OPERATOR_PERMISSIONS - granted == set(), "the ClusterRole lacks permissions the operator uses"
 
@@ -127,7 +128,10 @@ def installed_release(helm: str, control_plane: ControlPlane, release_namespace:
                       registry: Registry) -> Iterator[str]:
     args = [helm, "install", "envkiln", str(CHART), "-n", release_namespace, "--kubeconfig",
             str(control_plane.kubeconfig), "--set", f"operator.registry={registry.host}",
-            "--set", "operator.insecureRegistry=true"]
+            "--set", "operator.insecureRegistry=true",
+            # No operator pod runs here (no kubelet): a fail-closed webhook would refuse the
+            # labelled pods of the webhook tests sharing this API server.
+            "--set", "webhook.failurePolicy=Ignore"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     yield "envkiln"
