@@ -60,6 +60,8 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
         prefix="envkiln.dev", key="last-handled-configuration")
     settings.persistence.finalizer = "envkiln.dev/finalizer"
     settings.posting.level = logging.WARNING
+    settings.peering.lifetime = operator_settings.peering_lifetime_seconds
+    settings.peering.stealth = False
     settings.execution.max_workers = operator_settings.workers
     settings.watching.server_timeout = operator_settings.watch_timeout_seconds
     settings.watching.client_timeout = operator_settings.watch_timeout_seconds + 30

@@ -222,8 +222,9 @@ class GitContext(KubeModel):
     @field_validator("ref", "path")
     @classmethod
     def _plain(cls, value: str) -> str:
-        if value and (any(ch in _SHELL_META or ch.isspace() for ch in value) or ".." in value.split("/")):
-            raise ValueError(f"{value!r} has spaces, '..' or shell metacharacters")
+        if value and (not re.fullmatch(r"[A-Za-z0-9._/+-]+", value) or ".." in value.split("/")):
+            raise ValueError(f"{value!r} may only hold letters, digits and . _ / + - (no '..'): a branch, tag, "
+                             "commit or path")
         return value
 
 

@@ -68,6 +68,7 @@ class OperatorSettings(BaseModel):
     workers: int = Field(default=20, ge=1, description="Kopf handler threads.")
     watch_timeout_seconds: int = Field(default=300, ge=1, description="Server-side watch timeout.")
     liveness_endpoint: str | None = Field(default=None, description="e.g. http://0.0.0.0:8080/healthz")
+    peering_lifetime_seconds: int = Field(default=60, ge=1, description="How long a silent peer counts as alive.")
     webhook_enabled: bool = Field(default=False, description="Serve the pod admission webhook.")
     webhook_listen_address: str = "0.0.0.0"
     webhook_port: int = Field(default=9443, ge=1, le=65535)

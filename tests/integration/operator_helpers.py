@@ -47,7 +47,9 @@ class Envs:
         self.namespace = namespace
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "environments", body)
+        # Strict, as kubectl does by default: unknown fields are errors, not silently pruned.
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "environments", body,
+                                                           field_validation="Strict")
 
     def get(self, name: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "environments", name)
