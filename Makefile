@@ -46,3 +46,6 @@ kind:  ## a kind cluster + local registry + the operator image + the chart (need
 
 e2e: venv  ## the e2e suite against the kind cluster from `make kind`
 	ENVKILN_E2E=1 $(BIN)/pytest tests/e2e -q
+
+bench: venv controlplane  ## benchmarks (numbers, not tests); writes docs/benchmarks.md
+	$(BIN)/python -m bench.run_all

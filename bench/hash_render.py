@@ -36,8 +36,8 @@ def realistic_definitions(count: int) -> list[dict]:
     return documents
 
 
-def main() -> None:
-    documents = realistic_definitions(2000)
+def measure(count: int = 2000) -> dict[str, float]:
+    documents = realistic_definitions(count)
     start = time.perf_counter()
     environments = [Environment.model_validate(d) for d in documents]
     validated = time.perf_counter()
@@ -47,11 +47,15 @@ def main() -> None:
         render(environment.spec, value)
     rendered = time.perf_counter()
     n = len(documents)
-    print(f"definitions: {n} ({len(set(hashes))} distinct)")
-    print(f"validate: {n / (validated - start):,.0f} /s")
-    print(f"hash:     {n / (hashed - validated):,.0f} /s")
-    print(f"render:   {n / (rendered - hashed):,.0f} /s")
-    print(f"validate+hash+render: {n / (rendered - start):,.0f} /s")
+    return {"n": n, "distinct": len(set(hashes)), "validate": n / (validated - start),
+            "hash": n / (hashed - validated), "render": n / (rendered - hashed), "all": n / (rendered - start)}
+
+
+def main() -> None:
+    result = measure()
+    print(f"definitions: {result['n']:.0f} ({result['distinct']:.0f} distinct)")
+    for key in ("validate", "hash", "render", "all"):
+        print(f"{key}: {result[key]:,.0f} /s")
 
 
 if __name__ == "__main__":
