@@ -16,12 +16,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
-import yaml
 from kubernetes import client, config, watch
 
 from envkiln.definition import definition_hash, image_name
 from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.controlplane import REPO_ROOT, ControlPlane, wait_for_crds
+from envkiln.devcluster.controlplane import ControlPlane, install_crds
 from envkiln.devcluster.operator import OperatorProcess
 from envkiln.devcluster.registry import Registry
 from envkiln.models import EnvironmentSpec
@@ -52,10 +51,7 @@ class Harness:
         self.registry = Registry().start()
         self.api = config.new_client_from_config(str(self.plane.kubeconfig))
         self.api.configuration.connection_pool_maxsize = 32
-        extensions = client.ApiextensionsV1Api(self.api)
-        for path in sorted((REPO_ROOT / "crds").glob("*.yaml")):
-            extensions.create_custom_resource_definition(yaml.safe_load(path.read_text()))
-        wait_for_crds(self.api, ["environments.envkiln.dev", "environmentbuilds.envkiln.dev"])
+        install_crds(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
         self.archive = base_image_archive()

@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client, config
 
 from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.controlplane import ControlPlane, wait_for_crds
+from envkiln.devcluster.controlplane import ControlPlane, install_crds
 from envkiln.devcluster.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,23 +32,6 @@ def api_client(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
     install_crds(api)
     yield api
     api.close()
-
-
-def install_crds(api: client.ApiClient) -> None:
-    extensions = client.ApiextensionsV1Api(api)
-    names = []
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        names.append(crd["metadata"]["name"])
-        try:
-            extensions.create_custom_resource_definition(crd)
-        except client.ApiException as error:
-            if error.status != 409:
-                raise
-            existing = extensions.read_custom_resource_definition(crd["metadata"]["name"])
-            crd["metadata"]["resourceVersion"] = existing.metadata.resource_version
-            extensions.replace_custom_resource_definition(crd["metadata"]["name"], crd)
-    wait_for_crds(api, names)
 
 
 @pytest.fixture()

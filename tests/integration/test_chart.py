@@ -12,7 +12,7 @@ import yaml
 from kubernetes import client, dynamic
 
 from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.controlplane import ControlPlane, ensure_binaries
+from envkiln.devcluster.controlplane import ControlPlane, ensure_binaries, install_crds
 from envkiln.devcluster.registry import Registry
 from envkiln.rbac import OPERATOR_PERMISSIONS, permissions_of
 from operator_helpers import Envs, environment, finish_job, image_for, play_kaniko_pod, wait_for
@@ -79,15 +79,7 @@ def release_namespace(api_client: client.ApiClient) -> str:
         except client.ApiException as error:
             if error.status != 409:
                 raise
-    extensions = client.ApiextensionsV1Api(api_client)
-    for crd in yaml.safe_load_all((CHART / "crds" / "kopf.dev_peerings.yaml").read_text()):
-        try:
-            extensions.create_custom_resource_definition(crd)
-        except client.ApiException as error:
-            if error.status != 409:
-                raise
-    from envkiln.devcluster.controlplane import wait_for_crds
-    wait_for_crds(api_client, ["clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"])
+    install_crds(api_client, [CHART / "crds" / "kopf.dev_peerings.yaml"])
     return RELEASE_NAMESPACE
 
 

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client, config
 
 from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.controlplane import ControlPlane, wait_for_crds
+from envkiln.devcluster.controlplane import ControlPlane, install_crds
 from envkiln.devcluster.operator import OperatorProcess
 from envkiln.devcluster.registry import Registry
 from operator_helpers import Envs, condition, environment, hash_of, image_for, wait_for
@@ -70,10 +69,7 @@ def test_kill_the_operator_at_random_points_during_20_local_builds(
 def _own_control_plane() -> tuple[ControlPlane, client.ApiClient]:
     plane = ControlPlane().start()
     api = config.new_client_from_config(str(plane.kubeconfig))
-    extensions = client.ApiextensionsV1Api(api)
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        extensions.create_custom_resource_definition(yaml.safe_load(path.read_text()))
-    wait_for_crds(api, ["environments.envkiln.dev", "environmentbuilds.envkiln.dev"])
+    install_crds(api)
     client.CoreV1Api(api).create_namespace({"metadata": {"name": "restart"}})
     return plane, api
 
@@ -247,14 +243,7 @@ def test_hostile_input_is_refused_or_failed_clearly_and_service_continues(
 def test_two_replicas_with_peering_one_acts_and_hands_over(api_client: client.ApiClient, namespace: str,
                                                            registry: Registry, control_plane: ControlPlane,
                                                            tmp_path: Path) -> None:
-    extensions = client.ApiextensionsV1Api(api_client)
-    for crd in yaml.safe_load_all((ROOT / "charts/envkiln/crds/kopf.dev_peerings.yaml").read_text()):
-        try:
-            extensions.create_custom_resource_definition(crd)
-        except client.ApiException as error:
-            if error.status != 409:
-                raise
-    wait_for_crds(api_client, ["kopfpeerings.kopf.dev"])
+    install_crds(api_client, [ROOT / "charts/envkiln/crds/kopf.dev_peerings.yaml"])
     client.CustomObjectsApi(api_client).create_namespaced_custom_object(
         "kopf.dev", "v1", namespace, "kopfpeerings",
         {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "envkiln"}})

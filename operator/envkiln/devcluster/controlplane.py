@@ -145,6 +145,27 @@ def _fast_tmp() -> str | None:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
+def install_crds(api_client: object, paths: list[Path] | None = None) -> list[str]:
+    """Create (or update) CRDs from YAML files (default: the repository's crds/) and wait until established."""
+    from kubernetes import client
+
+    extensions = client.ApiextensionsV1Api(api_client)  # type: ignore[arg-type]
+    names = []
+    for path in paths or sorted((REPO_ROOT / "crds").glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            names.append(crd["metadata"]["name"])
+            try:
+                extensions.create_custom_resource_definition(crd)
+            except client.ApiException as error:
+                if error.status != 409:
+                    raise
+                existing = extensions.read_custom_resource_definition(crd["metadata"]["name"])
+                crd["metadata"]["resourceVersion"] = existing.metadata.resource_version
+                extensions.replace_custom_resource_definition(crd["metadata"]["name"], crd)
+    wait_for_crds(api_client, names)
+    return names
+
+
 def wait_for_crds(api_client: object, names: list[str], timeout: float = 60) -> None:
     from kubernetes import client
 

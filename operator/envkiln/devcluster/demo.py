@@ -14,21 +14,11 @@ import yaml
 from kubernetes import client, config
 
 from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.controlplane import REPO_ROOT, ControlPlane, wait_for_crds
+from envkiln.devcluster.controlplane import REPO_ROOT, ControlPlane, install_crds
 from envkiln.devcluster.operator import OperatorProcess
 from envkiln.devcluster.registry import Registry
 
 NAMESPACE = "default"
-
-
-def install_crds(api: client.ApiClient) -> None:
-    extensions = client.ApiextensionsV1Api(api)
-    names = []
-    for path in sorted((REPO_ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        names.append(crd["metadata"]["name"])
-        extensions.create_custom_resource_definition(crd)
-    wait_for_crds(api, names)
 
 
 def table(custom: client.CustomObjectsApi) -> tuple[str, bool]:
