@@ -87,7 +87,8 @@ NOTES = [
     "`ENVKILN_CACHE_TTL_SECONDS`; a miss is never cached.",
     "- Throughput at scale is bounded by API writes: each Environment costs one status patch and one Kopf "
     "annotation patch; Kopf processes objects concurrently in `ENVKILN_WORKERS` threads.",
-    "- Memory grows with the number of watched objects: Kopf keeps per-object state and the index by hash.",
+    "- Memory grows with the number of watched objects (Kopf keeps per-object state; the index by hash); "
+    "see docs/benchmarks.md of the last run for the per-Environment cost and what is not yet profiled.",
     "- The build comparison includes uv's own installation from PyPI inside the build (there is no internet "
     "image registry here to copy it from); with a pre-built uv image the rendered build would be faster still.",
 ]
