@@ -108,6 +108,9 @@ if _IMPORT_SETTINGS.webhook_enabled:
 
 
 def _release(namespace: str, name: str) -> None:
+    # Only the webhook gates pods: without it, skip the pod listing on every Environment sync.
+    if not operator_context().settings.webhook_enabled:
+        return
     try:
         release_pods(operator_context(), namespace, name)
     except client.ApiException as error:
