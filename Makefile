@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export ENVKILN_CACHE ?= $(HOME)/.cache/envkiln
 
-.PHONY: venv test unit integration lint crds controlplane run demo kind e2e bench clean
+.PHONY: deps venv test unit integration lint crds controlplane run demo kind e2e bench clean
 
 $(BIN)/envkiln: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(BIN)/envkiln: pyproject.toml
 	touch $@
 
 venv: $(BIN)/envkiln
+
+deps:  ## install what tests and the demo need (Debian packages, Go binaries); quiet when already there
+	@bash scripts/bootstrap.sh
 
 controlplane:  ## build (or reuse) kube-apiserver, etcd and helm from the pinned Go modules
 	bash tests/controlplane/build.sh
@@ -23,10 +26,10 @@ lint: venv
 unit: venv  ## unit tests only, in seconds
 	$(BIN)/pytest tests/unit -q
 
-integration: venv controlplane
+integration: deps venv
 	$(BIN)/pytest tests/integration -q
 
-test: venv controlplane lint  ## everything CI runs: lint, unit and integration tests
+test: deps venv lint  ## everything CI runs: lint, unit and integration tests
 	$(BIN)/pytest tests -q
 
 crds: venv  ## regenerate crds/ (and the chart's copy) from the models
@@ -35,8 +38,8 @@ crds: venv  ## regenerate crds/ (and the chart's copy) from the models
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-demo: venv  ## the whole product locally, no Docker: control plane, registry, operator (local builder), demo Environments
-	$(BIN)/python -m envkiln.devcluster.demo
+demo: deps venv  ## the whole product locally, no Docker: control plane, registry, operator (local builder), demo Environments
+	PYTHONPATH=tests $(BIN)/python -m harness.demo $(DEMO_ARGS)
 
 run: venv  ## the operator against the current kubeconfig (kubectl apply -f crds/ first)
 	$(BIN)/envkiln run
@@ -47,5 +50,5 @@ kind:  ## a kind cluster + local registry + the operator image + the chart (need
 e2e: venv  ## the e2e suite against the kind cluster from `make kind`
 	ENVKILN_E2E=1 $(BIN)/pytest tests/e2e -q
 
-bench: venv controlplane  ## benchmarks (numbers, not tests); writes docs/benchmarks.md
+bench: deps venv  ## benchmarks (numbers, not tests); writes docs/benchmarks.md
 	$(BIN)/python -m bench.run_all

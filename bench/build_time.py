@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from envkiln.definition import definition_hash
-from envkiln.devcluster.buildah import base_image_archive, build_and_push, push_archive
-from envkiln.devcluster.registry import Registry
 from envkiln.models import EnvironmentSpec
 from envkiln.render import render
+from harness.buildah import base_image_archive, build_and_push, push_archive
+from harness.registry import Registry
 
 PACKAGES = ["numpy==2.1.3", "pandas==2.2.3"]
 

@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from kubernetes import client, config, watch
 
 from envkiln.definition import definition_hash, image_name
-from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.controlplane import ControlPlane, install_crds
-from envkiln.devcluster.operator import OperatorProcess
-from envkiln.devcluster.registry import Registry
 from envkiln.models import EnvironmentSpec
+from harness.buildah import base_image_archive, push_archive
+from harness.controlplane import ControlPlane, install_crds
+from harness.operator import OperatorProcess
+from harness.registry import Registry
 
 # Kopf and operator settings used for every run (recorded in docs/benchmarks.md).
 OPERATOR_SETTINGS = {

@@ -17,7 +17,7 @@ from envkiln.render import DEFAULT_MICROMAMBA_IMAGE, DEFAULT_UV_VERSION, RenderS
 # The maintained Kaniko fork (GoogleContainerTools/kaniko was archived in June 2025).
 DEFAULT_KANIKO_IMAGE = "ghcr.io/osscontainertools/kaniko:v1.28.0"
 PREFIX = "ENVKILN_"
-# Read by the development tools (envkiln.devcluster), not by the operator.
+# Read by the development harness (tests/harness), not by the operator.
 DEV_TOOL_VARIABLES = {"cache", "debian_mirror", "keep_testdirs"}
 
 
@@ -43,6 +43,9 @@ class OperatorSettings(BaseModel):
         default=None, description="Kaniko layer cache repo (default <registry>/envkiln/cache)."
     )
     builder: Literal["kaniko", "local"] = "kaniko"
+    local_storage_root: str | None = Field(
+        default=None, description="buildah storage directory of the local builder (default: buildah's own)."
+    )
     kaniko_image: str = DEFAULT_KANIKO_IMAGE
     kaniko_extra_args: list[str] = Field(default_factory=list)
     build_cpu_request: str = "500m"

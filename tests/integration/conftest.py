@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.controlplane import ControlPlane, install_crds
-from envkiln.devcluster.registry import Registry
+from harness.buildah import base_image_archive, push_archive
+from harness.controlplane import ControlPlane, install_crds
+from harness.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE_REPOSITORY = "envkiln-test/python-base"
@@ -75,7 +75,7 @@ def kubeconfig_env(control_plane: ControlPlane) -> Iterator[str]:
 def start_operator(control_plane: ControlPlane, api_client: client.ApiClient, registry: Registry,
                    tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
     """A factory: start_operator(namespace, builder=..., **ENVKILN settings) -> a running operator process."""
-    from envkiln.devcluster.operator import OperatorProcess
+    from harness.operator import OperatorProcess
 
     started: list[OperatorProcess] = []
 

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from kubernetes import client, dynamic
 
-from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.controlplane import ControlPlane, ensure_binaries, install_crds
-from envkiln.devcluster.registry import Registry
-from envkiln.rbac import OPERATOR_PERMISSIONS, permissions_of
+from harness.buildah import base_image_archive, push_archive
+from harness.controlplane import ControlPlane, ensure_binaries, install_crds
+from harness.rbac import OPERATOR_PERMISSIONS, permissions_of
+from harness.registry import Registry
 from operator_helpers import Envs, environment, finish_job, image_for, play_kaniko_pod, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,7 +166,7 @@ def test_operator_works_under_the_chart_service_account(installed_release: str, 
                                                         control_plane: ControlPlane, release_namespace: str,
                                                         namespace: str, registry: Registry,
                                                         tmp_path: Path) -> None:
-    from envkiln.devcluster.operator import OperatorProcess
+    from harness.operator import OperatorProcess
 
     kubeconfig = _service_account_kubeconfig(api_client, control_plane, release_namespace, installed_release,
                                              tmp_path / "sa-kubeconfig")
@@ -228,7 +228,7 @@ def test_reserved_names_policy(installed_release: str, api_client: client.ApiCli
 @pytest.mark.timeout(900)
 def test_operator_image_builds_and_runs_as_non_root(registry: Registry, base_image: str, tmp_path: Path) -> None:
     """operator/Dockerfile, built with buildah on the test base image (Debian + python3 3.11)."""
-    from envkiln.devcluster.buildah import buildah
+    from harness.buildah import buildah
 
     context = tmp_path / "context"
     context.mkdir()

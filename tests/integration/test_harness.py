@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client, watch
 
-from envkiln.devcluster.buildah import build_and_push
-from envkiln.devcluster.registry import MANIFEST_ACCEPT, Registry
+from harness.buildah import build_and_push
+from harness.registry import MANIFEST_ACCEPT, Registry
 
 GROUP, VERSION = "envkiln.dev", "v1alpha1"
 

@@ -8,8 +8,8 @@ import time
 import pytest
 from kubernetes import client
 
-from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.registry import Registry
+from harness.buildah import base_image_archive, push_archive
+from harness.registry import Registry
 from operator_helpers import (
     Envs,
     condition,

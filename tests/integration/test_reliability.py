@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.controlplane import ControlPlane, install_crds
-from envkiln.devcluster.operator import OperatorProcess
-from envkiln.devcluster.registry import Registry
+from harness.buildah import base_image_archive, push_archive
+from harness.controlplane import ControlPlane, install_crds
+from harness.operator import OperatorProcess
+from harness.registry import Registry
 from operator_helpers import Envs, condition, environment, hash_of, image_for, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

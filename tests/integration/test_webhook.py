@@ -11,9 +11,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.ports import free_port
-from envkiln.devcluster.registry import Registry
+from harness.buildah import base_image_archive, push_archive
+from harness.ports import free_port
+from harness.registry import Registry
 from operator_helpers import Envs, environment, finish_job, hash_of, image_for, play_kaniko_pod, wait_for
 
 GATE = "envkiln.dev/environment"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from envkiln.builders import AttemptResult, AttemptState, tail
+from envkiln.builders.buildah_cli import BuildFailed, build_and_push
 from envkiln.kube import Kube
 from envkiln.models import BuildContext, EnvironmentBuildSpec
 from envkiln.settings import OperatorSettings
@@ -117,8 +118,6 @@ class LocalBuilder:
         return future.result()
 
     def _build(self, build: dict[str, Any], attempt: int) -> AttemptResult:
-        from envkiln.devcluster.buildah import BuildFailed, build_and_push
-
         spec = EnvironmentBuildSpec.model_validate(build["spec"])
         namespace = build["metadata"]["namespace"]
         with tempfile.TemporaryDirectory(prefix="envkiln-ctx-") as tmp:
@@ -127,7 +126,8 @@ class LocalBuilder:
                 dockerfile = materialise_context(spec, namespace, self.kube, context)
                 result = build_and_push(context, spec.image, dockerfile=dockerfile, extra_tags=("latest",),
                                         insecure=self.settings.insecure_registry,
-                                        timeout=self.settings.build_deadline_seconds)
+                                        timeout=self.settings.build_deadline_seconds,
+                                        root=self.settings.local_storage_root)
             except BuildFailed as error:
                 return AttemptResult(AttemptState.FAILED, reason="BuildFailed", log_tail=tail(error.log))
             except (ContextError, OSError, subprocess.SubprocessError) as error:

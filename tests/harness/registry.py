@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from envkiln.devcluster.ports import free_port, http_ok, wait_until
-from envkiln.devcluster.process import ManagedProcess
+from harness.ports import free_port, http_ok, wait_until
+from harness.process import ManagedProcess
 
 MANIFEST_ACCEPT = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",

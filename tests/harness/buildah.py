@@ -12,69 +12,32 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from envkiln.devcluster.controlplane import cache_dir
+from envkiln.builders.buildah_cli import BuildFailed, BuildResult
+from envkiln.builders.buildah_cli import build_and_push as _build_and_push
+from envkiln.builders.buildah_cli import buildah as _buildah
+from harness.controlplane import cache_dir
+
+__all__ = ["BuildFailed", "BuildResult", "base_image_archive", "build_and_push", "buildah", "push_archive"]
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("ENVKILN_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
-HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
-class BuildFailed(RuntimeError):
-    def __init__(self, message: str, log: str):
-        super().__init__(message)
-        self.log = log
-
-
-def storage_args() -> list[str]:
-    root = cache_dir() / "buildah"
-    return ["--storage-driver", "vfs", "--root", str(root / "storage"), "--runroot", str(root / "run")]
+def storage_root() -> Path:
+    return cache_dir() / "buildah"
 
 
 def buildah(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["buildah", *storage_args(), *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise BuildFailed(f"buildah {args[0]} failed ({result.returncode})", result.stdout + result.stderr)
-    return result
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    image: str
-    digest: str
-    log: str
+    return _buildah(*args, root=storage_root(), check=check, timeout=timeout)
 
 
 def build_and_push(context_dir: Path, destination: str, dockerfile: str = "Dockerfile",
                    extra_tags: tuple[str, ...] = (), insecure: bool = True, timeout: float = 1800) -> BuildResult:
-    """`buildah bud` the context, push to `destination` (repository:tag); returns the pushed digest."""
-    tls = f"--tls-verify={'false' if insecure else 'true'}"
-    args = ["bud", "--isolation", "chroot", tls, "--layers=false", "-f", str(context_dir / dockerfile),
-            "-t", destination]
-    if os.path.exists(HOST_CA_BUNDLE):
-        # pip/uv inside the build verify TLS against the host's CA bundle.
-        args += ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
-    result = buildah(*args, str(context_dir), check=False, timeout=timeout)
-    log = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise BuildFailed(f"build of {destination} failed ({result.returncode})", log)
-    digest = push(destination, destination, insecure=insecure)
-    repository = destination.rsplit(":", 1)[0] if ":" in destination.rsplit("/", 1)[-1] else destination
-    for tag in extra_tags:
-        push(destination, f"{repository}:{tag}", insecure=insecure)
-    buildah("rmi", "--force", destination, check=False)
-    return BuildResult(destination, digest, log)
-
-
-def push(source: str, destination: str, insecure: bool = True) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        digest_file = Path(tmp) / "digest"
-        buildah("push", f"--tls-verify={'false' if insecure else 'true'}", "--digestfile", str(digest_file),
-                source, f"docker://{destination}")
-        return digest_file.read_text().strip()
+    return _build_and_push(context_dir, destination, dockerfile=dockerfile, extra_tags=extra_tags,
+                           insecure=insecure, timeout=timeout, root=storage_root())
 
 
 def base_image_archive() -> Path:

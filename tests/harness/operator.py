@@ -7,7 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from envkiln.devcluster.process import ManagedProcess
+from harness.controlplane import REPO_ROOT, cache_dir
+from harness.process import ManagedProcess
 
 
 class OperatorProcess:
@@ -31,11 +32,12 @@ class OperatorProcess:
             argv += ["--namespace", namespace]
         env = {
             "KUBECONFIG": str(self.kubeconfig),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "PYTHONPATH": str(REPO_ROOT / "operator") + os.pathsep + os.environ.get("PYTHONPATH", ""),
             "PYTHONUNBUFFERED": "1",
             **{k: v for k, v in os.environ.items() if k.startswith("ENVKILN_") and k not in self.settings},
             **self.settings,
         }
+        env.setdefault("ENVKILN_LOCAL_STORAGE_ROOT", str(cache_dir() / "buildah"))
         if self.namespaces:
             env.setdefault("ENVKILN_NAMESPACES", ",".join(self.namespaces))
         self.process = ManagedProcess(self.name, argv, self.log_dir / f"{self.name}.log", env=env).start()

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from envkiln.devcluster.certs import ControlPlaneCerts, make_control_plane_certs
-from envkiln.devcluster.ports import free_port, http_ok, wait_until
-from envkiln.devcluster.process import ManagedProcess
+from harness.certs import ControlPlaneCerts, make_control_plane_certs
+from harness.ports import free_port, http_ok, wait_until
+from harness.process import ManagedProcess
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tests" / "controlplane" / "build.sh"
 
 

@@ -13,10 +13,10 @@ import time
 import yaml
 from kubernetes import client, config
 
-from envkiln.devcluster.buildah import base_image_archive, push_archive
-from envkiln.devcluster.controlplane import REPO_ROOT, ControlPlane, install_crds
-from envkiln.devcluster.operator import OperatorProcess
-from envkiln.devcluster.registry import Registry
+from harness.buildah import base_image_archive, push_archive
+from harness.controlplane import REPO_ROOT, ControlPlane, install_crds
+from harness.operator import OperatorProcess
+from harness.registry import Registry
 
 NAMESPACE = "default"
 
