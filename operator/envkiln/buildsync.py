@@ -52,17 +52,6 @@ def pull_reference(ctx: OperatorContext, image: str, digest: str) -> str:
     return f"{repository}@{digest}"
 
 
-def _count_running_kaniko_jobs(ctx: OperatorContext) -> int:
-    selector = "envkiln.dev/build"
-    if ctx.settings.namespaces:
-        jobs = [job for namespace in ctx.settings.namespaces
-                for job in ctx.kube.batch.list_namespaced_job(namespace, label_selector=selector).items]
-    else:
-        jobs = ctx.kube.batch.list_job_for_all_namespaces(label_selector=selector).items
-    return sum(1 for job in jobs if not (job.status and (job.status.succeeded or job.status.failed or any(
-        c.status == "True" and c.type in ("Complete", "Failed") for c in job.status.conditions or []))))
-
-
 def _write(ctx: OperatorContext, build: dict[str, Any], changes: dict[str, Any],
            condition: tuple[bool | None, str, str] | None = None) -> dict[str, Any] | None:
     namespace, name = build["metadata"]["namespace"], build["metadata"]["name"]
@@ -91,7 +80,8 @@ def sync_build(ctx: OperatorContext, namespace: str, name: str) -> BuildSyncResu
     builder = ctx.builder
 
     if attempt == 0:
-        if builder.name == "kaniko" and _count_running_kaniko_jobs(ctx) >= ctx.settings.max_concurrent_builds:
+        running = getattr(builder, "running_builds", None)  # Job builders; the local one has its own pool
+        if running is not None and running() >= ctx.settings.max_concurrent_builds:
             _write(ctx, build, {"phase": BuildPhase.PENDING.value, "message": "waiting for a free build slot"},
                    (None, "Queued", f"{ctx.settings.max_concurrent_builds} builds are already running"))
             return BuildSyncResult(BuildPhase.PENDING.value, retry_in=10)

@@ -70,6 +70,10 @@ def make_context(api_client: client.ApiClient, settings: OperatorSettings,
         from envkiln.builders.local import LocalBuilder
 
         builder = LocalBuilder(kube, settings, on_done=on_local_build_done, instance_id=instance_id)
+    elif settings.builder == "buildah":
+        from envkiln.builders.buildah import BuildahJobBuilder
+
+        builder = BuildahJobBuilder(kube, settings, secret_data)
     else:
         from envkiln.builders.kaniko import KanikoBuilder
 

@@ -16,6 +16,8 @@ from envkiln.render import DEFAULT_MICROMAMBA_IMAGE, DEFAULT_UV_VERSION, RenderS
 
 # The maintained Kaniko fork (GoogleContainerTools/kaniko was archived in June 2025).
 DEFAULT_KANIKO_IMAGE = "ghcr.io/osscontainertools/kaniko:v1.28.0"
+DEFAULT_BUILDAH_IMAGE = "quay.io/buildah/stable:v1.41.5"
+DEFAULT_SKOPEO_IMAGE = "quay.io/skopeo/stable:v1.20.0"
 PREFIX = "ENVKILN_"
 # Read by the development harness (tests/harness), not by the operator.
 DEV_TOOL_VARIABLES = {"cache", "debian_mirror", "keep_testdirs"}
@@ -42,7 +44,18 @@ class OperatorSettings(BaseModel):
     cache_repository: str | None = Field(
         default=None, description="Kaniko layer cache repo (default <registry>/envkiln/cache)."
     )
-    builder: Literal["kaniko", "local"] = "kaniko"
+    builder: Literal["kaniko", "buildah", "local"] = Field(
+        default="kaniko", description="kaniko or buildah (a Job per build in the cluster), or local (buildah on the "
+        "operator's host, for development)."
+    )
+    buildah_image: str = Field(default=DEFAULT_BUILDAH_IMAGE, description="Image of the buildah build container.")
+    buildah_push_image: str = Field(
+        default=DEFAULT_SKOPEO_IMAGE, description="Image of the push container (skopeo; runs as non-root)."
+    )
+    buildah_seccomp_profile: str = Field(
+        default="envkiln/buildah.json",
+        description="Localhost seccomp profile of the buildah build container, relative to the kubelet's seccomp dir.",
+    )
     local_storage_root: str | None = Field(
         default=None, description="buildah storage directory of the local builder (default: buildah's own)."
     )

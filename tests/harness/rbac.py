@@ -12,6 +12,7 @@ OPERATOR_PERMISSIONS: set[tuple[str, ...]] = {
     # Kopf watches both kinds and patches its annotations onto them; the operator reads them.
     *{("envkiln.dev", r, v) for r in ("environments", "environmentbuilds") for v in ("get", "list", "watch", "patch")},
     ("envkiln.dev", "environmentbuilds", "create"),  # kube.Kube.create_or_get
+    ("envkiln.dev", "environments", "create"),  # the webhook's anonymous Environments (inline definitions)
     *{("envkiln.dev", f"{r}/status", v) for r in ("environments", "environmentbuilds") for v in ("get", "patch")},
     *{("batch", "jobs", v) for v in ("get", "list", "watch", "create")},  # Kaniko builder + job events
     ("", "configmaps", "get"),  # user ConfigMap contexts
