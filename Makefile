@@ -20,8 +20,10 @@ deps:  ## install what tests and the demo need (Debian packages, Go binaries); q
 controlplane:  ## build (or reuse) kube-apiserver, etcd and helm from the pinned Go modules
 	bash tests/controlplane/build.sh
 
-lint: venv
+lint: venv  ## ruff, the layer contracts (pyproject [tool.importlinter]) and mypy --strict on the product
 	$(BIN)/ruff check operator tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy --strict operator/envkiln
 
 unit: venv  ## unit tests only, in seconds
 	$(BIN)/pytest tests/unit -q

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from envkiln import __version__
 from envkiln.definition import (
@@ -17,6 +18,7 @@ from envkiln.definition import (
 )
 from envkiln.manifests import LoadedEnvironment, LoadProblem, load_environments
 from envkiln.models import DEFAULT_CURATED_NAMESPACE, EnvironmentKind
+from envkiln.names import ENVIRONMENTS, LABEL_ANONYMOUS
 from envkiln.render import NothingToBuild, render
 
 DEFAULT_REGISTRY = "localhost:5000"
@@ -113,13 +115,12 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cluster_environments(namespace: str) -> list[dict]:
-    from kubernetes import client, config
+def _cluster_environments(namespace: str) -> list[dict[str, Any]]:
+    from kubernetes import config
 
-    config.load_kube_config()
-    result = client.CustomObjectsApi().list_namespaced_custom_object("envkiln.dev", "v1alpha1", namespace,
-                                                                     "environments")
-    return list(result.get("items", []))
+    from envkiln.kube import Kube
+
+    return Kube(config.new_client_from_config()).list(ENVIRONMENTS, namespace)
 
 
 def _current_namespace(explicit: str | None) -> str:
@@ -145,10 +146,11 @@ def cmd_image(args: argparse.Namespace) -> int:
         environment, version = matches[0], None
     else:
         name, _, version = args.reference.partition(":")
-        environment = next((e for e in environments if e["metadata"]["name"] == name), None)
-        if environment is None:
+        found: dict[str, Any] | None = next((e for e in environments if e["metadata"]["name"] == name), None)
+        if found is None:
             print(f"error: Environment {name!r} not found in namespace {namespace}", file=sys.stderr)
             return 1
+        environment = found
     try:
         image = image_for_version(environment, version or None)
     except WorkloadError as error:
@@ -168,7 +170,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     namespace = _current_namespace(args.namespace)
     rows = [("NAME", "VERSION", "HASH", "PHASE", "IMAGE REF")]
     for environment in sorted(_cluster_environments(namespace), key=lambda e: e["metadata"]["name"]):
-        anonymous = (environment["metadata"].get("labels") or {}).get("envkiln.dev/anonymous") == "true"
+        anonymous = (environment["metadata"].get("labels") or {}).get(LABEL_ANONYMOUS) == "true"
         if anonymous and not args.anonymous:
             continue
         status = environment.get("status") or {}

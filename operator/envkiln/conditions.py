@@ -6,8 +6,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 
+def to_iso(moment: datetime) -> str:
+    """RFC 3339 in UTC with a Z and whole seconds, as Kubernetes writes times."""
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def from_iso(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return to_iso(datetime.now(UTC))
 
 
 def set_condition(

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from kubernetes import client
 
 from envkiln.builders import Builder
-from envkiln.kube import Kube
-from envkiln.registryclient import RegistryClient, credentials_from_docker_config
+from envkiln.kube import ApiError, Kube
+from envkiln.registryclient import Credentials, RegistryClient, credentials_from_docker_config
 from envkiln.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,21 @@ def registry_hosts(settings: OperatorSettings) -> set[str]:
     return {settings.registry.split("/")[0], settings.effective_pull_registry.split("/")[0]}
 
 
-def load_registry_credentials(kube: Kube, settings: OperatorSettings) -> tuple[dict, dict[str, str] | None]:
+def load_registry_credentials(kube: Kube, settings: OperatorSettings) -> tuple[dict[str, Credentials],
+                                                                               dict[str, str] | None]:
     """Credentials from the configured dockerconfigjson Secret: (per-host creds, raw secret data)."""
     if not settings.registry_secret:
         return {}, None
     try:
-        secret = kube.core.read_namespaced_secret(settings.registry_secret, settings.operator_namespace)
-    except client.ApiException as error:
+        secret = kube.read_secret(settings.operator_namespace, settings.registry_secret)
+    except ApiError as error:
+        secret, problem = None, f"{error.status} {error.reason}"
+    else:
+        problem = "404 Not Found"
+    if secret is None:
         raise RuntimeError(
             f"ENVKILN_REGISTRY_SECRET: cannot read Secret {settings.operator_namespace}/{settings.registry_secret} "
-            f"({error.status} {error.reason}); create it with `kubectl create secret docker-registry`"
+            f"({problem}); create it with `kubectl create secret docker-registry`"
         ) from None
     data = secret.data or {}
     if ".dockerconfigjson" not in data:

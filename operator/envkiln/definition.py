@@ -110,3 +110,11 @@ def image_repository(definition_hash_value: str, registry: str, template: str = 
 def image_name(definition_hash_value: str, registry: str, template: str = DEFAULT_IMAGE_TEMPLATE) -> str:
     """repository:tag, the tag being the hash (envkiln also pushes `latest`)."""
     return f"{image_repository(definition_hash_value, registry, template)}:{definition_hash_value}"
+
+
+def pull_reference(image: str, digest: str, push_registry: str, pull_registry: str) -> str:
+    """repository@digest of a pushed `image` (repository:tag), under the name kubelets pull from."""
+    repository = image.rsplit(":", 1)[0]
+    if repository.startswith(push_registry + "/") and pull_registry != push_registry:
+        repository = pull_registry + repository[len(push_registry):]
+    return f"{repository}@{digest}"

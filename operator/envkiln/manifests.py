@@ -11,8 +11,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from envkiln.decisions.curated import check_reserved_name
 from envkiln.errors import DefinitionError, describe
-from envkiln.models import DEFAULT_CURATED_NAMESPACE, Environment, check_reserved_name
+from envkiln.models import DEFAULT_CURATED_NAMESPACE, Environment
 
 
 @dataclass

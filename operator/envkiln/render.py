@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import yaml
 
 from envkiln.models import BuildPlan, CondaPipBlock, ContextFile, EnvironmentKind, EnvironmentSpec
+from envkiln.names import IMAGE_LABEL_BASE as LABEL_BASE
+from envkiln.names import IMAGE_LABEL_HASH as LABEL_HASH
 
 # Pinned so that renders (and therefore builds) are reproducible; both are settings.
 DEFAULT_MICROMAMBA_IMAGE = "docker.io/mambaorg/micromamba:2.3.3"
@@ -21,8 +23,6 @@ DEFAULT_UV_VERSION = "0.9.18"
 CONDA_PREFIX = "/opt/envkiln/conda"
 VENV_PREFIX = "/opt/envkiln/venv"
 STAGING_DIR = "/tmp/envkiln"
-LABEL_HASH = "dev.envkiln.definition-hash"
-LABEL_BASE = "org.opencontainers.image.base.name"
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,12 @@ def run_operator(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    import envkiln.handlers  # noqa: F401  (registers the handlers)
+    from envkiln.handlers import register
 
     namespaces = args.namespace or settings.namespaces
     kopf.run(
+        registry=register(settings, kopf.OperatorRegistry()),
+        memo=kopf.Memo(settings=settings),  # the one settings object; the startup handler builds on it
         standalone=args.standalone,
         priority=settings.resolved_peering_priority(),
         # An explicit peering name makes peering mandatory in Kopf; without one, Kopf uses

@@ -13,9 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from kubernetes import client
 
 from envkiln.kube import Kube
+from envkiln.names import MANAGED_BY
 
 VALIDITY_DAYS = 3650
 
@@ -63,29 +63,24 @@ def generate(hosts: list[str]) -> WebhookCertificate:
 def ensure_certificate(kube: Kube, namespace: str, secret_name: str, hosts: list[str]) -> WebhookCertificate:
     """Create-or-get: the first replica's certificate wins; the others use it."""
     candidate = generate(hosts)
-    body = {"metadata": {"name": secret_name, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/managed-by": "envkiln"}},
+    body = {"metadata": {"name": secret_name, "namespace": namespace, "labels": dict(MANAGED_BY)},
             "type": "kubernetes.io/tls",
             "data": {"ca.crt": base64.b64encode(candidate.ca_pem).decode(),
                      "tls.crt": base64.b64encode(candidate.cert_pem).decode(),
                      "tls.key": base64.b64encode(candidate.key_pem).decode()}}
-    try:
-        kube.core.create_namespaced_secret(namespace, body)
+    secret, created = kube.create_or_get_secret(namespace, body)
+    if created:
         return candidate
-    except client.ApiException as error:
-        if error.status != 409:
-            raise
-    data = kube.core.read_namespaced_secret(secret_name, namespace).data or {}
+    data = secret.data or {}
     return WebhookCertificate(*(base64.b64decode(data[k]) for k in ("ca.crt", "tls.crt", "tls.key")))
 
 
 def patch_ca_bundle(kube: Kube, configuration: str, ca_pem: bytes) -> None:
-    admission = client.AdmissionregistrationV1Api(kube.api_client)
-    current = admission.read_mutating_webhook_configuration(configuration)
+    current = kube.read_mutating_webhook_configuration(configuration)
     bundle = base64.b64encode(ca_pem).decode()
     webhooks = []
     for webhook in current.webhooks or []:
-        item = kube.api_client.sanitize_for_serialization(webhook)
+        item = kube.to_dict(webhook)
         item["clientConfig"]["caBundle"] = bundle
         webhooks.append(item)
-    admission.patch_mutating_webhook_configuration(configuration, {"webhooks": webhooks})
+    kube.patch_mutating_webhook_configuration(configuration, {"webhooks": webhooks})

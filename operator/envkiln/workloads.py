@@ -21,16 +21,34 @@ from pydantic import ValidationError
 from envkiln.definition import definition_hash
 from envkiln.errors import describe
 from envkiln.models import EnvironmentSpec
+from envkiln.names import (
+    ANNOTATION_CONTAINER,
+    ANNOTATION_ENVIRONMENT,
+    ANNOTATION_SPEC,
+    ANNOTATION_VERSION,
+    API_VERSION,
+    INLINE,
+    KIND_ENVIRONMENT,
+    LABEL_ANONYMOUS,
+    LABEL_ENVIRONMENT,
+    LABEL_HASH,
+    POD_CONDITION,
+    SCHEDULING_GATE,
+    anonymous_environment_name,
+)
 
-LABEL = "envkiln.dev/environment"
-ANNOTATION = "envkiln.dev/environment"
-VERSION_ANNOTATION = "envkiln.dev/environment-version"
-CONTAINER_ANNOTATION = "envkiln.dev/container"
-SPEC_ANNOTATION = "envkiln.dev/environment-spec"
-INLINE = "inline"
-GATE = "envkiln.dev/environment"
-ANONYMOUS_LABEL = "envkiln.dev/anonymous"
-POD_CONDITION = "envkiln.dev/EnvironmentReady"
+# The names under which the rest of the code (and the tests) know them.
+LABEL = LABEL_ENVIRONMENT
+ANNOTATION = ANNOTATION_ENVIRONMENT
+VERSION_ANNOTATION = ANNOTATION_VERSION
+CONTAINER_ANNOTATION = ANNOTATION_CONTAINER
+SPEC_ANNOTATION = ANNOTATION_SPEC
+GATE = SCHEDULING_GATE
+ANONYMOUS_LABEL = LABEL_ANONYMOUS
+__all__ = ["ANNOTATION", "ANONYMOUS_LABEL", "CONTAINER_ANNOTATION", "GATE", "INLINE", "LABEL", "POD_CONDITION",
+           "SPEC_ANNOTATION", "VERSION_ANNOTATION", "EnvironmentRequest", "WorkloadError", "anonymous_environment",
+           "anonymous_name", "container_index", "image_for_version", "parse_inline_spec", "parse_request",
+           "with_environment_variables"]
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
@@ -52,8 +70,8 @@ def parse_request(labels: dict[str, str], annotations: dict[str, str]) -> Enviro
     container = annotations.get(CONTAINER_ANNOTATION) or None
     if label == INLINE or (SPEC_ANNOTATION in annotations and not annotations.get(ANNOTATION)):
         return EnvironmentRequest(None, None, container, parse_inline_spec(annotations.get(SPEC_ANNOTATION, "")))
-    name, _, version = reference.partition(":")
-    version = version or annotations.get(VERSION_ANNOTATION) or None
+    name, _, written = reference.partition(":")
+    version = written or annotations.get(VERSION_ANNOTATION) or None
     if not name or not _NAME.match(name):
         raise WorkloadError(f"{ANNOTATION}: {reference!r} is not an Environment name (optionally name:version)")
     return EnvironmentRequest(name, version, container)
@@ -79,15 +97,15 @@ def parse_inline_spec(text: str) -> EnvironmentSpec:
 
 
 def anonymous_name(spec: EnvironmentSpec) -> str:
-    return f"anonymous-{definition_hash(spec)}"
+    return anonymous_environment_name(definition_hash(spec))
 
 
 def anonymous_environment(spec: EnvironmentSpec, namespace: str) -> dict[str, Any]:
     value = definition_hash(spec)
     return {
-        "apiVersion": "envkiln.dev/v1alpha1", "kind": "Environment",
-        "metadata": {"name": anonymous_name(spec), "namespace": namespace,
-                     "labels": {ANONYMOUS_LABEL: "true", "envkiln.dev/hash": value}},
+        "apiVersion": API_VERSION, "kind": KIND_ENVIRONMENT,
+        "metadata": {"name": anonymous_environment_name(value), "namespace": namespace,
+                     "labels": {ANONYMOUS_LABEL: "true", LABEL_HASH: value}},
         "spec": spec.to_kube(),
     }
 

@@ -24,28 +24,28 @@ from envkiln import API_VERSION
 from envkiln.builders import AttemptResult, AttemptState, tail
 from envkiln.kube import Kube
 from envkiln.models import BuildContext, EnvironmentBuildSpec
+from envkiln.names import (
+    BUILD_COMPONENT,
+    KIND_BUILD,
+    LABEL_ATTEMPT,
+    LABEL_BUILD,
+    LABEL_HASH,
+    context_configmap_name,
+    job_name,
+)
 from envkiln.settings import OperatorSettings
 
-LABEL_BUILD = "envkiln.dev/build"
-LABEL_HASH = "envkiln.dev/hash"
-LABEL_ATTEMPT = "envkiln.dev/attempt"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "envkiln", "app.kubernetes.io/component": "build"}
+__all__ = ["JobBuilder", "build_job", "context_configmap", "context_configmap_name", "job_name"]
+
+MANAGED_BY = BUILD_COMPONENT
 CONTEXT_MOUNT = "/workspace"
 DOCKER_CONFIG_SECRET = "envkiln-registry-credentials"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def job_name(definition_hash: str, attempt: int) -> str:
-    return f"envkiln-{definition_hash}-{attempt}"
-
-
-def context_configmap_name(definition_hash: str) -> str:
-    return f"envkiln-{definition_hash}-context"
-
-
 def owner_reference(build: dict[str, Any]) -> dict[str, Any]:
     return {
-        "apiVersion": API_VERSION, "kind": "EnvironmentBuild", "name": build["metadata"]["name"],
+        "apiVersion": API_VERSION, "kind": KIND_BUILD, "name": build["metadata"]["name"],
         "uid": build["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
     }
 
@@ -194,12 +194,7 @@ class JobBuilder:
             return False
         body = {"metadata": {"name": DOCKER_CONFIG_SECRET, "namespace": namespace, "labels": MANAGED_BY},
                 "type": "kubernetes.io/dockerconfigjson", "data": self.credentials_secret_data}
-        try:
-            self.kube.core.create_namespaced_secret(namespace, body)
-        except client.ApiException as error:
-            if error.status != 409:
-                raise
-            self.kube.core.patch_namespaced_secret(DOCKER_CONFIG_SECRET, namespace, {"data": body["data"]})
+        self.kube.create_or_patch_secret(namespace, body)
         return True
 
     def start(self, build: dict[str, Any], attempt: int) -> str:
@@ -213,12 +208,7 @@ class JobBuilder:
 
     def running_builds(self) -> int:
         """Build Jobs still running, in the watched namespaces (for the concurrency limit)."""
-        selector = LABEL_BUILD
-        if self.settings.namespaces:
-            jobs = [job for namespace in self.settings.namespaces
-                    for job in self.kube.batch.list_namespaced_job(namespace, label_selector=selector).items]
-        else:
-            jobs = self.kube.batch.list_job_for_all_namespaces(label_selector=selector).items
+        jobs = self.kube.list_jobs(self.settings.namespaces, LABEL_BUILD)
         return sum(1 for job in jobs if job_is_running(job))
 
     def observe(self, build: dict[str, Any], attempt: int) -> AttemptResult:

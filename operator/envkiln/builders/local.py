@@ -33,6 +33,10 @@ class ContextError(RuntimeError):
     pass
 
 
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, text=True, timeout=600)
+
+
 def materialise_context(spec: EnvironmentBuildSpec, namespace: str, kube: Kube, into: Path) -> str:
     """Write the build context into `into`; returns the Dockerfile path inside it."""
     user: BuildContext | None = spec.plan.context
@@ -52,9 +56,8 @@ def materialise_context(spec: EnvironmentBuildSpec, namespace: str, kube: Kube, 
             (into / key).write_bytes(base64.b64decode(value))
         return user.dockerfile_path
     if user.git is not None:
-        run = lambda *a: subprocess.run(a, check=True, capture_output=True, text=True, timeout=600)  # noqa: E731
-        run("git", "clone", "--quiet", user.git.url, str(into / "repo"))
-        run("git", "-C", str(into / "repo"), "checkout", "--quiet", user.git.ref)
+        _run("git", "clone", "--quiet", user.git.url, str(into / "repo"))
+        _run("git", "-C", str(into / "repo"), "checkout", "--quiet", user.git.ref)
         root = into / "repo" / user.git.path if user.git.path else into / "repo"
         for item in root.iterdir():
             if item.name != ".git":

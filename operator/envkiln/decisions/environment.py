@@ -1,0 +1,225 @@
+"""An Environment's outcome, from what was observed: its definition, the registry, its build.
+
+`decide(facts)` answers what the status should say and whether the EnvironmentBuild must be
+created; `from_build` is the adoption rule (an existing EnvironmentBuild for the hash, whoever
+created it, is followed, never duplicated); `new_status` turns an outcome into the full status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from envkiln.conditions import get_condition, set_condition
+from envkiln.definition import pull_reference
+from envkiln.imageref import parse_image_reference
+from envkiln.models import BuildPhase, EnvironmentKind, EnvironmentSpec, Phase
+from envkiln.names import (
+    CONDITION_IMAGE_AVAILABLE,
+    CONDITION_READY,
+    CONDITION_VALID,
+    REASON_BUILD_FAILED,
+    REASON_BUILDING,
+    REASON_BUILT,
+    REASON_CACHE_HIT,
+    REASON_CONTEXT_NOT_FOUND,
+    REASON_IMAGE_NOT_FOUND,
+    REASON_IMAGE_READY,
+    REASON_INVALID_DEFINITION,
+    REASON_READY,
+    REASON_REGISTRY_UNAVAILABLE,
+    REASON_VALID,
+)
+
+MAX_HISTORY = 50
+ConditionValue = tuple[bool | None, str, str]  # (status, reason, message)
+_VALID: ConditionValue = (True, REASON_VALID, "definition is valid")
+
+
+@dataclass
+class Outcome:
+    """What the status should say. Conditions: type -> (status, reason, message)."""
+
+    phase: Phase
+    message: str
+    conditions: dict[str, ConditionValue] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+    retry_in: float | None = None
+    event: tuple[str, str] | None = None  # (type, reason) posted when the phase changes
+    create_build: bool = False  # the EnvironmentBuild for the hash must be created (or adopted)
+    records_hash: bool = True  # the status records the definition hash (when there is one)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the registry said about an image: found (with digest), not found, or unavailable (why)."""
+
+    found: bool = False
+    digest: str | None = None
+    unavailable: str | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything `decide` needs, observed by the reconciler (envkiln.envsync)."""
+
+    spec: EnvironmentSpec | None  # None: the definition is invalid (see problems)
+    problems: tuple[str, ...] = ()
+    hash: str | None = None
+    missing_context: str | None = None  # the ConfigMap build context that does not exist
+    namespace: str = ""
+    push_image: str = ""  # repository:tag builds push to
+    pull_image: str = ""  # the same image as kubelets pull it
+    push_registry: str = ""
+    pull_registry: str = ""
+    build_name: str = ""
+    build: dict[str, Any] | None = None  # the EnvironmentBuild for the hash, when it exists
+    lookup: Lookup | None = None  # the registry's answer; None when not asked
+    previous_status: dict[str, Any] = field(default_factory=dict)
+    retry_seconds: float = 15.0
+
+
+def invalid(message: str, reason: str = REASON_INVALID_DEFINITION) -> Outcome:
+    return Outcome(Phase.FAILED, message, {
+        CONDITION_VALID: (False, reason, message), CONDITION_READY: (False, reason, message)},
+        fields={"hash": None, "shortHash": None, "image": None, "imageDigest": None, "imageRef": None,
+                "cacheHit": None, "build": None}, event=("Warning", reason))
+
+
+def ready(image: str, digest: str, image_ref: str, cache_hit: bool, build: str | None, why: str) -> Outcome:
+    return Outcome(Phase.READY, why, {
+        CONDITION_VALID: _VALID,
+        CONDITION_IMAGE_AVAILABLE: (True, REASON_CACHE_HIT if cache_hit else REASON_BUILT, why),
+        CONDITION_READY: (True, REASON_IMAGE_READY, f"workloads run {image_ref}"),
+    }, fields={"image": image, "imageDigest": digest, "imageRef": image_ref, "cacheHit": cache_hit, "build": build},
+        event=("Normal", REASON_READY))
+
+
+def registry_down(reason: str, retry: float, phase: Phase = Phase.PENDING) -> Outcome:
+    message = f"{reason}; retrying every {retry:.0f}s"
+    return Outcome(phase, message, {
+        CONDITION_VALID: _VALID,
+        CONDITION_IMAGE_AVAILABLE: (None, REASON_REGISTRY_UNAVAILABLE, message),
+        CONDITION_READY: (False, REASON_REGISTRY_UNAVAILABLE, message),
+    }, retry_in=retry, event=("Warning", REASON_REGISTRY_UNAVAILABLE))
+
+
+def building(push_image: str, pull_image: str, build_name: str, create_build: bool = False) -> Outcome:
+    return Outcome(Phase.BUILDING, f"building {push_image} (EnvironmentBuild {build_name})", {
+        CONDITION_VALID: _VALID,
+        CONDITION_IMAGE_AVAILABLE: (False, REASON_BUILDING, f"EnvironmentBuild {build_name} is building the image"),
+        CONDITION_READY: (False, REASON_BUILDING, f"waiting for EnvironmentBuild {build_name}"),
+    }, fields={"image": pull_image, "build": build_name, "cacheHit": False}, event=("Normal", REASON_BUILDING),
+        create_build=create_build)
+
+
+def from_build(build: dict[str, Any], pull_image: str, build_name: str, cache_hit: bool) -> Outcome | None:
+    """Adoption: the outcome an existing EnvironmentBuild decides (None while it is still running).
+
+    Whoever created it (this Environment, another one with the same definition, another replica),
+    its result is this Environment's result: one build per hash and namespace.
+    """
+    status = build.get("status") or {}
+    phase = status.get("phase")
+    if phase == BuildPhase.SUCCEEDED.value and status.get("digest") and status.get("imageRef"):
+        return ready(pull_image, status["digest"], status["imageRef"], cache_hit, build_name,
+                     f"built by EnvironmentBuild {build_name}")
+    if phase == BuildPhase.FAILED.value:
+        message = (f"EnvironmentBuild {build_name} failed: {status.get('message', '')}; see "
+                   f"`kubectl get envbuild {build_name} -o yaml` (status.logTail). Delete the EnvironmentBuild "
+                   "to try again")
+        return Outcome(Phase.FAILED, message, {
+            CONDITION_VALID: _VALID,
+            CONDITION_IMAGE_AVAILABLE: (False, REASON_BUILD_FAILED, message),
+            CONDITION_READY: (False, REASON_BUILD_FAILED, message),
+        }, fields={"image": pull_image, "build": build_name, "cacheHit": False},
+            event=("Warning", REASON_BUILD_FAILED))
+    return None
+
+
+def decide(facts: Facts) -> Outcome:
+    """The outcome for an Environment. `create_build` asks the caller to create-or-adopt its build."""
+    spec, retry = facts.spec, facts.retry_seconds
+    if spec is None:
+        return invalid("; ".join(facts.problems))
+
+    if spec.kind is EnvironmentKind.BRING_YOUR_OWN:
+        assert spec.image is not None
+        answer = facts.lookup or Lookup(unavailable="registry not asked")
+        if answer.unavailable is not None:
+            outcome = registry_down(answer.unavailable, retry)
+            outcome.records_hash = False
+            return outcome
+        if not answer.found or answer.digest is None:
+            outcome = invalid(f"spec.image: {spec.image} was not found in its registry; push it or fix the reference",
+                              REASON_IMAGE_NOT_FOUND)
+            outcome.conditions[CONDITION_VALID] = _VALID
+            outcome.retry_in = retry * 4
+            return outcome
+        name = parse_image_reference(spec.image).name
+        return ready(spec.image, answer.digest, f"{name}@{answer.digest}", True, None,
+                     "bring-your-own-container image resolved; nothing to build")
+
+    if facts.missing_context is not None:
+        message = (f"spec.build.configMap: ConfigMap {facts.missing_context!r} not found in namespace "
+                   f"{facts.namespace}; create it (its content is part of the definition)")
+        return Outcome(Phase.PENDING, message, {CONDITION_VALID: (False, REASON_CONTEXT_NOT_FOUND, message),
+                                                CONDITION_READY: (False, REASON_CONTEXT_NOT_FOUND, message)},
+                       retry_in=retry * 2, event=("Warning", REASON_CONTEXT_NOT_FOUND), records_hash=False)
+
+    # cacheHit means "this Environment caused no build": false once it has waited for one.
+    previous = facts.previous_status
+    waited = previous.get("hash") == facts.hash and previous.get("cacheHit") is False
+    if facts.build is not None:  # server-side state is the truth; no registry request needed
+        adopted = from_build(facts.build, facts.pull_image, facts.build_name, cache_hit=not waited)
+        return adopted or building(facts.push_image, facts.pull_image, facts.build_name)
+
+    lookup = facts.lookup or Lookup(unavailable="registry not asked")
+    if lookup.unavailable is not None:
+        return registry_down(lookup.unavailable, retry)
+    if lookup.found and lookup.digest is not None:
+        reference = pull_reference(facts.push_image, lookup.digest, facts.push_registry, facts.pull_registry)
+        return ready(facts.pull_image, lookup.digest, reference, True, None,
+                     f"image {facts.push_image} already in the registry; no build needed")
+    return building(facts.push_image, facts.pull_image, facts.build_name, create_build=True)
+
+
+def _history(status: dict[str, Any], version: str, value: str | None, image_ref: str | None,
+             now: str) -> list[dict[str, Any]]:
+    versions = [dict(v) for v in status.get("versions") or []]
+    if value is None:
+        return versions
+    if versions and versions[-1].get("version") == version and versions[-1].get("hash") == value:
+        if image_ref and versions[-1].get("imageRef") != image_ref:
+            versions[-1]["imageRef"] = image_ref
+        return versions
+    record = {"version": version, "hash": value, "when": now}
+    if image_ref:
+        record["imageRef"] = image_ref
+    versions.append(record)
+    return versions[-MAX_HISTORY:]
+
+
+def new_status(current: dict[str, Any], outcome: Outcome, value: str | None, now: str) -> dict[str, Any]:
+    """The whole status of `current` (an Environment) after `outcome`; `now` stamps transitions and history."""
+    status = dict(current.get("status") or {})
+    generation = current["metadata"].get("generation")
+    conditions = status.get("conditions")
+    for type_, (state, reason, message) in outcome.conditions.items():
+        conditions = set_condition(conditions, type_, state, reason, message, generation, now=now)
+    if CONDITION_IMAGE_AVAILABLE not in outcome.conditions and get_condition(
+            conditions, CONDITION_IMAGE_AVAILABLE) is not None:
+        conditions = [c for c in conditions or [] if c.get("type") != CONDITION_IMAGE_AVAILABLE]
+    new = {**status, **outcome.fields, "phase": outcome.phase.value, "message": outcome.message,
+           "conditions": conditions, "observedGeneration": generation}
+    if outcome.phase is not Phase.FAILED or value is not None:
+        try:
+            new["kind"] = EnvironmentSpec.model_validate(current.get("spec") or {}).kind.value
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            new["kind"] = None
+    if value is not None:
+        new["hash"], new["shortHash"] = value, value[:12]
+        version = (current.get("spec") or {}).get("version", "1")
+        new["versions"] = _history(status, version, value,
+                                   outcome.fields.get("imageRef") if outcome.phase is Phase.READY else None, now)
+    return {k: v for k, v in new.items() if v is not None}

@@ -1,0 +1,56 @@
+"""The resources envkiln serves, as pydantic models, one module per concept.
+
+These models are the single source of truth: the CRDs in crds/ are generated from them
+(envkiln.crdgen), the operator and the CLI validate with them. Python attributes are
+snake_case; the Kubernetes field names are their camelCase aliases.
+
+- `base`: KubeModel/StatusModel (aliases, unknown fields) and ObjectMeta;
+- `lines`: validated text users write (requirements, channels, dependencies, docker steps);
+- `packages`: the conda specification;
+- `context`: a build context the user brings (ConfigMap, git, tarball);
+- `environment`: the Environment spec, its kinds, the manifest;
+- `status`: the Environment status (conditions, phase, versions);
+- `build`: the EnvironmentBuild (plan, spec, status).
+
+Everything is re-exported here: `from envkiln.models import X` is the way to import.
+(`check_reserved_name` moved to envkiln.decisions.curated: it is a decision, not a model.)
+"""
+
+from envkiln.models.base import KubeModel, ObjectMeta, StatusModel
+from envkiln.models.build import (
+    BuildPhase,
+    BuildPlan,
+    BuildReason,
+    ContextFile,
+    EnvironmentBuildManifest,
+    EnvironmentBuildSpec,
+    EnvironmentBuildStatus,
+)
+from envkiln.models.context import BuildContext, ConfigMapContext, GitContext, TarballContext
+from envkiln.models.environment import Environment, EnvironmentKind, EnvironmentSpec, InferenceConfig
+from envkiln.models.lines import (
+    MAX_LINE,
+    MAX_PACKAGES,
+    MAX_STEP_LENGTH,
+    MAX_STEPS,
+    ChannelLine,
+    CondaDependency,
+    DockerStep,
+    Line,
+    PipLine,
+    check_docker_step,
+    check_pip_requirement,
+)
+from envkiln.models.packages import CondaPipBlock, CondaSpec
+from envkiln.models.status import Condition, ConditionStatus, EnvironmentStatus, Phase, VersionRecord
+from envkiln.names import DEFAULT_CURATED_NAMESPACE, RESERVED_NAME_PREFIXES
+
+__all__ = [
+    "DEFAULT_CURATED_NAMESPACE", "MAX_LINE", "MAX_PACKAGES", "MAX_STEPS", "MAX_STEP_LENGTH",
+    "RESERVED_NAME_PREFIXES", "BuildContext", "BuildPhase", "BuildPlan", "BuildReason", "ChannelLine",
+    "CondaDependency", "CondaPipBlock", "CondaSpec", "Condition", "ConditionStatus", "ConfigMapContext",
+    "ContextFile", "DockerStep", "Environment", "EnvironmentBuildManifest", "EnvironmentBuildSpec",
+    "EnvironmentBuildStatus", "EnvironmentKind", "EnvironmentSpec", "EnvironmentStatus", "GitContext",
+    "InferenceConfig", "KubeModel", "Line", "ObjectMeta", "Phase", "PipLine", "StatusModel", "TarballContext",
+    "VersionRecord", "check_docker_step", "check_pip_requirement",
+]

@@ -1,0 +1,176 @@
+"""The Environment: what users write (spec), its three kinds, and the whole manifest."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from envkiln.imageref import InvalidImageReference, parse_image_reference
+from envkiln.models.base import KubeModel, ObjectMeta
+from envkiln.models.context import BuildContext
+from envkiln.models.lines import (
+    ENV_VAR_NAME,
+    MAX_LINE,
+    MAX_PACKAGES,
+    MAX_STEPS,
+    VERSION_PATTERN,
+    DockerStep,
+    Line,
+    PipLine,
+)
+from envkiln.models.packages import CondaSpec
+
+
+class InferenceConfig(KubeModel):
+    """Runtime metadata for serving; never enters the hash."""
+
+    liveness_route: Line | None = None
+    readiness_route: Line | None = None
+    scoring_route: Line | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+
+class EnvironmentKind(StrEnum):
+    SYSTEM_MANAGED = "SystemManaged"
+    BUILD_CONTEXT = "BuildContext"
+    BRING_YOUR_OWN = "BringYourOwnContainer"
+
+
+class EnvironmentSpec(KubeModel):
+    """What the user writes under `spec:` of an Environment."""
+
+    version: Annotated[str, StringConstraints(max_length=63)] = Field(
+        default="1",
+        description="A label for this definition; the image-affecting fields are immutable per version.",
+        json_schema_extra={"pattern": VERSION_PATTERN},
+    )
+    description: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    tags: dict[str, Annotated[str, StringConstraints(max_length=256)]] | None = Field(default=None, max_length=50)
+    image: Annotated[str, StringConstraints(max_length=512)] | None = Field(
+        default=None, description="Base image (system-managed) or the image to run as is (userManaged)."
+    )
+    user_managed: bool = Field(
+        default=False, description="true: the image already holds everything; envkiln builds nothing."
+    )
+    conda: CondaSpec | None = None
+    pip: list[PipLine] | None = Field(default=None, max_length=MAX_PACKAGES)
+    docker_steps: list[DockerStep] | None = Field(
+        default=None, max_length=MAX_STEPS, description="Dockerfile instructions applied after FROM."
+    )
+    build: BuildContext | None = None
+    environment_variables: dict[str, Annotated[str, StringConstraints(max_length=MAX_LINE * 4)]] | None = Field(
+        default=None, max_length=200
+    )
+    inference: InferenceConfig | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, version: str) -> str:
+        if not re.match(VERSION_PATTERN, version):
+            raise ValueError(
+                f"{version!r} is not a version label: letters, digits, '.', '_' and '-', starting with a "
+                "letter or digit, at most 63 characters (e.g. \"3\" or \"2024.06\")"
+            )
+        return version
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, image: str | None) -> str | None:
+        if image is None:
+            return image
+        try:
+            parse_image_reference(image)
+        except InvalidImageReference as error:
+            raise ValueError(str(error)) from None
+        return image
+
+    @field_validator("pip")
+    @classmethod
+    def _pip(cls, lines: list[str] | None) -> list[str] | None:
+        if lines is not None and not lines:
+            raise ValueError("empty list; list at least one requirement or remove the field")
+        return lines
+
+    @field_validator("environment_variables")
+    @classmethod
+    def _env(cls, env: dict[str, str] | None) -> dict[str, str] | None:
+        for key, value in (env or {}).items():
+            if not ENV_VAR_NAME.match(key):
+                raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '_')")
+            if "\0" in value:
+                raise ValueError(f"the value of {key} contains a NUL character")
+        return env
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> EnvironmentSpec:
+        packages = self.conda is not None or bool(self.pip)
+        if self.build is not None:
+            clashes = [
+                field
+                for field, present in (
+                    ("conda", self.conda is not None),
+                    ("pip", self.pip is not None),
+                    ("image", self.image is not None),
+                    ("dockerSteps", self.docker_steps is not None),
+                )
+                if present
+            ]
+            if clashes:
+                raise ValueError(
+                    f"spec.build cannot be combined with spec.{', spec.'.join(clashes)}: a build context is built "
+                    "as is; install packages in its Dockerfile, or drop spec.build for a system-managed environment"
+                )
+            return self
+        if self.image is None:
+            if packages or self.docker_steps:
+                raise ValueError(
+                    "spec.image is required: name the base image to install packages on "
+                    "(e.g. python:3.11-slim or mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04)"
+                )
+            raise ValueError(
+                "the definition is empty: set spec.image (with spec.conda/spec.pip/spec.dockerSteps, or "
+                "spec.userManaged: true) or spec.build"
+            )
+        if self.user_managed:
+            extra = [f for f, p in (("conda", self.conda), ("pip", self.pip), ("dockerSteps", self.docker_steps)) if p]
+            if extra:
+                raise ValueError(
+                    f"spec.userManaged: true runs spec.image as is, so spec.{', spec.'.join(extra)} would be "
+                    "ignored; remove them, or set userManaged: false to have envkiln install them"
+                )
+            return self
+        if not packages and not self.docker_steps:
+            raise ValueError(
+                "spec.image alone builds nothing: set spec.userManaged: true to run the image as is, "
+                "or add spec.conda, spec.pip or spec.dockerSteps"
+            )
+        return self
+
+    @property
+    def kind(self) -> EnvironmentKind:
+        if self.build is not None:
+            return EnvironmentKind.BUILD_CONTEXT
+        if self.user_managed:
+            return EnvironmentKind.BRING_YOUR_OWN
+        return EnvironmentKind.SYSTEM_MANAGED
+
+
+class Environment(KubeModel):
+    """A whole Environment manifest."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["envkiln.dev/v1alpha1"] = "envkiln.dev/v1alpha1"
+    kind: Literal["Environment"] = "Environment"
+    metadata: ObjectMeta
+    spec: EnvironmentSpec
+
+    @model_validator(mode="after")
+    def _named(self) -> Environment:
+        if not self.metadata.name and not self.metadata.generate_name:
+            raise ValueError("metadata.name is required")
+        return self
+

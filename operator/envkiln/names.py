@@ -1,0 +1,108 @@
+"""Every name envkiln writes onto the cluster: API group, labels, annotations, finalizers, object
+names, condition types and reasons. Change a name here, and only here.
+
+Pure constants and name functions: no imports beyond the standard library.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- API -------------------------------------------------------------------------------------
+
+GROUP: Final = "envkiln.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+ENVIRONMENTS: Final = "environments"  # plural of the Environment kind
+BUILDS: Final = "environmentbuilds"  # plural of the EnvironmentBuild kind
+KIND_ENVIRONMENT: Final = "Environment"
+KIND_BUILD: Final = "EnvironmentBuild"
+COMPONENT: Final = "envkiln"  # Event source / reporting component
+
+# --- Kopf's own bookkeeping (annotations, finalizer) -----------------------------------------
+
+KOPF_PREFIX: Final = GROUP
+KOPF_DIFFBASE_KEY: Final = "last-handled-configuration"
+FINALIZER: Final = f"{GROUP}/finalizer"
+
+# --- labels ----------------------------------------------------------------------------------
+
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+MANAGED_BY_VALUE: Final = "envkiln"
+MANAGED_BY: Final = {LABEL_MANAGED_BY: MANAGED_BY_VALUE}
+# On build Jobs, their pods, context ConfigMaps and the registry-credentials Secret.
+BUILD_COMPONENT: Final = {LABEL_MANAGED_BY: MANAGED_BY_VALUE, LABEL_COMPONENT: "build"}
+LABEL_BUILD: Final = f"{GROUP}/build"  # on Jobs and ConfigMaps: the EnvironmentBuild's name
+LABEL_HASH: Final = f"{GROUP}/hash"  # the definition hash
+LABEL_ATTEMPT: Final = f"{GROUP}/attempt"  # on Jobs: which attempt
+LABEL_ANONYMOUS: Final = f"{GROUP}/anonymous"  # on Environments created from a pod's inline spec
+# Pods opt in with this label (it scopes the webhook's object selector); value: Environment name or "inline".
+LABEL_ENVIRONMENT: Final = f"{GROUP}/environment"
+INLINE: Final = "inline"
+JOB_NAME_LABEL: Final = "job-name"  # set by the Job controller on a Job's pods
+
+# --- annotations and pod fields --------------------------------------------------------------
+
+ANNOTATION_ENVIRONMENT: Final = f"{GROUP}/environment"  # name or name:version
+ANNOTATION_VERSION: Final = f"{GROUP}/environment-version"
+ANNOTATION_CONTAINER: Final = f"{GROUP}/container"
+ANNOTATION_SPEC: Final = f"{GROUP}/environment-spec"  # an inline (anonymous) environment spec
+SCHEDULING_GATE: Final = f"{GROUP}/environment"
+POD_CONDITION: Final = f"{GROUP}/EnvironmentReady"
+
+# --- image labels written by the renderer ----------------------------------------------------
+
+IMAGE_LABEL_HASH: Final = "dev.envkiln.definition-hash"
+IMAGE_LABEL_BASE: Final = "org.opencontainers.image.base.name"
+
+# --- reserved names --------------------------------------------------------------------------
+
+RESERVED_NAME_PREFIXES: Final = ("azureml-", "microsoft")
+DEFAULT_CURATED_NAMESPACE: Final = "envkiln-system"
+
+# --- condition types and reasons -------------------------------------------------------------
+
+CONDITION_READY: Final = "Ready"  # Environment
+CONDITION_VALID: Final = "Valid"  # Environment
+CONDITION_IMAGE_AVAILABLE: Final = "ImageAvailable"  # Environment
+CONDITION_SUCCEEDED: Final = "Succeeded"  # EnvironmentBuild
+
+REASON_VALID: Final = "Valid"
+REASON_INVALID_DEFINITION: Final = "InvalidDefinition"
+REASON_IMAGE_NOT_FOUND: Final = "ImageNotFound"
+REASON_CONTEXT_NOT_FOUND: Final = "ContextNotFound"
+REASON_REGISTRY_UNAVAILABLE: Final = "RegistryUnavailable"
+REASON_CACHE_HIT: Final = "CacheHit"
+REASON_BUILT: Final = "Built"
+REASON_IMAGE_READY: Final = "ImageReady"
+REASON_BUILDING: Final = "Building"
+REASON_BUILD_FAILED: Final = "BuildFailed"
+REASON_BUILD_SUCCEEDED: Final = "BuildSucceeded"
+REASON_QUEUED: Final = "Queued"
+REASON_RETRYING: Final = "Retrying"
+REASON_IMAGE_NOT_IN_REGISTRY: Final = "ImageNotInRegistry"
+REASON_READY: Final = "Ready"  # Event reason when an Environment becomes Ready
+REASON_ENVIRONMENT_FAILED: Final = "EnvironmentFailed"  # pod condition / Event
+REASON_ENVIRONMENT_VERSION_MISSING: Final = "EnvironmentVersionMissing"  # pod condition / Event
+
+# --- object names ----------------------------------------------------------------------------
+
+
+def build_name(definition_hash: str) -> str:
+    """The EnvironmentBuild of a hash: one per namespace, so concurrent Environments share it."""
+    return f"envb-{definition_hash}"
+
+
+def job_name(definition_hash: str, attempt: int) -> str:
+    """The build Job of one attempt (at most 63 characters with a 32-character hash)."""
+    return f"envkiln-{definition_hash}-{attempt}"
+
+
+def context_configmap_name(definition_hash: str) -> str:
+    """The ConfigMap holding a rendered build context."""
+    return f"envkiln-{definition_hash}-context"
+
+
+def anonymous_environment_name(definition_hash: str) -> str:
+    return f"anonymous-{definition_hash}"

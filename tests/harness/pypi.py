@@ -1,0 +1,222 @@
+"""A tiny PEP 503 "simple" package index with wheels made on the fly, for tests without network.
+
+    wheel = make_wheel("envkiln-probe", "1.2.3", module="envkiln_probe", source='VERSION = "1.2.3"\\n')
+    with PackageIndex([wheel]) as index:   # 127.0.0.1, a free port; or PackageIndex(host=..., port=...)
+        pip install --index-url {index.url} envkiln-probe==1.2.3
+        assert index.requested("envkiln-probe")
+
+Unknown projects answer 404, so pip and uv fail fast instead of retrying. Every request path is
+recorded (`index.requests`), to prove that a build used this index.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import re
+import socket
+import threading
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+__all__ = ["PackageIndex", "Wheel", "make_wheel", "normalize"]
+
+_ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # fixed, so the same inputs make the same bytes
+
+
+def normalize(name: str) -> str:
+    """PEP 503 project-name normalization."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class Wheel:
+    name: str
+    version: str
+    filename: str
+    data: bytes
+
+    @property
+    def project(self) -> str:
+        return normalize(self.name)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def write(self, directory: Path) -> Path:
+        path = Path(directory) / self.filename
+        path.write_bytes(self.data)
+        return path
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def make_wheel(name: str, version: str, module: str | None = None, source: str = "",
+               files: dict[str, str | bytes] | None = None, requires: Iterable[str] = (),
+               requires_python: str | None = None, summary: str = "A test package made by envkiln's harness") -> Wheel:
+    """A pure-Python py3-none-any wheel, written by hand (no build backend, no network).
+
+    `module` becomes `<module>.py` with `source`; `files` adds more paths (e.g. "pkg/__init__.py").
+    """
+    escaped = re.sub(r"[-_.]+", "_", name).lower()
+    dist_info = f"{escaped}-{version}.dist-info"
+    contents: dict[str, bytes] = {}
+    if module is not None:
+        contents[f"{module}.py"] = source.encode()
+    for path, text in (files or {}).items():
+        contents[path] = text.encode() if isinstance(text, str) else text
+    metadata = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", f"Summary: {summary}"]
+    if requires_python:
+        metadata.append(f"Requires-Python: {requires_python}")
+    metadata += [f"Requires-Dist: {requirement}" for requirement in requires]
+    contents[f"{dist_info}/METADATA"] = ("\n".join(metadata) + "\n").encode()
+    contents[f"{dist_info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: envkiln-harness\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record_path = f"{dist_info}/RECORD"
+    record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in contents.items())
+    contents[record_path] = (record + f"{record_path},,\n").encode()
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, data in contents.items():
+            info = zipfile.ZipInfo(path, date_time=_ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    return Wheel(name, version, f"{escaped}-{version}-py3-none-any.whl", buffer.getvalue())
+
+
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class PackageIndex:
+    """A PEP 503 index in a thread: `/simple/`, `/simple/<project>/`, `/files/<wheel>`."""
+
+    def __init__(self, wheels: Iterable[Wheel] = (), host: str = "127.0.0.1", port: int = 0):
+        self.host = host
+        self.port = port
+        self._wheels: dict[str, dict[str, Wheel]] = {}
+        self._lock = threading.Lock()
+        self._requests: list[str] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        for wheel in wheels:
+            self.add(wheel)
+
+    def add(self, wheel: Wheel) -> Wheel:
+        with self._lock:
+            self._wheels.setdefault(wheel.project, {})[wheel.filename] = wheel
+        return wheel
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The --index-url."""
+        return f"{self.base_url}/simple"
+
+    @property
+    def requests(self) -> list[str]:
+        with self._lock:
+            return list(self._requests)
+
+    def requested(self, project: str, files: bool = False) -> bool:
+        """Whether the project's page (or, with files=True, one of its wheels) was requested."""
+        project = normalize(project)
+        with self._lock:
+            names = set(self._wheels.get(project, {}))
+            paths = list(self._requests)
+        if files:
+            return any(path.startswith("/files/") and path.removeprefix("/files/") in names for path in paths)
+        return any(path.rstrip("/") == f"/simple/{project}" for path in paths)
+
+    def start(self) -> PackageIndex:
+        index = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self._answer(body=True)
+
+            def do_HEAD(self) -> None:
+                self._answer(body=False)
+
+            def _answer(self, body: bool) -> None:
+                path = unquote(urlsplit(self.path).path)
+                with index._lock:
+                    index._requests.append(path)
+                status, content_type, data = index._route(path)
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = (_Server6 if ":" in self.host else ThreadingHTTPServer)((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name="envkiln-pypi", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _route(self, path: str) -> tuple[int, str, bytes]:
+        with self._lock:
+            wheels = {project: dict(files) for project, files in self._wheels.items()}
+        parts = [part for part in path.split("/") if part]
+        if parts == ["simple"]:
+            links = "".join(f'<a href="{html.escape(p)}/">{html.escape(p)}</a>\n' for p in sorted(wheels))
+            return 200, "text/html; charset=utf-8", _page("Simple index", links)
+        if len(parts) == 2 and parts[0] == "simple":
+            files = wheels.get(normalize(parts[1]))
+            if not files:
+                return 404, "text/plain; charset=utf-8", b"no such project\n"
+            links = "".join(
+                f'<a href="../../files/{html.escape(name)}#sha256={wheel.sha256}">{html.escape(name)}</a>\n'
+                for name, wheel in sorted(files.items())
+            )
+            return 200, "text/html; charset=utf-8", _page(f"Links for {parts[1]}", links)
+        if len(parts) == 2 and parts[0] == "files":
+            for files in wheels.values():
+                if parts[1] in files:
+                    return 200, "application/octet-stream", files[parts[1]].data
+        return 404, "text/plain; charset=utf-8", b"not found\n"
+
+    def __enter__(self) -> PackageIndex:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _page(title: str, links: str) -> bytes:
+    return (f"<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.0\">"
+            f"<title>{html.escape(title)}</title></head>\n<body>\n{links}</body></html>\n").encode()

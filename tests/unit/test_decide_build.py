@@ -1,0 +1,101 @@
+"""envkiln.decisions.build: the next step of an EnvironmentBuild, and the retry backoff."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from envkiln.decisions.build import (
+    MAX_BACKOFF_SECONDS,
+    Limits,
+    after_failure,
+    after_verification,
+    backoff_delay,
+    next_step,
+)
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+LIMITS = Limits(max_concurrent=2, retry_limit=2, backoff_seconds=30)
+
+# (id, status, kwargs, action, attempt, phase, retry_in, terminal)
+CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, int, str | None, float | None, bool]] = [
+    ("succeeded-is-settled", {"phase": "Succeeded", "attempts": 1}, {}, "none", 0, None, None, False),
+    ("failed-is-settled", {"phase": "Failed", "attempts": 3}, {}, "none", 0, None, None, False),
+    ("first-attempt", {}, {}, "start", 1, "Building", None, False),
+    ("first-attempt-under-limit", {}, {"running": 1}, "start", 1, "Building", None, False),
+    ("queued-at-limit", {}, {"running": 2}, "queue", 0, "Pending", 10.0, False),
+    ("queued-again", {"phase": "Pending"}, {"running": 5}, "queue", 0, "Pending", 10.0, False),
+    ("running", {"phase": "Building", "attempts": 1}, {"state": "Running"}, "wait", 1, None, None, False),
+    ("vanished-restarts", {"phase": "Building", "attempts": 1}, {"state": "Missing"}, "start", 1, "Building",
+     None, False),
+    ("in-backoff-waits", {"phase": "Building", "attempts": 2, "retryAfter": "2026-01-01T12:00:45Z"},
+     {"state": "Missing"}, "wait", 2, None, 45.0, False),
+    ("backoff-over-starts", {"phase": "Building", "attempts": 2, "retryAfter": "2026-01-01T11:59:00Z"},
+     {"state": "Missing"}, "start", 2, "Building", None, False),
+    ("success-is-verified", {"phase": "Building", "attempts": 1}, {"state": "Succeeded"}, "verify", 1, None,
+     None, False),
+    ("first-failure-retries", {"phase": "Building", "attempts": 1}, {"state": "Failed", "reason": "Error"},
+     "retry", 2, "Building", 30.0, False),
+    ("second-failure-retries-later", {"phase": "Building", "attempts": 2}, {"state": "Failed"},
+     "retry", 3, "Building", 60.0, False),
+    ("last-failure-fails", {"phase": "Building", "attempts": 3}, {"state": "Failed", "reason": "OOMKilled"},
+     "fail", 3, "Failed", None, True),
+]
+
+
+@pytest.mark.parametrize(("case", "status", "kwargs", "action", "attempt", "phase", "retry_in", "terminal"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_next_step(case: str, status: dict[str, Any], kwargs: dict[str, Any], action: str, attempt: int,
+                   phase: str | None, retry_in: float | None, terminal: bool) -> None:
+    step = next_step(status, LIMITS, NOW, "instance-1", **kwargs)
+    assert (step.action, step.attempt, step.phase, step.retry_in, step.terminal) == (
+        action, attempt, phase, retry_in, terminal)
+    if step.phase is not None:
+        assert step.changes["phase"] == step.phase and step.condition is not None
+
+
+def test_start_records_the_attempt_and_instance() -> None:
+    step = next_step({}, LIMITS, NOW, "instance-1")
+    assert step.changes == {"phase": "Building", "attempts": 1, "startTime": "2026-01-01T12:00:00Z",
+                            "builderInstance": "instance-1", "message": "attempt 1 started"}
+    restart = next_step({"attempts": 2, "retryAfter": "2026-01-01T11:00:00Z"}, LIMITS, NOW, "i2", state="Missing")
+    assert restart.changes["retryAfter"] is None  # cleared: the backoff is over
+
+
+def test_retry_writes_when_and_why() -> None:
+    step = after_failure(1, "Error", "pip: no matching distribution", LIMITS, NOW)
+    assert step.changes["retryAfter"] == "2026-01-01T12:00:30Z"
+    assert step.changes["attempts"] == 2 and step.changes["job"] is None
+    assert step.changes["logTail"] == "pip: no matching distribution"
+    assert step.condition == (None, "Retrying", "attempt 1 failed (Error); retry 1 of 2 in 30s")
+    assert step.event is not None and step.event[:2] == ("Warning", "BuildFailed")
+
+
+@pytest.mark.parametrize(("reason", "expected"), [
+    ("OOMKilled", "OOMKilled"), (None, "BuildFailed"), ("", "BuildFailed"), ("137", "BuildFailed"),
+])
+def test_failure_reason_is_a_condition_reason(reason: str | None, expected: str) -> None:
+    step = after_failure(1, reason, None, Limits(retry_limit=0), NOW)
+    assert step.action == "fail" and step.condition is not None and step.condition[1] == expected
+
+
+@pytest.mark.parametrize(("attempt", "base", "delay"), [
+    (1, 30, 30), (2, 30, 60), (3, 30, 120), (4, 30, 240), (0, 30, 30),
+    (1, 0, 0), (3, 0, 0),  # no backoff configured
+    (20, 30, MAX_BACKOFF_SECONDS),  # capped however many retries are allowed
+])
+def test_backoff_delay(attempt: int, base: int, delay: int) -> None:
+    assert backoff_delay(attempt, base) == delay
+
+
+@pytest.mark.parametrize(("found", "action", "phase"), [(True, "succeed", "Succeeded"), (False, "retry", "Building")])
+def test_after_verification(found: bool, action: str, phase: str) -> None:
+    digest = "sha256:" + "b" * 64
+    step = after_verification(1, digest, found, f"pull/env@{digest}", "push/env", LIMITS, NOW)
+    assert (step.action, step.phase) == (action, phase)
+    if found:
+        assert step.terminal and step.changes["digest"] == digest and step.changes["imageRef"] == f"pull/env@{digest}"
+    else:
+        assert step.condition is not None and "ImageNotInRegistry" in step.condition[2]

@@ -1,0 +1,120 @@
+"""envkiln.decisions.environment: an Environment's outcome for every combination that matters."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from envkiln.decisions.environment import Facts, Lookup, decide, from_build, new_status
+from envkiln.models import Phase
+from helpers import CONDA_ENV, PIP_ENV, spec_of
+
+HASH = "0123456789abcdef0123456789abcdef"
+DIGEST = "sha256:" + "a" * 64
+PUSH = f"reg.svc:5000/envkiln/env_{HASH}:{HASH}"
+PULL = f"localhost:5000/envkiln/env_{HASH}:{HASH}"
+BYO = {**PIP_ENV, "spec": {"image": "ghcr.io/org/trainer:2.1", "userManaged": True}}
+
+
+def facts(**changes: Any) -> Facts:
+    base = Facts(spec=spec_of(PIP_ENV), hash=HASH, namespace="ns", push_image=PUSH, pull_image=PULL,
+                 push_registry="reg.svc:5000", pull_registry="localhost:5000", build_name=f"envb-{HASH}",
+                 retry_seconds=15.0)
+    return replace(base, **changes)
+
+
+def build(phase: str | None, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": f"envb-{HASH}"}, "status": {"phase": phase, **status} if phase else {}}
+
+
+SUCCEEDED = build("Succeeded", digest=DIGEST, imageRef=f"localhost:5000/envkiln/env_{HASH}@{DIGEST}")
+FAILED = build("Failed", message="attempt 3 failed (BuildFailed)")
+
+# (id, facts, phase, Ready condition (status, reason), create_build, records_hash, retry_in)
+CASES = [
+    ("invalid", facts(spec=None, problems=("spec.pip[0]: bad",), hash=None),
+     Phase.FAILED, (False, "InvalidDefinition"), False, True, None),
+    ("byo-found", facts(spec=spec_of(BYO), lookup=Lookup(found=True, digest=DIGEST)),
+     Phase.READY, (True, "ImageReady"), False, True, None),
+    ("byo-missing", facts(spec=spec_of(BYO), lookup=Lookup(found=False)),
+     Phase.FAILED, (False, "ImageNotFound"), False, True, 60.0),
+    ("byo-registry-down", facts(spec=spec_of(BYO), lookup=Lookup(unavailable="registry r unavailable: 503")),
+     Phase.PENDING, (False, "RegistryUnavailable"), False, False, 15.0),
+    ("context-configmap-missing", facts(missing_context="ctx"),
+     Phase.PENDING, (False, "ContextNotFound"), False, False, 30.0),
+    ("cache-hit", facts(lookup=Lookup(found=True, digest=DIGEST)),
+     Phase.READY, (True, "ImageReady"), False, True, None),
+    ("image-missing-creates-build", facts(lookup=Lookup(found=False)),
+     Phase.BUILDING, (False, "Building"), True, True, None),
+    ("registry-down-no-build", facts(lookup=Lookup(unavailable="registry r unavailable: timeout")),
+     Phase.PENDING, (False, "RegistryUnavailable"), False, True, 15.0),
+    ("adopts-running-build", facts(build=build("Building")),
+     Phase.BUILDING, (False, "Building"), False, True, None),
+    ("adopts-new-build", facts(build=build(None)),
+     Phase.BUILDING, (False, "Building"), False, True, None),
+    ("adopts-succeeded-build", facts(build=SUCCEEDED),
+     Phase.READY, (True, "ImageReady"), False, True, None),
+    ("adopts-failed-build", facts(build=FAILED),
+     Phase.FAILED, (False, "BuildFailed"), False, True, None),
+    ("build-wins-over-registry", facts(build=build("Building"), lookup=Lookup(found=True, digest=DIGEST)),
+     Phase.BUILDING, (False, "Building"), False, True, None),
+]
+
+
+@pytest.mark.parametrize(("case", "given", "phase", "ready", "create", "records", "retry"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_decide(case: str, given: Facts, phase: Phase, ready: tuple[bool, str], create: bool, records: bool,
+                retry: float | None) -> None:
+    outcome = decide(given)
+    assert outcome.phase is phase
+    assert outcome.conditions["Ready"][:2] == ready
+    assert outcome.create_build is create
+    assert outcome.records_hash is records
+    assert outcome.retry_in == retry
+    assert outcome.event is not None and outcome.event[1]  # every outcome can be told in an Event
+
+
+def test_ready_outcomes_name_the_pull_registry_and_digest() -> None:
+    cache_hit = decide(facts(lookup=Lookup(found=True, digest=DIGEST)))
+    assert cache_hit.fields["imageRef"] == f"localhost:5000/envkiln/env_{HASH}@{DIGEST}"
+    assert cache_hit.fields["image"] == PULL and cache_hit.fields["cacheHit"] is True
+    byo = decide(facts(spec=spec_of(BYO), lookup=Lookup(found=True, digest=DIGEST)))
+    assert byo.fields["imageRef"] == f"ghcr.io/org/trainer@{DIGEST}" and byo.fields["build"] is None
+
+
+@pytest.mark.parametrize(("previous", "cache_hit"), [
+    ({}, True),  # found a finished build at first sight: nothing was built for this Environment
+    ({"hash": HASH, "cacheHit": False}, False),  # it waited for the build
+    ({"hash": "f" * 32, "cacheHit": False}, True),  # waited for another definition's build
+])
+def test_adoption_cache_hit(previous: dict[str, Any], cache_hit: bool) -> None:
+    outcome = decide(facts(build=SUCCEEDED, previous_status=previous))
+    assert outcome.fields["cacheHit"] is cache_hit
+    assert outcome.conditions["ImageAvailable"][1] == ("CacheHit" if cache_hit else "Built")
+
+
+def test_from_build_needs_digest_and_ref() -> None:
+    assert from_build(build("Succeeded", digest=DIGEST), PULL, "b", True) is None
+    assert from_build(build("Pending"), PULL, "b", True) is None
+
+
+def test_other_kinds_hash_when_the_registry_is_down() -> None:
+    conda = decide(facts(spec=spec_of(CONDA_ENV), lookup=Lookup(unavailable="down")))
+    assert conda.records_hash and conda.phase is Phase.PENDING
+
+
+def test_new_status_history_and_conditions() -> None:
+    env = {"metadata": {"generation": 3}, "spec": PIP_ENV["spec"], "status": {"phase": "Building"}}
+    ready = decide(facts(lookup=Lookup(found=True, digest=DIGEST)))
+    status = new_status(env, ready, HASH, "2026-01-01T00:00:00Z")
+    assert status["phase"] == "Ready" and status["hash"] == HASH and status["shortHash"] == HASH[:12]
+    assert status["observedGeneration"] == 3 and status["kind"] == "SystemManaged"
+    assert status["versions"] == [{"version": "1", "hash": HASH, "when": "2026-01-01T00:00:00Z",
+                                   "imageRef": ready.fields["imageRef"]}]
+    assert {c["type"] for c in status["conditions"]} == {"Valid", "ImageAvailable", "Ready"}
+    again = new_status({**env, "status": status}, ready, HASH, "2026-01-02T00:00:00Z")
+    assert again == status  # idempotent: nothing to write the second time
+    missing = new_status({**env, "status": status}, decide(facts(missing_context="c")), None, "t")
+    assert "ImageAvailable" not in {c["type"] for c in missing["conditions"]}

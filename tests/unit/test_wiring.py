@@ -1,0 +1,79 @@
+"""How the product is put together: handler registration, and every API call through Kube."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import kopf
+import pytest
+
+from envkiln.handlers import register
+from envkiln.settings import OperatorSettings
+
+PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "envkiln"
+
+
+def _handler_ids(registry: kopf.OperatorRegistry) -> dict[str, set[str]]:
+    kinds = {"activity": registry._activities, "changing": registry._changing, "watching": registry._watching,
+             "spawning": registry._spawning, "indexing": registry._indexing, "webhooks": registry._webhooks}
+    return {kind: {str(h.id) for h in handlers.get_all_handlers()} for kind, handlers in kinds.items()}
+
+
+def test_importing_the_handlers_registers_nothing() -> None:
+    default = kopf.get_default_registry()
+    assert not any(h.fn.__module__ == "envkiln.handlers"
+                   for handlers in (default._activities, default._changing, default._spawning)
+                   for h in handlers.get_all_handlers())
+
+
+@pytest.mark.parametrize("webhook", [False, True])
+def test_register(webhook: bool) -> None:
+    settings = OperatorSettings(webhook_enabled=webhook, build_sync_seconds=3, env_sync_seconds=7)
+    registry = register(settings, kopf.OperatorRegistry())
+    ids = _handler_ids(registry)
+    assert ids["activity"] == {"login_via_client", "configure", "shutdown"}
+    assert ids["indexing"] == {"environments_by_hash"}
+    assert ids["changing"] == {"environment_changed", "environment_changed/spec", "build_created"}
+    assert ids["watching"] == {"build_event", "build_job_event"}
+    assert ids["webhooks"] == ({"envkiln-environment"} if webhook else set())
+    timers = {h.id: h.interval for h in registry._spawning.get_all_handlers()}
+    assert timers == {"environment_unsettled": 7, "build_progress": 3}  # from the settings, not import time
+
+
+def _product_sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_only_kube_constructs_api_objects() -> None:
+    constructed = re.compile(r"\bclient\.\w+Api\(")
+    offenders = [str(p.relative_to(PACKAGE)) for p in _product_sources()
+                 if p.name != "kube.py" and constructed.search(p.read_text())]
+    assert offenders == [], "construct Kubernetes API objects only in envkiln/kube.py"
+
+
+def test_no_generated_api_calls_outside_kube() -> None:
+    pattern = re.compile(r"\.(core|batch|custom|admission)\.\w+\(")
+    offenders = [str(p.relative_to(PACKAGE)) for p in _product_sources()
+                 if p.name != "kube.py" and pattern.search(p.read_text())]
+    assert offenders == [], "call the API through Kube's methods"
+
+
+def test_no_mutable_module_state_in_the_operator() -> None:
+    """No module holds state: no empty mutable containers at module level (constants are never empty),
+    and no `global` rebinding. The operator context lives in Kopf's memo."""
+    offenders = []
+    for path in _product_sources():
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+            empty = (isinstance(value, ast.Dict) and not value.keys) or (
+                isinstance(value, ast.List | ast.Set) and not value.elts) or (
+                isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                and value.func.id in ("dict", "list", "set") and not value.args)
+            if empty:
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+        offenders += [f"{path.relative_to(PACKAGE)}:{n.lineno} global" for n in ast.walk(tree)
+                      if isinstance(n, ast.Global)]
+    assert offenders == []
