@@ -65,6 +65,7 @@ class OperatorSettings(BaseModel):
     build_cpu_limit: str = "2"
     build_memory_request: str = "1Gi"
     build_memory_limit: str = "8Gi"
+    build_ephemeral_storage_request: str = "1Gi"
     build_ephemeral_storage_limit: str = "20Gi"
     build_deadline_seconds: int = Field(default=3600, ge=60)
     build_ttl_seconds: int = Field(default=86400, ge=0)

@@ -72,11 +72,13 @@ def make_ca(directory: Path, name: str = "ca", subject: str = "/CN=envkiln-test-
     return directory / f"{name}.crt", directory / f"{name}.key"
 
 
-def make_control_plane_certs(directory: Path) -> ControlPlaneCerts:
+def make_control_plane_certs(directory: Path, extra_ips: tuple[str, ...] = ()) -> ControlPlaneCerts:
+    """CA, API server serving cert (127.0.0.1 plus `extra_ips` in its SANs), admin client cert, SA keys."""
     certs = ControlPlaneCerts(directory)
     make_ca(directory)
-    sign(directory, "apiserver", "/CN=kube-apiserver", certs.ca_cert, certs.ca_key,
-         san="IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc", usage="serverAuth")
+    san = ",".join([*(f"IP:{ip}" for ip in ("127.0.0.1", *extra_ips)), "DNS:localhost", "DNS:kubernetes",
+                    "DNS:kubernetes.default", "DNS:kubernetes.default.svc"])
+    sign(directory, "apiserver", "/CN=kube-apiserver", certs.ca_cert, certs.ca_key, san=san, usage="serverAuth")
     sign(directory, "admin", "/O=system:masters/CN=envkiln-admin", certs.ca_cert, certs.ca_key)
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=directory)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)

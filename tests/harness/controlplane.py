@@ -33,7 +33,15 @@ def ensure_binaries(names: tuple[str, ...] = ("etcd", "apiserver")) -> Path:
 class ControlPlane:
     """A real API server backed by a real etcd. Use as a context manager."""
 
-    def __init__(self, workdir: Path | None = None, bin_dir: Path | None = None):
+    def __init__(self, workdir: Path | None = None, bin_dir: Path | None = None, address: str = "127.0.0.1",
+                 service_cidr: str = "10.0.0.0/24", node_mode: bool = False):
+        """`address`: where the API server binds and what it advertises (in its serving cert too).
+        `node_mode`: a controller-manager and kubelet run with it (ServiceAccount admission on, the
+        `kubernetes` Service gets endpoints, logs/exec reach the kubelet by InternalIP, webhooks
+        are called at endpoint IPs)."""
+        self.address = address
+        self.service_cidr = service_cidr
+        self.node_mode = node_mode
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="envkiln-cp-", dir=_fast_tmp()))
         self.bin_dir = bin_dir
@@ -47,11 +55,13 @@ class ControlPlane:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
 
     def start(self) -> ControlPlane:
         self.bin_dir = self.bin_dir or ensure_binaries()
-        self.certs = make_control_plane_certs(self.workdir / "certs")
+        extra_ips = () if self.address == "127.0.0.1" else (self.address,)
+        service_ip = _first_service_ip(self.service_cidr)
+        self.certs = make_control_plane_certs(self.workdir / "certs", extra_ips=(*extra_ips, service_ip))
         self._start_etcd()
         self.start_apiserver()
         self._write_kubeconfig()
@@ -81,23 +91,34 @@ class ControlPlane:
             f"--tls-cert-file={certs.serving_cert}", f"--tls-private-key-file={certs.serving_key}",
             f"--client-ca-file={certs.ca_cert}",
             f"--secure-port={self.apiserver_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--bind-address={self.address}", f"--advertise-address={self.address}",
+            f"--service-cluster-ip-range={self.service_cidr}",
             "--allow-privileged=true",
-            # No controller-manager runs, so no token controller: the ServiceAccount
-            # admission plugin would refuse pods waiting for tokens that never come.
-            "--disable-admission-plugins=ServiceAccount",
+            *self._mode_flags(),
             "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={certs.service_account_pub}",
             f"--service-account-signing-key-file={certs.service_account_key}",
-            "--endpoint-reconciler-type=none",
             "--v=1",
         ], self.workdir / "kube-apiserver.log").start()
         context = ssl.create_default_context(cafile=str(certs.ca_cert))
         context.load_cert_chain(str(certs.admin_cert), str(certs.admin_key))
         wait_until(lambda: http_ok(f"{self.url}/readyz", context), 120, "kube-apiserver", self.apiserver.exited,
                    interval=0.5)
+
+    def _mode_flags(self) -> list[str]:
+        assert self.certs is not None
+        if not self.node_mode:
+            # No controller-manager runs, so no token controller: the ServiceAccount
+            # admission plugin would refuse pods waiting for tokens that never come.
+            return ["--disable-admission-plugins=ServiceAccount", "--endpoint-reconciler-type=none"]
+        return [
+            "--endpoint-reconciler-type=lease",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={self.certs.admin_cert}",
+            f"--kubelet-client-key={self.certs.admin_key}",
+            "--enable-aggregator-routing=true",
+        ]
 
     def stop_apiserver(self) -> None:
         if self.apiserver is not None:
@@ -137,6 +158,12 @@ class ControlPlane:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _first_service_ip(cidr: str) -> str:
+    import ipaddress
+
+    return str(next(ipaddress.ip_network(cidr).hosts()))
 
 
 def _fast_tmp() -> str | None:

@@ -1,4 +1,5 @@
-"""A real OCI registry (CNCF distribution, Debian's docker-registry) on 127.0.0.1, plain HTTP."""
+"""A real OCI registry (CNCF distribution, Debian's docker-registry) on 127.0.0.1 (or a given
+local address, e.g. the test cluster's bridge address), plain HTTP."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ MANIFEST_ACCEPT = ", ".join([
 class Registry:
     """Start with `with Registry() as registry:`; `stop()`/`start()` simulate an outage."""
 
-    def __init__(self, workdir: Path | None = None, port: int | None = None, binary: str = "docker-registry"):
+    def __init__(self, workdir: Path | None = None, port: int | None = None, binary: str = "docker-registry",
+                 address: str = "127.0.0.1"):
         self._own_workdir = workdir is None
+        self.address = address
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="envkiln-registry-"))
         self.port = port or free_port()
         self.binary = binary
@@ -33,7 +36,7 @@ class Registry:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -47,6 +50,7 @@ class Registry:
             "http": {"addr": self.host, "headers": {"X-Content-Type-Options": ["nosniff"]}},
         }
         path = self.workdir / "config.yml"
+        self.workdir.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config))
         return path
 

@@ -1,4 +1,6 @@
-"""Session fixtures: a real kube-apiserver + etcd, a real registry, buildah; a namespace per test."""
+"""Session fixtures: one real one-node cluster (etcd + kube-apiserver + controller-manager + scheduler,
+kubelet + containerd + kube-proxy; harness.cluster), a real registry on the cluster's network,
+buildah; a namespace per test."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 from kubernetes import client, config
 
 from harness.buildah import base_image_archive, push_archive
+from harness.cluster import Cluster
 from harness.controlplane import ControlPlane, install_crds
 from harness.registry import Registry
 
@@ -21,9 +24,31 @@ BASE_IMAGE_REPOSITORY = "envkiln-test/python-base"
 
 
 @pytest.fixture(scope="session")
-def control_plane() -> Iterator[ControlPlane]:
-    with ControlPlane() as plane:
-        yield plane
+def cluster() -> Iterator[Cluster]:
+    """The whole one-node cluster. Its teardown fails loudly if anything is left on the host."""
+    started = Cluster()
+    try:
+        started.start()
+    except BaseException:
+        started.stop()
+        raise
+    yield started
+    left = started.stop()
+    if left:
+        pytest.fail("the test cluster left things behind:\n  " + "\n  ".join(left), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def node_ready(cluster: Cluster) -> Cluster:
+    """The node is Ready and schedulable (checked again, e.g. after a long session)."""
+    cluster.wait_ready()
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def control_plane(cluster: Cluster) -> ControlPlane:
+    assert cluster.control_plane is not None
+    return cluster.control_plane
 
 
 @pytest.fixture(scope="session")
@@ -34,22 +59,47 @@ def api_client(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
     api.close()
 
 
+@pytest.fixture(scope="session")
+def bare_control_plane() -> Iterator[ControlPlane]:
+    """kube-apiserver + etcd alone: no controllers, no kubelet. Only for tests that play the part of
+    the Kaniko executor (which cannot be had on this machine): nothing else may write those Jobs' and
+    pods' status. A test module opts in by overriding `control_plane` and `api_client` with
+    `bare_control_plane` and `bare_api_client`."""
+    with ControlPlane() as plane:
+        yield plane
+
+
+@pytest.fixture(scope="session")
+def bare_api_client(bare_control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(str(bare_control_plane.kubeconfig))
+    install_crds(api)
+    yield api
+    api.close()
+
+
 @pytest.fixture()
-def namespace(api_client: client.ApiClient) -> Iterator[str]:
+def namespace(api_client: client.ApiClient, control_plane: ControlPlane) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     core = client.CoreV1Api(api_client)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # ServiceAccount admission refuses pods until the controller-manager made the default account.
+    deadline = time.monotonic() + 30
+    while control_plane.node_mode and not core.list_namespaced_service_account(
+            name, field_selector="metadata.name=default").items:
+        if time.monotonic() > deadline:
+            pytest.fail(f"no default ServiceAccount in {name} after 30s")
+        time.sleep(0.1)
     yield name
-    # No namespace controller runs, so objects are not garbage-collected; the whole
-    # etcd goes away with the session. Deleting marks it Terminating for tidiness.
+    # The namespace controller deletes what is in it (and the kubelet stops its pods).
     with contextlib.suppress(client.ApiException):
         core.delete_namespace(name)
 
 
 @pytest.fixture(scope="session")
-def registry() -> Iterator[Registry]:
-    with Registry() as reg:
-        yield reg
+def registry(cluster: Cluster) -> Registry:
+    """Served on the cluster's node address: reachable from the host, from pods and by containerd."""
+    assert cluster.registry is not None
+    return cluster.registry
 
 
 @pytest.fixture(scope="session")

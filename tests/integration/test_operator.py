@@ -9,6 +9,7 @@ import pytest
 from kubernetes import client
 
 from harness.buildah import base_image_archive, push_archive
+from harness.controlplane import ControlPlane
 from harness.registry import Registry
 from operator_helpers import (
     Envs,
@@ -22,6 +23,18 @@ from operator_helpers import (
 )
 
 PIP_SPEC = {"image": "python:3.11-slim", "pip": ["numpy==2.1.3"]}
+
+
+# These tests play the Kaniko executor's part (it cannot run here), writing its pod's and Job's
+# status: they run on the bare control plane, where no Job controller or kubelet writes them too.
+@pytest.fixture(scope="session")
+def control_plane(bare_control_plane: ControlPlane) -> ControlPlane:
+    return bare_control_plane
+
+
+@pytest.fixture(scope="session")
+def api_client(bare_api_client: client.ApiClient) -> client.ApiClient:
+    return bare_api_client
 
 
 def test_cache_hit_needs_no_build(api_client: client.ApiClient, namespace: str, registry: Registry,

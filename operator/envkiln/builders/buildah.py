@@ -91,8 +91,11 @@ def buildah_pod_spec(build: dict[str, Any], settings: OperatorSettings, with_cre
         *volumes,
         {"name": "out", "emptyDir": {}},
         {"name": "storage", "emptyDir": {}},
+        {"name": "push-tmp", "emptyDir": {}},
     ]
-    push_mounts = [{"name": "out", "mountPath": "/out", "readOnly": True}]
+    # skopeo unpacks the archive under /var/tmp (whatever TMPDIR says): the only writable path.
+    push_mounts = [{"name": "out", "mountPath": "/out", "readOnly": True},
+                   {"name": "push-tmp", "mountPath": "/var/tmp"}]
     if with_credentials:
         volumes.append({"name": "docker-config", "secret": {
             "secretName": DOCKER_CONFIG_SECRET, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}})
@@ -125,12 +128,12 @@ def buildah_pod_spec(build: dict[str, Any], settings: OperatorSettings, with_cre
         "command": ["/bin/sh", "-c", PUSH_SCRIPT],
         "env": [*common_env,
                 {"name": "ENVKILN_LATEST", "value": f"{repository_of(spec.image)}:latest"},
-                {"name": "HOME", "value": "/tmp"}],
+                {"name": "HOME", "value": "/var/tmp"}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": {
             "runAsUser": PUSH_USER, "runAsGroup": PUSH_USER, "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },

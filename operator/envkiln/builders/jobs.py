@@ -82,7 +82,8 @@ def context_volume(spec: EnvironmentBuildSpec) -> tuple[str, dict[str, Any] | No
 
 def build_resources(settings: OperatorSettings) -> dict[str, Any]:
     return {
-        "requests": {"cpu": settings.build_cpu_request, "memory": settings.build_memory_request},
+        "requests": {"cpu": settings.build_cpu_request, "memory": settings.build_memory_request,
+                     "ephemeral-storage": settings.build_ephemeral_storage_request},
         "limits": {"cpu": settings.build_cpu_limit, "memory": settings.build_memory_limit,
                    "ephemeral-storage": settings.build_ephemeral_storage_limit},
     }

@@ -1,0 +1,195 @@
+"""The product's flows with every pod really running on the node: build Jobs (in-cluster buildah),
+training Jobs gated and released by the webhook, anonymous environments, lost build pods.
+
+Nothing here writes a Job's or a pod's status: the Job controller, the scheduler, the kubelet and
+containerd do."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from harness.ports import free_port
+from harness.pypi import PackageIndex
+from node_helpers import PROBE, PROBE_VERSION, index_steps
+from operator_helpers import Envs, environment, wait_for
+
+MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+PRINT_PROBE = ["python", "-c", "import envkiln_probe; print('probe', envkiln_probe.VERSION)"]
+
+
+def registry_digest(image: str) -> str:
+    """The registry's own Docker-Content-Digest for repository:tag."""
+    name, tag = image.rsplit(":", 1)
+    host, repository = name.split("/", 1)
+    request = urllib.request.Request(f"http://{host}/v2/{repository}/manifests/{tag}", method="HEAD",
+                                     headers={"Accept": MANIFEST_ACCEPT})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(response.headers["Docker-Content-Digest"])
+
+
+def probe_spec(base: str, index: PackageIndex, *extra_steps: str, pip: list[str] | None = None) -> dict[str, Any]:
+    return {"image": base, "dockerSteps": [*index_steps(index), *extra_steps],
+            "pip": pip or [f"{PROBE}=={PROBE_VERSION}"]}
+
+
+def training_job(name: str, labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 600, "template": {
+                "metadata": {"labels": labels, "annotations": annotations},
+                "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                         "containers": [{"name": "trainer", "image": "placeholder", "command": PRINT_PROBE}]}}}}
+
+
+def job_pod(core: client.CoreV1Api, namespace: str, job: str) -> client.V1Pod | None:
+    pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+    return pods[0] if pods else None
+
+
+def wait_job_complete(batch: client.BatchV1Api, namespace: str, name: str, timeout: float,
+                      diagnostics: Callable[[], str]) -> client.V1Job:
+    def done() -> client.V1Job | None:
+        job = batch.read_namespaced_job(name, namespace)
+        types = {c.type for c in job.status.conditions or [] if c.status == "True"}
+        if "Failed" in types:
+            raise AssertionError(f"Job {name} failed: {job.status}\n{diagnostics()}")
+        return job if "Complete" in types else None
+
+    return wait_for(done, timeout=timeout, interval=0.5, what=f"Job {name} Complete", diagnostics=diagnostics)
+
+
+@pytest.fixture()
+def webhook(node_api: client.ApiClient, node_namespace: str) -> Iterator[dict[str, str]]:
+    """A MutatingWebhookConfiguration like the chart's, calling an operator on 127.0.0.1."""
+    port = free_port()
+    name = f"envkiln-{node_namespace}"
+    admission = client.AdmissionregistrationV1Api(node_api)
+    admission.create_mutating_webhook_configuration({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "environments.pods.envkiln.dev", "admissionReviewVersions": ["v1"],
+            "sideEffects": "NoneOnDryRun", "failurePolicy": "Fail", "timeoutSeconds": 10,
+            "clientConfig": {"url": f"https://127.0.0.1:{port}/envkiln-environment"},
+            "objectSelector": {"matchExpressions": [{"key": "envkiln.dev/environment", "operator": "Exists"}]},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": node_namespace}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+                       "scope": "Namespaced"}],
+        }],
+    })
+    yield {"webhook_enabled": "true", "webhook_listen_address": "127.0.0.1", "webhook_port": str(port),
+           "webhook_hosts": "127.0.0.1", "webhook_configuration": name, "operator_namespace": node_namespace}
+    admission.delete_mutating_webhook_configuration(name)
+
+
+def test_environment_builds_in_a_real_build_job(node_api: client.ApiClient, node_namespace: str,
+                                                node_base_image: str, probe_index: PackageIndex,
+                                                buildah_operator: Any) -> None:
+    operator = buildah_operator(node_namespace)
+    envs = Envs(node_api, node_namespace)
+    envs.create(environment("probe", **probe_spec(node_base_image, probe_index)))
+    status = envs.wait_phase("probe", "Ready", timeout=300, diagnostics=operator.log)
+    assert status["cacheHit"] is False
+    assert status["imageDigest"] == registry_digest(status["image"]), "status digest = the registry's digest"
+    assert status["imageRef"].endswith("@" + status["imageDigest"])
+    [job] = envs.jobs()
+    assert job.status.succeeded == 1, "the Job controller saw the build pod succeed"
+    [pod] = envs.core.list_namespaced_pod(node_namespace, label_selector=f"job-name={job.metadata.name}").items
+    assert pod.spec.node_name and pod.status.phase == "Succeeded"
+    build_status = pod.status.init_container_statuses[0]
+    assert build_status.name == "build" and build_status.state.terminated.exit_code == 0
+    assert probe_index.requested(PROBE, files=True), "the build installed the probe from the local index"
+
+
+def test_failing_pip_install_fails_with_the_pod_log(node_api: client.ApiClient, node_namespace: str,
+                                                   node_base_image: str, probe_index: PackageIndex,
+                                                   buildah_operator: Any) -> None:
+    operator = buildah_operator(node_namespace, build_retry_limit="0")
+    envs = Envs(node_api, node_namespace)
+    envs.create(environment("missing", **probe_spec(node_base_image, probe_index,
+                                                    pip=["envkiln-no-such-package==9.9.9"])))
+    status = envs.wait_phase("missing", "Failed", timeout=300, diagnostics=operator.log)
+    [build] = envs.builds()
+    tail = build["status"]["logTail"]
+    assert "envkiln-no-such-package" in tail and "[build]" in tail, tail
+    assert "No matching distribution" in tail or "Could not find a version" in tail, tail
+    assert build["status"]["phase"] == "Failed"
+    assert "envkiln-no-such-package" in status.get("message", "") or status["phase"] == "Failed"
+    events = envs.events(build["metadata"]["name"])
+    assert any(e.reason == "BuildFailed" and e.type == "Warning" for e in events), [e.reason for e in events]
+
+
+def test_training_job_is_gated_then_runs_on_the_built_digest(node_api: client.ApiClient, node_namespace: str,
+                                                             node_base_image: str, probe_index: PackageIndex,
+                                                             buildah_operator: Any, webhook: dict[str, str]) -> None:
+    operator = buildah_operator(node_namespace, **webhook)
+    envs = Envs(node_api, node_namespace)
+    # A slow step keeps the build running long enough to see the gate.
+    envs.create(environment("trainenv", version="2",
+                            **probe_spec(node_base_image, probe_index, "RUN sleep 8")))
+    envs.batch.create_namespaced_job(node_namespace, training_job(
+        "train", {"envkiln.dev/environment": "trainenv"}, {"envkiln.dev/environment": "trainenv:2"}))
+    gated = wait_for(lambda: job_pod(envs.core, node_namespace, "train"), timeout=30, what="the training pod")
+    assert [g.name for g in gated.spec.scheduling_gates or []] == ["envkiln.dev/environment"], gated.spec
+    assert envs.status("trainenv").get("phase") != "Ready"
+    assert not gated.spec.node_name, "a gated pod is not scheduled"
+    status = envs.wait_phase("trainenv", "Ready", timeout=300, diagnostics=operator.log)
+    job = wait_job_complete(envs.batch, node_namespace, "train", 180, operator.log)
+    assert job.status.succeeded == 1
+    pod = job_pod(envs.core, node_namespace, "train")
+    assert pod is not None and pod.spec.node_name
+    assert pod.spec.containers[0].image == status["imageRef"], "the pod runs the digest, not a tag"
+    assert pod.status.container_statuses[0].image_id.endswith(status["imageDigest"])
+    log = envs.core.read_namespaced_pod_log(pod.metadata.name, node_namespace, container="trainer")
+    assert f"probe {PROBE_VERSION}" in log, log
+
+
+def test_anonymous_inline_environment_on_a_job(node_api: client.ApiClient, node_namespace: str,
+                                               node_base_image: str, probe_index: PackageIndex,
+                                               buildah_operator: Any, webhook: dict[str, str]) -> None:
+    operator = buildah_operator(node_namespace, **webhook)
+    envs = Envs(node_api, node_namespace)
+    inline = probe_spec(node_base_image, probe_index)
+    envs.batch.create_namespaced_job(node_namespace, training_job(
+        "inline", {"envkiln.dev/environment": "inline"}, {"envkiln.dev/environment-spec": yaml.safe_dump(inline)}))
+    job = wait_job_complete(envs.batch, node_namespace, "inline", 300, operator.log)
+    [anonymous] = envs.custom.list_namespaced_custom_object(
+        "envkiln.dev", "v1alpha1", node_namespace, "environments", label_selector="envkiln.dev/anonymous=true")["items"]
+    assert anonymous["metadata"]["name"].startswith("anonymous-")
+    assert anonymous["status"]["phase"] == "Ready"
+    pod = job_pod(envs.core, node_namespace, "inline")
+    assert pod is not None and pod.spec.containers[0].image == anonymous["status"]["imageRef"]
+    log = envs.core.read_namespaced_pod_log(pod.metadata.name, node_namespace, container="trainer")
+    assert f"probe {PROBE_VERSION}" in log and job.status.succeeded == 1
+
+
+def test_deleted_build_pod_is_retried_within_the_budget(node_api: client.ApiClient, node_namespace: str,
+                                                        node_base_image: str, probe_index: PackageIndex,
+                                                        buildah_operator: Any) -> None:
+    operator = buildah_operator(node_namespace, build_retry_limit="2")
+    envs = Envs(node_api, node_namespace)
+    envs.create(environment("lost", **probe_spec(node_base_image, probe_index, "RUN sleep 15")))
+
+    def running_build_pod() -> client.V1Pod | None:
+        for pod in envs.core.list_namespaced_pod(node_namespace, label_selector="envkiln.dev/attempt=1").items:
+            statuses = pod.status.init_container_statuses or []
+            if statuses and statuses[0].state and statuses[0].state.running:
+                return pod
+        return None
+
+    pod = wait_for(running_build_pod, timeout=120, what="the first build pod running", diagnostics=operator.log)
+    envs.core.delete_namespaced_pod(pod.metadata.name, node_namespace, grace_period_seconds=0)
+    status = envs.wait_phase("lost", "Ready", timeout=300, diagnostics=operator.log)
+    build = envs.build(status["build"])
+    assert build["status"]["attempts"] == 2, build["status"]
+    assert sorted(j.metadata.name for j in envs.jobs()) == [
+        f"envkiln-{status['hash']}-1", f"envkiln-{status['hash']}-2"]
+    assert status["imageDigest"] == registry_digest(status["image"])
+    events = envs.events(build["metadata"]["name"])
+    assert any(e.reason == "BuildFailed" for e in events), "the lost attempt is reported"
+    print(json.dumps({"attempts": build["status"]["attempts"]}))
