@@ -40,7 +40,7 @@ crds: venv  ## regenerate crds/ (and the chart's copy) from the models
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-demo: deps venv  ## the whole product locally, no Docker: control plane, registry, operator (local builder), demo Environments
+demo: deps venv  ## the whole product on one machine, no Docker: a one-node cluster, registry, operator, demo Environments, a training Job (DEMO_KEEP=1 keeps it running)
 	PYTHONPATH=tests $(BIN)/python -m harness.demo $(DEMO_ARGS)
 
 run: venv  ## the operator against the current kubeconfig (kubectl apply -f crds/ first)

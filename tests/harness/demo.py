@@ -1,24 +1,32 @@
-"""`make demo`: the whole product on one machine without Docker or a cluster.
+"""`make demo`: the whole product on one machine, without Docker or kind.
 
-Starts kube-apiserver + etcd, a registry, the operator with the local (buildah) builder, applies
-examples/demo/environments.yaml and prints their status until they settle.
+Starts a one-node cluster (harness.cluster: kube-apiserver + etcd, controller-manager, scheduler,
+kubelet + containerd, kube-proxy, a registry on the node's own network), the operator with the
+local (buildah) builder and its pod webhook, applies examples/demo/environments.yaml, waits for
+them to settle, then runs examples/demo/train-job.yaml on the node and prints what the training
+container printed. `--keep` (or DEMO_KEEP=1) leaves everything running for kubectl.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
+from typing import Any
 
 import yaml
 from kubernetes import client, config
 
 from harness.buildah import base_image_archive, push_archive
-from harness.controlplane import REPO_ROOT, ControlPlane, install_crds
+from harness.cluster import Cluster
+from harness.controlplane import REPO_ROOT, install_crds
 from harness.operator import OperatorProcess
-from harness.registry import Registry
+from harness.ports import free_port
 
 NAMESPACE = "default"
+WEBHOOK = "envkiln-demo"
 
 
 def table(custom: client.CustomObjectsApi) -> tuple[str, bool]:
@@ -36,22 +44,71 @@ def table(custom: client.CustomObjectsApi) -> tuple[str, bool]:
     return text, settled
 
 
+def webhook_configuration(port: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": WEBHOOK},
+        "webhooks": [{
+            "name": "environments.pods.envkiln.dev", "admissionReviewVersions": ["v1"],
+            "sideEffects": "NoneOnDryRun", "failurePolicy": "Fail", "timeoutSeconds": 10,
+            "clientConfig": {"url": f"https://127.0.0.1:{port}/envkiln-environment"},
+            "objectSelector": {"matchExpressions": [{"key": "envkiln.dev/environment", "operator": "Exists"}]},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+                       "scope": "Namespaced"}],
+        }],
+    }
+
+
+def run_training_job(api: client.ApiClient, timeout: float) -> bool:
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+    job = yaml.safe_load((REPO_ROOT / "examples/demo/train-job.yaml").read_text())
+    batch.create_namespaced_job(NAMESPACE, job)
+    name = job["metadata"]["name"]
+    print(f"\napplied Job {name} (label envkiln.dev/environment=demo-pip); waiting for it to run on the node...",
+          flush=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = batch.read_namespaced_job(name, NAMESPACE)
+        states = {c.type for c in current.status.conditions or [] if c.status == "True"}
+        if states & {"Complete", "Failed"}:
+            pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"job-name={name}").items
+            for pod in pods:
+                print(f"  pod {pod.metadata.name} on node {pod.spec.node_name}, image {pod.spec.containers[0].image}")
+                log = core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE)
+                print("  log: " + log.strip().replace("\n", "\n       "))
+            print(f"  Job {name}: {'Complete' if 'Complete' in states else 'Failed'}", flush=True)
+            return "Complete" in states
+        time.sleep(1)
+    print(f"  Job {name} did not finish in {timeout:.0f}s", flush=True)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    parser.add_argument("--keep", action="store_true", default=os.environ.get("DEMO_KEEP", "") not in ("", "0"),
+                        help="keep everything running until Ctrl-C (also DEMO_KEEP=1)")
     args = parser.parse_args(argv)
-    print("starting etcd + kube-apiserver (first run builds them from the Go modules)...", flush=True)
-    with ControlPlane() as plane, Registry() as registry:
-        print(f"  API server {plane.url}\n  registry   {registry.url}\n  KUBECONFIG={plane.kubeconfig}", flush=True)
-        api = config.new_client_from_config(str(plane.kubeconfig))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # undo the cluster on `kill` too
+    print("starting a one-node cluster (the first run builds the binaries from the Go modules)...", flush=True)
+    with Cluster() as cluster:
+        assert cluster.registry is not None
+        registry = cluster.registry
+        print(f"  node {cluster.address}, registry {registry.url}\n  KUBECONFIG={cluster.kubeconfig}", flush=True)
+        api = config.new_client_from_config(str(cluster.kubeconfig))
         install_crds(api)
         base = f"{registry.host}/envkiln-demo/python-base:bookworm"
         print(f"pushing the Debian + python3 base image to {base}...", flush=True)
         push_archive(base_image_archive(), base)
+        port = free_port()
+        admission = client.AdmissionregistrationV1Api(api)
+        admission.create_mutating_webhook_configuration(webhook_configuration(port))
         settings = {"ENVKILN_REGISTRY": registry.host, "ENVKILN_INSECURE_REGISTRY": "true",
-                    "ENVKILN_BUILDER": "local", "ENVKILN_BUILD_SYNC_SECONDS": "2", "ENVKILN_ENV_SYNC_SECONDS": "5"}
-        with OperatorProcess(plane.kubeconfig, settings, namespaces=[NAMESPACE]) as operator:
+                    "ENVKILN_BUILDER": "local", "ENVKILN_BUILD_SYNC_SECONDS": "2", "ENVKILN_ENV_SYNC_SECONDS": "5",
+                    "ENVKILN_WEBHOOK_ENABLED": "true", "ENVKILN_WEBHOOK_LISTEN_ADDRESS": "127.0.0.1",
+                    "ENVKILN_WEBHOOK_PORT": str(port), "ENVKILN_WEBHOOK_HOSTS": "127.0.0.1",
+                    "ENVKILN_WEBHOOK_CONFIGURATION": WEBHOOK, "ENVKILN_OPERATOR_NAMESPACE": NAMESPACE}
+        with OperatorProcess(cluster.kubeconfig, settings, namespaces=[NAMESPACE],
+                             log_dir=cluster.workdir) as operator:
             text = (REPO_ROOT / "examples/demo/environments.yaml").read_text()
             custom = client.CustomObjectsApi(api)
             for document in yaml.safe_load_all(text.replace("${BASE_IMAGE}", base)):
@@ -70,17 +127,20 @@ def main(argv: list[str] | None = None) -> int:
             summary = ", ".join(f"{b['metadata']['name']}={(b.get('status') or {}).get('phase', '?')}"
                                 for b in builds["items"])
             print(f"\nEnvironmentBuilds: {len(builds['items'])} ({summary})")
-            if operator.exited():
+            if operator.exited() or not settled:
                 print(operator.log()[-3000:], file=sys.stderr)
                 return 1
+            trained = run_training_job(api, timeout=300)
             if args.keep:
-                print(f"\nrunning; try: KUBECONFIG={plane.kubeconfig} kubectl get env   (Ctrl-C stops)")
+                print(f"\nrunning; try: KUBECONFIG={cluster.kubeconfig} kubectl get env,envbuild,jobs,pods"
+                      "   (Ctrl-C stops and cleans up)", flush=True)
                 try:
-                    while True:
-                        time.sleep(3600)
+                    while not operator.exited():
+                        time.sleep(5)
                 except KeyboardInterrupt:
                     pass
-            return 0 if settled else 1
+            admission.delete_mutating_webhook_configuration(WEBHOOK)
+            return 0 if trained else 1
 
 
 if __name__ == "__main__":
