@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import time
-from typing import Any
 
 import yaml
 from kubernetes import client, config
@@ -24,6 +23,7 @@ from harness.cluster import Cluster
 from harness.controlplane import REPO_ROOT, install_crds
 from harness.operator import OperatorProcess
 from harness.ports import free_port
+from harness.webhook import webhook_configuration
 
 NAMESPACE = "default"
 WEBHOOK = "envkiln-demo"
@@ -42,20 +42,6 @@ def table(custom: client.CustomObjectsApi) -> tuple[str, bool]:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5] for r in rows)
     return text, settled
-
-
-def webhook_configuration(port: int) -> dict[str, Any]:
-    return {
-        "metadata": {"name": WEBHOOK},
-        "webhooks": [{
-            "name": "environments.pods.envkiln.dev", "admissionReviewVersions": ["v1"],
-            "sideEffects": "NoneOnDryRun", "failurePolicy": "Fail", "timeoutSeconds": 10,
-            "clientConfig": {"url": f"https://127.0.0.1:{port}/envkiln-environment"},
-            "objectSelector": {"matchExpressions": [{"key": "envkiln.dev/environment", "operator": "Exists"}]},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
-                       "scope": "Namespaced"}],
-        }],
-    }
 
 
 def run_training_job(api: client.ApiClient, timeout: float) -> bool:
@@ -101,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         push_archive(base_image_archive(), base)
         port = free_port()
         admission = client.AdmissionregistrationV1Api(api)
-        admission.create_mutating_webhook_configuration(webhook_configuration(port))
+        admission.create_mutating_webhook_configuration(webhook_configuration(WEBHOOK, port))
         settings = {"ENVKILN_REGISTRY": registry.host, "ENVKILN_INSECURE_REGISTRY": "true",
                     "ENVKILN_BUILDER": "local", "ENVKILN_BUILD_SYNC_SECONDS": "2", "ENVKILN_ENV_SYNC_SECONDS": "5",
                     "ENVKILN_WEBHOOK_ENABLED": "true", "ENVKILN_WEBHOOK_LISTEN_ADDRESS": "127.0.0.1",

@@ -15,6 +15,7 @@ from harness.buildah import base_image_archive, push_archive
 from harness.controlplane import ControlPlane
 from harness.ports import free_port
 from harness.registry import Registry
+from harness.webhook import webhook_configuration
 from operator_helpers import Envs, environment, finish_job, hash_of, image_for, play_kaniko_pod, wait_for
 
 GATE = "envkiln.dev/environment"
@@ -38,19 +39,7 @@ def webhook_operator(api_client: client.ApiClient, namespace: str, start_operato
     port = free_port()
     admission = client.AdmissionregistrationV1Api(api_client)
     name = f"envkiln-{namespace}"
-    admission.create_mutating_webhook_configuration({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "environments.pods.envkiln.dev", "admissionReviewVersions": ["v1"],
-            "sideEffects": "NoneOnDryRun", "failurePolicy": "Fail", "timeoutSeconds": 10,
-            "clientConfig": {"url": f"https://127.0.0.1:{port}/envkiln-environment"},
-            "objectSelector": {"matchExpressions": [{"key": "envkiln.dev/environment", "operator": "Exists"}]},
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
-                       "scope": "Namespaced"}],
-        }],
-    })
+    admission.create_mutating_webhook_configuration(webhook_configuration(name, port, namespace))
     operator = start_operator(namespace, webhook_enabled="true", webhook_listen_address="127.0.0.1",
                               webhook_port=str(port), webhook_hosts="127.0.0.1", webhook_configuration=name,
                               operator_namespace=namespace, max_concurrent_builds="20")

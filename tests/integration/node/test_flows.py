@@ -17,6 +17,7 @@ from kubernetes import client
 
 from harness.ports import free_port
 from harness.pypi import PackageIndex
+from harness.webhook import webhook_configuration
 from node_helpers import PROBE, PROBE_VERSION, index_steps
 from operator_helpers import Envs, environment, wait_for
 
@@ -70,18 +71,7 @@ def webhook(node_api: client.ApiClient, node_namespace: str) -> Iterator[dict[st
     port = free_port()
     name = f"envkiln-{node_namespace}"
     admission = client.AdmissionregistrationV1Api(node_api)
-    admission.create_mutating_webhook_configuration({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "environments.pods.envkiln.dev", "admissionReviewVersions": ["v1"],
-            "sideEffects": "NoneOnDryRun", "failurePolicy": "Fail", "timeoutSeconds": 10,
-            "clientConfig": {"url": f"https://127.0.0.1:{port}/envkiln-environment"},
-            "objectSelector": {"matchExpressions": [{"key": "envkiln.dev/environment", "operator": "Exists"}]},
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": node_namespace}},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
-                       "scope": "Namespaced"}],
-        }],
-    })
+    admission.create_mutating_webhook_configuration(webhook_configuration(name, port, node_namespace))
     yield {"webhook_enabled": "true", "webhook_listen_address": "127.0.0.1", "webhook_port": str(port),
            "webhook_hosts": "127.0.0.1", "webhook_configuration": name, "operator_namespace": node_namespace}
     admission.delete_mutating_webhook_configuration(name)
