@@ -43,10 +43,19 @@ def _conda_document(spec: EnvironmentSpec) -> dict[str, Any] | None:
     return {"channels": list(spec.conda.channels), "dependencies": dependencies}
 
 
+class InvalidContextContent(MissingContextContent):
+    """A ConfigMap build context's content is not text or bytes (so there is nothing to hash)."""
+
+
 def content_digests(data: Mapping[str, str | bytes]) -> dict[str, str]:
     """SHA-256 of each context file, keyed by its name (contents, never just names)."""
     digests = {}
     for key, value in data.items():
+        if not isinstance(key, str) or not isinstance(value, str | bytes):
+            raise InvalidContextContent(
+                f"spec.build.configMap: the ConfigMap entry {key!r} is {type(value).__name__}; a ConfigMap holds "
+                "text under data and base64 under binaryData (quote numbers and booleans)"
+            )
         raw = value.encode() if isinstance(value, str) else value
         digests[key] = hashlib.sha256(raw).hexdigest()
     return digests

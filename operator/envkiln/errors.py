@@ -7,6 +7,8 @@ from pydantic import ValidationError
 # pydantic puts union member names into error locations; users never wrote those.
 _UNION_TAGS = {"str", "CondaPipBlock", "constrained-str", "function-after[_pip_lines(), CondaPipBlock]"}
 
+_WRONG_TYPE = ("string_type", "model_type", "dict_type")
+
 
 class DefinitionError(ValueError):
     """An Environment definition a user must fix. `problems` are 'field: message' lines."""
@@ -32,8 +34,11 @@ def describe(error: ValidationError, prefix: str = "") -> list[str]:
     """One line per problem; union alternatives that both failed are reported once."""
     problems: list[str] = []
     seen_paths: set[str] = set()
-    for item in error.errors(include_url=False):
-        path = field_path(tuple(item["loc"]), prefix) or prefix or "(document)"
+    items = error.errors(include_url=False)
+    paths = [field_path(tuple(item["loc"]), prefix) or prefix or "(document)" for item in items]
+    for item, path in zip(items, paths, strict=True):
+        if item["type"] in _WRONG_TYPE and any(other.startswith((path + ".", path + "[")) for other in paths):
+            continue  # a union member that did not fit, while another one got further: report that one
         message = item["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
@@ -43,7 +48,7 @@ def describe(error: ValidationError, prefix: str = "") -> list[str]:
             message = "required field is missing"
         elif item["type"] == "literal_error" and path.endswith("apiVersion"):
             message = f"{message}; this is not an envkiln resource"
-        if path in seen_paths and item["type"] in ("string_type", "model_type", "dict_type"):
+        if path in seen_paths and item["type"] in _WRONG_TYPE:
             continue
         seen_paths.add(path)
         if path == "(document)" and message.startswith("metadata."):

@@ -10,7 +10,8 @@ snake_case; the Kubernetes field names are their camelCase aliases.
 - `context`: a build context the user brings (ConfigMap, git, tarball);
 - `environment`: the Environment spec, its kinds, the manifest;
 - `status`: the Environment status (conditions, phase, versions);
-- `build`: the EnvironmentBuild (plan, spec, status).
+- `build`: the EnvironmentBuild (plan, spec, status);
+- `yamltext`: reading manifest text (YAML without duplicate keys or absurd nesting).
 
 Everything is re-exported here: `from envkiln.models import X` is the way to import.
 (`check_reserved_name` moved to envkiln.decisions.curated: it is a decision, not a model.)
@@ -43,6 +44,7 @@ from envkiln.models.lines import (
 )
 from envkiln.models.packages import CondaPipBlock, CondaSpec
 from envkiln.models.status import Condition, ConditionStatus, EnvironmentStatus, Phase, VersionRecord
+from envkiln.models.yamltext import StrictLoader
 from envkiln.names import DEFAULT_CURATED_NAMESPACE, RESERVED_NAME_PREFIXES
 
 __all__ = [
@@ -51,6 +53,6 @@ __all__ = [
     "CondaDependency", "CondaPipBlock", "CondaSpec", "Condition", "ConditionStatus", "ConfigMapContext",
     "ContextFile", "DockerStep", "Environment", "EnvironmentBuildManifest", "EnvironmentBuildSpec",
     "EnvironmentBuildStatus", "EnvironmentKind", "EnvironmentSpec", "EnvironmentStatus", "GitContext",
-    "InferenceConfig", "KubeModel", "Line", "ObjectMeta", "Phase", "PipLine", "StatusModel", "TarballContext",
-    "VersionRecord", "check_docker_step", "check_pip_requirement",
+    "InferenceConfig", "KubeModel", "Line", "ObjectMeta", "Phase", "PipLine", "StatusModel", "StrictLoader",
+    "TarballContext", "VersionRecord", "check_docker_step", "check_pip_requirement",
 ]

@@ -50,7 +50,7 @@ class ObjectMeta(KubeModel):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str | None) -> str | None:
-        if name is not None and (len(name) > 253 or not DNS_SUBDOMAIN.match(name)):
+        if name is not None and (len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name)):
             raise ValueError(
                 f"{name!r} is not a valid resource name: lowercase letters, digits, '-' and '.', "
                 "starting and ending with a letter or digit, at most 253 characters"

@@ -17,7 +17,7 @@ class ConfigMapContext(KubeModel):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not DNS_SUBDOMAIN.match(name):
+        if not DNS_SUBDOMAIN.fullmatch(name):
             raise ValueError(f"{name!r} is not a ConfigMap name (lowercase letters, digits, '-' and '.')")
         return name
 
@@ -33,17 +33,34 @@ class GitContext(KubeModel):
     @classmethod
     def _url(cls, url: str) -> str:
         check_line(url, "url")
-        if not re.match(r"^(https://|git://|ssh://|git@)[^\s]+$", url):
+        if not re.fullmatch(r"(https://|git://|ssh://|git@)[^\s]+", url):
             raise ValueError(f"{url!r} is not a git URL; use https://host/org/repo.git")
         return url
 
-    @field_validator("ref", "path")
+    @field_validator("ref")
     @classmethod
-    def _plain(cls, value: str) -> str:
-        if value and (not re.fullmatch(r"[A-Za-z0-9._/+-]+", value) or ".." in value.split("/")):
-            raise ValueError(f"{value!r} may only hold letters, digits and . _ / + - (no '..'): a branch, tag, "
-                             "commit or path")
-        return value
+    def _ref(cls, ref: str) -> str:
+        # A ref starting with '-' would be read as an option by git; '..' is a revision range.
+        if not re.fullmatch(r"[A-Za-z0-9._/+-]+", ref) or ref.startswith(("-", "/", ".")) or ".." in ref:
+            raise ValueError(
+                f"{ref!r} is not a branch, tag or commit: letters, digits and . _ / + -, not starting with "
+                "'-', '/' or '.', and no '..'"
+            )
+        return ref
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        if path and (
+            not re.fullmatch(r"[A-Za-z0-9._/+-]+", path)
+            or path.startswith(("/", "-"))
+            or ".." in path.split("/")
+        ):
+            raise ValueError(
+                f"{path!r} is not a directory inside the repository: a relative path of letters, digits and "
+                ". _ / + -, not starting with '/' or '-', without '..'"
+            )
+        return path
 
 
 class TarballContext(KubeModel):
@@ -56,7 +73,7 @@ class TarballContext(KubeModel):
     @classmethod
     def _url(cls, url: str) -> str:
         check_line(url, "url")
-        if not re.match(r"^https://[^\s]+$", url):
+        if not re.fullmatch(r"https://[^\s]+", url):
             raise ValueError(f"{url!r} is not an https URL; tarball contexts are fetched over https")
         return url
 

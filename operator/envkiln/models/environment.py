@@ -69,7 +69,7 @@ class EnvironmentSpec(KubeModel):
     @field_validator("version")
     @classmethod
     def _version(cls, version: str) -> str:
-        if not re.match(VERSION_PATTERN, version):
+        if not re.fullmatch(VERSION_PATTERN, version):
             raise ValueError(
                 f"{version!r} is not a version label: letters, digits, '.', '_' and '-', starting with a "
                 "letter or digit, at most 63 characters (e.g. \"3\" or \"2024.06\")"
@@ -98,7 +98,7 @@ class EnvironmentSpec(KubeModel):
     @classmethod
     def _env(cls, env: dict[str, str] | None) -> dict[str, str] | None:
         for key, value in (env or {}).items():
-            if not ENV_VAR_NAME.match(key):
+            if not ENV_VAR_NAME.fullmatch(key):
                 raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '_')")
             if "\0" in value:
                 raise ValueError(f"the value of {key} contains a NUL character")
@@ -170,7 +170,12 @@ class Environment(KubeModel):
 
     @model_validator(mode="after")
     def _named(self) -> Environment:
-        if not self.metadata.name and not self.metadata.generate_name:
+        if self.metadata.generate_name is not None:
+            raise ValueError(
+                "metadata.generateName: not allowed on an Environment; workloads and versions refer to it by "
+                "name, so the name must be chosen, not generated: set metadata.name instead"
+            )
+        if not self.metadata.name:
             raise ValueError("metadata.name is required")
         return self
 

@@ -16,6 +16,8 @@ MAX_PACKAGES = 500
 MAX_STEPS = 100
 MAX_STEP_LENGTH = 8192
 
+# Patterns are written with ^...$ for the CRD schema (Go's `$` is the end of the text); Python's
+# `$` also matches before a trailing line feed, so Python code must use re.fullmatch with them.
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONDA_CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:+-]*$")
@@ -24,6 +26,8 @@ _CONDA_CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:+-]*$")
 # shell metacharacter there is always a mistake or an attack, so they are refused early.
 SHELL_META = set("`$|&\\\n\r\t\0{}")
 _PIP_OPTIONS = ("--index-url", "--extra-index-url", "--find-links", "--pre", "--only-binary", "--no-binary")
+# An option (`-x`, `--index-url ...`) after a requirement: pip reads per-requirement options there.
+_TRAILING_OPTION = re.compile(r"\s-")
 _MARKER_CHARS = re.compile(r"^[A-Za-z0-9_.\s'\"<>=!~()-]*$")
 _REQUIREMENT = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,\s-]+\])?"  # name[extras]
@@ -33,11 +37,22 @@ _REQUIREMENT = re.compile(
 _CONDA_DEP = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9._/:+-]*(\[[^\]\n]*\])?(\s*(==|=|>=|<=|>|<|!=|~=)?\s*[A-Za-z0-9.*+!_,|<>=-]*)*$"
 )
+# The instructions a docker step may be. FROM/COPY/ADD reach outside the image (another
+# base, the build context); ONBUILD defers an instruction to images built FROM this one, where
+# no check runs.
 _STEP_INSTRUCTIONS = {
     "RUN", "ENV", "WORKDIR", "USER", "LABEL", "ARG", "SHELL", "EXPOSE", "VOLUME",
-    "ENTRYPOINT", "CMD", "STOPSIGNAL", "HEALTHCHECK", "ONBUILD",
+    "ENTRYPOINT", "CMD", "STOPSIGNAL", "HEALTHCHECK",
 }
-
+# Instructions that are Dockerfile instructions but not allowed as steps, with the reason.
+_REFUSED_INSTRUCTIONS = {
+    "FROM": "the base is spec.image",
+    "COPY": "there is no build context",
+    "ADD": "there is no build context",
+    "ONBUILD": "its instruction would run in images built from this one, where nothing checks it",
+}
+# A line continued by a single backslash (never an escaped one), then optional blanks.
+_CONTINUED = re.compile(r"^(?P<content>.*[^\\])?\\[ \t]*$")
 
 
 Line = Annotated[str, StringConstraints(max_length=MAX_LINE)]
@@ -69,9 +84,14 @@ def check_pip_requirement(text: str, what: str = "requirement") -> str:
             )
         return text
     requirement, _, marker = stripped.partition(";")
-    if marker and not _MARKER_CHARS.match(marker):
+    if _TRAILING_OPTION.search(stripped):
+        raise ValueError(
+            f"{what} {text!r} carries a pip option after the requirement or its marker; put options on their "
+            f"own line (allowed: {', '.join(_PIP_OPTIONS)})"
+        )
+    if marker and not _MARKER_CHARS.fullmatch(marker):
         raise ValueError(f"{what} {text!r}: the environment marker after ';' has characters a marker cannot have")
-    if not _REQUIREMENT.match(requirement.strip()):
+    if not _REQUIREMENT.fullmatch(requirement.strip()):
         raise ValueError(
             f"{what} {text!r} is not a pip requirement; expected e.g. 'numpy==1.26.4' or 'torch>=2.2,<3'"
         )
@@ -84,14 +104,14 @@ def _pip_item(text: str) -> str:
 
 def _channel_item(channel: str) -> str:
     check_line(channel, "channel")
-    if not _CONDA_CHANNEL.match(channel):
+    if not _CONDA_CHANNEL.fullmatch(channel):
         raise ValueError(f"{channel!r} is not a conda channel name or URL")
     return channel
 
 
 def _conda_dep_item(dep: str) -> str:
     check_line(dep, "dependency")
-    if not _CONDA_DEP.match(dep.strip()):
+    if not _CONDA_DEP.fullmatch(dep.strip()):
         raise ValueError(f"{dep!r} is not a conda package spec (e.g. numpy=1.26)")
     return dep
 
@@ -100,33 +120,73 @@ PipLine = Annotated[str, StringConstraints(max_length=MAX_LINE), AfterValidator(
 ChannelLine = Annotated[str, StringConstraints(max_length=MAX_LINE), AfterValidator(_channel_item)]
 CondaDependency = Annotated[str, StringConstraints(max_length=MAX_LINE), AfterValidator(_conda_dep_item)]
 
+def _control_characters(text: str) -> list[str]:
+    # Besides the line feed and tab: \r, \v, \f and \x1c-\x1e (str.splitlines breaks), NUL, ESC, DEL...
+    return sorted({repr(ch) for ch in text if (ord(ch) < 0x20 and ch not in "\t\n") or ord(ch) == 0x7F})
+
+
 def check_docker_step(step: str) -> str:
+    """One Dockerfile instruction that every Dockerfile parser reads the same way.
+
+    The step is written into the rendered Dockerfile (stripped), so it must not be able to end
+    its line early or to swallow the lines envkiln writes after it. Allowed: one line, or lines
+    joined by a single trailing backslash, the continuation all parsers agree on. Refused:
+    every other line-break or control character (non-ASCII ones such as U+2028 included), a
+    backslash at the very end (it would continue into envkiln's next line), a line ending in
+    an escaped backslash (parsers disagree on it), empty or comment continuation lines
+    (BuildKit drops them and keeps continuing), comments and parser directives, heredocs (`<<`
+    on a RUN line reads the following lines), and instructions outside the allow-list.
+    """
     if not step.strip():
         raise ValueError("the step is empty; remove it")
-    if "\0" in step or "\r" in step:
-        raise ValueError("the step contains a NUL or carriage return")
     if not step.isascii():
-        raise ValueError("the step contains non-ASCII characters (look for look-alike letters)")
-    lines = step.split("\n")
-    for line_no, line in enumerate(lines[:-1]):
-        if not line.rstrip().endswith("\\"):
-            raise ValueError(
-                f"the step spans several lines, but line {line_no + 1} does not end with '\\'; give one "
-                "instruction per entry (continue lines with a trailing backslash)"
-            )
-    instruction = step.lstrip().split(None, 1)[0].upper()
-    if instruction in ("FROM", "COPY", "ADD"):
+        raise ValueError("the step contains non-ASCII characters (look for look-alike letters or line separators)")
+    control = _control_characters(step)
+    if control:
         raise ValueError(
-            f"{instruction} is not allowed in docker steps (there is no build context and the base "
-            "is spec.image); use spec.build with your own Dockerfile instead"
+            f"the step contains {', '.join(control)}; control characters (carriage return, form feed, ...) "
+            "are not allowed: write one instruction per entry, continuing a long line with '\\' and a line feed"
+        )
+    text = step.strip()
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        content = line.strip()
+        if number < len(lines):
+            continued = _CONTINUED.match(line)
+            if continued is None:
+                raise ValueError(
+                    f"the step spans several lines, but line {number} does not end with '\\' (a single one: an "
+                    "escaped '\\\\' does not continue the line); give one instruction per entry"
+                )
+            content = (continued.group("content") or "").strip()
+        elif line.endswith("\\"):
+            raise ValueError(
+                "the step ends with '\\', which would continue it into the next line of the Dockerfile; "
+                "remove the trailing backslash"
+            )
+        if number > 1 and not content:
+            raise ValueError(f"line {number} of the step is empty; remove the empty continuation line")
+        if content.startswith("#"):
+            raise ValueError(
+                f"line {number} of the step is a comment or parser directive; Dockerfile parsers drop such "
+                "lines inside an instruction, so docker steps cannot hold comments"
+            )
+    instruction = text.split(None, 1)[0].upper()
+    if instruction in _REFUSED_INSTRUCTIONS:
+        raise ValueError(
+            f"{instruction} is not allowed in docker steps ({_REFUSED_INSTRUCTIONS[instruction]}); "
+            "use spec.build with your own Dockerfile instead"
         )
     if instruction not in _STEP_INSTRUCTIONS:
         raise ValueError(
-            f"the step starts with {instruction!r}, which is not a Dockerfile instruction; expected one of "
-            + ", ".join(sorted(_STEP_INSTRUCTIONS))
+            f"the step starts with {instruction!r}, which is not a Dockerfile instruction envkiln allows; "
+            "expected one of " + ", ".join(sorted(_STEP_INSTRUCTIONS))
         )
-    if instruction == "ONBUILD" and re.match(r"^\s*ONBUILD\s+(FROM|COPY|ADD)\b", step, re.IGNORECASE):
-        raise ValueError("ONBUILD may not wrap FROM, COPY or ADD")
+    if instruction == "RUN" and "<<" in text:
+        raise ValueError(
+            "the step contains '<<', which starts a heredoc that would read the following lines of the "
+            "Dockerfile; write the command without '<<' (e.g. printf '...' > file)"
+        )
     return step
 
 

@@ -40,7 +40,7 @@ class CondaSpec(KubeModel):
         if pip_blocks > 1:
             raise ValueError("dependencies has more than one pip block; merge them into one '- pip: [...]'")
         if pip_blocks and not any(
-            isinstance(d, str) and re.match(r"^pip(\s*[=<>!~].*)?$", d.strip()) for d in deps
+            isinstance(d, str) and re.fullmatch(r"pip(\s*[=<>!~].*)?", d.strip()) for d in deps
         ):
             # conda only installs the nested pip list when pip itself is a dependency.
             raise ValueError("dependencies has a pip block but no 'pip' package; add '- pip' to dependencies")

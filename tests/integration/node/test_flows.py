@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,7 +37,9 @@ def registry_digest(image: str) -> str:
 
 
 def probe_spec(base: str, index: PackageIndex, *extra_steps: str, pip: list[str] | None = None) -> dict[str, Any]:
-    return {"image": base, "dockerSteps": [*index_steps(index), *extra_steps],
+    """A definition of its own (a unique step), so no other test's image is a cache hit for it."""
+    unique = f"ENV ENVKILN_TEST_DEFINITION={uuid.uuid4().hex[:12]}"
+    return {"image": base, "dockerSteps": [*index_steps(index), unique, *extra_steps],
             "pip": pip or [f"{PROBE}=={PROBE_VERSION}"]}
 
 

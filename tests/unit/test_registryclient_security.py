@@ -1,0 +1,351 @@
+"""The registry client against misbehaving registries on real local sockets (127.0.0.1):
+redirects to another origin are refused (and never carry our credentials there), a lookup has
+one total deadline however slowly the peer drips bytes, and lookups in flight are bounded."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from envkiln.registryclient import (
+    MAX_BODY_BYTES,
+    Credentials,
+    RegistryClient,
+    RegistryRedirectRefused,
+    RegistryUnavailable,
+)
+
+MANIFEST = json.dumps({"schemaVersion": 2, "layers": []}).encode()
+DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+OTHER = json.dumps({"schemaVersion": 2, "layers": [], "evil": True}).encode()
+BASIC = "Basic " + base64.b64encode(b"u:p").decode()
+SLACK = 0.7  # scheduling slack allowed past the deadline
+
+Behave = Callable[["Handler", str], None]
+
+
+@dataclass
+class Peer:
+    """One local HTTP server; `behave(handler, method)` answers every request."""
+
+    behave: Behave
+    host: str = ""
+    requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, Authorization)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _handle(self, method: str) -> None:
+        peer = self.server.peer
+        with peer.lock:
+            peer.requests.append((method, self.path, self.headers.get("Authorization", "")))
+            peer.in_flight += 1
+            peer.max_in_flight = max(peer.max_in_flight, peer.in_flight)
+        try:
+            peer.behave(self, method)
+        except OSError:  # the client hung up (deadline watchdog): expected
+            pass
+        finally:
+            with peer.lock:
+                peer.in_flight -= 1
+        self.close_connection = True
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def answer(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"",
+               method: str = "GET") -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if method == "GET":
+            self.wfile.write(body)
+
+    def drip(self, data: bytes, every: float) -> None:
+        for byte in data:
+            if self.server.peer.stop.wait(every):
+                return
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    peer: Peer
+
+
+@pytest.fixture()
+def serve() -> Iterator[Callable[[Behave], Peer]]:
+    servers: list[_Server] = []
+
+    def start(behave: Behave) -> Peer:
+        httpd = _Server(("127.0.0.1", 0), Handler)
+        httpd.peer = Peer(behave, host=f"127.0.0.1:{httpd.server_address[1]}")
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(httpd)
+        return httpd.peer
+
+    yield start
+    for httpd in servers:
+        httpd.peer.stop.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def manifest(handler: Handler, method: str, digest: bool = True, body: bytes = MANIFEST) -> None:
+    headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+    if digest:
+        headers["Docker-Content-Digest"] = DIGEST
+    handler.answer(200, headers, body, method)
+
+
+def client(*hosts: str, timeout: float = 2.0, **kwargs: object) -> RegistryClient:
+    return RegistryClient(insecure_registries=set(hosts), timeout=timeout, **kwargs)  # type: ignore[arg-type]
+
+
+# --- 1. redirects ------------------------------------------------------------------------------
+
+def redirect_to(location: Callable[[Peer], str], only: str | None = None) -> Callable[[Peer], Behave]:
+    """A registry that redirects (only `only` method, or every request) to location(target)."""
+
+    def make(target: Peer) -> Behave:
+        def behave(handler: Handler, method: str) -> None:
+            if only is None or method == only:
+                handler.answer(307, {"Location": location(target) + handler.path}, b"", method)
+            else:
+                manifest(handler, method, digest=False)
+        return behave
+    return make
+
+
+CROSS_ORIGIN = [
+    pytest.param(redirect_to(lambda t: f"http://{t.host}"), id="other-port"),
+    pytest.param(redirect_to(lambda t: f"http://localhost:{t.host.split(':')[1]}"), id="other-host-name"),
+    pytest.param(redirect_to(lambda t: f"https://{t.host}"), id="other-scheme"),
+    pytest.param(redirect_to(lambda t: f"//{t.host}"), id="scheme-relative-other-port"),
+    pytest.param(redirect_to(lambda t: f"http://{t.host}", only="GET"), id="digest-fallback-GET-other-port"),
+]
+
+
+@pytest.mark.parametrize("redirecting", CROSS_ORIGIN)
+def test_redirect_to_another_origin_is_refused_and_never_reaches_it(
+        serve: Callable[[Behave], Peer], redirecting: Callable[[Peer], Behave]) -> None:
+    target = serve(lambda h, m: manifest(h, m, body=OTHER))  # would answer "found" with another body
+    registry = serve(lambda h, m: None)
+    registry.behave = redirecting(target)
+    credentials = {registry.host: Credentials("u", "p")}
+    start = time.monotonic()
+    with pytest.raises(RegistryRedirectRefused, match="another origin") as raised:
+        client(registry.host, credentials=credentials).lookup(f"{registry.host}/envkiln/env_x:tag")
+    assert isinstance(raised.value, RegistryUnavailable)  # callers' existing handling applies
+    assert target.requests == []  # not followed: neither the request nor our credentials went there
+    assert registry.requests and all(auth == BASIC for _, _, auth in registry.requests)
+    assert time.monotonic() - start < 1
+
+
+def test_redirect_within_the_origin_is_followed_and_keeps_the_method(serve: Callable[[Behave], Peer]) -> None:
+    def behave(handler: Handler, method: str) -> None:
+        if "/old/" in handler.path:
+            handler.answer(301, {"Location": handler.path.replace("/old/", "/new/")}, b"", method)
+        else:
+            manifest(handler, method)
+    registry = serve(behave)
+    found = client(registry.host).lookup(f"{registry.host}/old/env_x:tag")
+    assert found.found and found.digest == DIGEST
+    assert [(m, p) for m, p, _ in registry.requests] == [
+        ("HEAD", "/v2/old/env_x/manifests/tag"), ("HEAD", "/v2/new/env_x/manifests/tag")]
+
+
+def test_a_redirected_manifest_body_is_never_hashed_into_a_digest(serve: Callable[[Behave], Peer]) -> None:
+    # HEAD says 200 without a digest; the GET is redirected within the origin to another document.
+    def behave(handler: Handler, method: str) -> None:
+        if method == "GET" and "/elsewhere/" not in handler.path:
+            handler.answer(302, {"Location": "/v2/elsewhere/manifests/x"}, b"", method)
+        else:
+            manifest(handler, method, digest=False, body=OTHER)
+    registry = serve(behave)
+    with pytest.raises(RegistryUnavailable, match="redirect"):
+        client(registry.host).lookup(f"{registry.host}/envkiln/env_x:tag")
+
+
+def test_token_realm_redirecting_to_another_origin_is_refused(serve: Callable[[Behave], Peer]) -> None:
+    elsewhere = serve(lambda h, m: h.answer(200, {}, json.dumps({"token": "stolen"}).encode(), m))
+
+    def realm(handler: Handler, method: str) -> None:
+        handler.answer(302, {"Location": f"http://{elsewhere.host}/token"}, b"", method)
+    token_server = serve(realm)
+
+    def behave(handler: Handler, method: str) -> None:
+        handler.answer(401, {"WWW-Authenticate": f'Bearer realm="http://{token_server.host}/token"'}, b"", method)
+    registry = serve(behave)
+    with pytest.raises(RegistryRedirectRefused):
+        client(registry.host, credentials={registry.host: Credentials("u", "p")}).lookup(
+            f"{registry.host}/envkiln/env_x:tag")
+    assert elsewhere.requests == []
+
+
+# --- 2. one total deadline per lookup ---------------------------------------------------------
+
+HEADERS = b"HTTP/1.1 200 OK\r\nDocker-Content-Digest: " + DIGEST.encode() + b"\r\nX-Pad: " + b"a" * 60 + b"\r\n\r\n"
+
+
+def drip_headers(handler: Handler, method: str) -> None:
+    handler.drip(HEADERS, every=0.1)  # ~11 s in all, no single gap near the timeout
+
+
+def drip_body(handler: Handler, method: str) -> None:
+    if method == "HEAD":
+        manifest(handler, method, digest=False)
+        return
+    handler.wfile.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(MANIFEST)}\r\n\r\n".encode())
+    handler.drip(MANIFEST, every=0.25)  # ~10 s in all
+
+
+def drip_body_without_length(handler: Handler, method: str) -> None:
+    # No Content-Length: a body cut short by the deadline would look complete; it must not be hashed.
+    if method == "HEAD":
+        manifest(handler, method, digest=False)
+        return
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+    handler.drip(MANIFEST, every=0.25)
+
+
+def sleep_forever(handler: Handler, method: str) -> None:
+    handler.server.peer.stop.wait(30)  # accepts, reads the request, never answers
+
+
+SLOW = [
+    pytest.param(drip_headers, id="drip-status-and-headers"),
+    pytest.param(drip_body, id="drip-body-of-digest-fallback"),
+    pytest.param(drip_body_without_length, id="drip-body-without-length"),
+    pytest.param(sleep_forever, id="sleep"),
+]
+
+
+@pytest.mark.parametrize("behave", SLOW)
+def test_a_slow_registry_cannot_hold_a_lookup_past_its_deadline(
+        serve: Callable[[Behave], Peer], behave: Behave) -> None:
+    registry = serve(behave)
+    start = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match="lookup deadline"):
+        client(registry.host, timeout=1.0).lookup(f"{registry.host}/envkiln/env_x:tag")
+    assert time.monotonic() - start < 1.0 + SLACK
+
+
+def test_the_token_fetch_counts_against_the_same_deadline(serve: Callable[[Behave], Peer]) -> None:
+    def realm(handler: Handler, method: str) -> None:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        handler.drip(json.dumps({"token": "tok"}).encode(), every=0.2)
+    token_server = serve(realm)
+
+    def behave(handler: Handler, method: str) -> None:
+        time.sleep(0.4)  # the manifest request itself takes part of the budget
+        handler.answer(401, {"WWW-Authenticate": f'Bearer realm="http://{token_server.host}/token"'}, b"", method)
+    registry = serve(behave)
+    start = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match="deadline"):
+        client(registry.host, timeout=1.0).lookup(f"{registry.host}/envkiln/env_x:tag")
+    assert time.monotonic() - start < 1.0 + SLACK
+
+
+def test_a_slow_but_timely_answer_still_counts(serve: Callable[[Behave], Peer]) -> None:
+    def behave(handler: Handler, method: str) -> None:
+        time.sleep(0.3)
+        manifest(handler, method)
+    registry = serve(behave)
+    assert client(registry.host, timeout=2.0).lookup(f"{registry.host}/envkiln/env_x:tag").digest == DIGEST
+
+
+def test_an_oversized_manifest_is_not_read_into_memory(serve: Callable[[Behave], Peer]) -> None:
+    registry = serve(lambda h, m: manifest(h, m, digest=False, body=b" " * (MAX_BODY_BYTES + 1)))
+    with pytest.raises(RegistryUnavailable, match="larger than"):
+        client(registry.host, timeout=5.0).lookup(f"{registry.host}/envkiln/env_x:tag")
+
+
+# --- 3. bounded concurrency --------------------------------------------------------------------
+
+def test_at_most_max_concurrent_lookups_are_in_flight(serve: Callable[[Behave], Peer]) -> None:
+    def behave(handler: Handler, method: str) -> None:
+        time.sleep(0.2)
+        manifest(handler, method)
+    registry = serve(behave)
+    registry_client = client(registry.host, timeout=5.0, max_concurrent=2)
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(
+        registry_client.lookup(f"{registry.host}/envkiln/env_{i}:tag"))) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 6 and registry.max_in_flight == 2
+
+
+def test_waiting_for_a_slot_is_bounded_by_the_deadline(serve: Callable[[Behave], Peer]) -> None:
+    registry = serve(sleep_forever)
+    registry_client = client(registry.host, timeout=1.0, max_concurrent=1)
+    holder_error: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            registry_client.lookup(f"{registry.host}/envkiln/holder:tag")
+        except RegistryUnavailable as error:
+            holder_error.append(error)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.2)
+    start = time.monotonic()
+    with pytest.raises(RegistryUnavailable):
+        registry_client.lookup(f"{registry.host}/envkiln/waiter:tag")
+    assert time.monotonic() - start < 1.0 + SLACK
+    holder.join()
+    assert holder_error  # the holder hit its own deadline: nobody starves forever
+
+
+def test_no_free_slot_is_a_clear_unavailable_error(serve: Callable[[Behave], Peer]) -> None:
+    registry = serve(manifest)
+    registry_client = client(registry.host, timeout=0.5, max_concurrent=1)
+    registry_client._slots.acquire()  # another lookup holds the only slot
+    start = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match="1 registry lookups already in flight"):
+        registry_client.lookup(f"{registry.host}/envkiln/env_x:tag")
+    assert 0.4 < time.monotonic() - start < 0.5 + SLACK
+    assert registry.requests == []
+    registry_client._slots.release()
+    assert registry_client.lookup(f"{registry.host}/envkiln/env_x:tag").found
+
+
+def test_cache_hits_need_no_slot(serve: Callable[[Behave], Peer]) -> None:
+    registry = serve(manifest)
+    registry_client = client(registry.host, max_concurrent=1)
+    registry_client.lookup(f"{registry.host}/envkiln/env_x:tag")
+    registry_client._slots.acquire()
+    assert registry_client.lookup(f"{registry.host}/envkiln/env_x:tag").found
+
+
+@pytest.mark.parametrize("kwargs", [{"max_concurrent": 0}, {"timeout": 0}])
+def test_nonsense_limits_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        RegistryClient(**kwargs)  # type: ignore[arg-type]
