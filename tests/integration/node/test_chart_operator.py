@@ -57,6 +57,8 @@ class Release:
 def release(cluster: Any, node_api: client.ApiClient, node_registry_host: str, node_base_image: str,
             builder_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     core = client.CoreV1Api(node_api)
+    extensions = client.ApiextensionsV1Api(node_api)
+    crds_before = {crd.metadata.name for crd in extensions.list_custom_resource_definition().items}
     suffix = uuid.uuid4().hex[:6]
     namespace, tenant = f"envkiln-system-{suffix}", f"tenant-{suffix}"
     core.create_namespace({"metadata": {"name": tenant, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}})
@@ -99,6 +101,11 @@ def release(cluster: Any, node_api: client.ApiClient, node_registry_host: str, n
         for name in (tenant, namespace):
             with contextlib.suppress(client.ApiException):
                 core.delete_namespace(name)
+        # Helm never removes the CRDs it installed (Kopf's peering ones): leave the cluster as found.
+        for crd in extensions.list_custom_resource_definition().items:
+            if crd.metadata.name not in crds_before:
+                with contextlib.suppress(client.ApiException):
+                    extensions.delete_custom_resource_definition(crd.metadata.name)
 
 
 def test_operator_pod_runs_under_the_chart(release: Release, cluster: Any) -> None:
