@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import socket
 import sys
 
 from envkiln.settings import OperatorSettings, SettingsError
-
-
-def operator_identity() -> str:
-    """This process among peers: host and pid (no password-database lookup)."""
-    return f"envkiln@{socket.gethostname()}/{os.getpid()}"
 
 
 def run_operator(args: argparse.Namespace) -> int:
@@ -40,8 +33,5 @@ def run_operator(args: argparse.Namespace) -> int:
         clusterwide=not namespaces,
         namespaces=namespaces or (),
         liveness_endpoint=settings.liveness_endpoint,
-        # Kopf's default identity asks the password database for the user's name, which fails for
-        # a uid without an entry (any non-root image, OpenShift's random uids).
-        identity=operator_identity(),  # type: ignore[arg-type]  # kopf's NewType of str, not exported
     )
     return 0
