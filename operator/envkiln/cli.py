@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from envkiln import __version__
 from envkiln.definition import (
@@ -22,7 +17,7 @@ from envkiln.definition import (
     image_name,
 )
 from envkiln.manifests import LoadedEnvironment, LoadProblem, load_environments
-from envkiln.models import DEFAULT_CURATED_NAMESPACE, EnvironmentKind, StrictLoader
+from envkiln.models import DEFAULT_CURATED_NAMESPACE, EnvironmentKind
 from envkiln.names import ENVIRONMENTS, LABEL_ANONYMOUS
 from envkiln.render import NothingToBuild, render
 
@@ -37,81 +32,8 @@ def _print_problems(problems: list[LoadProblem]) -> None:
             print(f"error: {problem.source}: {line}", file=sys.stderr)
 
 
-# Kubernetes' rule for ConfigMap keys: a file name, never a path.
-_CONFIG_MAP_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
-
-
-def _config_map_problems(document: dict[str, Any]) -> list[str]:
-    """What Kubernetes would refuse in a ConfigMap, and what could not be hashed."""
-    metadata = document.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    if not isinstance(name, str) or not name:
-        shown = "missing" if name is None else f"not a string ({type(name).__name__})"
-        return [f"ConfigMap: metadata.name is {shown}; name the ConfigMap the build context refers to"]
-    problems: list[str] = []
-    seen: set[str] = set()
-    for section in ("data", "binaryData"):
-        entries = document.get(section)
-        if entries is None:
-            continue
-        if not isinstance(entries, dict):
-            problems.append(f"ConfigMap {name}: {section} must be a mapping of file names to contents")
-            continue
-        for key, value in entries.items():
-            if not isinstance(key, str) or not _CONFIG_MAP_KEY.fullmatch(key) or key in (".", "..") \
-                    or key.startswith(".."):
-                problems.append(f"ConfigMap {name}: {section} key {key!r} is not a ConfigMap key: a file name "
-                                "of letters, digits, '-', '_' and '.', not starting with '..' (no '/')")
-                continue
-            if key in seen:
-                problems.append(f"ConfigMap {name}: {key!r} is in both data and binaryData; keep one")
-            seen.add(key)
-            if not isinstance(value, str):
-                problems.append(f"ConfigMap {name}: {section}.{key} is not a string ({type(value).__name__}); "
-                                "values are text under data, base64 under binaryData: quote numbers and booleans")
-            elif section == "binaryData":
-                try:
-                    base64.b64decode("".join(value.split()), validate=True)
-                except binascii.Error as error:
-                    problems.append(f"ConfigMap {name}: binaryData.{key} is not valid base64 ({error})")
-    return problems
-
-
-def _screen(path: str) -> list[str]:
-    """Problems the loader would not catch (or would crash on): duplicate YAML keys, absurd nesting,
-    malformed ConfigMaps, metadata that is not a mapping. Unreadable files are left to the loader."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return []
-    try:
-        documents = [doc for doc in yaml.load_all(text, Loader=StrictLoader) if doc is not None]
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        return [f"not valid YAML{where}: {getattr(error, 'problem', None) or error}"]
-    problems: list[str] = []
-    for index, document in enumerate(documents):
-        if not isinstance(document, dict):
-            continue
-        if document.get("kind") == "ConfigMap":
-            problems += _config_map_problems(document)
-        elif "metadata" in document and not isinstance(document["metadata"], dict):
-            problems.append(f"document {index + 1}: metadata must be a mapping (name, namespace, labels)")
-    return problems
-
-
 def _load(args: argparse.Namespace) -> tuple[list[LoadedEnvironment], int]:
-    screened: list[LoadProblem] = []
-    readable: list[str] = []
-    for path in args.files:
-        found = _screen(path)
-        if found:
-            screened.append(LoadProblem(str(path), found))
-        else:
-            readable.append(path)
-    loaded, problems = load_environments(readable, args.curated_namespace) if readable else ([], [])
-    problems = screened + problems
+    loaded, problems = load_environments(args.files, args.curated_namespace)
     _print_problems(problems)
     return loaded, (1 if problems else 0)
 

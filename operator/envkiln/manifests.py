@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import binascii
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +15,7 @@ from pydantic import ValidationError
 
 from envkiln.decisions.curated import check_reserved_name
 from envkiln.errors import DefinitionError, describe
-from envkiln.models import DEFAULT_CURATED_NAMESPACE, Environment
+from envkiln.models import DEFAULT_CURATED_NAMESPACE, Environment, StrictLoader
 
 
 @dataclass
@@ -38,12 +40,67 @@ class LoadProblem:
 
 
 def load_documents(text: str, source: str = "<input>") -> list[Any]:
+    """The YAML documents of a file, refusing duplicate keys and absurd nesting (StrictLoader)."""
     try:
-        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        return [doc for doc in yaml.load_all(text, Loader=StrictLoader) if doc is not None]
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise DefinitionError([f"{source}: not valid YAML{where}: {getattr(error, 'problem', error)}"]) from None
+        raise DefinitionError([f"not valid YAML{where}: {getattr(error, 'problem', None) or error}"]) from None
+
+
+# Kubernetes' rule for ConfigMap keys: a file name, never a path.
+_CONFIG_MAP_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+
+
+def _config_map_problems(document: dict[str, Any]) -> list[str]:
+    """What Kubernetes would refuse in a ConfigMap, and what could not be hashed."""
+    metadata = document.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if not isinstance(name, str) or not name:
+        shown = "missing" if name is None else f"not a string ({type(name).__name__})"
+        return [f"ConfigMap: metadata.name is {shown}; name the ConfigMap the build context refers to"]
+    problems: list[str] = []
+    seen: set[str] = set()
+    for section in ("data", "binaryData"):
+        entries = document.get(section)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            problems.append(f"ConfigMap {name}: {section} must be a mapping of file names to contents")
+            continue
+        for key, value in entries.items():
+            if not isinstance(key, str) or not _CONFIG_MAP_KEY.fullmatch(key) or key in (".", "..") \
+                    or key.startswith(".."):
+                problems.append(f"ConfigMap {name}: {section} key {key!r} is not a ConfigMap key: a file name "
+                                "of letters, digits, '-', '_' and '.', not starting with '..' (no '/')")
+                continue
+            if key in seen:
+                problems.append(f"ConfigMap {name}: {key!r} is in both data and binaryData; keep one")
+            seen.add(key)
+            if not isinstance(value, str):
+                problems.append(f"ConfigMap {name}: {section}.{key} is not a string ({type(value).__name__}); "
+                                "values are text under data, base64 under binaryData: quote numbers and booleans")
+            elif section == "binaryData":
+                try:
+                    base64.b64decode("".join(value.split()), validate=True)
+                except binascii.Error as error:
+                    problems.append(f"ConfigMap {name}: binaryData.{key} is not valid base64 ({error})")
+    return problems
+
+
+def document_problems(documents: list[Any]) -> list[str]:
+    """What the model would not catch (or would crash on): malformed ConfigMaps, metadata that is
+    not a mapping."""
+    problems: list[str] = []
+    for index, document in enumerate(documents):
+        if not isinstance(document, dict):
+            continue
+        if document.get("kind") == "ConfigMap":
+            problems += _config_map_problems(document)
+        elif "metadata" in document and not isinstance(document["metadata"], dict):
+            problems.append(f"document {index + 1}: metadata must be a mapping (name, namespace, labels)")
+    return problems
 
 
 def config_map_data(document: dict[str, Any]) -> dict[str, str | bytes]:
@@ -89,6 +146,10 @@ def load_environments(
             documents = load_documents(text, str(path))
         except DefinitionError as error:
             problems.append(LoadProblem(str(path), error.problems))
+            continue
+        found_problems = document_problems(documents)
+        if found_problems:
+            problems.append(LoadProblem(str(path), found_problems))
             continue
         config_maps = {
             doc["metadata"]["name"]: config_map_data(doc)
