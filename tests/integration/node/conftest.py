@@ -5,10 +5,8 @@ Python packages from a local package index on the same address, so nothing leave
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,43 +64,14 @@ def probe_index(cluster: Any) -> Iterator[PackageIndex]:
 
 
 @pytest.fixture()
-def buildah_operator(cluster: Any, node_registry_host: str, builder_image: str, tmp_path: Path,
-                     request: pytest.FixtureRequest) -> Iterator[Callable[..., OperatorProcess]]:
-    """A factory: an operator process on the host with the in-cluster buildah builder."""
-    started: list[OperatorProcess] = []
+def buildah_operator(start_operator: Callable[..., OperatorProcess], cluster: Any,
+                     builder_image: str) -> Callable[..., OperatorProcess]:
+    """start_operator with the in-cluster buildah builder (the cluster's registry, small requests)."""
 
     def start(namespace: str, **settings: str) -> OperatorProcess:
-        env = {
-            "ENVKILN_REGISTRY": node_registry_host,
-            "ENVKILN_INSECURE_REGISTRY": "true",
-            "ENVKILN_BUILDER": "buildah",
-            "ENVKILN_BUILDAH_IMAGE": builder_image,
-            "ENVKILN_BUILDAH_PUSH_IMAGE": builder_image,
-            "ENVKILN_BUILDAH_SECCOMP_PROFILE": str(cluster.seccomp_profile),
-            "ENVKILN_BUILD_SYNC_SECONDS": "1",
-            "ENVKILN_ENV_SYNC_SECONDS": "2",
-            "ENVKILN_REGISTRY_RETRY_SECONDS": "2",
-            "ENVKILN_WATCH_TIMEOUT_SECONDS": "20",
-            "ENVKILN_BUILD_RETRY_BACKOFF_SECONDS": "1",
-            "ENVKILN_CACHE_TTL_SECONDS": "0",
-            "ENVKILN_BUILD_CPU_REQUEST": "100m",
-            "ENVKILN_BUILD_MEMORY_REQUEST": "128Mi",
-            **{f"ENVKILN_{k.upper()}": str(v) for k, v in settings.items()},
-        }
-        process = OperatorProcess(cluster.kubeconfig, env, namespaces=[namespace], log_dir=tmp_path,
-                                  name=f"operator-{len(started)}").start()
-        started.append(process)
-        deadline = time.monotonic() + 30
-        while "envkiln operator" not in process.log():
-            if process.exited() or time.monotonic() > deadline:
-                pytest.fail(f"operator did not start: {process.exited()}\n{process.log()[-3000:]}")
-            time.sleep(0.2)
-        return process
+        return start_operator(namespace, builder="buildah", buildah_image=builder_image,
+                              buildah_push_image=builder_image,
+                              buildah_seccomp_profile=str(cluster.seccomp_profile),
+                              build_cpu_request="100m", build_memory_request="128Mi", **settings)
 
-    yield start
-    for process in started:
-        process.stop()
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for process in started:
-            print(f"--- {process.name} log (tail) ---\n" + "\n".join(process.log().splitlines()[-80:]))
+    return start
