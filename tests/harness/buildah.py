@@ -7,7 +7,6 @@ pushed into each test registry.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 from envkiln.builders.buildah_cli import BuildFailed, BuildResult
 from envkiln.builders.buildah_cli import build_and_push as _build_and_push
 from envkiln.builders.buildah_cli import buildah as _buildah
+from harness.cache import cached
 from harness.controlplane import cache_dir
 
 __all__ = ["BuildFailed", "BuildResult", "base_image_archive", "build_and_push", "buildah", "push_archive"]
@@ -42,35 +42,30 @@ def build_and_push(context_dir: Path, destination: str, dockerfile: str = "Docke
 
 def base_image_archive() -> Path:
     """An OCI archive of a small Debian image with python3 + venv, made once per cache."""
-    target = cache_dir() / "images" / f"debian-{DEBIAN_SUITE}-python.oci.tar"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions build it once
-        if target.exists():
-            return target
-        with tempfile.TemporaryDirectory(prefix="envkiln-rootfs-", dir=target.parent) as tmp:
-            rootfs = Path(tmp) / "rootfs"
-            subprocess.run(
-                ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE,
-                 str(rootfs), DEBIAN_MIRROR],
-                check=True, capture_output=True, timeout=900,
-            )
-            shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
-            shutil.rmtree(rootfs / "var" / "lib" / "apt" / "lists", ignore_errors=True)
-            container = buildah("from", "scratch").stdout.strip()
-            try:
-                mount = buildah("mount", container).stdout.strip()
-                subprocess.run(["cp", "-a", f"{rootfs}/.", mount], check=True)
-                buildah("umount", container)
-                buildah("config", "--cmd", "/bin/bash", "--env", "LANG=C.UTF-8", container)
-                partial = target.with_suffix(".partial")
-                buildah("commit", "--format", "oci", container, f"oci-archive:{partial}")
-                partial.rename(target)
-            finally:
-                buildah("rm", container, check=False)
-    return target
+    return cached(cache_dir() / "images" / f"debian-{DEBIAN_SUITE}-python.oci.tar", _make_base_image)
+
+
+def _make_base_image(target: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="envkiln-rootfs-", dir=target.parent) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE,
+             str(rootfs), DEBIAN_MIRROR],
+            check=True, capture_output=True, timeout=900,
+        )
+        shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
+        shutil.rmtree(rootfs / "var" / "lib" / "apt" / "lists", ignore_errors=True)
+        container = buildah("from", "scratch").stdout.strip()
+        try:
+            mount = buildah("mount", container).stdout.strip()
+            subprocess.run(["cp", "-a", f"{rootfs}/.", mount], check=True)
+            buildah("umount", container)
+            buildah("config", "--cmd", "/bin/bash", "--env", "LANG=C.UTF-8", container)
+            partial = target.with_suffix(".partial")
+            buildah("commit", "--format", "oci", container, f"oci-archive:{partial}")
+            partial.rename(target)
+        finally:
+            buildah("rm", container, check=False)
 
 
 def push_archive(archive: Path, destination: str, insecure: bool = True) -> str:

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from harness.buildah import DEBIAN_MIRROR, DEBIAN_SUITE, buildah
+from harness.cache import cached
 from harness.controlplane import cache_dir
 
 __all__ = ["BUILDER_ENV", "BUILDER_PACKAGES", "builder_image_archive"]
@@ -51,9 +52,17 @@ CHROOT_ENV = {
 
 def builder_image_archive() -> Path:
     """An OCI archive of Debian bookworm minbase + buildah, skopeo, ca-certificates (cached)."""
-    target = cache_dir() / "images" / f"debian-{DEBIAN_SUITE}-builder.oci.tar"
-    if target.exists():
-        return target
+    return cached(cache_dir() / "images" / f"debian-{DEBIAN_SUITE}-builder.oci.tar", _make_builder_image)
+
+
+def _make_builder_image(target: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="envkiln-builder-rootfs-", dir=target.parent))
+    try:
+        rootfs = tmp / "rootfs"
+        _make_rootfs(rootfs)
+        _commit(rootfs, target)
+    finally:
+        _remove_rootfs(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions build it once

@@ -6,13 +6,13 @@ operator/ and the base image), so a warm run with unchanged sources builds nothi
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import subprocess
 import tempfile
 from pathlib import Path
 
 from harness.buildah import base_image_archive, buildah
+from harness.cache import cached
 from harness.controlplane import REPO_ROOT, cache_dir
 
 SOURCES = ("pyproject.toml", "README.md", "operator")
@@ -35,14 +35,8 @@ def source_key() -> str:
 def operator_image_archive(base_image: str, timeout: float = 900) -> Path:
     """An OCI archive of operator/Dockerfile built FROM `base_image`: base_image_archive() pushed to a
     registry reachable over plain HTTP."""
-    target = cache_dir() / "images" / f"operator-{source_key()}.oci.tar"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".operator.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():
-            return target
+
+    def make(target: Path) -> None:
         for old in target.parent.glob("operator-*.oci.tar"):
             old.unlink()  # one operator image at a time in the cache
         with tempfile.TemporaryDirectory(prefix="envkiln-operator-image-") as tmp:
@@ -63,4 +57,5 @@ def operator_image_archive(base_image: str, timeout: float = 900) -> Path:
                 partial.rename(target)
             finally:
                 buildah("rmi", "--force", tag, check=False)
-    return target
+
+    return cached(cache_dir() / "images" / f"operator-{source_key()}.oci.tar", make)
