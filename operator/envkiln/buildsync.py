@@ -1,6 +1,9 @@
 """Reconcile one EnvironmentBuild: start attempts, follow them, retry with backoff, record the result.
 
-Every step reads the server's state first and is safe to repeat: the status is written
+Only EnvironmentBuilds the operator created are built: the signature (envkiln.trust) must
+verify and `spec.image` must be where this namespace's images of the hash go; anything else is
+marked Failed (UntrustedBuild) and nothing runs. Every step reads the server's state first and is
+safe to repeat: the status is written
 before a Job is created (so a crash in between re-creates the same Job by name), and a
 Job that already exists is adopted. What to do is decided by envkiln.decisions.build; this
 module only reads and writes.
@@ -9,16 +12,34 @@ module only reads and writes.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from envkiln.builders import BuildCannotStart
 from envkiln.conditions import set_condition
 from envkiln.context import OperatorContext
-from envkiln.decisions.build import TERMINAL, Limits, Step, after_verification, next_step
+from envkiln.decisions.build import (
+    TERMINAL,
+    Limits,
+    Step,
+    after_failure,
+    after_verification,
+    holds_slot,
+    next_step,
+    refuse,
+)
 from envkiln.definition import pull_reference
 from envkiln.imageref import parse_image_reference
-from envkiln.names import BUILDS, CONDITION_SUCCEEDED
+from envkiln.names import (
+    ANNOTATION_SIGNATURE,
+    BUILDS,
+    CONDITION_SUCCEEDED,
+    LABEL_MANAGED_BY,
+    MANAGED_BY_VALUE,
+    REASON_UNTRUSTED_BUILD,
+)
 from envkiln.registryclient import RegistryUnavailable
 
 __all__ = ["TERMINAL", "BuildSyncResult", "sync_build"]
@@ -35,8 +56,17 @@ class BuildSyncResult:
 
 def limits(ctx: OperatorContext) -> Limits:
     settings = ctx.settings
-    return Limits(max_concurrent=settings.max_concurrent_builds, retry_limit=settings.build_retry_limit,
-                  backoff_seconds=settings.build_retry_backoff_seconds)
+    return Limits(max_concurrent=settings.max_concurrent_builds,
+                  max_per_namespace=settings.max_concurrent_builds_per_namespace,
+                  retry_limit=settings.build_retry_limit, backoff_seconds=settings.build_retry_backoff_seconds)
+
+
+def running_builds(ctx: OperatorContext) -> Counter[str]:
+    """Builds holding a slot, by namespace: only the operator's own (signed) EnvironmentBuilds count,
+    so Jobs or objects made to look like builds take no slot."""
+    builds = ctx.kube.list_in(BUILDS, ctx.settings.namespaces, f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")
+    return Counter(b["metadata"]["namespace"] for b in builds
+                   if holds_slot(b.get("status") or {}) and ctx.signer.build_problem(b, ANNOTATION_SIGNATURE) is None)
 
 
 def _write(ctx: OperatorContext, build: dict[str, Any], changes: dict[str, Any],
@@ -66,7 +96,24 @@ def _verify(ctx: OperatorContext, build: dict[str, Any], attempt: int, digest: s
         return Step("wait", attempt, changes={"message": f"build finished; cannot verify the image yet: {error}"},
                     retry_in=ctx.settings.registry_retry_seconds)
     image_ref = pull_reference(image, digest, ctx.settings.registry, ctx.settings.effective_pull_registry)
-    return after_verification(attempt, digest, lookup.found, image_ref, repository, limits(ctx), datetime.now(UTC))
+    step = after_verification(attempt, digest, lookup.found, image_ref, repository, limits(ctx), datetime.now(UTC))
+    if step.action == "succeed":  # the record a cache hit trusts, signed by the operator alone
+        meta = build["metadata"]
+        step.changes["recordSignature"] = ctx.signer.sign_record(meta["namespace"], meta["name"],
+                                                                 build["spec"]["hash"], image, digest)
+    return step
+
+
+def untrusted_reason(ctx: OperatorContext, build: dict[str, Any]) -> str | None:
+    """Why this EnvironmentBuild must not be built (None: the operator created it, for this namespace)."""
+    problem = ctx.signer.build_problem(build, ANNOTATION_SIGNATURE)
+    if problem is not None:
+        return problem
+    spec, namespace = build["spec"], build["metadata"]["namespace"]
+    expected = ctx.settings.push_image(spec["hash"], namespace)
+    if spec.get("image") != expected:
+        return f"spec.image is {spec.get('image')}, but this namespace's image of the hash is {expected}"
+    return None
 
 
 def sync_build(ctx: OperatorContext, namespace: str, name: str) -> BuildSyncResult:
@@ -77,12 +124,19 @@ def sync_build(ctx: OperatorContext, namespace: str, name: str) -> BuildSyncResu
     phase = status.get("phase")
     if phase in TERMINAL:
         return BuildSyncResult(phase)
+    problem = untrusted_reason(ctx, build)
+    if problem is not None:
+        return _apply(ctx, build, refuse(REASON_UNTRUSTED_BUILD, f"not built: {problem}", datetime.now(UTC)))
     attempt = int(status.get("attempts") or 0)
     builder = ctx.builder
     now = datetime.now(UTC)
     if attempt == 0:
-        running = getattr(builder, "running_builds", None)  # Job builders; the local one has its own pool
-        step = next_step(status, limits(ctx), now, ctx.instance_id, running=running() if running else None)
+        if getattr(builder, "uses_cluster_slots", False):  # Job builders; the local one has its own pool
+            counts = running_builds(ctx)
+            step = next_step(status, limits(ctx), now, ctx.instance_id, running=sum(counts.values()),
+                             running_in_namespace=counts[namespace], namespace=namespace)
+        else:
+            step = next_step(status, limits(ctx), now, ctx.instance_id)
         digest = None
     else:
         result = builder.observe(build, attempt)
@@ -103,7 +157,13 @@ def _apply(ctx: OperatorContext, build: dict[str, Any], step: Step) -> BuildSync
     if not failed and step.event is not None:
         ctx.kube.event(build, *step.event)
     if step.action == "start":
-        job = ctx.builder.start(build, step.attempt)
+        try:
+            job = ctx.builder.start(build, step.attempt)
+        except BuildCannotStart as error:  # a clear condition now, no slot held, retried with backoff
+            log.info("build %s/%s cannot start: %s", build["metadata"]["namespace"], build["metadata"]["name"],
+                     error.message)
+            return _apply(ctx, build, after_failure(step.attempt, error.reason, error.message, limits(ctx),
+                                                    datetime.now(UTC)))
         if job:
             _write(ctx, build, {"job": job})
     phase = step.phase or (build.get("status") or {}).get("phase")

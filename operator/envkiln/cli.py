@@ -19,7 +19,7 @@ from envkiln.definition import (
 from envkiln.manifests import LoadedEnvironment, LoadProblem, load_environments
 from envkiln.models import DEFAULT_CURATED_NAMESPACE, EnvironmentKind
 from envkiln.names import ENVIRONMENTS, LABEL_ANONYMOUS
-from envkiln.render import NothingToBuild, render
+from envkiln.render import NothingToBuild, RenderError, render
 
 DEFAULT_REGISTRY = "localhost:5000"
 REPO_ROOT_CRDS = Path("crds")
@@ -59,7 +59,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
         if env.spec.kind is EnvironmentKind.BRING_YOUR_OWN:
             image = env.spec.image
         else:
-            image = image_name(value, args.registry, args.template)
+            image = image_name(value, args.registry, args.template, env.metadata.namespace or args.namespace)
         if args.json:
             print(json.dumps({"name": env.metadata.name, "version": env.spec.version, "hash": value,
                               "kind": env.spec.kind.value, "image": image}))
@@ -88,7 +88,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         except NothingToBuild as error:
             print(f"{item.source}: {error}")
             continue
-        except MissingContextContent as error:
+        except (MissingContextContent, RenderError) as error:
             print(f"error: {item.source}: {error}", file=sys.stderr)
             status = 1
             continue
@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_files(p)
     p.add_argument("--registry", default=DEFAULT_REGISTRY, help=f"registry host (default {DEFAULT_REGISTRY})")
     p.add_argument("--template", default=DEFAULT_IMAGE_TEMPLATE, help="image repository template")
+    p.add_argument("--namespace", default="default",
+                   help="namespace of manifests that name none (the image path holds it)")
     p.add_argument("--json", action="store_true", help="one JSON object per environment")
     p.add_argument("--explain", action="store_true", help="print the document that is hashed")
     p.set_defaults(func=cmd_hash)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -13,8 +14,10 @@ from kubernetes import client
 
 from envkiln.builders import Builder
 from envkiln.kube import ApiError, Kube
+from envkiln.names import MANAGED_BY, SIGNING_KEY_SECRET
 from envkiln.registryclient import Credentials, RegistryClient, credentials_from_docker_config
 from envkiln.settings import OperatorSettings
+from envkiln.trust import Signer
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ class OperatorContext:
     kube: Kube
     registry: RegistryClient
     builder: Builder
+    signer: Signer
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     environments_by_hash: EnvironmentsByHash | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -61,6 +65,33 @@ def load_registry_credentials(kube: Kube, settings: OperatorSettings) -> tuple[d
         ".dockerconfigjson": data[".dockerconfigjson"]}
 
 
+def load_signing_key(kube: Kube, settings: OperatorSettings) -> Signer:
+    """ENVKILN_SIGNING_KEY, or the operator namespace's Secret (created with a random key by the first replica)."""
+    if settings.signing_key is not None:
+        try:
+            return Signer(settings.signing_key.get_secret_value().encode("utf-8"))
+        except ValueError as error:
+            raise RuntimeError(f"ENVKILN_SIGNING_KEY: {error}") from None
+    namespace = settings.operator_namespace
+    body = {"metadata": {"name": SIGNING_KEY_SECRET, "namespace": namespace, "labels": MANAGED_BY},
+            "type": "Opaque", "data": {"key": base64.b64encode(secrets.token_bytes(32)).decode()}}
+    try:
+        secret, created = kube.create_or_get_secret(namespace, body)
+    except ApiError as error:
+        raise RuntimeError(
+            f"ENVKILN_SIGNING_KEY is not set and Secret {namespace}/{SIGNING_KEY_SECRET} cannot be created "
+            f"({error.status} {error.reason}); create the namespace {namespace} (ENVKILN_OPERATOR_NAMESPACE) or "
+            "set ENVKILN_SIGNING_KEY"
+        ) from None
+    if created:
+        log.info("created the signing key Secret %s/%s", namespace, SIGNING_KEY_SECRET)
+    try:
+        return Signer(base64.b64decode((secret.data or {})["key"]))
+    except (KeyError, ValueError):
+        raise RuntimeError(f"Secret {namespace}/{SIGNING_KEY_SECRET} has no valid `key` (32 random bytes, base64); "
+                           "delete it and the operator creates a new one (existing images are then rebuilt)") from None
+
+
 def make_context(api_client: client.ApiClient, settings: OperatorSettings,
                  on_local_build_done: Callable[[str, str], None] | None = None) -> OperatorContext:
     kube = Kube(api_client)
@@ -83,4 +114,5 @@ def make_context(api_client: client.ApiClient, settings: OperatorSettings,
         from envkiln.builders.kaniko import KanikoBuilder
 
         builder = KanikoBuilder(kube, settings, secret_data)
-    return OperatorContext(settings=settings, kube=kube, registry=registry, builder=builder, instance_id=instance_id)
+    return OperatorContext(settings=settings, kube=kube, registry=registry, builder=builder,
+                           signer=load_signing_key(kube, settings), instance_id=instance_id)

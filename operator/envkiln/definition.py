@@ -27,7 +27,9 @@ from envkiln.models import CondaPipBlock, EnvironmentSpec
 
 HASH_SCHEMA = "envkiln.dev/definition/v1"
 HASH_LENGTH = 32
-DEFAULT_IMAGE_TEMPLATE = "{registry}/envkiln/env_{hash}"
+# Each namespace pushes under its own path, so a registry can give each one a push identity limited
+# to it (see docs/security.md).
+DEFAULT_IMAGE_TEMPLATE = "{registry}/envkiln/{namespace}/env_{hash}"
 
 
 class MissingContextContent(ValueError):
@@ -103,22 +105,35 @@ def definition_hash(spec: EnvironmentSpec, context_data: Mapping[str, str | byte
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:HASH_LENGTH]
 
 
-def image_repository(definition_hash_value: str, registry: str, template: str = DEFAULT_IMAGE_TEMPLATE) -> str:
-    """The repository (no tag) for a hash, from the configured template."""
+def context_digest(files: Mapping[str, str | bytes]) -> str:
+    """The digest of a flat set of context files, exactly as the build pod recomputes it in shell:
+    `find -L . -maxdepth 1 -type f ! -name '..*' | LC_ALL=C sort | xargs -r sha256sum | sha256sum`."""
+    listing = "".join(
+        f"{hashlib.sha256(content.encode('utf-8') if isinstance(content, str) else content).hexdigest()}  ./{name}\n"
+        for name, content in sorted(files.items(), key=lambda item: item[0].encode("utf-8"))
+    )
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
+def image_repository(definition_hash_value: str, registry: str, template: str = DEFAULT_IMAGE_TEMPLATE,
+                     namespace: str = "default") -> str:
+    """The repository (no tag) for a hash built in `namespace`, from the configured template."""
     try:
-        name = template.format(registry=registry.rstrip("/"), hash=definition_hash_value)
+        name = template.format(registry=registry.rstrip("/"), hash=definition_hash_value, namespace=namespace)
     except (KeyError, IndexError) as error:
         raise ValueError(
-            f"image template {template!r} uses an unknown field {error}; only {{registry}} and {{hash}} exist"
+            f"image template {template!r} uses an unknown field {error}; only {{registry}}, {{namespace}} and "
+            "{hash} exist"
         ) from None
     if "{hash}" not in template:
         raise ValueError(f"image template {template!r} must contain {{hash}} so each definition gets its own image")
     return name.lstrip("/")
 
 
-def image_name(definition_hash_value: str, registry: str, template: str = DEFAULT_IMAGE_TEMPLATE) -> str:
+def image_name(definition_hash_value: str, registry: str, template: str = DEFAULT_IMAGE_TEMPLATE,
+               namespace: str = "default") -> str:
     """repository:tag, the tag being the hash (envkiln also pushes `latest`)."""
-    return f"{image_repository(definition_hash_value, registry, template)}:{definition_hash_value}"
+    return f"{image_repository(definition_hash_value, registry, template, namespace)}:{definition_hash_value}"
 
 
 def pull_reference(image: str, digest: str, push_registry: str, pull_registry: str) -> str:

@@ -1,7 +1,7 @@
 """Reconcile one Environment: observe (definition, hash, its build, the registry), decide, write status.
 
 The status is computed from the server's current state every time (the Environment, its
-EnvironmentBuild, the registry), so running this twice, concurrently or after a restart
+EnvironmentBuild; the registry only for bring-your-own images), so running this twice, concurrently or after a restart
 gives the same answer and never starts a second build. What to do is decided by
 envkiln.decisions.environment; this module only reads and writes.
 """
@@ -14,12 +14,13 @@ from typing import Any
 
 from envkiln.conditions import now_iso
 from envkiln.context import OperatorContext
-from envkiln.decisions.environment import Facts, Lookup, Outcome, decide, new_status
-from envkiln.definition import MissingContextContent, definition_hash, image_name
+from envkiln.decisions.environment import Facts, Lookup, Outcome, decide, invalid, new_status
+from envkiln.definition import MissingContextContent, context_digest, definition_hash
 from envkiln.errors import DefinitionError
 from envkiln.manifests import config_map_data, parse_environment
 from envkiln.models import BuildReason, EnvironmentBuildSpec, EnvironmentKind, EnvironmentSpec
 from envkiln.names import (
+    ANNOTATION_SIGNATURE,
     API_VERSION,
     BUILDS,
     ENVIRONMENTS,
@@ -30,7 +31,9 @@ from envkiln.names import (
     build_name,
 )
 from envkiln.registryclient import RegistryUnavailable
-from envkiln.render import render
+from envkiln.render import RenderError, render
+from envkiln.settings import OperatorSettings
+from envkiln.trust import Signer
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,22 @@ def _context_data(ctx: OperatorContext, namespace: str, spec: EnvironmentSpec) -
     return config_map_data({"data": configmap.data, "binaryData": configmap.binary_data})
 
 
+def build_problem(ctx: OperatorContext, build: dict[str, Any], push_image: str) -> str | None:
+    """Why the EnvironmentBuild for a hash cannot be trusted (None: the operator created it, and any
+    digest it records was recorded by the operator)."""
+    problem = ctx.signer.build_problem(build, ANNOTATION_SIGNATURE)
+    if problem is not None:
+        return problem
+    if (build.get("spec") or {}).get("image") != push_image:
+        return f"it pushes to {build['spec'].get('image')}, not to {push_image} where this namespace's images go"
+    status = build.get("status") or {}
+    if status.get("digest") and not ctx.signer.record_is_trusted(build):
+        return "its recorded digest was not recorded by the operator"
+    return None
+
+
 def observe(ctx: OperatorContext, env: dict[str, Any]) -> Facts:
-    """What `decide` needs. Asks the registry only when no EnvironmentBuild answers already."""
+    """What `decide` needs. Asks the registry only for bring-your-own images."""
     namespace = env["metadata"]["namespace"]
     settings = ctx.settings
     base = Facts(spec=None, namespace=namespace, previous_status=env.get("status") or {},
@@ -73,32 +90,43 @@ def observe(ctx: OperatorContext, env: dict[str, Any]) -> Facts:
     if spec.kind is EnvironmentKind.BRING_YOUR_OWN:
         assert spec.image is not None
         return replace(base, spec=spec, hash=definition_hash(spec), lookup=_lookup(ctx, spec.image))
+    data = _context_data(ctx, namespace, spec)
     try:
-        value = definition_hash(spec, _context_data(ctx, namespace, spec))
+        value = definition_hash(spec, data)
     except MissingContextContent:
         assert spec.build is not None and spec.build.config_map is not None
         return replace(base, spec=spec, missing_context=spec.build.config_map.name)
     facts = replace(base, spec=spec, hash=value, build_name=build_name(value),
-                    push_image=image_name(value, settings.registry, settings.image_template),
-                    pull_image=image_name(value, settings.effective_pull_registry, settings.image_template),
+                    context_digest=context_digest(data) if data is not None else None,
+                    push_image=settings.push_image(value, namespace),
+                    pull_image=settings.pull_image(value, namespace),
                     build=ctx.kube.get(BUILDS, namespace, build_name(value)))
-    if facts.build is None:
-        facts = replace(facts, lookup=_lookup(ctx, facts.push_image))
+    if facts.build is not None:
+        facts = replace(facts, build_problem=build_problem(ctx, facts.build, facts.push_image))
     return facts
+
+
+def build_manifest(signer: Signer, settings: OperatorSettings, namespace: str, spec: EnvironmentSpec,
+                   hash_value: str, digest_of_context: str | None = None) -> dict[str, Any]:
+    """The EnvironmentBuild for a definition in a namespace, signed (envkiln.trust). Pure."""
+    plan = render(spec, hash_value, settings.render_settings())
+    if digest_of_context is not None:  # the build checks it gets the bytes that were hashed
+        plan = plan.model_copy(update={"context_digest": digest_of_context})
+    name = build_name(hash_value)
+    build_spec = EnvironmentBuildSpec(hash=hash_value, image=settings.push_image(hash_value, namespace),
+                                      builder=settings.builder, plan=plan, reason=BuildReason.IMAGE_MISSING).to_kube()
+    return {
+        "apiVersion": API_VERSION, "kind": KIND_BUILD,
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {LABEL_HASH: hash_value, LABEL_MANAGED_BY: MANAGED_BY_VALUE},
+                     "annotations": {ANNOTATION_SIGNATURE: signer.sign_build(namespace, name, build_spec)}},
+        "spec": build_spec,
+    }
 
 
 def create_or_adopt_build(ctx: OperatorContext, facts: Facts) -> dict[str, Any]:
     assert facts.spec is not None and facts.hash is not None
-    plan = render(facts.spec, facts.hash, ctx.settings.render_settings())
-    build_spec = EnvironmentBuildSpec(hash=facts.hash, image=facts.push_image,
-                                      builder=ctx.settings.builder,
-                                      plan=plan, reason=BuildReason.IMAGE_MISSING)
-    body = {
-        "apiVersion": API_VERSION, "kind": KIND_BUILD,
-        "metadata": {"name": facts.build_name, "namespace": facts.namespace,
-                     "labels": {LABEL_HASH: facts.hash, LABEL_MANAGED_BY: MANAGED_BY_VALUE}},
-        "spec": build_spec.to_kube(),
-    }
+    body = build_manifest(ctx.signer, ctx.settings, facts.namespace, facts.spec, facts.hash, facts.context_digest)
     build, created = ctx.kube.create_or_get(BUILDS, facts.namespace, body)
     if created:
         log.info("created EnvironmentBuild %s/%s for %s", facts.namespace, facts.build_name, facts.push_image)
@@ -111,7 +139,11 @@ def reconcile(ctx: OperatorContext, env: dict[str, Any]) -> tuple[Outcome, str |
     outcome = decide(facts)
     if outcome.create_build:
         # Someone may have created it meanwhile (and even finished it): adopt theirs.
-        outcome = decide(replace(facts, build=create_or_adopt_build(ctx, facts)))
+        try:
+            build = create_or_adopt_build(ctx, facts)
+        except RenderError as error:  # validation should make this impossible; never build something else
+            return invalid(f"spec: {error}"), None
+        outcome = decide(replace(facts, build=build, build_problem=build_problem(ctx, build, facts.push_image)))
     return outcome, (facts.hash if outcome.records_hash else None)
 
 

@@ -12,6 +12,8 @@ handlers in its thread pool instead of on the event loop.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -81,6 +83,21 @@ def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> kop
     return registry
 
 
+class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's last-handled state as a digest of the spec, not the spec itself.
+
+    Kopf keeps the whole last-handled spec (plus labels and annotations) in one annotation, and all
+    annotations of an object share 256 KiB: a spec within the CRD's bounds (a long pip list, an
+    EnvironmentBuild's rendered plan) would push it over, and every later patch would fail. The only
+    diff-based handler envkiln has is "the spec changed", and a digest answers that.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        spec = json.dumps(essence.get("spec") or {}, sort_keys=True, separators=(",", ":"))
+        return {"spec": {"sha256": hashlib.sha256(spec.encode("utf-8")).hexdigest()}}
+
+
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     """Startup: Kopf's settings, then the operator context (once per process) into the memo."""
     options: OperatorSettings = memo.get("settings") or OperatorSettings.from_env()
@@ -88,7 +105,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     # Kopf's own state lives in annotations under our prefix (not in status, which the
     # CRD schema would prune).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX, key=KOPF_DIFFBASE_KEY)
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=KOPF_PREFIX, key=KOPF_DIFFBASE_KEY)
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.WARNING
     settings.peering.lifetime = options.peering_lifetime_seconds

@@ -14,6 +14,7 @@ a unit test keep it so).
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import random
 import threading
@@ -35,6 +36,15 @@ __all__ = ["BUILDS", "ENVIRONMENTS", "ApiError", "Kube"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ApiError = client.ApiException  # what callers catch; `.status` is the HTTP status
+
+
+def api_message(error: ApiError) -> str:
+    """The API server's own words for a refusal (its Status message), else status and reason."""
+    try:
+        message = json.loads(error.body or "").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message) if message else f"{error.status} {error.reason}"
 # Failures without a response: connection reset or refused, read timeout.
 _CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 
@@ -106,6 +116,15 @@ class Kube:
                            label_selector=label_selector)
         return builtins.list(result.get("items", []))
 
+    def list_in(self, plural: str, namespaces: builtins.list[str] | None,
+                label_selector: str = "") -> builtins.list[dict[str, Any]]:
+        """Objects in the given namespaces (None or empty: all namespaces)."""
+        if not namespaces:
+            result = self.call(self._custom.list_cluster_custom_object, GROUP, VERSION, plural,
+                               label_selector=label_selector)
+            return builtins.list(result.get("items", []))
+        return [item for namespace in namespaces for item in self.list(plural, namespace, label_selector)]
+
     def create_or_get(self, plural: str, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """(object, created). A 409 means someone else created it first: follow theirs."""
         create = self._custom.create_namespaced_custom_object
@@ -173,6 +192,29 @@ class Kube:
                 raise
         return self.call(self._core.read_namespaced_secret, body["metadata"]["name"], namespace), False
 
+    def delete_secret(self, namespace: str, name: str) -> None:
+        """Delete the Secret if it is there (a 404 is success)."""
+        self._absent_is_none(self._core.delete_namespaced_secret, name, namespace)
+
+    def replace_secret_if_unchanged(self, namespace: str, body: dict[str, Any],
+                                    resource_version: str) -> tuple[Any, bool]:
+        """(secret, replaced): replace the Secret only if nobody wrote it since `resource_version`.
+
+        A 409 means someone else wrote it first: theirs is returned, unchanged. A Secret deleted
+        meanwhile is created again (create-or-get).
+        """
+        name = body["metadata"]["name"]
+        guarded = {**body, "metadata": {**body["metadata"], "resourceVersion": resource_version}}
+        try:
+            return self.call(self._core.replace_namespaced_secret, name, namespace, guarded), True
+        except client.ApiException as error:
+            if error.status not in (404, 409):
+                raise
+        current = self.read_secret(namespace, name)
+        if current is None:
+            return self.create_or_get_secret(namespace, body)
+        return current, False
+
     def create_or_patch_secret(self, namespace: str, body: dict[str, Any]) -> Any:
         """Create the Secret, or bring an existing one's data up to date."""
         try:
@@ -192,6 +234,17 @@ class Kube:
             if error.status != 409:
                 raise
             return self.call(self._batch.read_namespaced_job, body["metadata"]["name"], namespace), False
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete the Job and its pods (a 404 is success)."""
+        self._absent_is_none(self._batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
+
+    def job_pod_refusals(self, namespace: str, job_name: str) -> builtins.list[str]:
+        """Why the Job controller could not create the Job's pods (its FailedCreate Events): quota,
+        admission, policy."""
+        events = self.call(self._core.list_namespaced_event, namespace,
+                           field_selector=f"involvedObject.kind=Job,involvedObject.name={job_name}").items
+        return [str(e.message) for e in events if e.reason == "FailedCreate" and e.message]
 
     def read_job(self, namespace: str, name: str) -> Any | None:
         return self._absent_is_none(self._batch.read_namespaced_job, name, namespace)

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from envkiln.decisions.curated import check_reserved_name
 from envkiln.errors import DefinitionError, describe
 from envkiln.models import DEFAULT_CURATED_NAMESPACE, Environment, StrictLoader
+from envkiln.models.base import DNS_SUBDOMAIN
 
 
 @dataclass
@@ -60,6 +61,9 @@ def _config_map_problems(document: dict[str, Any]) -> list[str]:
     if not isinstance(name, str) or not name:
         shown = "missing" if name is None else f"not a string ({type(name).__name__})"
         return [f"ConfigMap: metadata.name is {shown}; name the ConfigMap the build context refers to"]
+    if len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name):
+        return [f"ConfigMap: metadata.name {name!r} is not a valid resource name: lowercase letters, digits, '-' "
+                "and '.', starting and ending with a letter or digit"]
     problems: list[str] = []
     seen: set[str] = set()
     for section in ("data", "binaryData"):

@@ -48,6 +48,7 @@ ANNOTATION_ENVIRONMENT: Final = f"{GROUP}/environment"  # name or name:version
 ANNOTATION_VERSION: Final = f"{GROUP}/environment-version"
 ANNOTATION_CONTAINER: Final = f"{GROUP}/container"
 ANNOTATION_SPEC: Final = f"{GROUP}/environment-spec"  # an inline (anonymous) environment spec
+ANNOTATION_SIGNATURE: Final = f"{GROUP}/signature"  # on EnvironmentBuilds: the operator's (envkiln.trust)
 SCHEDULING_GATE: Final = f"{GROUP}/environment"
 POD_CONDITION: Final = f"{GROUP}/EnvironmentReady"
 
@@ -55,6 +56,8 @@ POD_CONDITION: Final = f"{GROUP}/EnvironmentReady"
 
 IMAGE_LABEL_HASH: Final = "dev.envkiln.definition-hash"
 IMAGE_LABEL_BASE: Final = "org.opencontainers.image.base.name"
+
+SIGNING_KEY_SECRET: Final = "envkiln-signing-key"  # in the operator's namespace (envkiln.trust)
 
 # --- reserved names --------------------------------------------------------------------------
 
@@ -82,6 +85,10 @@ REASON_BUILD_SUCCEEDED: Final = "BuildSucceeded"
 REASON_QUEUED: Final = "Queued"
 REASON_RETRYING: Final = "Retrying"
 REASON_IMAGE_NOT_IN_REGISTRY: Final = "ImageNotInRegistry"
+REASON_UNTRUSTED_BUILD: Final = "UntrustedBuild"  # an EnvironmentBuild the operator did not sign
+REASON_NO_PUSH_IDENTITY: Final = "NoPushIdentity"  # no push credential for the build's namespace
+REASON_CONTEXT_CHANGED: Final = "ContextChanged"  # the ConfigMap context changed after it was hashed
+REASON_CANNOT_START: Final = "CannotStart"  # the build Job was refused (quota, admission)
 REASON_READY: Final = "Ready"  # Event reason when an Environment becomes Ready
 REASON_ENVIRONMENT_FAILED: Final = "EnvironmentFailed"  # pod condition / Event
 REASON_ENVIRONMENT_VERSION_MISSING: Final = "EnvironmentVersionMissing"  # pod condition / Event
@@ -102,6 +109,16 @@ def job_name(definition_hash: str, attempt: int) -> str:
 def context_configmap_name(definition_hash: str) -> str:
     """The ConfigMap holding a rendered build context."""
     return f"envkiln-{definition_hash}-context"
+
+
+def push_secret_name(job: str) -> str:
+    """The push credential copied for one build Job (owned by that Job, deleted when it ends)."""
+    return f"{job}-push"
+
+
+def context_snapshot_name(definition_hash: str) -> str:
+    """The immutable copy of a user's ConfigMap build context, taken when the build is created."""
+    return f"envkiln-{definition_hash}-snapshot"
 
 
 def anonymous_environment_name(definition_hash: str) -> str:

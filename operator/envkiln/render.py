@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from envkiln.models import BuildPlan, CondaPipBlock, ContextFile, EnvironmentKind, EnvironmentSpec
+from envkiln.models import BuildPlan, CondaPipBlock, ContextFile, EnvironmentKind, EnvironmentSpec, buildkit
 from envkiln.names import IMAGE_LABEL_BASE as LABEL_BASE
 from envkiln.names import IMAGE_LABEL_HASH as LABEL_HASH
 
@@ -33,6 +33,48 @@ class RenderSettings:
 
 class NothingToBuild(ValueError):
     """Bring-your-own-container environments are run as they are."""
+
+
+class RenderError(RuntimeError):
+    """Internal error: the rendered Dockerfile does not read back as the instructions envkiln wrote.
+
+    Validation (envkiln.models.lines.check_docker_step) makes this impossible; rendering checks it
+    anyway, so a gap there stops a build instead of building something else.
+    """
+
+
+def check_round_trip(dockerfile: str, written: list[str]) -> None:
+    """BuildKit's parser must read `dockerfile` as exactly the instructions in `written`, in order.
+
+    Each written instruction is parsed alone (it must be one instruction) and the whole file must
+    parse into the same instructions: same keyword, options, arguments and text, nothing swallowed,
+    split or added (a trailing backslash, a heredoc or a directive in a step would do that).
+    """
+    try:
+        expected: list[tuple[object, ...]] = []
+        for number, text in enumerate(written, start=1):
+            alone = buildkit.parse(text)
+            if len(alone) != 1:
+                raise RenderError(
+                    f"internal error: instruction {number} that envkiln wrote ({text!r}) parses into "
+                    f"{len(alone)} instructions; nothing was built, please report this"
+                )
+            expected.append(alone[0].identity)
+        found = [instruction.identity for instruction in buildkit.parse(dockerfile)]
+    except buildkit.DockerfileSyntaxError as error:
+        raise RenderError(
+            f"internal error: BuildKit cannot parse the rendered Dockerfile ({error}); nothing was built, "
+            "please report this"
+        ) from None
+    if found != expected:
+        differs = next((i for i, (a, b) in enumerate(zip(found, expected, strict=False)) if a != b),
+                       min(len(found), len(expected)))
+        where = repr(written[differs]) if differs < len(written) else "the end of the file"
+        raise RenderError(
+            f"internal error: the rendered Dockerfile parses into {len(found)} instructions where envkiln wrote "
+            f"{len(expected)}, differing from instruction {differs + 1} ({where}) on; nothing was built, "
+            "please report this"
+        )
 
 
 def _quote(value: str) -> str:
@@ -106,7 +148,9 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
         lines.append(f"ENV PATH={':'.join(path_entries)}:$PATH")
         if spec.conda is not None:
             lines.append(f"ENV CONDA_PREFIX={CONDA_PREFIX}")
-    return BuildPlan(dockerfile="\n".join(lines) + "\n", files=files)
+    dockerfile = "\n".join(lines) + "\n"
+    check_round_trip(dockerfile, lines[1:])  # lines[0] is the comment; every other entry is one instruction
+    return BuildPlan(dockerfile=dockerfile, files=files)
 
 
 def render(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings | None = None) -> BuildPlan:

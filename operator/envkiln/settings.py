@@ -7,9 +7,9 @@ import secrets
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from envkiln.definition import DEFAULT_IMAGE_TEMPLATE, image_repository
+from envkiln.definition import DEFAULT_IMAGE_TEMPLATE, image_name, image_repository
 from envkiln.errors import describe
 from envkiln.models import DEFAULT_CURATED_NAMESPACE
 from envkiln.render import DEFAULT_MICROMAMBA_IMAGE, DEFAULT_UV_VERSION, RenderSettings
@@ -40,10 +40,19 @@ class OperatorSettings(BaseModel):
         default=None, description="dockerconfigjson Secret (operator namespace) with registry credentials."
     )
     insecure_registry: bool = Field(default=False, description="Plain HTTP / unverified TLS to the registry.")
-    image_template: str = DEFAULT_IMAGE_TEMPLATE
-    cache_repository: str | None = Field(
-        default=None, description="Kaniko layer cache repo (default <registry>/envkiln/cache)."
+    push_secret_template: str = Field(
+        default="envkiln-push-{namespace}",
+        description="dockerconfigjson Secret (operator namespace) with the push identity of one namespace; "
+        "{namespace} is the namespace that builds.",
     )
+    shared_push_credential: bool = Field(
+        default=False, description="Let namespaces without a push identity of their own push with registry_secret.",
+    )
+    signing_key: SecretStr | None = Field(
+        default=None, description="Key that signs the operator's EnvironmentBuilds and records (default: the "
+        "Secret envkiln-signing-key in the operator namespace, created when missing).",
+    )
+    image_template: str = DEFAULT_IMAGE_TEMPLATE
     builder: Literal["kaniko", "buildah", "local"] = Field(
         default="kaniko", description="kaniko or buildah (a Job per build in the cluster), or local (buildah on the "
         "operator's host, for development)."
@@ -72,6 +81,8 @@ class OperatorSettings(BaseModel):
     build_retry_limit: int = Field(default=2, ge=0, le=20, description="Retries after the first failed attempt.")
     build_retry_backoff_seconds: int = Field(default=30, ge=0)
     max_concurrent_builds: int = Field(default=4, ge=1)
+    max_concurrent_builds_per_namespace: int = Field(
+        default=2, ge=1, description="Builds one namespace may run at once (fairness across namespaces).")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch (empty: all).")
     curated_namespace: str = DEFAULT_CURATED_NAMESPACE
     operator_namespace: str = "envkiln-system"
@@ -95,6 +106,10 @@ class OperatorSettings(BaseModel):
         default=None, description="MutatingWebhookConfiguration whose caBundle the operator keeps current."
     )
     webhook_cert_secret: str = "envkiln-webhook-tls"
+    webhook_client_ca_file: str | None = Field(
+        default=None, description="PEM file of the CA that signs the API server's client certificate for webhooks "
+        "(its --admission-control-config-file); when set, callers without such a certificate fail the TLS handshake."
+    )
     peering_name: str | None = Field(
         default=None, description="Kopf peering object; when set, peering is mandatory (its CRD must exist)."
     )
@@ -124,10 +139,21 @@ class OperatorSettings(BaseModel):
     @model_validator(mode="after")
     def _template(self) -> OperatorSettings:
         try:
-            image_repository("0" * 32, self.registry, self.image_template)
+            image_repository("0" * 32, self.registry, self.image_template, "namespace")
         except ValueError as error:
             raise ValueError(f"ENVKILN_IMAGE_TEMPLATE: {error}") from None
+        try:
+            self.push_secret_template.format(namespace="namespace")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("ENVKILN_PUSH_SECRET_TEMPLATE: only the field {namespace} may be used") from None
         return self
+
+    def push_image(self, definition_hash: str, namespace: str) -> str:
+        """Where a build of `definition_hash` in `namespace` pushes (repository:tag)."""
+        return image_name(definition_hash, self.registry, self.image_template, namespace)
+
+    def pull_image(self, definition_hash: str, namespace: str) -> str:
+        return image_name(definition_hash, self.effective_pull_registry, self.image_template, namespace)
 
     def effective_webhook_hosts(self) -> list[str]:
         if self.webhook_hosts:
@@ -139,10 +165,6 @@ class OperatorSettings(BaseModel):
     @property
     def effective_pull_registry(self) -> str:
         return self.pull_registry or self.registry
-
-    @property
-    def effective_cache_repository(self) -> str:
-        return self.cache_repository or f"{self.registry}/envkiln/cache"
 
     def render_settings(self) -> RenderSettings:
         return RenderSettings(micromamba_image=self.micromamba_image, uv_version=self.uv_version)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from harness.controlplane import REPO_ROOT, cache_dir
 from harness.process import ManagedProcess
+from harness.records import TEST_SIGNING_KEY
 
 
 class OperatorProcess:
@@ -38,6 +39,7 @@ class OperatorProcess:
             **self.settings,
         }
         env.setdefault("ENVKILN_LOCAL_STORAGE_ROOT", str(cache_dir() / "buildah"))
+        env.setdefault("ENVKILN_SIGNING_KEY", TEST_SIGNING_KEY)  # so harness.records can seed earlier builds
         if self.namespaces:
             env.setdefault("ENVKILN_NAMESPACES", ",".join(self.namespaces))
         self.process = ManagedProcess(self.name, argv, self.log_dir / f"{self.name}.log", env=env).start()

@@ -22,8 +22,9 @@ def hash_of(spec: dict[str, Any]) -> str:
     return definition_hash(EnvironmentSpec.model_validate(spec))
 
 
-def image_for(spec: dict[str, Any], registry: str) -> str:
-    return image_name(hash_of(spec), registry)
+def image_for(spec: dict[str, Any], registry: str, namespace: str) -> str:
+    """Where the operator pushes `spec` built in `namespace` (the default image template)."""
+    return image_name(hash_of(spec), registry, namespace=namespace)
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 60, interval: float = 0.3, what: str = "condition",
@@ -106,13 +107,27 @@ def play_kaniko_pod(api: client.ApiClient, namespace: str, job: client.V1Job, ex
     }
     core.create_namespaced_pod(namespace, pod)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                  "message": message, "startedAt": now, "finishedAt": now}
+
+    def ended(container: Any, code: int, text: str) -> dict[str, Any]:
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": text,
+                      "startedAt": now, "finishedAt": now}
+        return {"name": container.name, "image": container.image, "imageID": "", "ready": False,
+                "restartCount": 0, "started": False, "state": {"terminated": terminated}}
+
+    # The build pod: init containers `context` and `build` (Kaniko, --no-push), then `push`, whose
+    # termination message is the digest. A failure is the build container's, with its log.
+    *context, build = template.spec.init_containers
+    [push] = template.spec.containers
+    if exit_code == 0:
+        init = [ended(c, 0, "") for c in (*context, build)]
+        main = [ended(push, 0, message)]
+    else:
+        init = [*(ended(c, 0, "") for c in context), ended(build, exit_code, message)]
+        main = [{"name": push.name, "image": push.image, "imageID": "", "ready": False, "restartCount": 0,
+                 "started": False, "state": {"waiting": {"reason": "PodInitializing"}}}]
     core.patch_namespaced_pod_status(f"{job.metadata.name}-pod", namespace, {"status": {
         "phase": "Succeeded" if exit_code == 0 else "Failed",
-        "containerStatuses": [{"name": "kaniko", "image": template.spec.containers[0].image, "imageID": "",
-                               "ready": False, "restartCount": 0, "started": False,
-                               "state": {"terminated": terminated}}]}})
+        "initContainerStatuses": init, "containerStatuses": main}})
 
 
 def finish_job(api: client.ApiClient, namespace: str, job: client.V1Job, succeeded: bool) -> None:

@@ -10,6 +10,7 @@ from kubernetes import client
 
 from harness.buildah import base_image_archive, push_archive
 from harness.controlplane import ControlPlane
+from harness.records import seed_build
 from harness.registry import Registry
 from operator_helpers import (
     Envs,
@@ -37,11 +38,10 @@ def api_client(bare_api_client: client.ApiClient) -> client.ApiClient:
     return bare_api_client
 
 
-def test_cache_hit_needs_no_build(api_client: client.ApiClient, namespace: str, registry: Registry,
-                                  start_operator) -> None:  # type: ignore[no-untyped-def]
+def test_cache_hit_from_the_operators_record_needs_no_build(api_client: client.ApiClient, namespace: str,
+                                                           registry: Registry, start_operator) -> None:  # type: ignore[no-untyped-def]
     spec = {"image": "python:3.11-slim", "pip": ["cachehit==1.0"]}
-    image = image_for(spec, registry.host)
-    digest = push_archive(base_image_archive(), image)
+    digest, image = seed_build(api_client, namespace, spec, registry.host)
     operator = start_operator(namespace)
     envs = Envs(api_client, namespace)
     envs.create(environment("hit", **spec))
@@ -55,7 +55,53 @@ def test_cache_hit_needs_no_build(api_client: client.ApiClient, namespace: str, 
     assert condition(status, "ImageAvailable")["reason"] == "CacheHit"
     assert status["versions"] == [{"version": "1", "hash": hash_of(spec), "imageRef": status["imageRef"],
                                    "when": status["versions"][0]["when"]}]
-    assert envs.builds() == [] and envs.jobs() == []
+    assert len(envs.builds()) == 1 and envs.jobs() == []
+
+
+def test_image_under_the_tag_without_a_record_is_rebuilt(api_client: client.ApiClient, namespace: str,
+                                                         registry: Registry, start_operator) -> None:  # type: ignore[no-untyped-def]
+    """Anyone who can push can put an image under `env_<hash>:<hash>` (hashes can be computed
+    offline); without the operator's record it is not used."""
+    spec = {"image": "python:3.11-slim", "pip": ["planted==1.0"]}
+    planted = push_archive(base_image_archive(), image_for(spec, registry.host, namespace))
+    operator = start_operator(namespace)
+    envs = Envs(api_client, namespace)
+    envs.create(environment("victim", **spec))
+    status = envs.wait_phase("victim", "Building", diagnostics=operator.log)
+    assert status.get("imageDigest") is None and status["cacheHit"] is False
+    wait_for(envs.jobs, what="a build Job", diagnostics=operator.log)
+    assert envs.build(f"envb-{hash_of(spec)}")["status"].get("digest") != planted
+
+
+def test_forged_environment_build_is_neither_built_nor_trusted(api_client: client.ApiClient, namespace: str,
+                                                               registry: Registry, start_operator) -> None:  # type: ignore[no-untyped-def]
+    """An EnvironmentBuild written by someone else (here: a forged, 'Succeeded' one pointing at a
+    planted image, and an unsigned one to be built) is refused with a clear condition."""
+    hit = {"image": "python:3.11-slim", "pip": ["forged==1.0"]}
+    build_me = {"image": "python:3.11-slim", "pip": ["forged==2.0"]}
+    planted = push_archive(base_image_archive(), image_for(hit, registry.host, namespace))
+    envs = Envs(api_client, namespace)
+    for spec, status in ((hit, {"phase": "Succeeded", "digest": planted, "recordSignature": "v1:" + "0" * 64}),
+                         (build_me, None)):
+        value = hash_of(spec)
+        body = {"apiVersion": "envkiln.dev/v1alpha1", "kind": "EnvironmentBuild",
+                "metadata": {"name": f"envb-{value}", "labels": {"app.kubernetes.io/managed-by": "envkiln"}},
+                "spec": {"hash": value, "image": "evil.example:5000/x:1",
+                         "plan": {"dockerfile": "FROM python:3.11-slim\n"}}}
+        envs.custom.create_namespaced_custom_object("envkiln.dev", "v1alpha1", namespace, "environmentbuilds", body)
+        if status:
+            envs.custom.patch_namespaced_custom_object_status("envkiln.dev", "v1alpha1", namespace,
+                                                              "environmentbuilds", f"envb-{value}", {"status": status})
+    operator = start_operator(namespace)
+    envs.create(environment("victim", **hit))
+    status = envs.wait_phase("victim", "Failed", diagnostics=operator.log)
+    assert condition(status, "Ready")["reason"] == "UntrustedBuild"
+    assert "kubectl delete envbuild" in condition(status, "Ready")["message"]
+    assert status.get("imageRef") is None and status.get("imageDigest") is None
+    forged = wait_for(lambda: (b := envs.build(f"envb-{hash_of(build_me)}"))["status"].get("phase") == "Failed"
+                      and b, what="the unsigned build refused", diagnostics=operator.log)
+    assert condition(forged["status"], "Succeeded")["reason"] == "UntrustedBuild"
+    assert envs.jobs() == [], "nothing was built for a build the operator did not create"
 
 
 def test_kaniko_job_success_path(api_client: client.ApiClient, namespace: str, registry: Registry,
@@ -71,19 +117,24 @@ def test_kaniko_job_success_path(api_client: client.ApiClient, namespace: str, r
     assert job.metadata.name == f"envkiln-{value}-1"
     pod_spec = job.spec.template.spec
     assert pod_spec.automount_service_account_token is False
-    container = pod_spec.containers[0]
-    assert container.image.startswith("ghcr.io/osscontainertools/kaniko:")
-    assert container.termination_message_policy == "FallbackToLogsOnError"
-    destination = f"{registry.host}/envkiln/env_{value}"
-    assert f"--destination={destination}:{value}" in container.args
-    assert f"--destination={destination}:latest" in container.args
-    assert "--digest-file=/dev/termination-log" in container.args and "--cache=true" in container.args
-    assert f"--insecure-registry={registry.host}" in container.args
-    assert container.resources.limits["memory"] and container.security_context.allow_privilege_escalation is False
+    context, kaniko = pod_spec.init_containers
+    [push] = pod_spec.containers
+    assert (context.name, kaniko.name, push.name) == ("context", "build", "push")
+    assert kaniko.image.startswith("ghcr.io/osscontainertools/kaniko:")
+    assert push.termination_message_policy == "FallbackToLogsOnError"
+    destination = f"{registry.host}/envkiln/{namespace}/env_{value}"
+    assert f"--destination={destination}:{value}" in kaniko.args
+    assert "--no-push" in kaniko.args and "--tar-path=/out/image.tar" in kaniko.args
+    assert "--cache=false" in kaniko.args
+    assert f"--insecure-registry={registry.host}" in kaniko.args
+    assert kaniko.resources.limits["memory"] and kaniko.security_context.allow_privilege_escalation is False
+    assert kaniko.security_context.seccomp_profile.type == "RuntimeDefault"
+    assert not [m for m in kaniko.volume_mounts if m.name == "docker-config"], "no credential where RUN steps run"
     assert job.spec.backoff_limit == 0 and job.spec.active_deadline_seconds and job.spec.ttl_seconds_after_finished
     assert job.metadata.owner_references[0].kind == "EnvironmentBuild"
-    context = client.CoreV1Api(api_client).read_namespaced_config_map(f"envkiln-{value}-context", namespace)
-    assert "numpy==2.1.3" in context.data["requirements.txt"] and context.data["Dockerfile"].startswith("# Rendered")
+    context_map = client.CoreV1Api(api_client).read_namespaced_config_map(f"envkiln-{value}-context", namespace)
+    assert "numpy==2.1.3" in context_map.data["requirements.txt"]
+    assert context_map.data["Dockerfile"].startswith("# Rendered") and context_map.immutable is True
 
     # Play Kaniko: push the image, report its digest through the termination message.
     digest = push_archive(base_image_archive(), f"{destination}:{value}")
@@ -148,7 +199,7 @@ def test_restart_resumes_without_duplicates(api_client: client.ApiClient, namesp
     job = wait_for(envs.jobs, what="the Job", diagnostics=operator.log)[0]
     operator.kill()  # SIGKILL: no graceful shutdown
     envs.create(environment("r2", **spec))  # arrives while no operator runs
-    destination = f"{registry.host}/envkiln/env_{value}"
+    destination = f"{registry.host}/envkiln/{namespace}/env_{value}"
     digest = push_archive(base_image_archive(), f"{destination}:{value}")
     play_kaniko_pod(api_client, namespace, job, 0, digest)
     finish_job(api_client, namespace, job, succeeded=True)
@@ -164,7 +215,7 @@ def test_new_version_builds_again_and_keeps_history(api_client: client.ApiClient
     envs = Envs(api_client, namespace)
     v1 = {"image": "python:3.11-slim", "pip": ["history==1.0"]}
     v2 = {"image": "python:3.11-slim", "pip": ["history==2.0"]}
-    digest1 = push_archive(base_image_archive(), image_for(v1, registry.host))
+    digest1, _ = seed_build(api_client, namespace, v1, registry.host)
     operator = start_operator(namespace)
     envs.create(environment("hist", **v1))
     envs.wait_phase("hist", "Ready", diagnostics=operator.log)
@@ -176,14 +227,14 @@ def test_new_version_builds_again_and_keeps_history(api_client: client.ApiClient
     versions = status["versions"]
     assert [(v["version"], v["hash"]) for v in versions] == [("1", hash_of(v1)), ("2", hash_of(v2))]
     assert versions[0]["imageRef"].endswith(digest1)
-    assert len(envs.builds()) == 1 and envs.builds()[0]["spec"]["hash"] == hash_of(v2)
+    assert sorted(b["spec"]["hash"] for b in envs.builds()) == sorted([hash_of(v1), hash_of(v2)])
 
 
 def test_bad_input_fails_clearly_and_others_keep_working(api_client: client.ApiClient, namespace: str,
                                                          registry: Registry, start_operator) -> None:  # type: ignore[no-untyped-def]
     envs = Envs(api_client, namespace)
     good = {"image": "python:3.11-slim", "pip": ["goodone==1.0"]}
-    push_archive(base_image_archive(), image_for(good, registry.host))
+    seed_build(api_client, namespace, good, registry.host)
     operator = start_operator(namespace)
     # Each passes the CRD's structural schema; the operator's validation refuses them.
     bad = {
@@ -205,7 +256,7 @@ def test_bad_input_fails_clearly_and_others_keep_working(api_client: client.ApiC
                                     for e in envs.events(n)), what=f"Warning event for {name}")
     assert "Input should be" not in condition(envs.status("inject"), "Valid")["message"]
     envs.wait_phase("good", "Ready", diagnostics=operator.log)
-    assert envs.builds() == []
+    assert len(envs.builds()) == 1, "the seeded one only: no build for an invalid definition"
     # Fixing the definition (with a new version) recovers.
     envs.custom.patch_namespaced_custom_object("envkiln.dev", "v1alpha1", namespace, "environments", "inject",
                                                {"spec": {"version": "2", "pip": good["pip"]}})
@@ -215,13 +266,15 @@ def test_bad_input_fails_clearly_and_others_keep_working(api_client: client.ApiC
 
 def test_registry_outage_is_reported_and_recovers(api_client: client.ApiClient, namespace: str,
                                                   start_operator) -> None:  # type: ignore[no-untyped-def]
+    """Only bring-your-own images are looked up in the registry (a build's result is the operator's
+    own record); an outage there is reported, never a failure, and heals by itself."""
     with Registry() as flaky:
-        spec = {"image": "python:3.11-slim", "pip": ["outage==1.0"]}
-        digest = push_archive(base_image_archive(), image_for(spec, flaky.host))
+        image = f"{flaky.host}/team/trainer:1"
+        digest = push_archive(base_image_archive(), image)
         flaky.stop()
         operator = start_operator(namespace, registry_host=flaky.host)
         envs = Envs(api_client, namespace)
-        envs.create(environment("outage", **spec))
+        envs.create(environment("outage", image=image, userManaged=True))
         status = wait_for(lambda: (s := envs.status("outage")).get("conditions") and s, what="a status",
                           diagnostics=operator.log)
         ready = condition(status, "Ready")
@@ -229,10 +282,9 @@ def test_registry_outage_is_reported_and_recovers(api_client: client.ApiClient, 
         assert condition(status, "ImageAvailable")["status"] == "Unknown"
         time.sleep(3)
         assert envs.status("outage")["phase"] == "Pending", "an outage alone never fails an Environment"
-        assert envs.builds() == [], "an outage is not 'image missing': no build"
         flaky.start()
         status = envs.wait_phase("outage", "Ready", timeout=60, diagnostics=operator.log)
-        assert status["imageDigest"] == digest and status["cacheHit"] is True
+        assert status["imageDigest"] == digest and envs.builds() == []
 
 
 def test_bring_your_own_container_resolves_digest(api_client: client.ApiClient, namespace: str, registry: Registry,
@@ -258,7 +310,7 @@ def test_local_builder_real_build_then_cache_hit(api_client: client.ApiClient, n
     envs.create(environment("real", **spec))
     status = envs.wait_phase("real", "Ready", timeout=800, diagnostics=operator.log)
     value = hash_of(spec)
-    repository = f"envkiln/env_{value}"
+    repository = f"envkiln/{namespace}/env_{value}"
     manifest, registry_digest = registry.manifest(repository, value)
     assert status["imageDigest"] == registry_digest
     assert status["imageRef"] == f"{registry.host}/{repository}@{registry_digest}"
@@ -269,3 +321,20 @@ def test_local_builder_real_build_then_cache_hit(api_client: client.ApiClient, n
     again = envs.wait_phase("real-again", "Ready", diagnostics=operator.log)
     assert again["imageRef"] == status["imageRef"] and again["cacheHit"] is True
     assert len(envs.builds()) == 1
+
+
+def test_a_spec_at_the_crds_size_bounds_is_handled(api_client: client.ApiClient, namespace: str,
+                                                   start_operator) -> None:  # type: ignore[no-untyped-def]
+    """40 docker steps of 8,000 characters (320 KB, within the CRD's bounds): more than the 256 KiB
+    all annotations of an object share, so Kopf's last-handled state must not hold the spec."""
+    steps = [f"RUN echo {i} {'x' * 7990}" for i in range(40)]
+    spec = {"image": "python:3.11-slim", "dockerSteps": steps}
+    operator = start_operator(namespace)
+    envs = Envs(api_client, namespace)
+    envs.create(environment("huge", **spec))
+    envs.wait_phase("huge", "Building", timeout=60, diagnostics=operator.log)
+    wait_for(envs.jobs, what="the build Job", diagnostics=operator.log)
+    for obj in (envs.get("huge"), envs.build(f"envb-{hash_of(spec)}")):
+        annotations = obj["metadata"].get("annotations") or {}
+        assert sum(len(k) + len(v) for k, v in annotations.items()) < 2048, annotations.keys()
+    assert "Traceback" not in operator.log() and "too long" not in operator.log()

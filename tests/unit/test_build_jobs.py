@@ -1,5 +1,6 @@
-"""The Job builders: the buildah pod (least privilege, credential only in the push container),
-and the shared decisions on a finished Job (digest, log tail, running count), as tables."""
+"""The Job builders (buildah and Kaniko): the build pod (a verified context, least privilege, the
+push credential only in the push container), and the shared decisions on a finished Job (digest,
+log tail, running), as tables."""
 
 from __future__ import annotations
 
@@ -9,9 +10,17 @@ import pytest
 from kubernetes import client
 
 from envkiln.builders.buildah import buildah_job
-from envkiln.builders.jobs import first_failure, job_finished, job_is_running, repository_of, termination
+from envkiln.builders.jobs import (
+    context_configmap,
+    first_failure,
+    job_finished,
+    job_is_running,
+    rendered_files,
+    repository_of,
+    termination,
+)
 from envkiln.builders.kaniko import kaniko_job
-from envkiln.definition import definition_hash, image_name
+from envkiln.definition import context_digest, definition_hash, image_name
 from envkiln.models import EnvironmentBuildSpec
 from envkiln.render import render
 from envkiln.settings import OperatorSettings
@@ -38,73 +47,124 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
     return {item["name"]: item["value"] for item in container["env"]}
 
 
-@pytest.mark.parametrize("with_credentials", [False, True])
-def test_buildah_pod_is_least_privilege_and_credential_free_where_user_code_runs(with_credentials: bool) -> None:
+BUILDERS = {"buildah": buildah_job, "kaniko": kaniko_job}
+ROOT_BUILD = {  # the build container of each builder: root, but least privilege where the builder allows
+    "buildah": {"runAsUser": 0, "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]},
+                "seccompProfile": {"type": "Localhost", "localhostProfile": "envkiln/buildah.json"}},
+    "kaniko": {"privileged": False, "allowPrivilegeEscalation": False, "seccompProfile": {"type": "RuntimeDefault"}},
+}
+
+
+@pytest.mark.parametrize("builder", sorted(BUILDERS))
+@pytest.mark.parametrize("credentials", [None, "envkiln-x-1-push"])
+def test_user_steps_never_share_a_container_with_the_push_credential(builder: str, credentials: str | None) -> None:
     build = build_for(PIP_ENV["spec"])
-    job = buildah_job(build, 1, SETTINGS, with_credentials)
+    job = BUILDERS[builder](build, 1, SETTINGS, credentials)
     pod = pod_of(job)
-    [builder] = pod["initContainers"]
+    context, build_container = pod["initContainers"]
     [push] = pod["containers"]
-    assert builder["securityContext"] == {
-        "runAsUser": 0, "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]},
-        "seccompProfile": {"type": "Localhost", "localhostProfile": "envkiln/buildah.json"},
-    }
-    assert push["securityContext"]["runAsNonRoot"] is True and push["securityContext"]["runAsUser"] != 0
-    assert push["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert push["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert [context["name"], build_container["name"], push["name"]] == ["context", "build", "push"]
+    assert build_container["securityContext"] == ROOT_BUILD[builder]
+    for non_root in (context, push):
+        assert non_root["securityContext"]["runAsNonRoot"] is True and non_root["securityContext"]["runAsUser"] != 0
+        assert non_root["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert non_root["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert non_root["securityContext"]["readOnlyRootFilesystem"] is True
     # The user's RUN steps execute in the build container: it mounts no credential, ever.
-    assert {m["name"] for m in builder["volumeMounts"]} == {"context", "out", "storage"}
+    assert "docker-config" not in {m["name"] for m in build_container["volumeMounts"] + context["volumeMounts"]}
+    assert {m["name"]: m.get("readOnly", False) for m in build_container["volumeMounts"]}["workspace"] is True
     push_mounts = {m["name"]: m for m in push["volumeMounts"]}
     assert push_mounts["out"]["readOnly"] is True
-    assert ("docker-config" in push_mounts) is with_credentials
+    assert ("docker-config" in push_mounts) is bool(credentials)
+    if credentials:
+        secret = next(v for v in pod["volumes"] if v["name"] == "docker-config")["secret"]
+        assert secret["secretName"] == credentials
     assert pod["automountServiceAccountToken"] is False
-    assert builder["image"] == "reg.local:5000/builder:1" and push["image"] == "reg.local:5000/push:1"
-    assert builder["resources"]["limits"]["ephemeral-storage"] == SETTINGS.build_ephemeral_storage_limit
-    assert job == buildah_job(build, 1, SETTINGS, with_credentials), "pure: same inputs, same Job"
+    assert push["image"] == context["image"] == "reg.local:5000/push:1"
+    assert build_container["resources"]["limits"]["ephemeral-storage"] == SETTINGS.build_ephemeral_storage_limit
+    archive = "oci-archive:/out/image.tar" if builder == "buildah" else "docker-archive:/out/image.tar"
+    assert env_of(push)["ENVKILN_ARCHIVE"] == archive
+    assert job == BUILDERS[builder](build, 1, SETTINGS, credentials), "pure: same inputs, same Job"
+
+
+def test_kaniko_builds_without_pushing_and_without_a_shared_cache() -> None:
+    build = build_for(PIP_ENV["spec"])
+    value = build["spec"]["hash"]
+    args = pod_of(kaniko_job(build, 1, SETTINGS, None))["initContainers"][1]["args"]
+    assert "--no-push" in args and "--tar-path=/out/image.tar" in args and "--cache=false" in args
+    assert not [a for a in args if a.startswith(("--cache-repo", "--digest-file"))]
+    assert f"--destination=reg.local:5000/envkiln/default/env_{value}:{value}" in args
+    assert "--context=dir:///workspace" in args and "--dockerfile=/workspace/Dockerfile" in args
+    assert "--insecure-registry=reg.local:5000" in args and "--insecure" not in args
 
 
 def test_buildah_values_reach_the_scripts_only_as_environment() -> None:
     build = build_for(PIP_ENV["spec"])
-    pod = pod_of(buildah_job(build, 1, SETTINGS, False))
-    builder, push = pod["initContainers"][0], pod["containers"][0]
+    pod = pod_of(buildah_job(build, 1, SETTINGS, None))
+    context, builder, push = *pod["initContainers"], pod["containers"][0]
     value = build["spec"]["hash"]
-    assert env_of(builder)["ENVKILN_IMAGE"] == f"reg.local:5000/envkiln/env_{value}:{value}"
+    assert env_of(builder)["ENVKILN_IMAGE"] == f"reg.local:5000/envkiln/default/env_{value}:{value}"
     assert env_of(builder)["ENVKILN_DOCKERFILE"] == "/workspace/Dockerfile"
     assert env_of(builder)["ENVKILN_INSECURE_REGISTRY"] == "reg.local:5000"
-    assert env_of(push)["ENVKILN_LATEST"] == f"reg.local:5000/envkiln/env_{value}:latest"
-    for container in (builder, push):
+    assert env_of(push)["ENVKILN_LATEST"] == f"reg.local:5000/envkiln/default/env_{value}:latest"
+    assert env_of(context)["ENVKILN_CONTEXT_DIGEST"] == context_digest(rendered_files(
+        EnvironmentBuildSpec.model_validate(build["spec"])))
+    for container in (context, builder, push):
         assert value not in container["command"][2], "no spec value inside the script text"
-    secure = pod_of(buildah_job(build, 1, SETTINGS.model_copy(update={"insecure_registry": False}), False))
-    assert env_of(secure["initContainers"][0])["ENVKILN_INSECURE_REGISTRY"] == ""
+    secure = pod_of(buildah_job(build, 1, SETTINGS.model_copy(update={"insecure_registry": False}), None))
+    assert env_of(secure["initContainers"][1])["ENVKILN_INSECURE_REGISTRY"] == ""
 
 
-@pytest.mark.parametrize(("spec", "context", "expected_context", "expected_dockerfile", "volume"), [
-    (PIP_ENV["spec"], None, "/workspace", "/workspace/Dockerfile", "rendered"),
+TARBALL_SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(("spec", "context", "expected_context", "expected_dockerfile", "source", "digest"), [
+    (PIP_ENV["spec"], None, "/workspace", "/workspace/Dockerfile", "rendered", "rendered"),
     ({"build": {"configMap": {"name": "user-ctx"}, "dockerfilePath": "gpu/Dockerfile"}}, {"Dockerfile": "FROM x"},
-     "/workspace", "/workspace/gpu/Dockerfile", "user-ctx"),
+     "/workspace", "/workspace/gpu/Dockerfile", "snapshot", "plan"),
     ({"build": {"git": {"url": "https://example.org/o/r.git", "ref": "v1.2", "path": "img"}}}, None,
-     "https://example.org/o/r.git#v1.2:img", "Dockerfile", None),
+     "https://example.org/o/r.git#v1.2:img", "Dockerfile", None, None),
     ({"build": {"tarball": {"url": "https://example.org/ctx.tar.gz"}}}, None,
-     "https://example.org/ctx.tar.gz", "Dockerfile", None),
+     "https://example.org/ctx.tar.gz", "Dockerfile", None, None),
+    ({"build": {"tarball": {"url": "https://example.org/ctx.tar.gz", "sha256": TARBALL_SHA}}}, None,
+     "/workspace", "/workspace/Dockerfile", "download", TARBALL_SHA),
 ])
-def test_buildah_context_sources(spec: dict[str, Any], context: dict[str, str] | None, expected_context: str,
-                                 expected_dockerfile: str, volume: str | None) -> None:
+def test_context_sources(spec: dict[str, Any], context: dict[str, str] | None, expected_context: str,
+                         expected_dockerfile: str, source: str | None, digest: str | None) -> None:
     build = build_for(spec, context)
-    pod = pod_of(buildah_job(build, 1, SETTINGS, False))
-    env = env_of(pod["initContainers"][0])
+    value = build["spec"]["hash"]
+    if digest == "plan":
+        build["spec"]["plan"]["contextDigest"] = digest = context_digest(context or {})
+    elif digest == "rendered":
+        digest = context_digest(rendered_files(EnvironmentBuildSpec.model_validate(build["spec"])))
+    pod = pod_of(buildah_job(build, 1, SETTINGS, None))
+    names = [c["name"] for c in pod["initContainers"]]
+    assert names == (["context", "build"] if digest else ["build"])
+    env = env_of(pod["initContainers"][-1])
     assert (env["ENVKILN_CONTEXT"], env["ENVKILN_DOCKERFILE"]) == (expected_context, expected_dockerfile)
     configmaps = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
-    if volume == "rendered":
-        assert configmaps == [f"envkiln-{build['spec']['hash']}-context"]
-    else:
-        assert configmaps == ([volume] if volume else [])
+    expected = {"rendered": [f"envkiln-{value}-context"], "snapshot": [f"envkiln-{value}-snapshot"]}
+    assert configmaps == expected.get(source or "", [])
+    if digest:
+        assert env_of(pod["initContainers"][0])["ENVKILN_CONTEXT_DIGEST"] == digest
+        assert ("ENVKILN_TARBALL_URL" in env_of(pod["initContainers"][0])) is (source == "download")
+    kaniko = pod_of(kaniko_job(build, 1, SETTINGS, None))
+    assert [c["name"] for c in kaniko["initContainers"]] == names
+
+
+def test_context_configmap_is_immutable_and_holds_the_plan() -> None:
+    build = build_for(PIP_ENV["spec"])
+    configmap = context_configmap(build)
+    assert configmap is not None and configmap["immutable"] is True
+    assert set(configmap["data"]) == {"Dockerfile", "requirements.txt"}
+    assert context_configmap(build_for({"build": {"git": {"url": "https://e.org/o/r.git", "ref": "v1"}}})) is None
 
 
 @pytest.mark.parametrize("make", [buildah_job, kaniko_job])
 def test_job_builders_share_the_job(make: Any) -> None:
     build = build_for(PIP_ENV["spec"])
-    job = make(build, 3, SETTINGS, False)
+    job = make(build, 3, SETTINGS, None)
     value = build["spec"]["hash"]
     assert job["metadata"]["name"] == f"envkiln-{value}-3"
     assert job["metadata"]["labels"]["envkiln.dev/attempt"] == "3"

@@ -21,7 +21,7 @@ def test_hash_works_on_every_example(capsys) -> None:  # type: ignore[no-untyped
     for row in rows:
         assert len(row["hash"]) == 32
         if row["kind"] != "BringYourOwnContainer":
-            assert row["image"] == f"localhost:5000/envkiln/env_{row['hash']}:{row['hash']}"
+            assert row["image"] == f"localhost:5000/envkiln/default/env_{row['hash']}:{row['hash']}"
 
 
 def test_hash_registry_and_template(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

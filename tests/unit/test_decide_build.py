@@ -13,11 +13,13 @@ from envkiln.decisions.build import (
     after_failure,
     after_verification,
     backoff_delay,
+    holds_slot,
     next_step,
+    refuse,
 )
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-LIMITS = Limits(max_concurrent=2, retry_limit=2, backoff_seconds=30)
+LIMITS = Limits(max_concurrent=2, max_per_namespace=1, retry_limit=2, backoff_seconds=30)
 
 # (id, status, kwargs, action, attempt, phase, retry_in, terminal)
 CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, int, str | None, float | None, bool]] = [
@@ -27,6 +29,11 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, int, str | None, flo
     ("first-attempt-under-limit", {}, {"running": 1}, "start", 1, "Building", None, False),
     ("queued-at-limit", {}, {"running": 2}, "queue", 0, "Pending", 10.0, False),
     ("queued-again", {"phase": "Pending"}, {"running": 5}, "queue", 0, "Pending", 10.0, False),
+    # Fairness: a namespace that already runs its share waits, while others may start.
+    ("queued-namespace-share-used", {}, {"running": 1, "running_in_namespace": 1}, "queue", 0, "Pending", 10.0,
+     False),
+    ("other-namespace-starts", {}, {"running": 1, "running_in_namespace": 0}, "start", 1, "Building", None, False),
+    ("local-builder-has-no-slots", {}, {"running_in_namespace": 9}, "start", 1, "Building", None, False),
     ("running", {"phase": "Building", "attempts": 1}, {"state": "Running"}, "wait", 1, None, None, False),
     ("vanished-restarts", {"phase": "Building", "attempts": 1}, {"state": "Missing"}, "start", 1, "Building",
      None, False),
@@ -99,3 +106,21 @@ def test_after_verification(found: bool, action: str, phase: str) -> None:
         assert step.terminal and step.changes["digest"] == digest and step.changes["imageRef"] == f"pull/env@{digest}"
     else:
         assert step.condition is not None and "ImageNotInRegistry" in step.condition[2]
+
+
+@pytest.mark.parametrize(("status", "holds"), [
+    ({"phase": "Building", "attempts": 1, "job": "envkiln-x-1"}, True),
+    ({"phase": "Building", "attempts": 2, "retryAfter": "t"}, False),  # waiting to retry: its Job is gone
+    ({"phase": "Building", "attempts": 1}, False),  # its Job was refused (quota, admission)
+    ({"phase": "Pending"}, False),
+    ({"phase": "Succeeded", "job": "envkiln-x-1"}, False),
+])
+def test_holds_slot(status: dict[str, Any], holds: bool) -> None:
+    assert holds_slot(status) is holds
+
+
+def test_refuse_fails_without_starting() -> None:
+    step = refuse("UntrustedBuild", "not built: it carries no envkiln signature", NOW)
+    assert (step.action, step.phase, step.terminal) == ("fail", "Failed", True)
+    assert step.condition == (False, "UntrustedBuild", "not built: it carries no envkiln signature")
+    assert step.event is not None and step.event[0] == "Warning"

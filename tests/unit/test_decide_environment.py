@@ -13,8 +13,8 @@ from helpers import CONDA_ENV, PIP_ENV, spec_of
 
 HASH = "0123456789abcdef0123456789abcdef"
 DIGEST = "sha256:" + "a" * 64
-PUSH = f"reg.svc:5000/envkiln/env_{HASH}:{HASH}"
-PULL = f"localhost:5000/envkiln/env_{HASH}:{HASH}"
+PUSH = f"reg.svc:5000/envkiln/ns/env_{HASH}:{HASH}"
+PULL = f"localhost:5000/envkiln/ns/env_{HASH}:{HASH}"
 BYO = {**PIP_ENV, "spec": {"image": "ghcr.io/org/trainer:2.1", "userManaged": True}}
 
 
@@ -26,10 +26,12 @@ def facts(**changes: Any) -> Facts:
 
 
 def build(phase: str | None, **status: Any) -> dict[str, Any]:
-    return {"metadata": {"name": f"envb-{HASH}"}, "status": {"phase": phase, **status} if phase else {}}
+    return {"metadata": {"name": f"envb-{HASH}"}, "spec": {"hash": HASH, "image": PUSH},
+            "status": {"phase": phase, **status} if phase else {}}
 
 
-SUCCEEDED = build("Succeeded", digest=DIGEST, imageRef=f"localhost:5000/envkiln/env_{HASH}@{DIGEST}")
+# status.imageRef is not signed, so it is never read: the reference comes from the signed image and digest.
+SUCCEEDED = build("Succeeded", digest=DIGEST, imageRef="evil.example/x@sha256:" + "b" * 64)
 FAILED = build("Failed", message="attempt 3 failed (BuildFailed)")
 
 # (id, facts, phase, Ready condition (status, reason), create_build, records_hash, retry_in)
@@ -44,12 +46,17 @@ CASES = [
      Phase.PENDING, (False, "RegistryUnavailable"), False, False, 15.0),
     ("context-configmap-missing", facts(missing_context="ctx"),
      Phase.PENDING, (False, "ContextNotFound"), False, False, 30.0),
-    ("cache-hit", facts(lookup=Lookup(found=True, digest=DIGEST)),
-     Phase.READY, (True, "ImageReady"), False, True, None),
-    ("image-missing-creates-build", facts(lookup=Lookup(found=False)),
+    # An image under the hash's tag is no cache hit without the operator's record: it is rebuilt.
+    ("tag-in-registry-without-record-is-rebuilt", facts(lookup=Lookup(found=True, digest=DIGEST)),
      Phase.BUILDING, (False, "Building"), True, True, None),
-    ("registry-down-no-build", facts(lookup=Lookup(unavailable="registry r unavailable: timeout")),
-     Phase.PENDING, (False, "RegistryUnavailable"), False, True, 15.0),
+    ("no-record-creates-build", facts(),
+     Phase.BUILDING, (False, "Building"), True, True, None),
+    ("registry-down-does-not-matter-for-builds", facts(lookup=Lookup(unavailable="registry r unavailable: timeout")),
+     Phase.BUILDING, (False, "Building"), True, True, None),
+    ("untrusted-succeeded-build", facts(build=SUCCEEDED, build_problem="it carries no envkiln signature"),
+     Phase.FAILED, (False, "UntrustedBuild"), False, True, None),
+    ("untrusted-running-build", facts(build=build("Building"), build_problem="its signature does not match"),
+     Phase.FAILED, (False, "UntrustedBuild"), False, True, None),
     ("adopts-running-build", facts(build=build("Building")),
      Phase.BUILDING, (False, "Building"), False, True, None),
     ("adopts-new-build", facts(build=build(None)),
@@ -77,11 +84,17 @@ def test_decide(case: str, given: Facts, phase: Phase, ready: tuple[bool, str], 
 
 
 def test_ready_outcomes_name_the_pull_registry_and_digest() -> None:
-    cache_hit = decide(facts(lookup=Lookup(found=True, digest=DIGEST)))
-    assert cache_hit.fields["imageRef"] == f"localhost:5000/envkiln/env_{HASH}@{DIGEST}"
-    assert cache_hit.fields["image"] == PULL and cache_hit.fields["cacheHit"] is True
+    built = decide(facts(build=SUCCEEDED))
+    assert built.fields["imageRef"] == f"localhost:5000/envkiln/ns/env_{HASH}@{DIGEST}"
+    assert built.fields["image"] == PULL and built.fields["cacheHit"] is True
     byo = decide(facts(spec=spec_of(BYO), lookup=Lookup(found=True, digest=DIGEST)))
     assert byo.fields["imageRef"] == f"ghcr.io/org/trainer@{DIGEST}" and byo.fields["build"] is None
+
+
+def test_untrusted_build_says_what_to_do() -> None:
+    outcome = decide(facts(build=SUCCEEDED, build_problem="it carries no envkiln signature"))
+    assert f"kubectl delete envbuild -n ns envb-{HASH}" in outcome.message
+    assert outcome.fields["imageRef"] is None and outcome.fields["imageDigest"] is None
 
 
 @pytest.mark.parametrize(("previous", "cache_hit"), [
@@ -95,19 +108,19 @@ def test_adoption_cache_hit(previous: dict[str, Any], cache_hit: bool) -> None:
     assert outcome.conditions["ImageAvailable"][1] == ("CacheHit" if cache_hit else "Built")
 
 
-def test_from_build_needs_digest_and_ref() -> None:
-    assert from_build(build("Succeeded", digest=DIGEST), PULL, "b", True) is None
+def test_from_build_needs_a_digest() -> None:
+    assert from_build(build("Succeeded"), PULL, "b", True) is None
     assert from_build(build("Pending"), PULL, "b", True) is None
 
 
-def test_other_kinds_hash_when_the_registry_is_down() -> None:
+def test_other_kinds_need_no_registry() -> None:
     conda = decide(facts(spec=spec_of(CONDA_ENV), lookup=Lookup(unavailable="down")))
-    assert conda.records_hash and conda.phase is Phase.PENDING
+    assert conda.records_hash and conda.phase is Phase.BUILDING and conda.create_build
 
 
 def test_new_status_history_and_conditions() -> None:
     env = {"metadata": {"generation": 3}, "spec": PIP_ENV["spec"], "status": {"phase": "Building"}}
-    ready = decide(facts(lookup=Lookup(found=True, digest=DIGEST)))
+    ready = decide(facts(build=SUCCEEDED))
     status = new_status(env, ready, HASH, "2026-01-01T00:00:00Z")
     assert status["phase"] == "Ready" and status["hash"] == HASH and status["shortHash"] == HASH[:12]
     assert status["observedGeneration"] == 3 and status["kind"] == "SystemManaged"

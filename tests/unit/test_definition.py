@@ -155,7 +155,9 @@ def test_hash_covers_exactly_the_fields_the_crd_freezes() -> None:
 
 def test_image_names() -> None:
     value = "0123456789abcdef0123456789abcdef"
-    assert image_name(value, "localhost:5000") == f"localhost:5000/envkiln/env_{value}:{value}"
+    assert image_name(value, "localhost:5000") == f"localhost:5000/envkiln/default/env_{value}:{value}"
+    assert image_name(value, "localhost:5000", namespace="team-a") == (
+        f"localhost:5000/envkiln/team-a/env_{value}:{value}")
     assert image_repository(value, "registry.example.com/", "{registry}/ml/envs/{hash}") == (
         f"registry.example.com/ml/envs/{value}")
     with pytest.raises(ValueError, match="must contain"):

@@ -7,12 +7,15 @@ import copy
 import pytest
 
 from envkiln.definition import definition_hash
+from envkiln.models import buildkit
 from envkiln.render import (
     CONDA_PREFIX,
     LABEL_HASH,
     VENV_PREFIX,
     NothingToBuild,
+    RenderError,
     RenderSettings,
+    check_round_trip,
     render,
 )
 from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
@@ -86,3 +89,49 @@ def test_bring_your_own_container_is_not_built() -> None:
 
 def test_different_definitions_render_differently() -> None:
     assert plan_of(PIP_ENV).dockerfile != plan_of(manifest(pip=["numpy==2.1.3"])).dockerfile
+
+
+# --- the rendered Dockerfile reads back, in BuildKit's parser, as exactly what envkiln wrote ---------
+
+@pytest.mark.parametrize("document",
+                         [PIP_ENV, CONDA_ENV, manifest(CONDA_ENV, pip=None), manifest(dockerSteps=["RUN true"])],
+                         ids=["pip", "conda", "conda-no-pip", "steps"])
+def test_rendered_dockerfile_reads_back_in_buildkit(document: dict) -> None:  # type: ignore[type-arg]
+    spec = spec_of(document)
+    instructions = buildkit.parse(plan_of(document).dockerfile)
+    keywords = [i.keyword for i in instructions]
+    assert keywords[:2] == (["FROM", "FROM"] if spec.conda else ["FROM", "LABEL"])
+    steps = [buildkit.parse(step.strip())[0].identity for step in spec.docker_steps or []]
+    first = 3 if spec.conda else 2
+    assert [i.identity for i in instructions[first:first + len(steps)]] == steps
+    assert not any(i.heredocs or i.keyword == "ONBUILD" for i in instructions)
+
+
+# Steps validation refuses; written anyway (validation bypassed), BuildKit reads something else back.
+SMUGGLED = {
+    "second-instruction": "RUN true\nFROM evil",
+    "escaped-backslash": "RUN true \\\\\nADD https://evil/x /x",
+    "trailing-backslash": "ENV A=1 \\",
+    "heredoc": "RUN cat <<EOF",
+    "comment": "# escape=`",
+    "continuation-into-comment": "RUN a \\\n# x",
+}
+
+
+@pytest.mark.parametrize("step", SMUGGLED.values(), ids=SMUGGLED.keys())
+def test_render_refuses_a_dockerfile_that_does_not_read_back(step: str) -> None:
+    spec = spec_of(PIP_ENV).model_copy(update={"docker_steps": ["ENV A=1", step]})
+    with pytest.raises(RenderError, match=r"internal error: .*nothing was built"):
+        render(spec, "0" * 32)
+
+
+def test_round_trip_check_compares_whole_instructions() -> None:
+    check_round_trip("# c\nFROM x\nRUN a \\\n b\n", ["FROM x", "RUN a \\\n b"])
+    with pytest.raises(RenderError, match="parses into 2 instructions where envkiln wrote 3"):
+        check_round_trip("FROM x\nRUN a \\\nENV B=1\n", ["FROM x", "RUN a \\", "ENV B=1"])
+    with pytest.raises(RenderError, match=r"instruction 2 that envkiln wrote .* parses into 2 instructions"):
+        check_round_trip("FROM x\nRUN a\nRUN b\n", ["FROM x", "RUN a\nRUN b"])
+    with pytest.raises(RenderError, match=r"differing from instruction 2 \('RUN b'\)"):
+        check_round_trip("FROM x\nRUN a\n", ["FROM x", "RUN b"])
+    with pytest.raises(RenderError, match="BuildKit cannot parse the rendered Dockerfile"):
+        check_round_trip("FROM x\nRUN <<EOF\n", ["FROM x"])

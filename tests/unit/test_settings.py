@@ -11,7 +11,6 @@ def test_defaults_work_for_a_local_cluster() -> None:
     settings = OperatorSettings.from_env({})
     assert settings.registry == "localhost:5000" and settings.builder == "kaniko"
     assert settings.effective_pull_registry == "localhost:5000"
-    assert settings.effective_cache_repository == "localhost:5000/envkiln/cache"
     assert settings.kaniko_image == DEFAULT_KANIKO_IMAGE and "osscontainertools" in DEFAULT_KANIKO_IMAGE
 
 

@@ -16,7 +16,7 @@ from envkiln.definition import MissingContextContent, definition_hash
 from envkiln.errors import DefinitionError
 from envkiln.manifests import parse_environment
 from envkiln.models import EnvironmentSpec, check_docker_step
-from envkiln.render import render
+from envkiln.render import RenderError, render
 from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +25,13 @@ CONTEXT: dict[str, Any] = {"apiVersion": "envkiln.dev/v1alpha1", "kind": "Enviro
 
 def _git(**fields: str) -> dict[str, Any]:
     return {**CONTEXT, "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "main", **fields}}}}
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
 
 
 def _steps(bad: str) -> dict[str, Any]:
@@ -61,6 +68,29 @@ REFUSED: list[tuple[str, Any, str]] = [
     ("pip-short-option-after-marker", manifest(pip=["foo; python_version>'3' --pre"]), "spec.pip[0]: "),
     ("pip-option-after-requirement", manifest(pip=["six==1.16.0", "foo==1 --pre"]),
      "spec.pip[1]: requirement 'foo==1 --pre' carries a pip option"),
+    ("pip-option-after-marker-no-space", manifest(pip=["foo; python_version>'3'  --index-url=http://evil"]),
+     "spec.pip[0]: requirement"),
+    # More trailing newlines and option-like values.
+    ("namespace-trailing-newline", dict(manifest(), metadata={"name": "py", "namespace": "team\n"}),
+     "metadata.namespace: 'team\\n' is not a valid namespace name"),
+    ("git-ref-trailing-newline", _git(ref="main\n"), "spec.build.git.ref: 'main\\n' is not a branch"),
+    ("git-path-trailing-newline", _git(path="sub\n"), "spec.build.git.path: 'sub\\n' is not a directory"),
+    ("git-url-trailing-newline", _git(url="https://g/r.git\n"),
+     "spec.build.git.url: url 'https://g/r.git\\n' contains"),
+    ("git-url-option", _git(url="--upload-pack=touch /tmp/x"), "spec.build.git.url: "),
+    ("dockerfile-path-dotdot", {**CONTEXT, "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "main"},
+                                                              "dockerfilePath": "../Dockerfile"}}},
+     "spec.build.dockerfilePath: '../Dockerfile' must be a relative path inside the context"),
+    ("dockerfile-path-absolute", {**CONTEXT, "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "main"},
+                                                                "dockerfilePath": "/etc/passwd"}}},
+     "spec.build.dockerfilePath: '/etc/passwd' must be a relative path"),
+    # Values of the wrong type (what a YAML scalar or a JSON client can send) name their field.
+    ("configmap-name-int", {**CONTEXT, "spec": {"build": {"configMap": {"name": 3}}}},
+     "spec.build.configMap.name: Input should be a valid string"),
+    ("name-int", dict(manifest(), metadata={"name": 3}), "metadata.name: Input should be a valid string"),
+    ("conda-deep-nesting", manifest(CONDA_ENV, conda={"dependencies": ["pip", _nested(5000)]}),
+     "spec.conda.dependencies[1]: Input should be a valid string"),
+    ("docker-step-deep-nesting", manifest(dockerSteps=[_nested(5000)]), "spec.dockerSteps[0]: Input should be"),
     ("pip-option-after-marker-in-conda",
      manifest(CONDA_ENV, conda={"dependencies": ["pip", {"pip": ["foo; os_name=='posix' -i x"]}]}),
      "spec.conda.dependencies[1].pip[0]: requirement"),
@@ -248,9 +278,14 @@ STRUCTURAL = [(c, s) for c, s, _ in REFUSED_STEPS
 
 @pytest.mark.parametrize("step", [s for _, s in STRUCTURAL], ids=[c for c, _ in STRUCTURAL])
 def test_the_reader_catches_what_the_step_check_refuses(step: str) -> None:
-    """Bypass validation: the rendered Dockerfile then no longer holds what envkiln wrote."""
+    """Bypass validation: rendering refuses (BuildKit reads back other instructions), or the rendered
+    Dockerfile holds something two parsers could read differently."""
     spec = spec_of(PIP_ENV).model_copy(update={"docker_steps": ["ENV A=1", step]})
-    plan = render(spec, "0" * 32)
+    try:
+        plan = render(spec, "0" * 32)
+    except RenderError as error:
+        assert "internal error" in str(error)
+        return
     try:
         instructions = dockerfile_instructions(plan.dockerfile)
     except AssertionError:
@@ -304,6 +339,22 @@ CLI_REFUSED: list[tuple[str, str, str]] = [
      "data key '/etc/passwd' is not a ConfigMap key"),
     ("config-map-key-dotdot-prefix", _config_map("metadata: {name: ctx}\nbinaryData: {..data: YQ==}"),
      "binaryData key '..data' is not a ConfigMap key"),
+    ("config-map-name-trailing-newline", _config_map("metadata: {name: \"ctx\\n\"}\ndata: {a: b}"),
+     "ConfigMap: metadata.name 'ctx\\n' is not a valid resource name"),
+    ("config-map-key-trailing-newline", _config_map("metadata: {name: ctx}\ndata: {\"a\\n\": b}"),
+     "data key 'a\\n' is not a ConfigMap key"),
+    ("config-map-value-null", _config_map("metadata: {name: ctx}\ndata: {Dockerfile: null}"),
+     "ConfigMap ctx: data.Dockerfile is not a string (NoneType)"),
+    ("config-map-binary-not-string", _config_map("metadata: {name: ctx}\nbinaryData: {a: 12}"),
+     "ConfigMap ctx: binaryData.a is not a string (int)"),
+    ("bad-base64-padding", _config_map("metadata: {name: ctx}\nbinaryData: {a: 'YQ'}"),
+     "ConfigMap ctx: binaryData.a is not valid base64"),
+    ("environment-name-list", "apiVersion: envkiln.dev/v1alpha1\nkind: Environment\nmetadata: {name: [x]}\n"
+     "spec: {image: python:3.11, pip: [six]}\n", "metadata.name: Input should be a valid string"),
+    ("deep-conda-mapping", "apiVersion: envkiln.dev/v1alpha1\nkind: Environment\nmetadata: {name: d}\nspec:\n"
+     "  image: python:3.11\n  conda: " + "{a: " * 200 + "1" + "}" * 200 + "\n", "nested more than 64 levels"),
+    ("duplicate-key-deep", "apiVersion: envkiln.dev/v1alpha1\nkind: Environment\nmetadata: {name: d}\nspec:\n"
+     "  image: python:3.11\n  conda: {dependencies: [pip, {pip: [six], pip: [evil]}]}\n", "found duplicate key 'pip'"),
     ("config-map-key-twice", _config_map("metadata: {name: ctx}\ndata: {a: b}\nbinaryData: {a: YQ==}"),
      "'a' is in both data and binaryData"),
     ("environment-metadata-list", "apiVersion: envkiln.dev/v1alpha1\nkind: Environment\nmetadata: [x]\n"

@@ -27,6 +27,16 @@ class AttemptResult:
     name: str | None = None  # the Job name, for kaniko
 
 
+class BuildCannotStart(Exception):
+    """The attempt cannot start (no push identity, quota, admission, context changed); `reason` is a condition
+    reason and the message says what to do."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
 class Builder(Protocol):
     name: str
 

@@ -37,6 +37,7 @@ ConditionValue = tuple[bool | None, str, str]  # the Succeeded condition: (statu
 @dataclass(frozen=True)
 class Limits:
     max_concurrent: int = 4
+    max_per_namespace: int = 2  # fairness: no namespace takes every slot
     retry_limit: int = 2  # retries after the first failed attempt
     backoff_seconds: int = 30  # the first retry's wait; doubles each time
 
@@ -58,13 +59,20 @@ def backoff_delay(attempt: int, base_seconds: int, cap_seconds: int = MAX_BACKOF
     return min(cap_seconds, base_seconds << max(0, attempt - 1))
 
 
+def holds_slot(status: dict[str, Any]) -> bool:
+    """A build holds a slot while its current attempt's Job exists: not while it waits to retry,
+    and not when its Job was refused."""
+    return status.get("phase") == BuildPhase.BUILDING.value and bool(status.get("job"))
+
+
 def next_step(status: dict[str, Any], limits: Limits, now: datetime, instance: str,
               running: int | None = None, state: str | None = None, reason: str | None = None,
-              log_tail: str | None = None) -> Step:
+              log_tail: str | None = None, running_in_namespace: int = 0, namespace: str = "") -> Step:
     """The next step of a build with `status`.
 
     Before the first attempt, `running` is how many builds run now (None: the builder has no
-    shared limit). After it, `state` (and `reason`, `log_tail` on failure) is what the builder
+    shared limit) and `running_in_namespace` how many of them in this build's namespace. After
+    it, `state` (and `reason`, `log_tail` on failure) is what the builder
     reports for the current attempt.
     """
     if status.get("phase") in TERMINAL:
@@ -76,6 +84,13 @@ def next_step(status: dict[str, Any], limits: Limits, now: datetime, instance: s
                         {"phase": BuildPhase.PENDING.value, "message": "waiting for a free build slot"},
                         (None, REASON_QUEUED, f"{limits.max_concurrent} builds are already running"),
                         retry_in=QUEUE_RETRY_SECONDS)
+        if running is not None and running_in_namespace >= limits.max_per_namespace:
+            message = (f"namespace {namespace} already runs {running_in_namespace} builds, its share "
+                       f"(ENVKILN_MAX_CONCURRENT_BUILDS_PER_NAMESPACE={limits.max_per_namespace})")
+            return Step("queue", 0, BuildPhase.PENDING.value,
+                        {"phase": BuildPhase.PENDING.value,
+                         "message": "waiting for a free build slot in the namespace"},
+                        (None, REASON_QUEUED, message), retry_in=QUEUE_RETRY_SECONDS)
         return Step("start", 1, BuildPhase.BUILDING.value,
                     {"phase": BuildPhase.BUILDING.value, "attempts": 1, "startTime": to_iso(now),
                      "builderInstance": instance, "message": "attempt 1 started"},
@@ -115,6 +130,13 @@ def after_failure(attempt: int, reason: str | None, log_tail: str | None, limits
         "phase": BuildPhase.FAILED.value, "logTail": log_tail, "completionTime": to_iso(now),
         "message": f"{summary}; no retries left", "retryAfter": None,
     }, (False, reason, f"{summary} after {attempt} attempts; see status.logTail"), event=event, terminal=True)
+
+
+def refuse(reason: str, message: str, now: datetime) -> Step:
+    """Fail a build that must not run at all (nothing was started)."""
+    return Step("fail", 0, BuildPhase.FAILED.value, {
+        "phase": BuildPhase.FAILED.value, "message": message, "completionTime": to_iso(now), "retryAfter": None,
+    }, (False, reason, message), event=("Warning", reason, message), terminal=True)
 
 
 def after_verification(attempt: int, digest: str, found: bool, image_ref: str, repository: str,

@@ -1,8 +1,10 @@
 """An Environment's outcome, from what was observed: its definition, the registry, its build.
 
 `decide(facts)` answers what the status should say and whether the EnvironmentBuild must be
-created; `from_build` is the adoption rule (an existing EnvironmentBuild for the hash, whoever
-created it, is followed, never duplicated); `new_status` turns an outcome into the full status.
+created; `from_build` is the adoption rule (the EnvironmentBuild for the hash in the namespace is
+followed, never duplicated, but only when the operator signed it: envkiln.trust); `new_status`
+turns an outcome into the full status. An image under the hash's tag in the registry is never a
+cache hit by itself: only the operator's signed record of a build is.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from envkiln.names import (
     REASON_INVALID_DEFINITION,
     REASON_READY,
     REASON_REGISTRY_UNAVAILABLE,
+    REASON_UNTRUSTED_BUILD,
     REASON_VALID,
 )
 
@@ -67,6 +70,7 @@ class Facts:
     problems: tuple[str, ...] = ()
     hash: str | None = None
     missing_context: str | None = None  # the ConfigMap build context that does not exist
+    context_digest: str | None = None  # digest of the ConfigMap context's files that were hashed
     namespace: str = ""
     push_image: str = ""  # repository:tag builds push to
     pull_image: str = ""  # the same image as kubelets pull it
@@ -74,7 +78,8 @@ class Facts:
     pull_registry: str = ""
     build_name: str = ""
     build: dict[str, Any] | None = None  # the EnvironmentBuild for the hash, when it exists
-    lookup: Lookup | None = None  # the registry's answer; None when not asked
+    build_problem: str | None = None  # why that EnvironmentBuild is not trusted (None: the operator signed it)
+    lookup: Lookup | None = None  # the registry's answer (bring-your-own images only); None when not asked
     previous_status: dict[str, Any] = field(default_factory=dict)
     retry_seconds: float = 15.0
 
@@ -113,16 +118,19 @@ def building(push_image: str, pull_image: str, build_name: str, create_build: bo
         create_build=create_build)
 
 
-def from_build(build: dict[str, Any], pull_image: str, build_name: str, cache_hit: bool) -> Outcome | None:
-    """Adoption: the outcome an existing EnvironmentBuild decides (None while it is still running).
+def from_build(build: dict[str, Any], pull_image: str, build_name: str, cache_hit: bool,
+               push_registry: str = "", pull_registry: str = "") -> Outcome | None:
+    """Adoption: the outcome a trusted EnvironmentBuild decides (None while it is still running).
 
-    Whoever created it (this Environment, another one with the same definition, another replica),
-    its result is this Environment's result: one build per hash and namespace.
+    Whoever asked for it (this Environment, another one with the same definition, another replica),
+    its result is this Environment's result: one build per hash and namespace. The reference
+    workloads run is made from the signed image and digest, never from other status fields.
     """
     status = build.get("status") or {}
     phase = status.get("phase")
-    if phase == BuildPhase.SUCCEEDED.value and status.get("digest") and status.get("imageRef"):
-        return ready(pull_image, status["digest"], status["imageRef"], cache_hit, build_name,
+    if phase == BuildPhase.SUCCEEDED.value and status.get("digest"):
+        image_ref = pull_reference(build["spec"]["image"], status["digest"], push_registry, pull_registry)
+        return ready(pull_image, status["digest"], image_ref, cache_hit, build_name,
                      f"built by EnvironmentBuild {build_name}")
     if phase == BuildPhase.FAILED.value:
         message = (f"EnvironmentBuild {build_name} failed: {status.get('message', '')}; see "
@@ -135,6 +143,17 @@ def from_build(build: dict[str, Any], pull_image: str, build_name: str, cache_hi
         }, fields={"image": pull_image, "build": build_name, "cacheHit": False},
             event=("Warning", REASON_BUILD_FAILED))
     return None
+
+
+def untrusted(build_name: str, namespace: str, problem: str, pull_image: str) -> Outcome:
+    message = (f"EnvironmentBuild {build_name} is not trusted: {problem}. envkiln never uses it; delete it "
+               f"(`kubectl delete envbuild -n {namespace} {build_name}`) and envkiln builds the image itself")
+    return Outcome(Phase.FAILED, message, {
+        CONDITION_VALID: _VALID,
+        CONDITION_IMAGE_AVAILABLE: (False, REASON_UNTRUSTED_BUILD, message),
+        CONDITION_READY: (False, REASON_UNTRUSTED_BUILD, message),
+    }, fields={"image": pull_image, "build": build_name, "cacheHit": False, "imageDigest": None, "imageRef": None},
+        event=("Warning", REASON_UNTRUSTED_BUILD))
 
 
 def decide(facts: Facts) -> Outcome:
@@ -171,16 +190,11 @@ def decide(facts: Facts) -> Outcome:
     previous = facts.previous_status
     waited = previous.get("hash") == facts.hash and previous.get("cacheHit") is False
     if facts.build is not None:  # server-side state is the truth; no registry request needed
-        adopted = from_build(facts.build, facts.pull_image, facts.build_name, cache_hit=not waited)
+        if facts.build_problem is not None:
+            return untrusted(facts.build_name, facts.namespace, facts.build_problem, facts.pull_image)
+        adopted = from_build(facts.build, facts.pull_image, facts.build_name, cache_hit=not waited,
+                             push_registry=facts.push_registry, pull_registry=facts.pull_registry)
         return adopted or building(facts.push_image, facts.pull_image, facts.build_name)
-
-    lookup = facts.lookup or Lookup(unavailable="registry not asked")
-    if lookup.unavailable is not None:
-        return registry_down(lookup.unavailable, retry)
-    if lookup.found and lookup.digest is not None:
-        reference = pull_reference(facts.push_image, lookup.digest, facts.push_registry, facts.pull_registry)
-        return ready(facts.pull_image, lookup.digest, reference, True, None,
-                     f"image {facts.push_image} already in the registry; no build needed")
     return building(facts.push_image, facts.pull_image, facts.build_name, create_build=True)
 
 

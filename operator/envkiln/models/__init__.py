@@ -6,6 +6,7 @@ snake_case; the Kubernetes field names are their camelCase aliases.
 
 - `base`: KubeModel/StatusModel (aliases, unknown fields) and ObjectMeta;
 - `lines`: validated text users write (requirements, channels, dependencies, docker steps);
+- `buildkit`: BuildKit's own Dockerfile parser, typed (how docker steps and rendered Dockerfiles split);
 - `packages`: the conda specification;
 - `context`: a build context the user brings (ConfigMap, git, tarball);
 - `environment`: the Environment spec, its kinds, the manifest;

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic.alias_generators import to_camel
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # namespaces; matched whole (re.fullmatch)
 
 
 def _camel(name: str) -> str:
@@ -56,4 +57,14 @@ class ObjectMeta(KubeModel):
                 "starting and ending with a letter or digit, at most 253 characters"
             )
         return name
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, namespace: str | None) -> str | None:
+        if namespace is not None and not DNS_LABEL.fullmatch(namespace):
+            raise ValueError(
+                f"{namespace!r} is not a valid namespace name: lowercase letters, digits and '-', starting and "
+                "ending with a letter or digit, at most 63 characters"
+            )
+        return namespace
 

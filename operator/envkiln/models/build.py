@@ -23,6 +23,9 @@ class BuildPlan(KubeModel):
     dockerfile: str = Field(description="The rendered Dockerfile (empty for user build contexts).")
     files: list[ContextFile] = Field(default_factory=list, description="Context files besides the Dockerfile.")
     context: BuildContext | None = Field(default=None, description="The user's build context, passed through.")
+    context_digest: str | None = Field(
+        default=None, description="sha256 of the ConfigMap context's files as they were hashed; the build pod "
+        "checks the files it gets against it (envkiln.definition.context_digest).")
 
 
 class BuildReason(StrEnum):
@@ -55,6 +58,8 @@ class EnvironmentBuildStatus(StatusModel):
     completion_time: str | None = None
     digest: str | None = None
     image_ref: str | None = None
+    record_signature: str | None = Field(
+        default=None, description="The operator's signature over namespace, name, hash, image and digest.")
     log_tail: str | None = None
     message: str | None = None
     conditions: list[Condition] | None = None

@@ -6,10 +6,13 @@ cost budget.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated
 
 from pydantic import AfterValidator, StringConstraints
+
+from envkiln.models import buildkit
 
 MAX_LINE = 1024
 MAX_PACKAGES = 500
@@ -125,17 +128,57 @@ def _control_characters(text: str) -> list[str]:
     return sorted({repr(ch) for ch in text if (ord(ch) < 0x20 and ch not in "\t\n") or ord(ch) == 0x7F})
 
 
-def check_docker_step(step: str) -> str:
-    """One Dockerfile instruction that every Dockerfile parser reads the same way.
+_HEREDOC = (
+    "the step contains '<<', which starts a heredoc: BuildKit reads '<<WORD' as a body made of the following "
+    "lines of the Dockerfile (and parsers differ on other uses of '<<', so none is allowed on a RUN line); "
+    "write the command without '<<' (e.g. printf '...' > file)"
+)
+# What a step is parsed between, to see that it leaves the lines envkiln writes after it alone.
+_BEFORE = "FROM scratch"
+_AFTER = "ENV ENVKILN_NEXT_LINE=1"
 
-    The step is written into the rendered Dockerfile (stripped), so it must not be able to end
-    its line early or to swallow the lines envkiln writes after it. Allowed: one line, or lines
-    joined by a single trailing backslash, the continuation all parsers agree on. Refused:
-    every other line-break or control character (non-ASCII ones such as U+2028 included), a
-    backslash at the very end (it would continue into envkiln's next line), a line ending in
-    an escaped backslash (parsers disagree on it), empty or comment continuation lines
-    (BuildKit drops them and keeps continuing), comments and parser directives, heredocs (`<<`
-    on a RUN line reads the following lines), and instructions outside the allow-list.
+
+@functools.cache
+def _context_identities() -> tuple[tuple[object, ...], tuple[object, ...]]:
+    before, after = (buildkit.parse(line)[0].identity for line in (_BEFORE, _AFTER))
+    return before, after
+
+
+def _parse_step(text: str) -> buildkit.Instruction:
+    """The one instruction BuildKit reads in the step, or ValueError saying why there is not one."""
+    try:
+        instructions = buildkit.parse(text)
+    except buildkit.DockerfileSyntaxError as error:
+        if "heredoc" in str(error):
+            raise ValueError(_HEREDOC) from None
+        raise ValueError(f"BuildKit's Dockerfile parser cannot read the step: {error}") from None
+    if not instructions:
+        raise ValueError("the step holds no Dockerfile instruction; remove it")
+    if len(instructions) > 1:
+        first, second = instructions[0], instructions[1]
+        raise ValueError(
+            f"the step holds {len(instructions)} instructions: line {first.end_line} does not end with '\\' "
+            "(a single one: an escaped '\\\\' does not continue the line), so BuildKit reads line "
+            f"{second.start_line} as another instruction ({second.keyword or repr(second.original)}); "
+            "give one instruction per entry"
+        )
+    return instructions[0]
+
+
+def check_docker_step(step: str) -> str:
+    """One allowed Dockerfile instruction, as BuildKit (which Kaniko vendors) splits Dockerfiles.
+
+    The step is written into the rendered Dockerfile (stripped), so it must be exactly one
+    instruction and must not change how the lines envkiln writes after it are read. BuildKit's
+    own parser decides what the step is (envkiln.models.buildkit): refused are text that parses
+    into no or several instructions, instructions outside the allow-list (FROM, COPY, ADD,
+    ONBUILD, ...), options on RUN (--mount, --network, --security), heredocs, and a step that,
+    parsed between two other lines, does not leave them as they were.
+
+    Before and after the parse, cheap checks refuse what Dockerfile parsers (other versions,
+    other builders) could read differently: control characters other than the line feed and
+    tab, non-ASCII text (U+2028 and friends), comments and parser directives, continuation lines
+    that are empty or end in an escaped backslash, a trailing backslash, and '<<' on a RUN line.
     """
     if not step.strip():
         raise ValueError("the step is empty; remove it")
@@ -150,42 +193,61 @@ def check_docker_step(step: str) -> str:
     text = step.strip()
     lines = text.split("\n")
     for number, line in enumerate(lines, start=1):
-        content = line.strip()
+        if line.strip().startswith("#"):
+            raise ValueError(
+                f"line {number} of the step is a comment or parser directive; Dockerfile parsers drop such "
+                "lines inside an instruction (and read them as directives at the top), so docker steps cannot "
+                "hold comments"
+            )
+    instruction = _parse_step(text)
+    keyword = instruction.keyword
+    if keyword in _REFUSED_INSTRUCTIONS:
+        raise ValueError(
+            f"{keyword} is not allowed in docker steps ({_REFUSED_INSTRUCTIONS[keyword]}); "
+            "use spec.build with your own Dockerfile instead"
+        )
+    written = text.split(None, 1)[0].upper()
+    if keyword not in _STEP_INSTRUCTIONS or written != keyword:
+        raise ValueError(
+            f"the step starts with {written!r}, which is not a Dockerfile instruction envkiln allows; "
+            "expected one of " + ", ".join(sorted(_STEP_INSTRUCTIONS))
+        )
+    if instruction.heredocs or (keyword == "RUN" and "<<" in text):
+        # BuildKit reads `<<EOF` as a heredoc; parsers differ on other uses of '<<', so none is allowed.
+        raise ValueError(_HEREDOC)
+    if keyword == "RUN" and instruction.flags:
+        raise ValueError(
+            f"the step gives RUN the options {' '.join(instruction.flags)}; RUN options (--mount, --network, "
+            "--security) reach outside the image (other images, shared caches, secrets, the host network) "
+            "and are not allowed in docker steps"
+        )
+    if text.endswith("\\"):
+        raise ValueError(
+            "the step ends with '\\', which would continue it into the next line of the Dockerfile; "
+            "remove the trailing backslash"
+        )
+    for number, line in enumerate(lines, start=1):
         if number < len(lines):
             continued = _CONTINUED.match(line)
             if continued is None:
                 raise ValueError(
-                    f"the step spans several lines, but line {number} does not end with '\\' (a single one: an "
-                    "escaped '\\\\' does not continue the line); give one instruction per entry"
+                    f"line {number} of the step does not end with a single '\\' (an escaped '\\\\' does not "
+                    "continue the line in BuildKit, but does in other parsers); give one instruction per entry"
                 )
             content = (continued.group("content") or "").strip()
-        elif line.endswith("\\"):
-            raise ValueError(
-                "the step ends with '\\', which would continue it into the next line of the Dockerfile; "
-                "remove the trailing backslash"
-            )
+        else:
+            content = line.strip()
         if number > 1 and not content:
             raise ValueError(f"line {number} of the step is empty; remove the empty continuation line")
-        if content.startswith("#"):
-            raise ValueError(
-                f"line {number} of the step is a comment or parser directive; Dockerfile parsers drop such "
-                "lines inside an instruction, so docker steps cannot hold comments"
-            )
-    instruction = text.split(None, 1)[0].upper()
-    if instruction in _REFUSED_INSTRUCTIONS:
+    before, after = _context_identities()
+    try:
+        in_context = [i.identity for i in buildkit.parse(f"{_BEFORE}\n{text}\n{_AFTER}\n")]
+    except buildkit.DockerfileSyntaxError:
+        in_context = []
+    if in_context != [before, instruction.identity, after]:
         raise ValueError(
-            f"{instruction} is not allowed in docker steps ({_REFUSED_INSTRUCTIONS[instruction]}); "
-            "use spec.build with your own Dockerfile instead"
-        )
-    if instruction not in _STEP_INSTRUCTIONS:
-        raise ValueError(
-            f"the step starts with {instruction!r}, which is not a Dockerfile instruction envkiln allows; "
-            "expected one of " + ", ".join(sorted(_STEP_INSTRUCTIONS))
-        )
-    if instruction == "RUN" and "<<" in text:
-        raise ValueError(
-            "the step contains '<<', which starts a heredoc that would read the following lines of the "
-            "Dockerfile; write the command without '<<' (e.g. printf '...' > file)"
+            "the step changes how the Dockerfile lines after it are read (BuildKit reads it differently "
+            "between two other lines); write it as one self-contained instruction"
         )
     return step
 

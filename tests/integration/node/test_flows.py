@@ -7,7 +7,6 @@ containerd do."""
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,21 +18,10 @@ from kubernetes import client
 from harness.ports import free_port
 from harness.pypi import PackageIndex
 from harness.webhook import webhook_configuration
-from node_helpers import PROBE, PROBE_VERSION, index_steps
+from node_helpers import PROBE, PROBE_VERSION, index_steps, registry_digest
 from operator_helpers import Envs, environment, wait_for
 
-MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
 PRINT_PROBE = ["python", "-c", "import envkiln_probe; print('probe', envkiln_probe.VERSION)"]
-
-
-def registry_digest(image: str) -> str:
-    """The registry's own Docker-Content-Digest for repository:tag."""
-    name, tag = image.rsplit(":", 1)
-    host, repository = name.split("/", 1)
-    request = urllib.request.Request(f"http://{host}/v2/{repository}/manifests/{tag}", method="HEAD",
-                                     headers={"Accept": MANIFEST_ACCEPT})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return str(response.headers["Docker-Content-Digest"])
 
 
 def probe_spec(base: str, index: PackageIndex, *extra_steps: str, pip: list[str] | None = None) -> dict[str, Any]:
@@ -94,8 +82,9 @@ def test_environment_builds_in_a_real_build_job(node_api: client.ApiClient, node
     assert job.status.succeeded == 1, "the Job controller saw the build pod succeed"
     [pod] = envs.core.list_namespaced_pod(node_namespace, label_selector=f"job-name={job.metadata.name}").items
     assert pod.spec.node_name and pod.status.phase == "Succeeded"
-    build_status = pod.status.init_container_statuses[0]
-    assert build_status.name == "build" and build_status.state.terminated.exit_code == 0
+    statuses = {s.name: s for s in pod.status.init_container_statuses}
+    assert list(statuses) == ["context", "build"], "the context is checked before the build"
+    assert all(s.state.terminated.exit_code == 0 for s in statuses.values())
     assert probe_index.requested(PROBE, files=True), "the build installed the probe from the local index"
 
 
@@ -170,7 +159,7 @@ def test_deleted_build_pod_is_retried_within_the_budget(node_api: client.ApiClie
 
     def running_build_pod() -> client.V1Pod | None:
         for pod in envs.core.list_namespaced_pod(node_namespace, label_selector="envkiln.dev/attempt=1").items:
-            statuses = pod.status.init_container_statuses or []
+            statuses = [s for s in pod.status.init_container_statuses or [] if s.name == "build"]
             if statuses and statuses[0].state and statuses[0].state.running:
                 return pod
         return None

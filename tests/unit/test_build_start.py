@@ -1,0 +1,126 @@
+"""What a Job builder decides before a build pod exists: whose push identity it gets, and whether
+the ConfigMap context still holds the bytes that were hashed. A stand-in for the three reads the
+decisions need (the Kube wrapper itself is tested against the real API server)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from envkiln.builders import BuildCannotStart
+from envkiln.builders.jobs import JobBuilder
+from envkiln.definition import context_digest, definition_hash
+from envkiln.models import EnvironmentBuildSpec
+from envkiln.render import render
+from envkiln.settings import OperatorSettings
+from helpers import PIP_ENV, spec_of
+
+OPERATOR = {".dockerconfigjson": "b3BlcmF0b3I="}
+TEAM = {".dockerconfigjson": "dGVhbQ=="}
+
+
+class Reads:
+    """read_secret / read_configmap / create_or_get_configmap over a dict of objects."""
+
+    def __init__(self, objects: dict[tuple[str, str], Any]):
+        self.objects = objects
+        self.created: list[dict[str, Any]] = []
+
+    def read_secret(self, namespace: str, name: str) -> Any:
+        return self.objects.get((namespace, name))
+
+    def read_configmap(self, namespace: str, name: str) -> Any:
+        return self.objects.get((namespace, name))
+
+    def create_or_get_configmap(self, namespace: str, body: dict[str, Any]) -> Any:
+        self.created.append(body)
+        return body
+
+
+def builder(objects: dict[tuple[str, str], Any], operator_credential: dict[str, str] | None,
+            **settings: Any) -> JobBuilder:
+    return JobBuilder(Reads(objects), OperatorSettings(operator_namespace="ops", curated_namespace="curated",
+                                                       **settings), operator_credential)  # type: ignore[arg-type]
+
+
+TEAM_SECRET = {("ops", "envkiln-push-team"): SimpleNamespace(data=TEAM)}
+
+# (id, objects, operator credential, settings, namespace, expected data or the refusal's reason)
+CASES: list[tuple[str, dict[Any, Any], dict[str, str] | None, dict[str, Any], str, Any]] = [
+    ("own-identity", TEAM_SECRET, OPERATOR, {}, "team", TEAM),
+    ("own-identity-without-operator-credential", TEAM_SECRET, None, {}, "team", TEAM),
+    ("curated-uses-the-operators", TEAM_SECRET, OPERATOR, {}, "curated", OPERATOR),
+    ("none-configured-anywhere", {}, None, {}, "team", None),
+    ("missing-identity-is-refused", {}, OPERATOR, {}, "team", "NoPushIdentity"),
+    ("shared-when-allowed", {}, OPERATOR, {"shared_push_credential": True}, "team", OPERATOR),
+    ("template", {("ops", "push-team"): SimpleNamespace(data=TEAM)}, OPERATOR,
+     {"push_secret_template": "push-{namespace}"}, "team", TEAM),
+    ("secret-without-key-is-refused", {("ops", "envkiln-push-team"): SimpleNamespace(data={"x": "y"})}, OPERATOR,
+     {}, "team", "NoPushIdentity"),
+]
+
+
+@pytest.mark.parametrize(("case", "objects", "credential", "settings", "namespace", "expected"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_push_identity(case: str, objects: dict[Any, Any], credential: dict[str, str] | None,
+                       settings: dict[str, Any], namespace: str, expected: Any) -> None:
+    job_builder = builder(objects, credential, **settings)
+    if isinstance(expected, str):
+        with pytest.raises(BuildCannotStart) as refused:
+            job_builder.push_identity(namespace)
+        assert refused.value.reason == expected
+        assert f"ops/envkiln-push-{namespace}" in refused.value.message and "ENVKILN_SHARED_PUSH_CREDENTIAL" in (
+            refused.value.message)
+    else:
+        assert job_builder.push_identity(namespace) == expected
+
+
+CONTENT = {"Dockerfile": "FROM python:3.11\nCOPY a /a\n", "a": "hello\n"}
+SPEC = {"build": {"configMap": {"name": "ctx"}}}
+
+
+def configmap_build() -> dict[str, Any]:
+    doc = {**PIP_ENV, "spec": SPEC}
+    value = definition_hash(spec_of(doc), CONTENT)
+    plan = render(spec_of(doc), value).model_copy(update={"context_digest": context_digest(CONTENT)})
+    spec = EnvironmentBuildSpec(hash=value, image=f"r/envkiln/team/env_{value}:{value}", plan=plan)
+    return {"metadata": {"name": f"envb-{value}", "namespace": "team", "uid": "u"}, "spec": spec.to_kube()}
+
+
+def cm(data: dict[str, str], immutable: bool | None = None) -> SimpleNamespace:
+    return SimpleNamespace(data=data, binary_data=None, immutable=immutable)
+
+
+@pytest.mark.parametrize(("case", "user", "snapshot", "expected"), [
+    ("unchanged-is-snapshotted", CONTENT, None, "created"),
+    ("changed-after-hashing", {**CONTENT, "a": "evil\n"}, None, "ContextChanged"),
+    ("deleted-after-hashing", None, None, "ContextChanged"),
+    ("snapshot-already-made", {"Dockerfile": "changed later"}, cm(CONTENT, True), "nothing"),
+    ("planted-snapshot", CONTENT, cm({"Dockerfile": "FROM evil"}, True), "ContextChanged"),
+    ("mutable-snapshot", CONTENT, cm(CONTENT, None), "ContextChanged"),
+])
+def test_configmap_context_snapshot(case: str, user: dict[str, str] | None, snapshot: Any, expected: str) -> None:
+    build = configmap_build()
+    value = build["spec"]["hash"]
+    objects: dict[tuple[str, str], Any] = {}
+    if user is not None:
+        objects[("team", "ctx")] = cm(user)
+    if snapshot is not None:
+        objects[("team", f"envkiln-{value}-snapshot")] = snapshot
+    job_builder = builder(objects, None)
+    spec = EnvironmentBuildSpec.model_validate(build["spec"])
+    if expected == "ContextChanged":
+        with pytest.raises(BuildCannotStart) as refused:
+            job_builder._snapshot_context(build, spec)
+        assert refused.value.reason == "ContextChanged"
+        return
+    job_builder._snapshot_context(build, spec)
+    created = job_builder.kube.created  # type: ignore[attr-defined]
+    if expected == "nothing":
+        assert created == []
+    else:
+        [body] = created
+        assert body["metadata"]["name"] == f"envkiln-{value}-snapshot" and body["immutable"] is True
+        assert body["data"] == CONTENT and body["metadata"]["ownerReferences"][0]["uid"] == "u"
