@@ -15,8 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
-from pathlib import Path
+import ssl
 from typing import Any
 
 import kopf
@@ -38,8 +37,8 @@ from envkiln.names import (
     VERSION,
 )
 from envkiln.settings import OperatorSettings
-from envkiln.webhook import admit_pod, release_pods
-from envkiln.webhookcert import ensure_certificate, patch_ca_bundle
+from envkiln.webhook import admit_pod, release_pods, scoped_to_request_namespace
+from envkiln.webhookcert import WebhookTLS
 from envkiln.workloads import WorkloadError
 
 log = logging.getLogger("envkiln")
@@ -122,24 +121,24 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     ctx.environments_by_hash = lambda namespace, value: list(index.get((namespace, value), []))
     memo.ctx = ctx
     if options.webhook_enabled:
-        settings.admission.server = _webhook_server(ctx)
+        server = _webhook_server(ctx)
+        # Every review passes envkiln's check first: the namespace is the request's own.
+        settings.admission.server = lambda fn: server(scoped_to_request_namespace(fn))
     logger.info("envkiln operator %s: builder=%s registry=%s pull=%s", ctx.instance_id[:8], options.builder,
                 options.registry, options.effective_pull_registry)
 
 
 def _webhook_server(ctx: OperatorContext) -> kopf.WebhookServer:
+    """Kopf's server with the certificate envkiln keeps (and renews) in Secrets (WebhookTLS; Kopf
+    reloads the file when it changes). With a client CA configured, only callers presenting a
+    certificate from it (the API server) complete the TLS handshake."""
     options = ctx.settings
-    certificate = ensure_certificate(ctx.kube, options.operator_namespace, options.webhook_cert_secret,
-                                     options.effective_webhook_hosts())
-    directory = Path(tempfile.mkdtemp(prefix="envkiln-webhook-"))
-    (directory / "tls.crt").write_bytes(certificate.cert_pem)
-    (directory / "tls.key").write_bytes(certificate.key_pem)
-    (directory / "tls.key").chmod(0o600)
-    if options.webhook_configuration:
-        patch_ca_bundle(ctx.kube, options.webhook_configuration, certificate.ca_pem)
+    tls = WebhookTLS(ctx.kube, options).start()
+    client_ca = options.webhook_client_ca_file
     return kopf.WebhookServer(addr=options.webhook_listen_address, port=options.webhook_port,
-                              certfile=str(directory / "tls.crt"), pkeyfile=str(directory / "tls.key"),
-                              cadata=certificate.ca_pem, host=options.effective_webhook_hosts()[0])
+                              certfile=str(tls.pem_file), pkeyfile=str(tls.pem_file), cadata=tls.ca_bundle,
+                              host=options.effective_webhook_hosts()[0],
+                              verify_mode=ssl.CERT_REQUIRED if client_ca else None, verify_cafile=client_ca)
 
 
 def shutdown(memo: kopf.Memo, **_: Any) -> None:

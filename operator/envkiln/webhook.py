@@ -6,24 +6,55 @@ The reads and writes are here; what to do is decided in envkiln.decisions.admiss
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from envkiln.conditions import now_iso
 from envkiln.context import OperatorContext
-from envkiln.decisions.admission import admit, condition_patch, release
+from envkiln.decisions.admission import admit, condition_patch, refusal, release, scoped_review
 from envkiln.kube import ApiError
 from envkiln.names import ENVIRONMENTS, LABEL_ENVIRONMENT
-from envkiln.workloads import EnvironmentRequest, WorkloadError, anonymous_environment, parse_request
+from envkiln.workloads import (
+    EnvironmentRequest,
+    WorkloadError,
+    anonymous_environment,
+    anonymous_mismatch,
+    parse_request,
+)
 
 log = logging.getLogger(__name__)
+# The admission function of the webhook server (Kopf's): an AdmissionReview in, a response out.
+AdmissionFn = Callable[..., Awaitable[Any]]
+
+
+def scoped_to_request_namespace(fn: AdmissionFn) -> AdmissionFn:
+    """`fn` behind a check of each AdmissionReview: the namespace is the request's own
+    (`request.namespace`, from the URL the API server was called with), the objects are given that
+    namespace before `fn` sees them, and a review whose object names another namespace (or that
+    names none) is refused without reaching `fn`."""
+
+    async def checked(review: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            scoped = scoped_review(review)
+        except WorkloadError as error:
+            log.warning("admission request refused: %s", error)
+            return refusal(review, str(error))
+        return await fn(scoped, *args, **kwargs)
+
+    return checked
 
 
 def admit_pod(ctx: OperatorContext, pod: dict[str, Any], namespace: str, dry_run: bool) -> dict[str, Any]:
     """The changes to make to a new pod: {'metadata': {...}, 'spec': {...}} pieces to patch.
 
-    Raises WorkloadError (the pod is refused with its message).
+    `namespace` is the admission request's (see scoped_to_request_namespace); a pod whose own
+    metadata says another one is refused. Raises WorkloadError (the pod is refused with its message).
     """
     metadata = pod.get("metadata") or {}
+    written = metadata.get("namespace")
+    if written not in (None, "", namespace):
+        raise WorkloadError(f"the pod says namespace {written!r} but the request is for namespace {namespace!r}; "
+                            "refused")
     request = parse_request(dict(metadata.get("labels") or {}), dict(metadata.get("annotations") or {}))
     environment, name = _environment_for(ctx, request, namespace, dry_run)
     return admit(pod, environment, name, request)
@@ -35,12 +66,14 @@ def _environment_for(ctx: OperatorContext, request: EnvironmentRequest, namespac
         body = anonymous_environment(request.inline_spec, namespace)
         name = body["metadata"]["name"]
         existing = ctx.kube.get(ENVIRONMENTS, namespace, name)
-        if existing is not None:
-            return existing, name
-        if dry_run:
+        if existing is None and dry_run:
             return body, name
-        created, _ = ctx.kube.create_or_get(ENVIRONMENTS, namespace, body)
-        return created, name
+        if existing is None:
+            existing, _ = ctx.kube.create_or_get(ENVIRONMENTS, namespace, body)
+        problem = anonymous_mismatch(existing, body)
+        if problem is not None:
+            raise WorkloadError(problem)
+        return existing, name
     assert request.name is not None
     environment = ctx.kube.get(ENVIRONMENTS, namespace, request.name)
     if environment is None:

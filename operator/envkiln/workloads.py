@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from envkiln.definition import definition_hash
 from envkiln.errors import describe
-from envkiln.models import EnvironmentSpec
+from envkiln.models import EnvironmentSpec, StrictLoader
 from envkiln.names import (
     ANNOTATION_CONTAINER,
     ANNOTATION_ENVIRONMENT,
@@ -49,7 +49,10 @@ __all__ = ["ANNOTATION", "ANONYMOUS_LABEL", "CONTAINER_ANNOTATION", "GATE", "INL
            "SPEC_ANNOTATION", "VERSION_ANNOTATION", "EnvironmentRequest", "WorkloadError", "anonymous_environment",
            "anonymous_name", "container_index", "image_for_version", "parse_inline_spec", "parse_request",
            "with_environment_variables"]
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+# Matched whole (re.fullmatch): `$` would also match before a trailing line feed.
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_MAX_NAME = 253
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # models' VERSION_PATTERN
 
 
 class WorkloadError(ValueError):
@@ -72,8 +75,12 @@ def parse_request(labels: dict[str, str], annotations: dict[str, str]) -> Enviro
         return EnvironmentRequest(None, None, container, parse_inline_spec(annotations.get(SPEC_ANNOTATION, "")))
     name, _, written = reference.partition(":")
     version = written or annotations.get(VERSION_ANNOTATION) or None
-    if not name or not _NAME.match(name):
+    if not name or len(name) > _MAX_NAME or not _NAME.fullmatch(name):
         raise WorkloadError(f"{ANNOTATION}: {reference!r} is not an Environment name (optionally name:version)")
+    if version is not None and not _VERSION.fullmatch(version):
+        source = ANNOTATION if written else VERSION_ANNOTATION
+        raise WorkloadError(f"{source}: version {version!r} is not a version label (letters, digits, '.', '_', "
+                            "'-', at most 63 characters)")
     return EnvironmentRequest(name, version, container)
 
 
@@ -81,8 +88,10 @@ def parse_inline_spec(text: str) -> EnvironmentSpec:
     if not text.strip():
         raise WorkloadError(f"annotation {SPEC_ANNOTATION} is empty; put the environment spec there (YAML or JSON)")
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
+        # StrictLoader (a SafeLoader) refuses duplicate keys and absurd nesting, as for manifests.
+        # ValueError: a scalar that resolves to a type but cannot be built, e.g. the date 2024-13-01.
+        document = yaml.load(text, Loader=StrictLoader)
+    except (yaml.YAMLError, ValueError, OverflowError) as error:
         raise WorkloadError(f"annotation {SPEC_ANNOTATION} is not valid YAML/JSON: {error}") from None
     if not isinstance(document, dict):
         raise WorkloadError(f"annotation {SPEC_ANNOTATION} must be a mapping (an Environment spec)")
@@ -108,6 +117,23 @@ def anonymous_environment(spec: EnvironmentSpec, namespace: str) -> dict[str, An
                      "labels": {ANONYMOUS_LABEL: "true", LABEL_HASH: value}},
         "spec": spec.to_kube(),
     }
+
+
+def anonymous_mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """Why an existing anonymous Environment cannot stand for the inline spec (None: it can).
+
+    Its name follows from the hash of the inline spec, so anyone who can create Environments can
+    create it first with another spec; pods must never get that one's image."""
+    try:
+        spec = EnvironmentSpec.model_validate(existing.get("spec") or {}).to_kube()
+    except ValueError:
+        spec = None
+    if spec == wanted["spec"]:
+        return None
+    name = wanted["metadata"]["name"]
+    return (f"Environment {name} exists but its spec is not the pod's inline spec (it was changed, or created "
+            f"by someone else); delete it (kubectl delete environment -n {wanted['metadata']['namespace']} {name}) "
+            "and envkiln recreates it from the inline spec")
 
 
 def image_for_version(environment: dict[str, Any], version: str | None) -> str | None:

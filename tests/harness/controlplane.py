@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -34,14 +35,18 @@ class ControlPlane:
     """A real API server backed by a real etcd. Use as a context manager."""
 
     def __init__(self, workdir: Path | None = None, bin_dir: Path | None = None, address: str = "127.0.0.1",
-                 service_cidr: str = "10.0.0.0/24", node_mode: bool = False):
+                 service_cidr: str = "10.0.0.0/24", node_mode: bool = False,
+                 extra_apiserver_args: Sequence[str] = ()):
         """`address`: where the API server binds and what it advertises (in its serving cert too).
         `node_mode`: a controller-manager and kubelet run with it (ServiceAccount admission on, the
         `kubernetes` Service gets endpoints, logs/exec reach the kubelet by InternalIP, webhooks
-        are called at endpoint IPs)."""
+        are called at endpoint IPs).
+        `extra_apiserver_args`: more kube-apiserver flags, after the harness's own (e.g.
+        `--admission-control-config-file=...`); they apply on every (re)start."""
         self.address = address
         self.service_cidr = service_cidr
         self.node_mode = node_mode
+        self.extra_apiserver_args = list(extra_apiserver_args)
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="envkiln-cp-", dir=_fast_tmp()))
         self.bin_dir = bin_dir
@@ -100,6 +105,7 @@ class ControlPlane:
             f"--service-account-key-file={certs.service_account_pub}",
             f"--service-account-signing-key-file={certs.service_account_key}",
             "--v=1",
+            *self.extra_apiserver_args,
         ], self.workdir / "kube-apiserver.log").start()
         context = ssl.create_default_context(cafile=str(certs.ca_cert))
         context.load_cert_chain(str(certs.admin_cert), str(certs.admin_key))

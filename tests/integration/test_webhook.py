@@ -3,19 +3,32 @@ admission webhook on 127.0.0.1: image digests, variables, scheduling gates, anon
 
 from __future__ import annotations
 
+import base64
+import datetime
+import http.client
 import json
+import socket
+import ssl
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from cryptography import x509
+from kubernetes import client, config
 
+from envkiln import webhookcert
+from envkiln.kube import Kube
 from harness.buildah import base_image_archive, push_archive
-from harness.controlplane import ControlPlane
+from harness.certs import make_ca, sign
+from harness.controlplane import ControlPlane, install_crds
+from harness.operator import OperatorProcess
 from harness.ports import free_port
 from harness.registry import Registry
-from harness.webhook import webhook_configuration
+from harness.webhook import admission_control_config, webhook_configuration
 from operator_helpers import Envs, environment, finish_job, hash_of, image_for, play_kaniko_pod, wait_for
 
 GATE = "envkiln.dev/environment"
@@ -89,14 +102,26 @@ def training_job(name: str, env_ref: str) -> dict[str, Any]:
                     {"name": "trainer", "image": "placeholder", "command": ["python", "train.py"]}]}}}}
 
 
+def build_ready(api: client.ApiClient, namespace: str, registry: Registry, operator: Any, name: str,
+                spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(status, digest): the Environment created and built, the Kaniko part played (a cache hit
+    needs the operator's own signed record, which only its build writes while it runs)."""
+    envs = Envs(api, namespace)
+    envs.create(environment(name, **spec))
+    value = hash_of(spec)
+    job = wait_for(lambda: [j for j in envs.jobs() if value in j.metadata.name], what="the Kaniko Job",
+                   diagnostics=operator.log)[0]
+    digest = push_archive(base_image_archive(), image_for(spec, registry.host, namespace))
+    play_kaniko_pod(api, namespace, job, 0, digest)
+    finish_job(api, namespace, job, succeeded=True)
+    return envs.wait_phase(name, "Ready", diagnostics=operator.log), digest
+
+
 def test_job_on_a_ready_environment_runs_its_digest(api_client: client.ApiClient, namespace: str,
                                                     registry: Registry, webhook_operator: Any) -> None:
-    envs = Envs(api_client, namespace)
     spec = {"image": "python:3.11-slim", "pip": ["webhook-ready==1.0"],
             "environmentVariables": {"OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": "http://mlflow:5000"}}
-    push_archive(base_image_archive(), image_for(spec, registry.host))
-    envs.create(environment("pytorch-cpu", **spec))
-    status = envs.wait_phase("pytorch-cpu", "Ready", diagnostics=webhook_operator.log)
+    status, _ = build_ready(api_client, namespace, registry, webhook_operator, "pytorch-cpu", spec)
     created = pod_from_job(api_client, namespace, training_job("train", "pytorch-cpu"))
     sidecar, trainer = created.spec.containers
     assert trainer.image == status["imageRef"] and "@sha256:" in trainer.image
@@ -118,7 +143,7 @@ def test_pod_waits_behind_a_gate_until_the_build_finishes(api_client: client.Api
     assert created.spec.containers[0].image == "placeholder"
     assert {e.name: e.value for e in created.spec.containers[0].env} == {"OMP_NUM_THREADS": "8", "A": "1"}
     job = wait_for(envs.jobs, what="the Kaniko Job", diagnostics=webhook_operator.log)[0]
-    digest = push_archive(base_image_archive(), image_for(spec, registry.host))
+    digest = push_archive(base_image_archive(), image_for(spec, registry.host, namespace))
     play_kaniko_pod(api_client, namespace, job, 0, digest)
     finish_job(api_client, namespace, job, succeeded=True)
     status = envs.wait_phase("slow", "Ready", diagnostics=webhook_operator.log)
@@ -178,9 +203,7 @@ def test_version_from_history(api_client: client.ApiClient, namespace: str, regi
                               webhook_operator: Any) -> None:
     envs = Envs(api_client, namespace)
     v1 = {"image": "python:3.11-slim", "pip": ["webhook-history==1.0"]}
-    digest1 = push_archive(base_image_archive(), image_for(v1, registry.host))
-    envs.create(environment("hist", **v1))
-    envs.wait_phase("hist", "Ready", diagnostics=webhook_operator.log)
+    _, digest1 = build_ready(api_client, namespace, registry, webhook_operator, "hist", v1)
     envs.custom.patch_namespaced_custom_object("envkiln.dev", "v1alpha1", namespace, "environments", "hist",
                                                {"spec": {"version": "2", "pip": ["webhook-history==2.0"]}})
     wait_for(lambda: envs.status("hist").get("observedGeneration") == 2, what="version 2 seen")
@@ -213,6 +236,23 @@ def test_same_inline_spec_gives_one_anonymous_environment_and_one_build(
     wait_for(lambda: len(envs.jobs()) == 1, what="one Job", diagnostics=webhook_operator.log)
 
 
+def test_a_pre_created_anonymous_environment_with_another_spec_is_refused(
+        api_client: client.ApiClient, namespace: str, webhook_operator: Any) -> None:
+    """The anonymous Environment's name follows from the inline spec's hash, so a tenant can create it
+    first with another spec; the webhook refuses to hand its image to the pod."""
+    envs = Envs(api_client, namespace)
+    spec = {"image": "python:3.11-slim", "pip": ["anonymous-victim==1.0"]}
+    name = f"anonymous-{hash_of(spec)}"
+    envs.create({**environment(name, image="python:3.11-slim", pip=["anonymous-evil==6.6.6"]),
+                 "metadata": {"name": name, "labels": {"envkiln.dev/anonymous": "true"}}})
+    with pytest.raises(client.ApiException) as error:
+        client.CoreV1Api(api_client).create_namespaced_pod(
+            namespace, pod("victim", "inline", {"envkiln.dev/environment-spec": yaml.safe_dump(spec)}))
+    assert error.value.status == 400
+    message = json.loads(error.value.body)["message"]
+    assert f"Environment {name} exists but its spec is not the pod's inline spec" in message, message
+
+
 def test_cli_image_and_list(api_client: client.ApiClient, namespace: str, registry: Registry,
                             webhook_operator: Any, kubeconfig_env: str) -> None:
     import subprocess
@@ -220,9 +260,7 @@ def test_cli_image_and_list(api_client: client.ApiClient, namespace: str, regist
 
     envs = Envs(api_client, namespace)
     spec = {"image": "python:3.11-slim", "pip": ["cli-image==1.0"]}
-    push_archive(base_image_archive(), image_for(spec, registry.host))
-    envs.create(environment("named", **spec))
-    status = envs.wait_phase("named", "Ready", diagnostics=webhook_operator.log)
+    status, _ = build_ready(api_client, namespace, registry, webhook_operator, "named", spec)
     anon_spec = {"image": "python:3.11-slim", "pip": ["cli-image==1.0"], "description": "inline"}
     client.CoreV1Api(api_client).create_namespaced_pod(
         namespace, pod("anon", "inline", {"envkiln.dev/environment-spec": json.dumps(anon_spec)}))
@@ -243,3 +281,197 @@ def test_cli_image_and_list(api_client: client.ApiClient, namespace: str, regist
     assert anonymous in cli("list", "--anonymous", "-n", namespace).stdout
     by_hash = cli("image", "--hash", hash_of(anon_spec)[:12], "-n", namespace)
     assert by_hash.stdout.strip() == status["imageRef"], by_hash.stderr
+
+
+# --- mutual TLS: only the API server, with its client certificate, reaches the webhook -------------------
+# The API server presents a client certificate to webhooks only when it starts with an admission
+# configuration saying so, hence a control plane of these tests' own.
+
+
+@dataclass
+class MutualTLS:
+    plane: ControlPlane
+    api: client.ApiClient
+    port: int  # the webhook's
+    client_cert: Path  # the API server's certificate for webhooks (and its key)
+    client_key: Path
+    other_cert: Path  # from a CA the webhook does not trust
+    other_key: Path
+
+
+@pytest.fixture(scope="module")
+def mutual_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MutualTLS]:
+    directory = tmp_path_factory.mktemp("webhook-mtls")
+    client_ca, client_ca_key = make_ca(directory, "webhook-client-ca", "/CN=envkiln-test-webhook-client-ca")
+    cert, key = sign(directory, "apiserver-webhook-client", "/CN=kube-apiserver-webhook-client", client_ca,
+                     client_ca_key)
+    other_ca, other_ca_key = make_ca(directory, "other-ca", "/CN=envkiln-test-other-ca")
+    other_cert, other_key = sign(directory, "impostor", "/CN=kube-apiserver-webhook-client", other_ca, other_ca_key)
+    port = free_port()
+    admission = admission_control_config(directory, f"127.0.0.1:{port}", cert, key)
+    with ControlPlane(extra_apiserver_args=[f"--admission-control-config-file={admission}"]) as plane:
+        api = config.new_client_from_config(str(plane.kubeconfig))
+        install_crds(api)
+        yield MutualTLS(plane, api, port, cert, key, other_cert, other_key)
+        api.close()
+
+
+def _new_namespace(api: client.ApiClient) -> str:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    return name
+
+
+def _post_review(port: int, ca_bundle: bytes, review: dict[str, Any],
+                 cert: tuple[Path, Path] | None = None) -> tuple[int, dict[str, Any]]:
+    """A direct call to the webhook, as anyone on the network could make it."""
+    context = ssl.create_default_context(cadata=ca_bundle.decode())
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        connection.request("POST", "/envkiln-environment", body=json.dumps(review),
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+def _handshake(port: int, ca_bundle: bytes, cert: tuple[Path, Path] | None, version: ssl.TLSVersion) -> None:
+    """A TLS handshake alone with the webhook, at most `version`; raises ssl.SSLError when refused."""
+    context = ssl.create_default_context(cadata=ca_bundle.decode())
+    context.maximum_version = version
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        assert tls.version() == "TLSv1.2"
+
+
+def _forged_review(namespace: str, claimed: str) -> dict[str, Any]:
+    """An AdmissionReview for `namespace` whose pod claims to be in `claimed`."""
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "forged-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"}, "operation": "CREATE",
+        "namespace": namespace, "userInfo": {"username": "mallory"}, "dryRun": True,
+        "object": pod("forged", "probe") | {"metadata": {"name": "forged", "namespace": claimed,
+                                                         "labels": {"envkiln.dev/environment": "probe"}}}}}
+
+
+def test_api_server_calls_the_webhook_with_its_client_certificate_and_nobody_else_can(
+        mutual_tls: MutualTLS, tmp_path: Path) -> None:
+    api, port = mutual_tls.api, mutual_tls.port
+    namespace = _new_namespace(api)
+    admission = client.AdmissionregistrationV1Api(api)
+    name = f"envkiln-{namespace}"
+    admission.create_mutating_webhook_configuration(webhook_configuration(name, port, namespace))
+    closed = free_port()  # no registry: environments stay unbuilt, pods get a gate
+    operator = OperatorProcess(mutual_tls.plane.kubeconfig, {
+        "ENVKILN_REGISTRY": f"127.0.0.1:{closed}", "ENVKILN_INSECURE_REGISTRY": "true",
+        "ENVKILN_REGISTRY_RETRY_SECONDS": "2", "ENVKILN_WATCH_TIMEOUT_SECONDS": "20",
+        "ENVKILN_WEBHOOK_ENABLED": "true", "ENVKILN_WEBHOOK_LISTEN_ADDRESS": "127.0.0.1",
+        "ENVKILN_WEBHOOK_PORT": str(port), "ENVKILN_WEBHOOK_HOSTS": "127.0.0.1",
+        "ENVKILN_WEBHOOK_CONFIGURATION": name, "ENVKILN_OPERATOR_NAMESPACE": namespace,
+        "ENVKILN_WEBHOOK_CLIENT_CA_FILE": str(mutual_tls.client_cert.parent / "webhook-client-ca.crt"),
+    }, namespaces=[namespace], log_dir=tmp_path).start()
+    core = client.CoreV1Api(api)
+    try:
+        def serving() -> bool:
+            try:
+                core.create_namespaced_pod(namespace, pod("probe", "nonexistent-env"), dry_run="All")
+            except client.ApiException as error:
+                return "does not exist" in (error.body or "")
+            return False
+
+        wait_for(serving, timeout=90, what="the API server to reach the webhook", diagnostics=operator.log)
+
+        # The API server's calls carry its certificate: a pod is admitted and changed.
+        Envs(api, namespace).create(environment("mtls", image="python:3.11-slim", pip=["mtls-test==1.0"],
+                                                environmentVariables={"MTLS": "yes"}))
+        created = core.create_namespaced_pod(namespace, pod("trainer", "mtls"))
+        assert [g.name for g in created.spec.scheduling_gates] == [GATE]
+        assert {e.name: e.value for e in created.spec.containers[0].env} == {"OMP_NUM_THREADS": "8", "MTLS": "yes"}
+        assert created.metadata.annotations["envkiln.dev/environment"] == "mtls"
+
+        # The caBundle the operator patched in is the one it keeps in the Secret.
+        bundle = base64.b64decode(admission.read_mutating_webhook_configuration(name).webhooks[0]
+                                  .client_config.ca_bundle)
+        secret = core.read_namespaced_secret("envkiln-webhook-tls", namespace)
+        assert base64.b64decode(secret.data["ca.crt"]) == bundle
+        served = x509.load_pem_x509_certificate(base64.b64decode(secret.data["tls.crt"]))
+        assert served.not_valid_after_utc - served.not_valid_before_utc <= datetime.timedelta(days=91)
+
+        # Anyone else fails the TLS handshake: no certificate, or one from another CA. With TLS 1.2
+        # the handshake itself fails; with TLS 1.3 the client finishes its half first and then
+        # sees the server's alert, or the connection closed, instead of any HTTP response.
+        review = _forged_review(namespace, namespace)
+        for cert in (None, (mutual_tls.other_cert, mutual_tls.other_key)):
+            with pytest.raises(ssl.SSLError):
+                _handshake(port, bundle, cert, ssl.TLSVersion.TLSv1_2)
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                _post_review(port, bundle, review, cert)
+        _handshake(port, bundle, (mutual_tls.client_cert, mutual_tls.client_key), ssl.TLSVersion.TLSv1_2)
+
+        # Even with the API server's certificate, the namespace is the request's: a pod that
+        # claims another one is refused before any handler runs.
+        status, answer = _post_review(port, bundle, _forged_review(namespace, "curated"),
+                                      (mutual_tls.client_cert, mutual_tls.client_key))
+        assert status == 200 and answer["response"]["allowed"] is False, answer
+        assert answer["response"]["uid"] == "forged-1"
+        assert f"is 'curated' but the request is for namespace '{namespace}'" in answer["response"]["status"]["message"]
+    finally:
+        operator.stop()
+        admission.delete_mutating_webhook_configuration(name)
+
+
+def test_webhook_ca_is_kept_and_certificates_rotated_in_secrets(mutual_tls: MutualTLS) -> None:
+    """The certificate Secrets through the product's Kube wrapper on the real API server, with a
+    clock moved forward: the serving certificate is re-issued after 60 days from the same CA, the CA
+    after about 7 years with the old one still in the bundle; a stale write loses."""
+    api = mutual_tls.api
+    namespace = _new_namespace(api)
+    kube, core = Kube(api), client.CoreV1Api(api)
+    admission = client.AdmissionregistrationV1Api(api)
+    name = f"envkiln-rotation-{namespace}"
+    admission.create_mutating_webhook_configuration(webhook_configuration(name, mutual_tls.port, namespace))
+    hosts = ["envkiln-webhook.envkiln-system.svc", "envkiln-webhook"]
+    start = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    try:
+        def at(days: float) -> webhookcert.WebhookCertificate:
+            when = start + datetime.timedelta(days=days)
+            return webhookcert.ensure_certificate(kube, namespace, "envkiln-webhook-tls", hosts, clock=lambda: when)
+
+        def read(secret: str) -> Any:
+            return core.read_namespaced_secret(secret, namespace)
+
+        first = at(0)
+        ca_secret, tls_secret = read("envkiln-webhook-tls-ca"), read("envkiln-webhook-tls")
+        assert ca_secret.type == "Opaque" and set(ca_secret.data) == {"ca.crt", "ca.key"}
+        assert tls_secret.type == "kubernetes.io/tls" and set(tls_secret.data) == {"ca.crt", "tls.crt", "tls.key"}
+        assert webhookcert.patch_ca_bundle(kube, name, first.ca_pem) is True
+        assert webhookcert.patch_ca_bundle(kube, name, first.ca_pem) is False
+
+        assert at(30) == first
+        assert read("envkiln-webhook-tls").metadata.resource_version == tls_secret.metadata.resource_version
+        renewed = at(61)
+        assert renewed.ca_pem == first.ca_pem and renewed.cert_pem != first.cert_pem
+        assert read("envkiln-webhook-tls-ca").metadata.resource_version == ca_secret.metadata.resource_version
+
+        rotated = at(7 * 365)
+        new_ca, old_ca = x509.load_pem_x509_certificates(rotated.ca_pem)
+        assert old_ca == x509.load_pem_x509_certificate(first.ca_pem)
+        x509.load_pem_x509_certificate(rotated.cert_pem).verify_directly_issued_by(new_ca)
+        assert webhookcert.patch_ca_bundle(kube, name, rotated.ca_pem) is True
+        patched = admission.read_mutating_webhook_configuration(name).webhooks[0].client_config.ca_bundle
+        assert base64.b64decode(patched) == rotated.ca_pem
+
+        # A replica that read the Secret before another one wrote it loses, and reads theirs.
+        stale = read("envkiln-webhook-tls")
+        at(7 * 365 + 61)  # another replica re-issues
+        body = {"metadata": {"name": "envkiln-webhook-tls", "namespace": namespace}, "type": "kubernetes.io/tls",
+                "data": {key: base64.b64encode(b"stale").decode() for key in ("ca.crt", "tls.crt", "tls.key")}}
+        current, replaced = kube.replace_secret_if_unchanged(namespace, body, stale.metadata.resource_version)
+        assert not replaced and base64.b64decode(current.data["tls.crt"]) != b"stale"
+    finally:
+        admission.delete_mutating_webhook_configuration(name)

@@ -1,11 +1,16 @@
 """Pods that name an environment: what a new pod gets at admission, and when a gated pod is released.
 
 The webhook (envkiln.webhook) looks the Environment up and applies these answers; the answers
-themselves depend only on the pod and the Environment, as plain JSON dicts.
+themselves depend only on the pod and the Environment, as plain JSON dicts. Also decided here:
+which namespace an admission request is about (the request's own, never the posted object's),
+and when the webhook's certificates are re-issued (envkiln.webhookcert applies that).
 """
 
 from __future__ import annotations
 
+import datetime
+import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -112,3 +117,111 @@ def condition_patch(pod: dict[str, Any], reason: str, message: str, now: str) ->
                  "lastTransitionTime": now}
     others = [c for c in conditions if c.get("type") != POD_CONDITION]
     return {"status": {"conditions": [*others, condition]}}
+
+
+# --- the admission request itself ----------------------------------------------------------------
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_REVIEW_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+
+
+def request_namespace(review: Mapping[str, Any]) -> str:
+    """The namespace an AdmissionReview is about: `request.namespace`, which the API server takes
+    from the request's URL, never the posted object's `metadata.namespace`.
+
+    Raises WorkloadError (the request is refused) when the request names no valid namespace, or
+    when the object (or the old object) says another one.
+    """
+    request = review.get("request")
+    if not isinstance(request, Mapping):
+        raise WorkloadError("not an AdmissionReview: it has no request")
+    namespace = request.get("namespace")
+    if not isinstance(namespace, str) or not _DNS_LABEL.fullmatch(namespace):
+        raise WorkloadError(f"the admission request names no valid namespace ({namespace!r}); "
+                            "envkiln admits namespaced pods only")
+    for key in ("object", "oldObject"):
+        obj = request.get(key)
+        if obj is None:
+            continue
+        metadata = (obj.get("metadata") or {}) if isinstance(obj, Mapping) else None
+        if not isinstance(metadata, Mapping):
+            raise WorkloadError(f"request.{key} is not an object with metadata")
+        written = metadata.get("namespace")
+        if written not in (None, "", namespace):
+            raise WorkloadError(f"request.{key}.metadata.namespace is {written!r} but the request is for namespace "
+                                f"{namespace!r}; refused")
+    return namespace
+
+
+def scoped_review(review: Mapping[str, Any]) -> dict[str, Any]:
+    """The review with its objects' `metadata.namespace` set to the request's namespace, so that
+    whoever reads the objects sees only that one. Raises WorkloadError as request_namespace does."""
+    namespace = request_namespace(review)
+    request = dict(review["request"])
+    for key in ("object", "oldObject"):
+        obj = request.get(key)
+        if obj is not None:
+            request[key] = {**obj, "metadata": {**(obj.get("metadata") or {}), "namespace": namespace}}
+    return {**review, "request": request}
+
+
+def refusal(review: Mapping[str, Any], message: str, code: int = 400) -> dict[str, Any]:
+    """The AdmissionReview response refusing `review` with `message` (shown to whoever sent the pod)."""
+    request = review.get("request")
+    uid = request.get("uid") if isinstance(request, Mapping) else None
+    version = review.get("apiVersion")
+    return {"apiVersion": version if version in _REVIEW_VERSIONS else _REVIEW_VERSIONS[0], "kind": "AdmissionReview",
+            "response": {"uid": uid if isinstance(uid, str) else "", "allowed": False,
+                         "status": {"code": code, "message": message}}}
+
+
+# --- the webhook's certificates -------------------------------------------------------------------
+
+# A certificate is re-issued when less than this share of its lifetime is left: a 90-day serving
+# certificate after 60 days, a 10-year CA after about 6 years 8 months.
+RENEW_FRACTION = 1 / 3
+CertificateAction = Literal["keep", "issue", "rotate-ca"]
+
+
+@dataclass(frozen=True)
+class Validity:
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+
+
+@dataclass(frozen=True)
+class StoredCertificates:
+    """What the webhook's Secrets hold now (None: missing or unreadable)."""
+
+    ca: Validity | None
+    serving: Validity | None
+    serving_from_ca: bool = True  # the serving certificate is signed by the kept CA
+    serving_names: frozenset[str] = frozenset()  # its DNS names and IP addresses
+
+
+def renewal_due(validity: Validity | None, now: datetime.datetime, fraction: float = RENEW_FRACTION) -> bool:
+    """True when the certificate should be replaced: missing, not valid yet, or less than `fraction`
+    of its lifetime left (expired included)."""
+    if validity is None:
+        return True
+    lifetime = validity.not_after - validity.not_before
+    if lifetime <= datetime.timedelta(0) or now < validity.not_before:
+        return True
+    return validity.not_after - now < lifetime * fraction
+
+
+def certificate_action(stored: StoredCertificates, names: Collection[str], now: datetime.datetime) -> CertificateAction:
+    """What to do with the webhook's certificates now.
+
+    - `rotate-ca`: no CA kept, or it is due: make a new one (the old one stays in the CA bundle
+      until it expires, so certificates it signed keep working meanwhile);
+    - `issue`: a new serving certificate from the CA: none yet, not from this CA, for other
+      names than `names`, or due;
+    - `keep`: nothing to do.
+    """
+    if renewal_due(stored.ca, now):
+        return "rotate-ca"
+    if (stored.serving is None or not stored.serving_from_ca or stored.serving_names != frozenset(names)
+            or renewal_due(stored.serving, now)):
+        return "issue"
+    return "keep"

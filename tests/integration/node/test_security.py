@@ -201,5 +201,5 @@ def test_a_build_refused_by_quota_says_so_quickly_and_holds_no_slot(
     build = envs.build(status["build"])
     assert condition(build["status"], "Succeeded")["reason"] == "CannotStart"
     assert "exceeded quota" in build["status"]["logTail"], build["status"]["logTail"]
-    assert "job" not in build["status"], "the refused attempt holds no build slot"
+    assert build["status"]["phase"] == "Failed", "a refused attempt holds no build slot"
     wait_for(lambda: envs.jobs() == [], timeout=30, what="the refused Job deleted", diagnostics=operator.log)
