@@ -1,8 +1,11 @@
 """The Kubernetes permissions the operator's code uses, declared next to the code.
 
-The chart's ClusterRole must grant exactly these (tests/integration/test_chart.py), and the
-operator is tested running under that ServiceAccount, so a missing rule fails a test and an
-extra rule fails the comparison.
+The chart must grant exactly these (tests/integration/test_chart.py): watching all namespaces in
+one ClusterRole; watching given namespaces (watchNamespaces) those on namespaced resources in a
+Role per watched namespace and those on cluster-scoped ones in a ClusterRole, less
+ALL_NAMESPACES_ONLY; and OWN_NAMESPACE_PERMISSIONS in a Role in the release namespace. The
+operator is tested running under that ServiceAccount in both modes, so a missing rule fails a
+test and an extra rule fails the comparison.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ OPERATOR_PERMISSIONS: set[tuple[str, ...]] = {
     ("envkiln.dev", "environments", "create"),  # the webhook's anonymous Environments (inline definitions)
     *{("envkiln.dev", f"{r}/status", v) for r in ("environments", "environmentbuilds") for v in ("get", "patch")},
     *{("batch", "jobs", v) for v in ("get", "list", "watch", "create")},  # Kaniko builder + job events
+    ("batch", "jobs", "delete"),  # a build Job whose pod cannot be created (quota, admission) gives its slot back
     ("", "configmaps", "get"),  # user ConfigMap contexts
     ("", "configmaps", "create"),  # rendered contexts
     ("", "pods", "list"),  # termination messages of build pods; pods waiting for an environment
@@ -23,9 +27,10 @@ OPERATOR_PERMISSIONS: set[tuple[str, ...]] = {
     # keep the webhook's caBundle current (RELEASE: the chart's fullname)
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get", "RELEASE"),
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "RELEASE"),
-    ("", "secrets", "create"),  # registry credentials copied for Kaniko
-    ("", "secrets", "patch", "envkiln-registry-credentials"),
+    # The push credential copied for one build Job (<job>-push, owned by it), deleted when the attempt ends.
+    ("", "secrets", "create"), ("", "secrets", "delete"),
     ("", "events", "create"),
+    ("", "events", "list"),  # kube.Kube.job_pod_refusals: why the Job controller cannot create a build pod
     ("", "namespaces", "list"), ("", "namespaces", "watch"),  # Kopf's namespace observer
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),  # Kopf's resource observer
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
@@ -33,8 +38,29 @@ OPERATOR_PERMISSIONS: set[tuple[str, ...]] = {
 }
 
 
+# In the operator's own namespace (ENVKILN_OPERATOR_NAMESPACE, the chart's release namespace), on
+# its own Secrets: the key that signs build records (context.load_signing_key: created by the first
+# replica), the webhook's CA and serving certificate (webhookcert: created once, replaced when
+# rotated). Besides these, `get` on the registry credential (ENVKILN_REGISTRY_SECRET) and on each
+# namespace's push identity (ENVKILN_PUSH_SECRET_TEMPLATE, envkiln-push-<namespace>): by name when
+# the chart knows the namespaces, on any Secret there when it watches all namespaces.
+WEBHOOK_SECRETS = ("envkiln-webhook-tls", "envkiln-webhook-tls-ca")
+OWN_NAMESPACE_PERMISSIONS: set[tuple[str, ...]] = {
+    ("", "secrets", "create"),
+    *{("", "secrets", "get", name) for name in ("envkiln-signing-key", *WEBHOOK_SECRETS)},
+    *{("", "secrets", "update", name) for name in WEBHOOK_SECRETS},
+}
+PUSH_IDENTITY = "envkiln-push-{namespace}"
+
+# Used only when watching all namespaces: Kopf's peering object is then the cluster-scoped
+# ClusterKopfPeering (watching given namespaces, a KopfPeering in each of them).
+ALL_NAMESPACES_ONLY: set[tuple[str, ...]] = {
+    ("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")
+}
+
+
 def permissions_of(rules: list[dict]) -> set[tuple[str, ...]]:
-    """Flatten ClusterRole rules into (group, resource, verb[, name]) tuples."""
+    """Flatten (Cluster)Role rules into (group, resource, verb[, name]) tuples."""
     result: set[tuple[str, ...]] = set()
     for rule in rules:
         names = rule.get("resourceNames") or [None]

@@ -153,7 +153,7 @@ def test_new_operator_pod_adopts_the_running_build(release: Release, node_api: c
 
     def build_running() -> client.V1Pod | None:
         for pod in envs.core.list_namespaced_pod(release.tenant, label_selector="envkiln.dev/attempt").items:
-            statuses = pod.status.init_container_statuses or []
+            statuses = [s for s in pod.status.init_container_statuses or [] if s.name == "build"]
             if statuses and statuses[0].state and statuses[0].state.running:
                 return pod
         return None
