@@ -56,16 +56,7 @@ def webhook_operator(api_client: client.ApiClient, namespace: str, start_operato
     operator = start_operator(namespace, webhook_enabled="true", webhook_listen_address="127.0.0.1",
                               webhook_port=str(port), webhook_hosts="127.0.0.1", webhook_configuration=name,
                               operator_namespace=namespace, max_concurrent_builds="20")
-    core = client.CoreV1Api(api_client)
-
-    def serving() -> bool:
-        try:
-            core.create_namespaced_pod(namespace, pod("probe", "nonexistent-env"), dry_run="All")
-        except client.ApiException as error:
-            return "does not exist" in (error.body or "")
-        return False
-
-    wait_for(serving, timeout=60, what="the webhook to answer", diagnostics=operator.log)
+    wait_until_serving(client.CoreV1Api(api_client), namespace, 60, operator.log)
     yield operator
     admission.delete_mutating_webhook_configuration(name)
 
@@ -78,6 +69,18 @@ def pod(name: str, env_label: str, annotations: dict[str, str] | None = None,
             "spec": {"restartPolicy": "Never",
                      "containers": containers or [{"name": "trainer", "image": "placeholder",
                                                    "env": [{"name": "OMP_NUM_THREADS", "value": "8"}]}]}}
+
+
+def wait_until_serving(core: client.CoreV1Api, namespace: str, timeout: float, log: Any) -> None:
+    """Until the API server gets the webhook's answer (a dry-run pod naming no Environment)."""
+    def serving() -> bool:
+        try:
+            core.create_namespaced_pod(namespace, pod("probe", "nonexistent-env"), dry_run="All")
+        except client.ApiException as error:
+            return "does not exist" in (error.body or "")
+        return False
+
+    wait_for(serving, timeout=timeout, what="the API server to reach the webhook", diagnostics=log)
 
 
 def pod_from_job(api: client.ApiClient, namespace: str, job: dict[str, Any], index: int = 0) -> client.V1Pod:
@@ -377,14 +380,7 @@ def test_api_server_calls_the_webhook_with_its_client_certificate_and_nobody_els
     }, namespaces=[namespace], log_dir=tmp_path).start()
     core = client.CoreV1Api(api)
     try:
-        def serving() -> bool:
-            try:
-                core.create_namespaced_pod(namespace, pod("probe", "nonexistent-env"), dry_run="All")
-            except client.ApiException as error:
-                return "does not exist" in (error.body or "")
-            return False
-
-        wait_for(serving, timeout=90, what="the API server to reach the webhook", diagnostics=operator.log)
+        wait_until_serving(core, namespace, 90, operator.log)
 
         # The API server's calls carry its certificate: a pod is admitted and changed.
         Envs(api, namespace).create(environment("mtls", image="python:3.11-slim", pip=["mtls-test==1.0"],
