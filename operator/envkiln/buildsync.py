@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from envkiln.builders import BuildCannotStart
-from envkiln.conditions import set_condition
 from envkiln.context import OperatorContext
 from envkiln.decisions.build import (
     TERMINAL,
@@ -26,6 +25,7 @@ from envkiln.decisions.build import (
     Step,
     after_failure,
     after_verification,
+    build_conditions,
     holds_slot,
     next_step,
     refuse,
@@ -35,7 +35,6 @@ from envkiln.imageref import parse_image_reference
 from envkiln.names import (
     ANNOTATION_SIGNATURE,
     BUILDS,
-    CONDITION_SUCCEEDED,
     LABEL_MANAGED_BY,
     MANAGED_BY_VALUE,
     REASON_UNTRUSTED_BUILD,
@@ -77,8 +76,9 @@ def _write(ctx: OperatorContext, build: dict[str, Any], changes: dict[str, Any],
         status = dict(current.get("status") or {})
         new = {**status, **changes, "observedGeneration": current["metadata"].get("generation")}
         if condition is not None:
-            new["conditions"] = set_condition(status.get("conditions"), CONDITION_SUCCEEDED, condition[0],
-                                              condition[1], condition[2], current["metadata"].get("generation"))
+            # Succeeded, plus kstatus's Ready / Reconciling / Stalled (Flux, kubectl wait, Argo CD).
+            new["conditions"] = build_conditions(status.get("conditions"), new.get("phase"), condition,
+                                                 current["metadata"].get("generation"))
         new = {k: v for k, v in new.items() if v is not None}
         return None if new == status else {**{k: None for k in status if k not in new}, **new}
 
@@ -167,4 +167,5 @@ def _apply(ctx: OperatorContext, build: dict[str, Any], step: Step) -> BuildSync
         if job:
             _write(ctx, build, {"job": job})
     phase = step.phase or (build.get("status") or {}).get("phase")
+    ctx.metrics.build_progress(build, phase, step.terminal)
     return BuildSyncResult(phase, changed_to_terminal=step.terminal, retry_in=step.retry_in)

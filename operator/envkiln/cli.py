@@ -182,6 +182,52 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_azureml(args: argparse.Namespace) -> int:
+    """Azure ML CLI v2 YAML -> Environment manifests; one stderr line per definition found."""
+    from envkiln.azureml import ImportOptions, import_azureml, manifests_yaml
+
+    options = ImportOptions(namespace=args.namespace, curated_namespace=args.curated_namespace,
+                            max_configmap_bytes=args.max_configmap_bytes, tarball_url=args.tarball_url,
+                            tarball_dir=Path(args.tarball_dir or (Path(args.output).parent if args.output else ".")))
+    outcomes, tarballs = import_azureml([Path(p) for p in args.paths], options)
+    for outcome in outcomes:
+        print(outcome.line(), file=sys.stderr)
+    for path, content in tarballs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    text = manifests_yaml(outcomes)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("imported", "curated", "reference", "skipped", "error")}
+    print("import azureml: " + ", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
+    return 1 if counts["error"] else 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Wait until NAME[:VERSION] is Ready (exit 0, its image reference on stdout); Failed: exit 1; --timeout: 3."""
+    from envkiln.follow import Cluster, parse_duration, wait
+
+    try:
+        timeout = parse_duration(args.timeout)
+    except ValueError as error:
+        print(f"error: --timeout: {error}", file=sys.stderr)
+        return 2
+    name, _, version = args.reference.partition(":")
+    return wait(Cluster.from_kubeconfig(), _current_namespace(args.namespace), name, version or None, timeout,
+                sys.stdout, sys.stderr)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The build pod's log of NAME[:VERSION]; -f follows the build to its end (exit 1 if it failed)."""
+    from envkiln.follow import Cluster, logs
+
+    name, _, version = args.reference.partition(":")
+    return logs(Cluster.from_kubeconfig(), _current_namespace(args.namespace), name, version or None, args.attempt,
+                args.follow, sys.stdout, sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from envkiln.runner import run_operator
 
@@ -232,6 +278,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace")
     p.add_argument("--anonymous", action="store_true", help="include anonymous (inline) environments")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("import", help="turn other tools' definitions into Environment manifests")
+    source = p.add_subparsers(dest="source", required=True)
+    p = source.add_parser("azureml", help="Azure ML CLI v2 YAML: environments, jobs, components, deployments, "
+                          "asset folders")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or directories (asset folders, trees)")
+    p.add_argument("-o", "--output", help="write the manifests here (default: standard output)")
+    p.add_argument("-n", "--namespace", help="namespace to put in the manifests (default: none)")
+    p.add_argument("--curated-namespace", default=DEFAULT_CURATED_NAMESPACE,
+                   help="namespace of envkiln's curated environments")
+    p.add_argument("--tarball-url", help="https base URL where directory contexts too big or nested for a "
+                   "ConfigMap will be served; the importer writes NAME-context.tar for you to upload there")
+    p.add_argument("--tarball-dir", help="where to write those tarballs (default: beside -o, or .)")
+    p.add_argument("--max-configmap-bytes", type=int, default=768 * 1024,
+                   help="largest directory context put into a ConfigMap (default 786432)")
+    p.set_defaults(func=cmd_import_azureml)
+
+    p = sub.add_parser("wait", help="wait until NAME[:VERSION] is Ready and print its image reference "
+                       "(exit 1 when it failed, 3 on timeout)")
+    p.add_argument("reference", help="Environment name, optionally :version")
+    p.add_argument("--timeout", default="30m", help="give up after this long (e.g. 90s, 15m, 1h; default 30m)")
+    p.add_argument("-n", "--namespace")
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("logs", help="print the build pod's log of NAME[:VERSION] (-f: follow the build to its end)")
+    p.add_argument("reference", help="Environment name, optionally :version")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="stream the log until the build ends, attempt after attempt; exit 1 if it failed")
+    p.add_argument("--attempt", type=int, help="this attempt (1 = the first) instead of the latest")
+    p.add_argument("-n", "--namespace")
+    p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("run", help="run the operator against the current kubeconfig")
     p.add_argument("--namespace", action="append", help="namespace to watch (repeatable; default: all)")

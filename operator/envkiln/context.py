@@ -14,6 +14,7 @@ from kubernetes import client
 
 from envkiln.builders import Builder
 from envkiln.kube import ApiError, Kube
+from envkiln.metrics import Metrics
 from envkiln.names import MANAGED_BY, SIGNING_KEY_SECRET
 from envkiln.registryclient import Credentials, RegistryClient, credentials_from_docker_config
 from envkiln.settings import OperatorSettings
@@ -35,6 +36,7 @@ class OperatorContext:
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     environments_by_hash: EnvironmentsByHash | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    metrics: Metrics = field(default_factory=Metrics)  # its own registry; served by handlers.configure
 
 
 def registry_hosts(settings: OperatorSettings) -> set[str]:
@@ -95,10 +97,12 @@ def load_signing_key(kube: Kube, settings: OperatorSettings) -> Signer:
 def make_context(api_client: client.ApiClient, settings: OperatorSettings,
                  on_local_build_done: Callable[[str, str], None] | None = None) -> OperatorContext:
     kube = Kube(api_client)
+    metrics = Metrics()
     credentials, secret_data = load_registry_credentials(kube, settings)
     registry = RegistryClient(
         insecure_registries=registry_hosts(settings) if settings.insecure_registry else set(),
         credentials=credentials, timeout=settings.registry_timeout_seconds, cache_ttl=settings.cache_ttl_seconds,
+        metrics=metrics,
     )
     instance_id = uuid.uuid4().hex
     builder: Builder
@@ -115,4 +119,4 @@ def make_context(api_client: client.ApiClient, settings: OperatorSettings,
 
         builder = KanikoBuilder(kube, settings, secret_data)
     return OperatorContext(settings=settings, kube=kube, registry=registry, builder=builder,
-                           signer=load_signing_key(kube, settings), instance_id=instance_id)
+                           signer=load_signing_key(kube, settings), instance_id=instance_id, metrics=metrics)

@@ -3,7 +3,9 @@
 pydantic's JSON Schema is turned into a Kubernetes *structural* schema: references are
 inlined, `Optional` unions collapse to their type, mixed unions become
 `x-kubernetes-preserve-unknown-fields` (validated by the operator instead), and the
-Kubernetes extensions (list-map conditions, CEL immutability rule) are added.
+Kubernetes extensions (list-map conditions, CEL immutability rule) are added. Every field
+carries its model's description (`kubectl explain`); the printer columns are for `kubectl get`
+(priority 1: only with `-o wide`).
 """
 
 from __future__ import annotations
@@ -118,16 +120,24 @@ def _with_conditions(status: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
+# The standard fields' descriptions, as Kubernetes' own types word them (shortened).
+_API_VERSION = ("APIVersion defines the versioned schema of this representation of an object; servers convert "
+                "recognized schemas to the latest internal value.")
+_KIND = "Kind is a string value representing the REST resource this object represents."
+
+
 def _crd(
-    kind: str, plural: str, short: str, spec: dict[str, Any], status: dict[str, Any], columns: list[dict[str, Any]]
+    kind: str, plural: str, short: str, spec: dict[str, Any], status: dict[str, Any], columns: list[dict[str, Any]],
+    description: str,
 ) -> dict[str, Any]:
     schema = {
+        "description": description,
         "type": "object",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "apiVersion": {"description": _API_VERSION, "type": "string"},
+            "kind": {"description": _KIND, "type": "string"},
+            "metadata": {"type": "object"},  # the API server allows nothing else here, not even a description
             "spec": spec,
             "status": status,
         },
@@ -161,18 +171,39 @@ def _crd(
     }
 
 
+def _column(name: str, type_: str, path: str, description: str, wide: bool = False) -> dict[str, Any]:
+    return {"name": name, "type": type_, "jsonPath": path, "description": description,
+            **({"priority": 1} if wide else {})}
+
+
+# The Ready condition's reason: one CamelCase word, a short printable "why" next to the phase.
+_READY_REASON = '.status.conditions[?(@.type=="Ready")].reason'
+
+
 def environment_crd() -> dict[str, Any]:
     spec = model_schema(EnvironmentSpec)
+    spec["description"] = ("The definition: a base image with conda/pip packages and docker steps, a build context "
+                           "you bring, or a ready image (userManaged). The image-affecting fields are immutable "
+                           "while spec.version stays the same.")
     spec["x-kubernetes-validations"] = [immutability_rule()]
     status = _with_conditions(model_schema(EnvironmentStatus, mode="serialization"))
+    status["description"] = "What the operator made of the definition: phase, hash, image, conditions, history."
     columns = [
-        {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
-        {"name": "Hash", "type": "string", "jsonPath": ".status.shortHash"},
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Image", "type": "string", "jsonPath": ".status.image"},
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        _column("Version", "string", ".spec.version", "spec.version: the definition's label"),
+        _column("Hash", "string", ".status.shortHash", "The definition hash (first 12 characters)"),
+        _column("Phase", "string", ".status.phase", "Pending, Building, Ready or Failed"),
+        _column("Image", "string", ".status.image", "The image built for the definition (repository:tag)"),
+        _column("Age", "date", ".metadata.creationTimestamp", "Time since creation"),
+        _column("Kind", "string", ".status.kind", "SystemManaged, BuildContext or BringYourOwnContainer", wide=True),
+        _column("Reason", "string", _READY_REASON, "Why it is (not) Ready, in one word", wide=True),
+        _column("Cache Hit", "boolean", ".status.cacheHit", "true when this Environment caused no build", wide=True),
+        _column("Image Ref", "string", ".status.imageRef", "The digest reference workloads run", wide=True),
+        _column("Message", "string", ".status.message", "The phase in words", wide=True),
     ]
-    return _crd("Environment", "environments", "env", spec, status, columns)
+    return _crd("Environment", "environments", "env", spec, status, columns,
+                "An Azure ML-style environment: a versioned, reproducible definition of where training runs, built "
+                "into a container image once per definition hash. Workloads labelled envkiln.dev/environment run "
+                "status.imageRef.")
 
 
 def environment_build_crd() -> dict[str, Any]:
@@ -184,15 +215,26 @@ def environment_build_crd() -> dict[str, Any]:
             "reason": "FieldValueForbidden",
         }
     ]
+    spec["description"] = ("What to build, rendered by the operator from an Environment's definition (immutable; "
+                           "signed by the operator).")
     status = _with_conditions(model_schema(EnvironmentBuildStatus, mode="serialization"))
+    status["description"] = "The build's attempts and result."
     columns = [
-        {"name": "Hash", "type": "string", "jsonPath": ".spec.hash"},
-        {"name": "Builder", "type": "string", "jsonPath": ".spec.builder"},
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        _column("Hash", "string", ".spec.hash", "The definition hash this build makes the image of"),
+        _column("Builder", "string", ".spec.builder", "kaniko, buildah or local"),
+        _column("Phase", "string", ".status.phase", "Pending, Building, Succeeded or Failed"),
+        _column("Attempts", "integer", ".status.attempts", "Attempts started so far"),
+        _column("Age", "date", ".metadata.creationTimestamp", "Time since creation"),
+        _column("Reason", "string", '.status.conditions[?(@.type=="Succeeded")].reason',
+                "Why it has (not) succeeded, in one word", wide=True),
+        _column("Job", "string", ".status.job", "The Job of the current attempt", wide=True),
+        _column("Image Ref", "string", ".status.imageRef", "The pushed image (repository@sha256:...)", wide=True),
+        _column("Message", "string", ".status.message", "The phase in words", wide=True),
     ]
-    return _crd("EnvironmentBuild", "environmentbuilds", "envbuild", spec, status, columns)
+    return _crd("EnvironmentBuild", "environmentbuilds", "envbuild", spec, status, columns,
+                "One build of one Environment definition hash in a namespace, created and signed by the envkiln "
+                "operator. Every Environment with that hash in the namespace follows it; delete a Failed one to "
+                "build again.")
 
 
 def all_crds() -> dict[str, dict[str, Any]]:

@@ -1,6 +1,6 @@
 """The definition hash: the cache key that decides whether an image must be built.
 
-Algorithm (version 1, documented in README.md):
+Algorithm (schema v2 — the document is the same as v1's, the prefix changed with the render; README.md):
 
 1. Take the image-affecting parts of the spec and nothing else:
    `image` (as written, no resolution), `userManaged`, `dockerSteps`, `conda`
@@ -9,7 +9,7 @@ Algorithm (version 1, documented in README.md):
    tarball url/sha256, and `dockerfilePath`). Absent lists are empty lists.
 2. Serialise as canonical JSON: keys sorted, separators `,` and `:`, UTF-8, no ASCII
    escaping. Mapping key order therefore never matters; list order always does.
-3. SHA-256 over `envkiln.dev/definition/v1` + a newline + that JSON; the hash is the first
+3. SHA-256 over `envkiln.dev/definition/v2` + a newline + that JSON; the hash is the first
    32 hex characters of the digest.
 
 Excluded: metadata (name, namespace, labels), `version`, `description`, `tags`,
@@ -25,7 +25,9 @@ from typing import Any
 
 from envkiln.models import CondaPipBlock, EnvironmentSpec
 
-HASH_SCHEMA = "envkiln.dev/definition/v1"
+# v2: the render changed for every system-managed definition (install stage run as root with the base's user
+# kept, pip-only venvs see the base's packages, conda LD_LIBRARY_PATH), so no v1 image may be reused.
+HASH_SCHEMA = "envkiln.dev/definition/v2"
 HASH_LENGTH = 32
 # Each namespace pushes under its own path, so a registry can give each one a push identity limited
 # to it (see docs/security.md).

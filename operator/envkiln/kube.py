@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import urllib3
@@ -141,14 +141,18 @@ class Kube:
     def patch_status(
         self, plural: str, namespace: str, name: str,
         compute: Callable[[dict[str, Any]], dict[str, Any] | None], attempts: int = 8,
+        current: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """Read, compute a status patch from the fresh object, write it guarded by resourceVersion.
 
         `compute` returns None when nothing needs writing. On 409 (someone wrote in between)
         the object is read again and the patch recomputed, so no write is lost or stale.
+        `current`: the object as the caller already has it (e.g. from a watch event), used for the
+        first attempt instead of a read; if it is stale, the guarded write fails and the loop reads.
         """
         for attempt in range(attempts):
-            current = self.get(plural, namespace, name)
+            if attempt > 0 or current is None:
+                current = self.get(plural, namespace, name)
             if current is None:
                 return None
             patch = compute(current)
@@ -270,6 +274,15 @@ class Kube:
 
     def patch_pod_status(self, namespace: str, name: str, body: dict[str, Any]) -> Any:
         return self.call(self._core.patch_namespaced_pod_status, name, namespace, body)
+
+    def stream_pod_log(self, namespace: str, name: str, container: str) -> Iterator[bytes]:
+        """A pod's log as the container writes it (`envkiln logs -f`), chunk by chunk."""
+        response = self.call(self._core.read_namespaced_pod_log, name, namespace, container=container, follow=True,
+                             _preload_content=False)
+        try:
+            yield from response.stream(65536)
+        finally:
+            response.release_conn()
 
     def read_pod_log(self, namespace: str, name: str, container: str | None = None,
                      tail_lines: int | None = None) -> str:

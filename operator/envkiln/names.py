@@ -46,6 +46,11 @@ JOB_NAME_LABEL: Final = "job-name"  # set by the Job controller on a Job's pods
 
 ANNOTATION_ENVIRONMENT: Final = f"{GROUP}/environment"  # name or name:version
 ANNOTATION_VERSION: Final = f"{GROUP}/environment-version"
+# A pod names a curated environment (in the curated namespace, usable from every namespace) with
+# `curated/NAME[:VERSION|@latest]` in the annotation, or `curated_NAME` in the label (label values cannot hold '/').
+CURATED_REFERENCE_PREFIX: Final = "curated/"
+CURATED_LABEL_PREFIX: Final = "curated_"
+LATEST: Final = "latest"  # NAME@latest: the newest built version in status.versions
 ANNOTATION_CONTAINER: Final = f"{GROUP}/container"
 ANNOTATION_SPEC: Final = f"{GROUP}/environment-spec"  # an inline (anonymous) environment spec
 ANNOTATION_SIGNATURE: Final = f"{GROUP}/signature"  # on EnvironmentBuilds: the operator's (envkiln.trust)
@@ -57,7 +62,16 @@ POD_CONDITION: Final = f"{GROUP}/EnvironmentReady"
 IMAGE_LABEL_HASH: Final = "dev.envkiln.definition-hash"
 IMAGE_LABEL_BASE: Final = "org.opencontainers.image.base.name"
 
+# On Environments made by `envkiln import azureml`: where each came from (envkiln.azureml).
+ANNOTATION_AZUREML_NAME: Final = f"{GROUP}/azureml-name"  # the Azure ML name as written (before coercion)
+ANNOTATION_AZUREML_SOURCE: Final = f"{GROUP}/azureml-source"  # file and field the definition was read from
+ANNOTATION_AZUREML_IGNORED: Final = f"{GROUP}/azureml-ignored"  # Azure fields that have no envkiln counterpart
+
 SIGNING_KEY_SECRET: Final = "envkiln-signing-key"  # in the operator's namespace (envkiln.trust)
+
+# A ConfigMap build context key holding a tar of a nested tree: the build unpacks it into the context
+# (ConfigMap keys are file names, so a ConfigMap alone is flat). Covered by the context digest like any key.
+CONTEXT_TREE_KEY: Final = ".envkiln-context.tar"
 
 # --- reserved names --------------------------------------------------------------------------
 

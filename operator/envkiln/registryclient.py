@@ -32,9 +32,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from envkiln.imageref import ImageReference, parse_image_reference
+
+if TYPE_CHECKING:
+    from envkiln.metrics import Metrics
 
 MANIFEST_MEDIA_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -269,6 +272,7 @@ class RegistryClient:
     cache_ttl: float = 30.0
     clock: Callable[[], float] = time.monotonic  # the cache's clock; deadlines use real time
     requests_made: int = 0
+    metrics: Metrics | None = None  # lookup latency and errors (envkiln.metrics)
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     _cache: dict[str, tuple[float, ManifestLookup]] = field(default_factory=dict)
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
@@ -293,6 +297,15 @@ class RegistryClient:
         # same definition wait for the first answer instead of asking again (within the deadline).
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
+        try:
+            return self._locked_lookup(reference, key, registry, lock, deadline, use_cache)
+        except RegistryUnavailable:
+            if self.metrics is not None:
+                self.metrics.registry_error(registry)
+            raise
+
+    def _locked_lookup(self, reference: ImageReference, key: str, registry: str, lock: threading.Lock,
+                       deadline: _Deadline, use_cache: bool) -> ManifestLookup:
         if not lock.acquire(timeout=deadline.remaining()):
             raise RegistryUnavailable(registry, f"another lookup of {key} did not finish within {self.timeout:g}s")
         try:
@@ -303,11 +316,14 @@ class RegistryClient:
             if not self._slots.acquire(timeout=deadline.remaining()):
                 raise RegistryUnavailable(registry, f"{self.max_concurrent} registry lookups already in flight; "
                                           f"no slot within {self.timeout:g}s")
+            started = time.monotonic()
             try:
                 with deadline:
                     result = self._lookup(reference, deadline)
             finally:
                 self._slots.release()
+                if self.metrics is not None:
+                    self.metrics.registry_lookup(registry, time.monotonic() - started)
             if result.found:
                 self._cache[key] = (self.clock(), result)  # only positives: a missing image may appear any moment
             else:

@@ -3,11 +3,13 @@
 Deterministic by construction: the same definition and renderer settings give a
 byte-identical plan (no timestamps, no dict iteration order that the user did not write).
 Layers are ordered so that rarely changing ones come first: docker steps, then the conda
-environment, then pip requirements.
+environment, then pip requirements. The installs run as root in their own stage; the image is the
+base stage (the base and the docker steps, its USER kept) plus /opt/envkiln copied from it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -20,8 +22,9 @@ from envkiln.names import IMAGE_LABEL_HASH as LABEL_HASH
 DEFAULT_MICROMAMBA_IMAGE = "docker.io/mambaorg/micromamba:2.3.3"
 DEFAULT_UV_VERSION = "0.9.18"
 
-CONDA_PREFIX = "/opt/envkiln/conda"
-VENV_PREFIX = "/opt/envkiln/venv"
+ENVKILN_ROOT = "/opt/envkiln"  # everything envkiln installs
+CONDA_PREFIX = f"{ENVKILN_ROOT}/conda"
+VENV_PREFIX = f"{ENVKILN_ROOT}/venv"
 STAGING_DIR = "/tmp/envkiln"
 
 
@@ -82,11 +85,22 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_PIP_DEPENDENCY = re.compile(r"pip(\s*[=<>!~].*)?")
+
+
 def conda_file(spec: EnvironmentSpec) -> str:
+    """The conda environment file. A pip block without a `pip` dependency gets one just before it,
+    as conda itself does (with a warning) when it reads such a file."""
     assert spec.conda is not None
-    dependencies: list[object] = [
-        {"pip": list(dep.pip)} if isinstance(dep, CondaPipBlock) else dep for dep in spec.conda.dependencies
-    ]
+    dependencies: list[object] = []
+    has_pip = any(isinstance(d, str) and _PIP_DEPENDENCY.fullmatch(d.strip()) for d in spec.conda.dependencies)
+    for dep in spec.conda.dependencies:
+        if isinstance(dep, CondaPipBlock):
+            if not has_pip:
+                dependencies.append("pip")
+            dependencies.append({"pip": list(dep.pip)})
+        else:
+            dependencies.append(dep)
     document = {"name": "envkiln", "channels": list(spec.conda.channels), "dependencies": dependencies}
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 
@@ -95,21 +109,70 @@ def requirements_file(lines: list[str]) -> str:
     return "".join(line.strip() + "\n" for line in lines)
 
 
+NO_PYTHON = (
+    "envkiln: the base image has neither python3 nor python on its PATH; a pip-only environment installs into "
+    "the base image's Python: choose a base with Python, or add conda with a python dependency"
+)
+
+
+def _pip_install(python: str, settings: RenderSettings) -> str:
+    # UV_NATIVE_TLS: trust the image's CA store like pip does (TLS-inspecting proxies).
+    # uv when it can be installed in the build (much faster resolves and installs);
+    # pip otherwise. A failing uv install of the requirements fails the build: no fallback
+    # there, or a real dependency error would be retried with another resolver.
+    return (
+        f"if {python} -m pip install --no-cache-dir --disable-pip-version-check --quiet "
+        f"--target {STAGING_DIR}/uv uv=={settings.uv_version}; then \\\n"
+        f"      UV_NATIVE_TLS=1 {STAGING_DIR}/uv/bin/uv pip install --no-cache --python {python} "
+        f"--requirement {STAGING_DIR}/requirements.txt; \\\n"
+        f"    else \\\n"
+        f"      {python} -m pip install --no-cache-dir --disable-pip-version-check "
+        f"--requirement {STAGING_DIR}/requirements.txt; \\\n"
+        f"    fi \\\n"
+        f" && rm -rf {STAGING_DIR}"
+    )
+
+
+# Stage names. The base stage comes first, so `spec.image` can never name one of them.
+BASE_STAGE = "envkiln-base"
+MICROMAMBA_STAGE = "envkiln-micromamba"
+INSTALL_STAGE = "envkiln-install"
+
+
 def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings) -> BuildPlan:
+    """A multi-stage Dockerfile, as Azure ML builds:
+
+    - stage `envkiln-base`: FROM the base, the label, the docker steps (as whatever user they leave);
+    - stage `envkiln-install`: FROM envkiln-base, `USER 0:0` (root, without needing /etc/passwd), the conda
+      environment (micromamba), the pip requirements, all under /opt/envkiln;
+    - the image: FROM envkiln-base again, /opt/envkiln copied from the install stage (owned by root, modes
+      kept: readable and executable by every user), then the environment: PATH, and for conda CONDA_PREFIX
+      and LD_LIBRARY_PATH as Azure ML sets them (plus its AZUREML_CONDA_ENVIRONMENT_PATH).
+
+    So a non-root base is installed into as root and keeps its own USER, WORKDIR, ENTRYPOINT and CMD,
+    without envkiln having to know them. pip-only definitions install into a venv made by the base image's
+    own Python with `--system-site-packages`: whatever the base has installed stays importable
+    (`import torch` on a PyTorch base), and the base's own files are never changed.
+    """
     assert spec.image is not None
     files: list[ContextFile] = []
     lines: list[str] = ["# Rendered by envkiln; do not edit. Definition hash " + definition_hash]
-    if spec.conda is not None:
-        lines.append(f"FROM {settings.micromamba_image} AS micromamba")
-    lines.append(f"FROM {spec.image}")
+    lines.append(f"FROM {spec.image} AS {BASE_STAGE}")
     lines.append(f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}")
     for step in spec.docker_steps or []:
         lines.append(step.strip())
+    if spec.conda is None and not spec.pip:
+        dockerfile = "\n".join(lines) + "\n"
+        check_round_trip(dockerfile, lines[1:])
+        return BuildPlan(dockerfile=dockerfile, files=files)
+    if spec.conda is not None:
+        lines.append(f"FROM {settings.micromamba_image} AS {MICROMAMBA_STAGE}")
+    lines += [f"FROM {BASE_STAGE} AS {INSTALL_STAGE}", "USER 0:0"]
     path_entries: list[str] = []
     if spec.conda is not None:
         files.append(ContextFile(path="conda.yaml", content=conda_file(spec)))
         lines += [
-            "COPY --from=micromamba /bin/micromamba /usr/local/bin/micromamba",
+            f"COPY --from={MICROMAMBA_STAGE} /bin/micromamba /usr/local/bin/micromamba",
             f"COPY conda.yaml {STAGING_DIR}/conda.yaml",
             f"RUN MAMBA_ROOT_PREFIX={STAGING_DIR}/mamba micromamba create --yes --prefix {CONDA_PREFIX} "
             f"--file {STAGING_DIR}/conda.yaml \\\n"
@@ -123,31 +186,25 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
         if spec.conda is not None:
             # pip requirements go into the conda environment, next to its Python.
             python = f"{CONDA_PREFIX}/bin/python"
-            create = f"{python} -m pip --version >/dev/null"
+            lines.append(f"RUN {python} -m pip --version >/dev/null \\\n && " + _pip_install(python, settings))
         else:
             python = f"{VENV_PREFIX}/bin/python"
-            create = f"python3 -m venv {VENV_PREFIX}"
+            lines.append(
+                f"RUN base_python=\"$(command -v python3 || command -v python)\" \\\n"
+                f" || {{ echo \"{NO_PYTHON}\" >&2; exit 1; }}; \\\n"
+                f" \"$base_python\" -m venv --system-site-packages {VENV_PREFIX} \\\n"
+                f" && " + _pip_install(python, settings)
+            )
             path_entries.insert(0, f"{VENV_PREFIX}/bin")
-        # UV_NATIVE_TLS: trust the image's CA store like pip does (TLS-inspecting proxies).
-        # uv when it can be installed in the build (much faster resolves and installs);
-        # pip otherwise. A failing uv install of the requirements fails the build: no fallback
-        # there, or a real dependency error would be retried with another resolver.
+    lines += [f"FROM {BASE_STAGE}", f"COPY --from={INSTALL_STAGE} {ENVKILN_ROOT} {ENVKILN_ROOT}"]
+    lines.append(f"ENV PATH={':'.join(path_entries)}:$PATH")
+    if spec.conda is not None:
+        # As Azure ML sets them, without an empty LD_LIBRARY_PATH entry (the current directory) when it
+        # was unset. One instruction: the layout of the rendered file is pinned by tests.
         lines.append(
-            f"RUN {create} \\\n"
-            f" && if {python} -m pip install --no-cache-dir --disable-pip-version-check --quiet "
-            f"--target {STAGING_DIR}/uv uv=={settings.uv_version}; then \\\n"
-            f"      UV_NATIVE_TLS=1 {STAGING_DIR}/uv/bin/uv pip install --no-cache --python {python} "
-            f"--requirement {STAGING_DIR}/requirements.txt; \\\n"
-            f"    else \\\n"
-            f"      {python} -m pip install --no-cache-dir --disable-pip-version-check "
-            f"--requirement {STAGING_DIR}/requirements.txt; \\\n"
-            f"    fi \\\n"
-            f" && rm -rf {STAGING_DIR}"
+            f"ENV CONDA_PREFIX={CONDA_PREFIX} AZUREML_CONDA_ENVIRONMENT_PATH={CONDA_PREFIX} "
+            f"LD_LIBRARY_PATH={CONDA_PREFIX}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"
         )
-    if path_entries:
-        lines.append(f"ENV PATH={':'.join(path_entries)}:$PATH")
-        if spec.conda is not None:
-            lines.append(f"ENV CONDA_PREFIX={CONDA_PREFIX}")
     dockerfile = "\n".join(lines) + "\n"
     check_round_trip(dockerfile, lines[1:])  # lines[0] is the comment; every other entry is one instruction
     return BuildPlan(dockerfile=dockerfile, files=files)

@@ -91,11 +91,21 @@ class OperatorSettings(BaseModel):
     registry_timeout_seconds: float = Field(default=10.0, gt=0)
     registry_retry_seconds: int = Field(default=15, ge=1, description="Retry delay while the registry is down.")
     cache_ttl_seconds: float = Field(default=30.0, ge=0, description="How long a found image is remembered.")
-    build_sync_seconds: float = Field(default=10.0, gt=0, description="How often unfinished builds are checked.")
-    env_sync_seconds: float = Field(default=30.0, gt=0, description="How often unsettled Environments are checked.")
-    workers: int = Field(default=20, ge=1, description="Kopf handler threads.")
+    build_sync_seconds: float = Field(
+        default=10.0, gt=0, description="How often the periodic resync checks unfinished builds.")
+    env_sync_seconds: float = Field(
+        default=30.0, gt=0, description="How often the periodic resync checks unsettled Environments.")
+    workers: int = Field(default=20, ge=1, description="Kopf handler threads (and API connections, plus 4).")
+    worker_limit: int = Field(
+        default=40, ge=1, description="Objects whose events are processed at once (Kopf's per-object workers); "
+        "the others wait their turn. Bounds memory when thousands of objects change at once or are listed at start.")
+    worker_idle_seconds: float = Field(
+        default=0.05, gt=0, description="How long a per-object worker waits for its object's next event before it "
+        "exits and frees its place (Kopf's queueing idle timeout).")
     watch_timeout_seconds: int = Field(default=300, ge=1, description="Server-side watch timeout.")
     liveness_endpoint: str | None = Field(default=None, description="e.g. http://0.0.0.0:8080/healthz")
+    metrics_port: int = Field(default=8000, ge=0, le=65535, description="Port of the Prometheus metrics (/metrics, "
+                              "docs/metrics.md) on all addresses; 0 turns them off.")
     peering_lifetime_seconds: int = Field(default=60, ge=1, description="How long a silent peer counts as alive.")
     webhook_enabled: bool = Field(default=False, description="Serve the pod admission webhook.")
     webhook_listen_address: str = "0.0.0.0"

@@ -15,6 +15,7 @@ from envkiln.decisions.admission import admit, condition_patch, refusal, release
 from envkiln.kube import ApiError
 from envkiln.names import ENVIRONMENTS, LABEL_ENVIRONMENT
 from envkiln.workloads import (
+    GATE,
     EnvironmentRequest,
     WorkloadError,
     anonymous_environment,
@@ -42,6 +43,18 @@ def scoped_to_request_namespace(fn: AdmissionFn) -> AdmissionFn:
         return await fn(scoped, *args, **kwargs)
 
     return checked
+
+
+def admit_pod_counted(ctx: OperatorContext, pod: dict[str, Any], namespace: str, dry_run: bool) -> dict[str, Any]:
+    """`admit_pod`, counted in envkiln_webhook_admissions by result (image, gated, refused)."""
+    try:
+        changes = admit_pod(ctx, pod, namespace, dry_run)
+    except WorkloadError:
+        ctx.metrics.admission("refused")
+        raise
+    gated = any(g.get("name") == GATE for g in changes["spec"].get("schedulingGates") or [])
+    ctx.metrics.admission("gated" if gated else "image")
+    return changes
 
 
 def admit_pod(ctx: OperatorContext, pod: dict[str, Any], namespace: str, dry_run: bool) -> dict[str, Any]:
@@ -75,11 +88,31 @@ def _environment_for(ctx: OperatorContext, request: EnvironmentRequest, namespac
             raise WorkloadError(problem)
         return existing, name
     assert request.name is not None
+    if request.curated:
+        return _curated_environment(ctx, request.name), request.name
     environment = ctx.kube.get(ENVIRONMENTS, namespace, request.name)
     if environment is None:
         raise WorkloadError(f"Environment {request.name!r} does not exist in namespace {namespace}; create it "
                             f"(kubectl get environments -n {namespace}) or fix the {LABEL_ENVIRONMENT} label")
     return environment, request.name
+
+
+def _curated_environment(ctx: OperatorContext, name: str) -> dict[str, Any]:
+    """The Environment `name` of the curated namespace, whatever the pod's namespace. Only its status is
+    trusted (envkiln.decisions.admission.admit): the operator writes it from the builds it signed there."""
+    curated = ctx.settings.curated_namespace
+    try:
+        environment = ctx.kube.get(ENVIRONMENTS, curated, name)
+    except ApiError as error:
+        if error.status != 403:
+            raise
+        raise WorkloadError(f"curated Environment {name}: the operator may not read Environments in the curated "
+                            f"namespace {curated}; it must watch that namespace (ENVKILN_NAMESPACES, chart "
+                            "operator.watchNamespaces)") from None
+    if environment is None:
+        raise WorkloadError(f"curated Environment {name!r} does not exist in the curated namespace {curated} "
+                            f"(kubectl get environments -n {curated})")
+    return environment
 
 
 def release_pods(ctx: OperatorContext, namespace: str, name: str) -> int:

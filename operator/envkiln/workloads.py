@@ -5,8 +5,12 @@ Pure functions; the admission webhook (envkiln.webhook) and the gate release use
 A pod opts in with the label `envkiln.dev/environment` (it scopes the webhook's object
 selector, so other pods never reach it). Its value is the Environment name, or `inline` for an
 anonymous environment defined in the annotation `envkiln.dev/environment-spec`. The annotation
-`envkiln.dev/environment` may give `name` or `name:version`; `envkiln.dev/container` picks the
-container (default: the first).
+`envkiln.dev/environment` may give `name`, `name:version` or `name@latest` (the newest version that was
+built); `envkiln.dev/container` picks the container (default: the first).
+
+Curated environments live in the curated namespace and are usable from every namespace: the annotation
+`curated/NAME`, `curated/NAME:VERSION` or `curated/NAME@latest`, or the label `curated_NAME` (a label
+value cannot hold '/').
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from envkiln.names import (
     ANNOTATION_SPEC,
     ANNOTATION_VERSION,
     API_VERSION,
+    CURATED_LABEL_PREFIX,
+    CURATED_REFERENCE_PREFIX,
     INLINE,
     KIND_ENVIRONMENT,
     LABEL_ANONYMOUS,
     LABEL_ENVIRONMENT,
     LABEL_HASH,
+    LATEST,
     POD_CONDITION,
     SCHEDULING_GATE,
     anonymous_environment_name,
@@ -47,8 +54,8 @@ GATE = SCHEDULING_GATE
 ANONYMOUS_LABEL = LABEL_ANONYMOUS
 __all__ = ["ANNOTATION", "ANONYMOUS_LABEL", "CONTAINER_ANNOTATION", "GATE", "INLINE", "LABEL", "POD_CONDITION",
            "SPEC_ANNOTATION", "VERSION_ANNOTATION", "EnvironmentRequest", "WorkloadError", "anonymous_environment",
-           "anonymous_name", "container_index", "image_for_version", "parse_inline_spec", "parse_request",
-           "with_environment_variables"]
+           "anonymous_name", "container_index", "image_for_version", "latest_version", "parse_inline_spec",
+           "parse_request", "with_environment_variables"]
 # Matched whole (re.fullmatch): `$` would also match before a trailing line feed.
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _MAX_NAME = 253
@@ -65,6 +72,20 @@ class EnvironmentRequest:
     version: str | None
     container: str | None
     inline_spec: EnvironmentSpec | None = None
+    curated: bool = False  # the Environment `name` in the curated namespace, not the pod's
+    latest: bool = False  # NAME@latest: the newest version that was built
+
+    @property
+    def reference(self) -> str:
+        """How the request is written in the annotation (`curated/` for curated ones)."""
+        prefix = CURATED_REFERENCE_PREFIX if self.curated else ""
+        suffix = f":{self.version}" if self.version else f"@{LATEST}" if self.latest else ""
+        return f"{prefix}{self.name}{suffix}"
+
+    @property
+    def label(self) -> str:
+        """The label value that records the request (`curated_NAME` for curated ones)."""
+        return f"{CURATED_LABEL_PREFIX}{self.name}" if self.curated else str(self.name)
 
 
 def parse_request(labels: dict[str, str], annotations: dict[str, str]) -> EnvironmentRequest:
@@ -73,15 +94,22 @@ def parse_request(labels: dict[str, str], annotations: dict[str, str]) -> Enviro
     container = annotations.get(CONTAINER_ANNOTATION) or None
     if label == INLINE or (SPEC_ANNOTATION in annotations and not annotations.get(ANNOTATION)):
         return EnvironmentRequest(None, None, container, parse_inline_spec(annotations.get(SPEC_ANNOTATION, "")))
-    name, _, written = reference.partition(":")
-    version = written or annotations.get(VERSION_ANNOTATION) or None
+    prefix = next((p for p in (CURATED_REFERENCE_PREFIX, CURATED_LABEL_PREFIX) if reference.startswith(p)), "")
+    curated = bool(prefix)
+    bare, at, tag = reference[len(prefix):].partition("@")
+    name, _, written = bare.partition(":")
+    if at and (tag != LATEST or written):
+        raise WorkloadError(f"{ANNOTATION}: {reference!r}: after '@' only {LATEST!r} is known (NAME@{LATEST}, the "
+                            "newest version that was built); write NAME:VERSION for a given version")
+    version = written or (None if at else annotations.get(VERSION_ANNOTATION)) or None
     if not name or len(name) > _MAX_NAME or not _NAME.fullmatch(name):
-        raise WorkloadError(f"{ANNOTATION}: {reference!r} is not an Environment name (optionally name:version)")
+        raise WorkloadError(f"{ANNOTATION}: {reference!r} is not an Environment name (optionally name:version or "
+                            f"name@{LATEST}; {CURATED_REFERENCE_PREFIX}name for a curated one)")
     if version is not None and not _VERSION.fullmatch(version):
         source = ANNOTATION if written else VERSION_ANNOTATION
         raise WorkloadError(f"{source}: version {version!r} is not a version label (letters, digits, '.', '_', "
                             "'-', at most 63 characters)")
-    return EnvironmentRequest(name, version, container)
+    return EnvironmentRequest(name, version, container, curated=curated, latest=bool(at))
 
 
 def parse_inline_spec(text: str) -> EnvironmentSpec:
@@ -134,6 +162,15 @@ def anonymous_mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str 
     return (f"Environment {name} exists but its spec is not the pod's inline spec (it was changed, or created "
             f"by someone else); delete it (kubectl delete environment -n {wanted['metadata']['namespace']} {name}) "
             "and envkiln recreates it from the inline spec")
+
+
+def latest_version(environment: dict[str, Any]) -> str | None:
+    """NAME@latest: the newest entry of status.versions that was built (has an image); None when none was
+    built yet (the current version is then the one to wait for)."""
+    for record in reversed((environment.get("status") or {}).get("versions") or []):
+        if record.get("imageRef") and record.get("version"):
+            return str(record["version"])
+    return None
 
 
 def image_for_version(environment: dict[str, Any], version: str | None) -> str | None:

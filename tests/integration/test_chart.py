@@ -351,7 +351,7 @@ def test_reserved_names_policy(installed_release: str, api_client: client.ApiCli
                                            environment("my-azureml-copy", image="python:3.11-slim", pip=["six"]))
 
 
-def test_network_policy_admits_only_the_webhook_port(helm: str, api_client: client.ApiClient,
+def test_network_policy_admits_only_the_webhook_and_metrics_ports(helm: str, api_client: client.ApiClient,
                                                      installed_release: str, release_namespace: str) -> None:
     documents = render(helm, "operator.registry=r.example.com", "registry.enabled=true")
     policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
@@ -366,9 +366,11 @@ def test_network_policy_admits_only_the_webhook_port(helm: str, api_client: clie
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert deployment_env(documents)["ENVKILN_WEBHOOK_PORT"] == str(ports["webhook"])
-    # Inbound only, one rule: the webhook's port from any peer; the health port and all else closed.
+    assert deployment_env(documents)["ENVKILN_METRICS_PORT"] == str(ports["metrics"])
+    # Inbound only, two rules: the webhook's and the metrics port from any peer; the health port and all else closed.
     assert spec["policyTypes"] == ["Ingress"]
-    assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": ports["webhook"]}]}]
+    metrics_rule = {"ports": [{"protocol": "TCP", "port": ports["metrics"]}]}
+    assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": ports["webhook"]}]}, metrics_rule]
     assert "egress" not in spec
 
     def policy(*values: str) -> dict[str, Any] | None:
@@ -377,8 +379,14 @@ def test_network_policy_admits_only_the_webhook_port(helm: str, api_client: clie
 
     narrowed = policy("webhook.networkPolicy.from[0].ipBlock.cidr=10.0.0.0/28")
     assert narrowed is not None and narrowed["spec"]["ingress"] == [
-        {"ports": [{"protocol": "TCP", "port": ports["webhook"]}], "from": [{"ipBlock": {"cidr": "10.0.0.0/28"}}]}]
-    closed = policy("webhook.enabled=false")
+        {"ports": [{"protocol": "TCP", "port": ports["webhook"]}], "from": [{"ipBlock": {"cidr": "10.0.0.0/28"}}]},
+        metrics_rule]
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    only_metrics = policy("webhook.enabled=false",
+                          "metrics.networkPolicyFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name"
+                          "=monitoring")
+    assert only_metrics is not None and only_metrics["spec"]["ingress"] == [{**metrics_rule, "from": [scraper]}]
+    closed = policy("webhook.enabled=false", "metrics.enabled=false")
     assert closed is not None and closed["spec"]["ingress"] == [] and closed["spec"]["policyTypes"] == ["Ingress"]
     assert policy("webhook.networkPolicy.enabled=false") is None
     # The API server takes them: the installed release's for real, the others validated (dry run).

@@ -338,3 +338,51 @@ def test_a_spec_at_the_crds_size_bounds_is_handled(api_client: client.ApiClient,
         annotations = obj["metadata"].get("annotations") or {}
         assert sum(len(k) + len(v) for k, v in annotations.items()) < 2048, annotations.keys()
     assert "Traceback" not in operator.log() and "too long" not in operator.log()
+
+
+def test_metrics_count_a_cache_hit_and_a_build(api_client: client.ApiClient, namespace: str, registry: Registry,
+                                               start_operator) -> None:  # type: ignore[no-untyped-def]
+    """Scrape a real operator's /metrics after one cache hit and one (Kaniko-played) build."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from harness.ports import free_port
+
+    port = free_port()
+    hit_spec = {"image": "python:3.11-slim", "pip": ["metricshit==1.0"]}
+    build_spec = {"image": "python:3.11-slim", "pip": ["metricsbuild==1.0"]}
+    seed_build(api_client, namespace, hit_spec, registry.host)
+    operator = start_operator(namespace, max_concurrent_builds="10", metrics_port=str(port))
+    envs = Envs(api_client, namespace)
+    envs.create(environment("hit", **hit_spec))
+    assert envs.wait_phase("hit", "Ready", diagnostics=operator.log)["cacheHit"] is True
+    envs.create(environment("built", **build_spec))
+    envs.wait_phase("built", "Building", diagnostics=operator.log)
+    [job] = wait_for(envs.jobs, what="a Kaniko Job", diagnostics=operator.log)
+    value = hash_of(build_spec)
+    digest = push_archive(base_image_archive(), f"{registry.host}/envkiln/{namespace}/env_{value}:{value}")
+    play_kaniko_pod(api_client, namespace, job, 0, digest)
+    finish_job(api_client, namespace, job, succeeded=True)
+    assert envs.wait_phase("built", "Ready", diagnostics=operator.log)["cacheHit"] is False
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        samples = scrape()  # the phase gauge follows watch events, which arrive just after the write
+        return samples if samples.get(("envkiln_environments", (("phase", "Ready"),))) == 2 else None
+
+    samples = wait_for(settled, what="both Environments Ready in the metrics", diagnostics=operator.log)
+    succeeded = (("builder", "kaniko"), ("outcome", "succeeded"))
+    assert samples[("envkiln_cache_hits_total", ())] == 1
+    assert samples[("envkiln_cache_misses_total", ())] == 1
+    assert samples[("envkiln_build_duration_seconds_count", succeeded)] == 1
+    assert samples[("envkiln_build_duration_seconds_sum", succeeded)] > 0
+    assert samples[("envkiln_builds_in_flight", ())] == 0 and samples[("envkiln_builds_queued", ())] == 0
+    assert samples[("envkiln_registry_lookup_duration_seconds_count", (("registry", registry.host),))] >= 1
+    assert samples.get(("envkiln_registry_lookup_errors_total", (("registry", registry.host),)), 0) == 0
+    assert not [k for k in samples if k[0] == "envkiln_reconcile_errors_total"]

@@ -4,6 +4,7 @@ admission webhook on 127.0.0.1: image digests, variables, scheduling gates, anon
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import http.client
 import json
@@ -284,6 +285,88 @@ def test_cli_image_and_list(api_client: client.ApiClient, namespace: str, regist
     assert anonymous in cli("list", "--anonymous", "-n", namespace).stdout
     by_hash = cli("image", "--hash", hash_of(anon_spec)[:12], "-n", namespace)
     assert by_hash.stdout.strip() == status["imageRef"], by_hash.stderr
+
+
+# --- curated environments: usable from every namespace, NAME@latest ---------------------------------------
+
+def test_curated_environments_are_used_from_another_namespace_and_latest_is_the_newest_built(
+        api_client: client.ApiClient, control_plane: ControlPlane, namespace: str, registry: Registry,
+        tmp_path: Path) -> None:
+    """A pod in a tenant namespace names `curated/NAME` (annotation; `curated_NAME` in the label): the webhook
+    reads NAME from the curated namespace, trusting only what the operator wrote there from builds it signed.
+    `@latest` is the newest version that was built; a curated version not built is refused, never gated.
+    A tenant's own Environment with the same name is used only by the plain name."""
+    core, admission = client.CoreV1Api(api_client), client.AdmissionregistrationV1Api(api_client)
+    curated = _new_namespace(api_client)
+    port, name = free_port(), f"envkiln-{namespace}"
+    admission.create_mutating_webhook_configuration(webhook_configuration(name, port, namespace))
+    operator = OperatorProcess(control_plane.kubeconfig, {
+        "ENVKILN_REGISTRY": registry.host, "ENVKILN_INSECURE_REGISTRY": "true", "ENVKILN_BUILDER": "kaniko",
+        "ENVKILN_BUILD_SYNC_SECONDS": "1", "ENVKILN_ENV_SYNC_SECONDS": "2", "ENVKILN_REGISTRY_RETRY_SECONDS": "2",
+        "ENVKILN_WATCH_TIMEOUT_SECONDS": "20", "ENVKILN_BUILD_RETRY_BACKOFF_SECONDS": "1",
+        "ENVKILN_CACHE_TTL_SECONDS": "0", "ENVKILN_CURATED_NAMESPACE": curated,
+        "ENVKILN_WEBHOOK_ENABLED": "true", "ENVKILN_WEBHOOK_LISTEN_ADDRESS": "127.0.0.1",
+        "ENVKILN_WEBHOOK_PORT": str(port), "ENVKILN_WEBHOOK_HOSTS": "127.0.0.1",
+        "ENVKILN_WEBHOOK_CONFIGURATION": name, "ENVKILN_OPERATOR_NAMESPACE": namespace,
+    }, namespaces=[namespace, curated], log_dir=tmp_path, name="operator-curated").start()
+    try:
+        wait_until_serving(core, namespace, 60, operator.log)
+        v1 = {"image": "python:3.11-slim", "pip": ["curated-shared==1.0"], "environmentVariables": {"FROM": "curated"}}
+        status1, _ = build_ready(api_client, curated, registry, operator, "shared-sklearn", v1)
+        assert f"/envkiln/{curated}/" in status1["imageRef"], "built under the curated namespace's path"
+        # The tenant's own Environment of the same name (still building): only the plain name means it.
+        Envs(api_client, namespace).create(environment("shared-sklearn", image="python:3.11-slim",
+                                                       pip=["tenant-own==6.6.6"]))
+
+        by_label = core.create_namespaced_pod(namespace, pod("by-label", "curated_shared-sklearn"))
+        assert by_label.spec.containers[0].image == status1["imageRef"] and not by_label.spec.scheduling_gates
+        assert {e.name: e.value for e in by_label.spec.containers[0].env}["FROM"] == "curated"
+        assert by_label.metadata.annotations["envkiln.dev/environment"] == "curated/shared-sklearn"
+        own = core.create_namespaced_pod(namespace, pod("own", "shared-sklearn"))
+        assert own.spec.containers[0].image == "placeholder" and [g.name for g in own.spec.scheduling_gates] == [GATE]
+
+        # Version 2 of the curated environment: while it builds, @latest is version 1, the current one refused.
+        v2 = {**v1, "pip": ["curated-shared==2.0"]}
+        envs = Envs(api_client, curated)
+        envs.custom.patch_namespaced_custom_object("envkiln.dev", "v1alpha1", curated, "environments",
+                                                   "shared-sklearn", {"spec": {"version": "2", "pip": v2["pip"]}})
+        envs.wait_phase("shared-sklearn", "Building", diagnostics=operator.log)
+        latest = core.create_namespaced_pod(namespace, pod("latest-1", "curated", {
+            "envkiln.dev/environment": "curated/shared-sklearn@latest"}))
+        assert latest.spec.containers[0].image == status1["imageRef"] and not latest.spec.scheduling_gates
+        assert latest.metadata.annotations["envkiln.dev/environment"] == "curated/shared-sklearn:1"
+        with pytest.raises(client.ApiException) as refused:
+            core.create_namespaced_pod(namespace, pod("current", "curated_shared-sklearn"))
+        assert refused.value.status == 400
+        message = json.loads(refused.value.body)["message"]
+        assert "is not built for its current version (phase Building)" in message, message
+        assert "curated/shared-sklearn:1, or curated/shared-sklearn@latest" in message, message
+
+        value = hash_of(v2)
+        job = wait_for(lambda: [j for j in Envs(api_client, curated).jobs() if value in j.metadata.name],
+                       what="version 2's Kaniko Job", diagnostics=operator.log)[0]
+        digest2 = push_archive(base_image_archive(), image_for(v2, registry.host, curated))
+        play_kaniko_pod(api_client, curated, job, 0, digest2)
+        finish_job(api_client, curated, job, succeeded=True)
+        status2 = envs.wait_phase("shared-sklearn", "Ready", diagnostics=operator.log)
+        wait_for(lambda: envs.status("shared-sklearn").get("observedGeneration") == 2, what="version 2 Ready")
+        latest = core.create_namespaced_pod(namespace, pod("latest-2", "curated", {
+            "envkiln.dev/environment": "curated/shared-sklearn@latest"}))
+        assert latest.spec.containers[0].image == status2["imageRef"] != status1["imageRef"]
+        assert latest.metadata.annotations["envkiln.dev/environment"] == "curated/shared-sklearn:2"
+        pinned = core.create_namespaced_pod(namespace, pod("pinned", "curated", {
+            "envkiln.dev/environment": "curated/shared-sklearn:1"}))
+        assert pinned.spec.containers[0].image == status1["imageRef"]
+
+        with pytest.raises(client.ApiException) as unknown:
+            core.create_namespaced_pod(namespace, pod("unknown", "curated_nope"))
+        assert f"curated Environment 'nope' does not exist in the curated namespace {curated}" in json.loads(
+            unknown.value.body)["message"]
+    finally:
+        operator.stop()
+        admission.delete_mutating_webhook_configuration(name)
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespace(curated)
 
 
 # --- mutual TLS: only the API server, with its client certificate, reaches the webhook -------------------

@@ -238,3 +238,99 @@ def test_digest_and_failure_from_pods(pods: list[client.V1Pod], container: str, 
 ])
 def test_repository_of(image: str, repository: str) -> None:
     assert repository_of(image) == repository
+
+
+# --- the `context` container's script, run here with GNU tar (as in the builder images) -------------------
+
+def _tree_tar(members: dict[str, bytes], modes: dict[str, int] | None = None) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.uname = len(content), (modes or {}).get(name, 0o644), 4242, "someone"
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def run_context_script(tmp_path: Any, files: dict[str, str | bytes], digest: str | None = None
+                       ) -> tuple[int, str, Any]:
+    """The pod's `context` container script over a ConfigMap volume laid out like the kubelet's (keys are
+    symlinks into ..data), with its paths moved under tmp_path; (exit code, stderr, the workspace)."""
+    import subprocess
+
+    build = build_for({"build": {"configMap": {"name": "user-ctx"}}}, {"Dockerfile": "FROM x"})
+    build["spec"]["plan"]["contextDigest"] = digest or context_digest(files)
+    pod = pod_of(buildah_job(build, 1, SETTINGS, None))
+    container = pod["initContainers"][0]
+    source, workspace = tmp_path / "context-source", tmp_path / "workspace"
+    (source / "..2026_11_25").mkdir(parents=True)
+    workspace.mkdir()
+    (source / "..data").symlink_to("..2026_11_25")
+    for key, value in files.items():
+        target = source / "..2026_11_25" / key
+        target.write_bytes(value.encode() if isinstance(value, str) else value)
+        (source / key).symlink_to(f"..data/{key}")
+    script = container["command"][2].replace("/context-source", str(source)).replace("/workspace", str(workspace))
+    done = subprocess.run(["/bin/sh", "-c", "umask 022; " + script], env={**env_of(container), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stderr, workspace
+
+
+def test_context_script_unpacks_a_nested_tree_under_the_digest(tmp_path: Any) -> None:
+    tree = _tree_tar({"src/pkg/__init__.py": b"VALUE = 1\n", "src/tool.sh": b"echo hi\n",
+                      "docker/Dockerfile": b"FROM y\n"}, modes={"src/tool.sh": 0o4777})
+    code, stderr, workspace = run_context_script(tmp_path, {"Dockerfile": "FROM x\n", ".envkiln-context.tar": tree})
+    assert code == 0, stderr
+    found = sorted(str(p.relative_to(workspace)) for p in workspace.rglob("*") if p.is_file())
+    assert found == ["Dockerfile", "docker/Dockerfile", "src/pkg/__init__.py", "src/tool.sh"], "the archive is not kept"
+    assert (workspace / "src/pkg/__init__.py").read_text() == "VALUE = 1\n"
+    mode = (workspace / "src/tool.sh").stat().st_mode & 0o7777
+    assert mode & 0o022 == 0, f"the archive's modes are not applied as written: {oct(mode)}"
+
+
+def test_context_script_checks_the_digest_before_unpacking(tmp_path: Any) -> None:
+    hashed = {"Dockerfile": "FROM x\n", ".envkiln-context.tar": _tree_tar({"a/b": b"1"})}
+    planted = {**hashed, ".envkiln-context.tar": _tree_tar({"a/b": b"2"})}
+    code, stderr, workspace = run_context_script(tmp_path, planted, digest=context_digest(hashed))
+    assert code == 1 and "not what was hashed" in stderr
+    assert list(workspace.iterdir()) == []
+
+
+@pytest.mark.parametrize("member", ["/etc/evil", "../evil", "a/../../evil", "a/.."])
+def test_context_script_refuses_absolute_and_dotdot_members(tmp_path: Any, member: str) -> None:
+    files = {"Dockerfile": "FROM x\n", ".envkiln-context.tar": _tree_tar({"ok": b"1", member: b"x"})}
+    code, stderr, workspace = run_context_script(tmp_path, files)
+    assert code == 1 and "absolute path or '..'" in stderr, stderr
+    assert not (workspace / "ok").exists() and not (tmp_path / "evil").exists()
+
+
+def test_context_script_copies_flat_contexts_as_before(tmp_path: Any) -> None:
+    code, stderr, workspace = run_context_script(tmp_path, {"Dockerfile": "FROM x\n", "requirements.txt": "six\n"})
+    assert code == 0, stderr
+    assert sorted(p.name for p in workspace.iterdir()) == ["Dockerfile", "requirements.txt"]
+
+
+def test_local_builder_unpacks_a_nested_tree_like_the_pod(tmp_path: Any) -> None:
+    import base64
+    from types import SimpleNamespace
+
+    from envkiln.builders.local import ContextError, materialise_context
+
+    tree = _tree_tar({"src/pkg/__init__.py": b"VALUE = 1\n", "docker/Dockerfile": b"FROM y\n"})
+    configmaps = {"user-ctx": SimpleNamespace(data={"requirements.txt": "six\n"},
+                                              binary_data={".envkiln-context.tar": base64.b64encode(tree).decode()})}
+    kube: Any = SimpleNamespace(read_configmap=lambda namespace, name: configmaps.get(name))
+    build = build_for({"build": {"configMap": {"name": "user-ctx"}, "dockerfilePath": "docker/Dockerfile"}},
+                      {"requirements.txt": "six\n", ".envkiln-context.tar": tree})
+    spec = EnvironmentBuildSpec.model_validate(build["spec"])
+    assert materialise_context(spec, "ns", kube, tmp_path) == "docker/Dockerfile"
+    found = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert found == ["docker/Dockerfile", "requirements.txt", "src/pkg/__init__.py"]
+    evil = base64.b64encode(_tree_tar({"../evil": b"x"})).decode()
+    configmaps["user-ctx"].binary_data = {".envkiln-context.tar": evil}
+    (tmp_path / "again").mkdir()
+    with pytest.raises(ContextError, match=r"absolute path or '\.\.'"):
+        materialise_context(spec, "ns", kube, tmp_path / "again")

@@ -83,6 +83,9 @@ def test_admit_never_built_version_refused() -> None:
     ({"envkiln.dev/environment": "train"}, {}, "train", None),
     ({"envkiln.dev/environment": "train"}, {"envkiln.dev/environment": "train:1"}, "train", "1"),
     ({"envkiln.dev/environment": "train"}, {"envkiln.dev/environment-version": "1"}, "train", "1"),
+    ({"envkiln.dev/environment": "train"}, {"envkiln.dev/environment": "train@latest"}, "train", None),
+    ({"envkiln.dev/environment": "curated_sk"}, {}, "sk", None),  # curated: tests/unit/test_curated_refs.py
+    ({"envkiln.dev/environment": "x"}, {"envkiln.dev/environment": "curated/sk:2"}, "sk", "2"),
 ])
 def test_parse_request(labels: dict[str, str], annotations: dict[str, str], name: str, version: str | None) -> None:
     request = parse_request(labels, annotations)

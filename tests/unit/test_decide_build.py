@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
+from envkiln.conditions import get_condition, kstatus
 from envkiln.decisions.build import (
     MAX_BACKOFF_SECONDS,
     Limits,
     after_failure,
     after_verification,
     backoff_delay,
+    build_conditions,
     holds_slot,
     next_step,
     refuse,
@@ -124,3 +126,41 @@ def test_refuse_fails_without_starting() -> None:
     assert (step.action, step.phase, step.terminal) == ("fail", "Failed", True)
     assert step.condition == (False, "UntrustedBuild", "not built: it carries no envkiln signature")
     assert step.event is not None and step.event[0] == "Warning"
+
+
+# (id, step, Succeeded, Ready, abnormal condition, kstatus): every step that writes a condition.
+CONDITION_CASES = [
+    ("queued", next_step({}, LIMITS, NOW, "i", running=2), "Unknown", "False", "Reconciling", "InProgress"),
+    ("started", next_step({}, LIMITS, NOW, "i"), "Unknown", "False", "Reconciling", "InProgress"),
+    ("retrying", after_failure(1, "Error", "tail", LIMITS, NOW), "Unknown", "False", "Reconciling", "InProgress"),
+    ("failed", after_failure(3, "OOMKilled", "tail", LIMITS, NOW), "False", "False", "Stalled", "Failed"),
+    ("refused", refuse("UntrustedBuild", "not built", NOW), "False", "False", "Stalled", "Failed"),
+    ("succeeded", after_verification(1, "sha256:" + "b" * 64, True, "pull/env@sha256:b", "push/env", LIMITS, NOW),
+     "True", "True", None, "Current"),
+]
+
+
+@pytest.mark.parametrize(("case", "step", "succeeded", "ready", "abnormal", "expected"), CONDITION_CASES,
+                         ids=[c[0] for c in CONDITION_CASES])
+def test_build_conditions_for_kstatus(case: str, step: Any, succeeded: str, ready: str, abnormal: str | None,
+                                      expected: str) -> None:
+    assert step.condition is not None and step.phase is not None
+    conditions = build_conditions(None, step.phase, step.condition, 4, now="t")
+    by_type = {c["type"]: c for c in conditions}
+    assert by_type["Succeeded"]["status"] == succeeded and by_type["Ready"]["status"] == ready
+    assert set(by_type) == {"Succeeded", "Ready", *([abnormal] if abnormal else [])}
+    assert {c["reason"] for c in conditions} == {step.condition[1]}
+    assert {c["observedGeneration"] for c in conditions} == {4}
+    build = {"kind": "EnvironmentBuild", "metadata": {"generation": 4},
+             "status": {"phase": step.phase, "observedGeneration": 4, "conditions": conditions}}
+    assert kstatus(build)[0] == expected
+
+
+def test_build_conditions_through_retries() -> None:
+    first = build_conditions(None, "Building", (None, "Building", "attempt 1 started"), 1, now="t1")
+    retry = build_conditions(first, "Building", (None, "Retrying", "attempt 1 failed"), 1, now="t2")
+    assert get_condition(retry, "Reconciling")["lastTransitionTime"] == "t1"  # still reconciling: no transition
+    done = build_conditions(retry, "Succeeded", (True, "BuildSucceeded", "pushed"), 1, now="t3")
+    assert [c["type"] for c in done] == ["Succeeded", "Ready"]
+    assert get_condition(done, "Ready")["lastTransitionTime"] == "t3"
+    assert build_conditions(done, "Succeeded", (True, "BuildSucceeded", "pushed"), 1, now="t4") == done

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from envkiln.conditions import get_condition, kstatus
 from envkiln.decisions.environment import Facts, Lookup, decide, from_build, new_status
 from envkiln.models import Phase
 from helpers import CONDA_ENV, PIP_ENV, spec_of
@@ -131,3 +132,39 @@ def test_new_status_history_and_conditions() -> None:
     assert again == status  # idempotent: nothing to write the second time
     missing = new_status({**env, "status": status}, decide(facts(missing_context="c")), None, "t")
     assert "ImageAvailable" not in {c["type"] for c in missing["conditions"]}
+
+
+# What Flux (kstatus) and `kubectl wait --for=condition=...` read from each phase.
+KSTATUS = {Phase.READY: ("Current", None), Phase.FAILED: ("Failed", "Stalled"),
+           Phase.BUILDING: ("InProgress", "Reconciling"), Phase.PENDING: ("InProgress", "Reconciling")}
+
+
+@pytest.mark.parametrize(("case", "given", "phase"), [c[:3] for c in CASES], ids=[c[0] for c in CASES])
+def test_kstatus_reads_every_outcome(case: str, given: Facts, phase: Phase) -> None:
+    env = {"kind": "Environment", "metadata": {"generation": 2}, "spec": PIP_ENV["spec"]}
+    outcome = decide(given)
+    status = new_status(env, outcome, HASH, "2026-01-01T00:00:00Z")
+    expected, abnormal = KSTATUS[phase]
+    assert kstatus({**env, "status": status}) == (expected, outcome.message if abnormal else "Resource is Ready")
+    present = {c["type"] for c in status["conditions"]} & {"Reconciling", "Stalled"}
+    assert present == ({abnormal} if abnormal else set()), "only the abnormal condition that applies is present"
+    ready = get_condition(status["conditions"], "Ready")
+    assert ready is not None and ready["status"] == ("True" if phase is Phase.READY else "False")
+    if abnormal:
+        condition = get_condition(status["conditions"], abnormal)
+        assert condition is not None and condition["reason"] == outcome.conditions["Ready"][1]
+        assert condition["observedGeneration"] == 2
+
+
+def test_kstatus_follows_an_environment_through_its_life() -> None:
+    env: dict[str, Any] = {"kind": "Environment", "metadata": {"generation": 1}, "spec": PIP_ENV["spec"]}
+    steps = [(decide(facts()), "InProgress"), (decide(facts(build=build("Building"))), "InProgress"),
+             (decide(facts(build=FAILED)), "Failed"), (decide(facts(build=SUCCEEDED)), "Current")]
+    for number, (outcome, expected) in enumerate(steps):
+        env["status"] = new_status(env, outcome, HASH, f"2026-01-01T00:00:0{number}Z")
+        assert kstatus(env)[0] == expected
+    assert {c["type"] for c in env["status"]["conditions"]} == {"Valid", "ImageAvailable", "Ready"}
+    env["metadata"]["generation"] = 2  # a new version applied: not observed yet, so not Current any more
+    assert kstatus(env)[0] == "InProgress"
+    again = new_status(env, decide(facts(build=SUCCEEDED)), HASH, "2026-01-01T00:00:09Z")
+    assert again["observedGeneration"] == 2 and kstatus({**env, "status": again})[0] == "Current"

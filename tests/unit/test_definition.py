@@ -31,11 +31,12 @@ def h(doc: dict, context: dict | None = None) -> str:
 
 
 # Pinned: a change here means every user's images get rebuilt. Bump HASH_SCHEMA instead.
+# v2 (the render of system-managed definitions changed: install stage, base user kept, LD_LIBRARY_PATH).
 GOLDEN = [
-    (PIP_ENV, None, "7b4cf293710535670da388f7badddf5b"),
-    (CONDA_ENV, None, "43127723ae8d44f7ddaca02693d1f485"),
-    (BYOC_ENV, None, "a62d7c48cd239da9ff47a3e7bb71dfa9"),
-    (CONFIGMAP_ENV, {"Dockerfile": "FROM python:3.11\n"}, "0c05d3eb89e228e2687f6400bf818f69"),
+    (PIP_ENV, None, "16a091651d5dd84ff2293941770ec3e6"),
+    (CONDA_ENV, None, "7b2552359c3f73c17c775e4da723267e"),
+    (BYOC_ENV, None, "4bbd3b8380cec324bdf040dbd085e33b"),
+    (CONFIGMAP_ENV, {"Dockerfile": "FROM python:3.11\n"}, "e63c65078db85486013d16097e951441"),
 ]
 
 
@@ -51,7 +52,7 @@ def test_golden_pip_hash_matches_an_independent_computation() -> None:
 
     document = {"image": "python:3.11-slim", "userManaged": False, "dockerSteps": [], "conda": None,
                 "pip": ["numpy==2.1.3", "pandas==2.2.3"], "build": None}
-    payload = "envkiln.dev/definition/v1\n" + json.dumps(document, sort_keys=True, separators=(",", ":"))
+    payload = "envkiln.dev/definition/v2\n" + json.dumps(document, sort_keys=True, separators=(",", ":"))
     assert hashlib.sha256(payload.encode()).hexdigest()[:32] == GOLDEN[0][2]
 
 

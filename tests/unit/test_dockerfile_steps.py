@@ -90,9 +90,10 @@ def test_accepted_step_is_one_instruction_where_envkiln_put_it(step: str) -> Non
     (alone,) = buildkit.parse(step.strip())
     spec = spec_of(manifest(CONDA_ENV, dockerSteps=["ENV FIRST=1", step]))
     instructions = buildkit.parse(render(spec, definition_hash(spec)).dockerfile)
-    # FROM micromamba, FROM base, LABEL, then the steps in order, then envkiln's COPY.
-    assert instructions[4].identity == alone.identity
-    assert instructions[5].keyword == "COPY"
+    # FROM base AS envkiln-base, LABEL, then the steps in order, then the micromamba and install stages.
+    assert instructions[3].identity == alone.identity
+    assert [i.keyword for i in instructions[4:7]] == ["FROM", "FROM", "USER"]
+    assert instructions[5].value == ("envkiln-base", "AS", "envkiln-install")
 
 
 def test_the_parser_is_buildkits() -> None:

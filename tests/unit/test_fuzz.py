@@ -71,13 +71,18 @@ steps = st.one_of(
 def assert_reads_back(spec: EnvironmentSpec, dockerfile: str) -> None:
     """BuildKit reads the Dockerfile as envkiln wrote it: the steps unchanged, where envkiln put them."""
     instructions = buildkit.parse(dockerfile)
-    first = 3 if spec.conda else 2
+    first = 2  # FROM base AS envkiln-base, LABEL, the steps
     written = [buildkit.parse(step.strip()) for step in spec.docker_steps or []]
     assert all(len(alone) == 1 for alone in written)
     assert [i.identity for i in instructions[first:first + len(written)]] == [alone[0].identity for alone in written]
     assert instructions[first - 1].keyword == "LABEL"
     for instruction in instructions[first:first + len(written)]:
         assert instruction.keyword not in ("FROM", "COPY", "ADD", "ONBUILD") and not instruction.heredocs
+    # The stages are envkiln's: the steps never add or change one.
+    stages = [i.value for i in instructions if i.keyword == "FROM"]
+    assert stages[0][1:] == ("AS", "envkiln-base")
+    if spec.conda or spec.pip:
+        assert stages[-2:] == [("envkiln-base", "AS", "envkiln-install"), ("envkiln-base",)]
 
 
 @fuzz(600)

@@ -47,6 +47,25 @@ def test_pip_markers_and_index_options_are_accepted() -> None:
     assert len(parse_environment(doc).spec.pip or []) == 4
 
 
+# What Azure ML definitions use and pip reads: URL, VCS and `name @ url` requirements.
+URL_REQUIREMENTS = [
+    "pkg @ https://example.com/pkg-1.0-py3-none-any.whl",
+    "pkg[extra] @ git+https://github.com/org/pkg.git@v1.2",
+    "https://example.com/pkg-1.0.tar.gz",
+    "git+https://github.com/org/pkg.git@0123abcd#egg=pkg&subdirectory=python",
+    "git+https://github.com/org/pkg.git",
+    "pkg @ file:///opt/wheels/pkg-1.0-py3-none-any.whl",
+    "pkg @ https://example.com/pkg.whl ; python_version >= '3.10'",
+]
+
+
+@pytest.mark.parametrize("line", URL_REQUIREMENTS)
+def test_url_vcs_and_named_url_requirements_are_accepted(line: str) -> None:
+    assert parse_environment(manifest(pip=[line])).spec.pip == [line]
+    conda = {"dependencies": ["python=3.11", {"pip": [line]}]}  # no '- pip': conda adds it, so does envkiln
+    assert parse_environment(manifest(CONDA_ENV, conda=conda)).spec.conda is not None
+
+
 def _meta(name: str, namespace: str | None = None) -> dict:
     return {"name": name, **({"namespace": namespace} if namespace else {})}
 
@@ -73,15 +92,18 @@ BAD_INPUTS = [
     ("pip-command-substitution", manifest(pip=["numpy$(id)"]), "shell metacharacters"),
     ("pip-backtick", manifest(pip=["numpy`id`"]), "shell metacharacters"),
     ("pip-pipe", manifest(pip=["numpy | sh"]), "shell metacharacters"),
-    ("pip-requirement-file", manifest(pip=["-r other.txt"]), "pip option -r is not supported"),
+    ("pip-requirement-file", manifest(pip=["-r other.txt"]), "list that file's requirements here instead"),
+    ("pip-constraints-file", manifest(pip=["-c constraints.txt"]), "pin the versions in the requirements"),
+    ("pip-editable", manifest(pip=["-e ."]), "-e is an editable install"),
+    ("pip-ssh-vcs", manifest(pip=["git+ssh://git@host/o/r.git"]), "write git+https://"),
+    ("pip-http-url", manifest(pip=["pkg @ http://host/pkg.whl"]), "write the https:// URL"),
+    ("pip-local-path", manifest(pip=["./wheels/pkg-1.0-py3-none-any.whl"]), "is a local path"),
     ("pip-garbage", manifest(pip=["not a requirement!!"]), "is not a pip requirement"),
     ("pip-blank", manifest(pip=["  "]), "spec.pip[0]: requirement is empty"),
     ("conda-not-mapping", manifest(CONDA_ENV, conda=["python=3.11"]), "a conda specification is a mapping"),
     ("conda-without-dependencies", manifest(CONDA_ENV, conda={"channels": ["conda-forge"]}),
      "needs 'dependencies'"),
     ("conda-empty-dependencies", manifest(CONDA_ENV, conda={"dependencies": []}), "dependencies is empty"),
-    ("conda-pip-block-without-pip", manifest(CONDA_ENV, conda={"dependencies": ["python=3.11", {"pip": ["six"]}]}),
-     "no 'pip' package"),
     ("conda-dep-injection", manifest(CONDA_ENV, conda={"dependencies": ["python=3.11\nRUN id"]}),
      "shell metacharacters"),
     ("conda-unknown-key", manifest(CONDA_ENV, conda={"dependencies": ["python"], "prefix": "/x"}),

@@ -36,9 +36,11 @@ def test_rendering_is_deterministic() -> None:
 def test_pip_only_uses_a_venv_and_uv_with_pip_fallback() -> None:
     plan = plan_of(PIP_ENV)
     lines = plan.dockerfile.splitlines()
-    assert lines[1] == "FROM python:3.11-slim"
+    assert lines[1] == "FROM python:3.11-slim AS envkiln-base"
     assert "micromamba" not in plan.dockerfile
-    assert f"python3 -m venv {VENV_PREFIX}" in plan.dockerfile
+    # The base image's own Python, its packages visible: `import torch` on a PyTorch base keeps working.
+    assert 'base_python="$(command -v python3 || command -v python)"' in plan.dockerfile
+    assert f'"$base_python" -m venv --system-site-packages {VENV_PREFIX}' in plan.dockerfile
     assert "uv pip install" in plan.dockerfile and "-m pip install --no-cache-dir" in plan.dockerfile
     assert f"ENV PATH={VENV_PREFIX}/bin:$PATH" in lines
     assert {f.path: f.content for f in plan.files} == {"requirements.txt": "numpy==2.1.3\npandas==2.2.3\n"}
@@ -48,9 +50,9 @@ def test_pip_only_uses_a_venv_and_uv_with_pip_fallback() -> None:
 def test_conda_uses_pinned_micromamba_stage_and_fixed_prefix() -> None:
     plan = plan_of(CONDA_ENV, RenderSettings(micromamba_image="registry.local/micromamba:2.3.3"))
     lines = plan.dockerfile.splitlines()
-    assert lines[1] == "FROM registry.local/micromamba:2.3.3 AS micromamba"
-    assert lines[2] == "FROM debian:bookworm-slim"
-    assert "COPY --from=micromamba /bin/micromamba /usr/local/bin/micromamba" in lines
+    assert lines[1] == "FROM debian:bookworm-slim AS envkiln-base"
+    assert "FROM registry.local/micromamba:2.3.3 AS envkiln-micromamba" in lines
+    assert "COPY --from=envkiln-micromamba /bin/micromamba /usr/local/bin/micromamba" in lines
     assert f"micromamba create --yes --prefix {CONDA_PREFIX}" in plan.dockerfile
     assert f"ENV PATH={CONDA_PREFIX}/bin:$PATH" in lines
     conda_yaml = {f.path: f.content for f in plan.files}["conda.yaml"]
@@ -58,6 +60,23 @@ def test_conda_uses_pinned_micromamba_stage_and_fixed_prefix() -> None:
     assert "mlflow-skinny==2.17.2" in conda_yaml
     # spec.pip goes into the conda environment's own Python.
     assert f"{CONDA_PREFIX}/bin/python -m pip" in plan.dockerfile
+    # As Azure ML sets them for its conda environment; no empty LD_LIBRARY_PATH entry when it was unset.
+    assert lines[-1] == (f"ENV CONDA_PREFIX={CONDA_PREFIX} AZUREML_CONDA_ENVIRONMENT_PATH={CONDA_PREFIX} "
+                         f"LD_LIBRARY_PATH={CONDA_PREFIX}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}")
+
+
+@pytest.mark.parametrize(("dependencies", "rendered"), [
+    (["python=3.11", {"pip": ["six"]}], ["python=3.11", "pip", {"pip": ["six"]}]),  # conda adds pip; so does envkiln
+    (["python=3.11", "pip=24", {"pip": ["six"]}], ["python=3.11", "pip=24", {"pip": ["six"]}]),
+    (["python=3.11", {"pip": ["six"]}, "pip"], ["python=3.11", {"pip": ["six"]}, "pip"]),
+    (["python=3.11"], ["python=3.11"]),
+], ids=["pip-added", "pip-pinned", "pip-after-block", "no-pip-block"])
+def test_conda_file_gets_pip_when_a_pip_block_needs_it(dependencies: list, rendered: list) -> None:  # type: ignore[type-arg]
+    import yaml
+
+    plan = plan_of(manifest(CONDA_ENV, conda={"dependencies": dependencies}, pip=None))
+    conda_yaml = yaml.safe_load({f.path: f.content for f in plan.files}["conda.yaml"])
+    assert conda_yaml["dependencies"] == rendered
 
 
 def test_docker_steps_come_right_after_from_and_before_packages() -> None:
@@ -65,6 +84,30 @@ def test_docker_steps_come_right_after_from_and_before_packages() -> None:
     text = plan.dockerfile
     assert text.index("FROM debian:bookworm-slim") < text.index("RUN apt-get update") < text.index("ENV A=1")
     assert text.index("ENV A=1") < text.index("micromamba create") < text.index("requirements.txt")
+
+
+@pytest.mark.parametrize("document", [PIP_ENV, CONDA_ENV, manifest(CONDA_ENV, pip=None)],
+                         ids=["pip", "conda", "conda-no-pip"])
+def test_installs_run_as_root_in_their_own_stage_and_the_image_keeps_the_bases_user(document: dict) -> None:  # type: ignore[type-arg]
+    """A non-root base (or a USER step) is installed into as root; the image is the base stage again, so its
+    USER, WORKDIR, ENTRYPOINT and CMD are the base's, with /opt/envkiln copied in."""
+    spec = spec_of(manifest(document, dockerSteps=[*(document["spec"].get("dockerSteps") or []), "USER 1000"]))
+    instructions = buildkit.parse(render(spec, definition_hash(spec)).dockerfile)
+    stages = [i for i, instruction in enumerate(instructions) if instruction.keyword == "FROM"]
+    install = next(i for i in stages if instructions[i].value == ("envkiln-base", "AS", "envkiln-install"))
+    assert instructions[install + 1].original == "USER 0:0"
+    assert [i.keyword for i in instructions[install + 2:stages[-1]]].count("RUN") >= 1
+    assert instructions[stages[-1]].value == ("envkiln-base",), "the image is the base stage, its USER kept"
+    final = [i.original for i in instructions[stages[-1]:]]
+    assert final[1] == "COPY --from=envkiln-install /opt/envkiln /opt/envkiln"
+    assert not any(line.startswith(("USER", "RUN")) for line in final), final
+    users = [i.original for i in instructions if i.keyword == "USER"]
+    assert users == ["USER 1000", "USER 0:0"]
+
+
+def test_a_definition_without_packages_is_one_stage() -> None:
+    plan = plan_of(manifest(pip=None, dockerSteps=["RUN true"]))
+    assert [i.keyword for i in buildkit.parse(plan.dockerfile)] == ["FROM", "LABEL", "RUN"]
 
 
 def test_multiline_docker_step_is_kept_verbatim() -> None:
@@ -100,9 +143,9 @@ def test_rendered_dockerfile_reads_back_in_buildkit(document: dict) -> None:  # 
     spec = spec_of(document)
     instructions = buildkit.parse(plan_of(document).dockerfile)
     keywords = [i.keyword for i in instructions]
-    assert keywords[:2] == (["FROM", "FROM"] if spec.conda else ["FROM", "LABEL"])
+    assert keywords[:2] == ["FROM", "LABEL"]
     steps = [buildkit.parse(step.strip())[0].identity for step in spec.docker_steps or []]
-    first = 3 if spec.conda else 2
+    first = 2
     assert [i.identity for i in instructions[first:first + len(steps)]] == steps
     assert not any(i.heredocs or i.keyword == "ONBUILD" for i in instructions)
 
@@ -110,6 +153,7 @@ def test_rendered_dockerfile_reads_back_in_buildkit(document: dict) -> None:  # 
 # Steps validation refuses; written anyway (validation bypassed), BuildKit reads something else back.
 SMUGGLED = {
     "second-instruction": "RUN true\nFROM evil",
+    "stage-hijack": "RUN true\nFROM evil AS envkiln-install",  # a stage of envkiln's name, later stages copy it
     "escaped-backslash": "RUN true \\\\\nADD https://evil/x /x",
     "trailing-backslash": "ENV A=1 \\",
     "heredoc": "RUN cat <<EOF",

@@ -40,3 +40,14 @@ def test_bad_settings_name_the_variable(environ: dict[str, str], expected: str) 
     with pytest.raises(SettingsError, match=None) as error:
         OperatorSettings.from_env(environ)
     assert expected in str(error.value)
+
+
+def test_queueing_settings() -> None:
+    """Kopf's per-object workers are bounded and exit soon after their object's last event."""
+    defaults = OperatorSettings.from_env({})
+    assert defaults.worker_limit == 40 and defaults.worker_idle_seconds == 0.05
+    settings = OperatorSettings.from_env({"ENVKILN_WORKER_LIMIT": "100", "ENVKILN_WORKER_IDLE_SECONDS": "0.5"})
+    assert settings.worker_limit == 100 and settings.worker_idle_seconds == 0.5
+    for environ in ({"ENVKILN_WORKER_LIMIT": "0"}, {"ENVKILN_WORKER_IDLE_SECONDS": "0"}):
+        with pytest.raises(SettingsError, match=next(iter(environ))):
+            OperatorSettings.from_env(environ)

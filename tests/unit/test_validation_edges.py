@@ -217,15 +217,19 @@ def dockerfile_instructions(dockerfile: str) -> list[str]:
 
 
 def expected_keywords(spec: EnvironmentSpec) -> list[str]:
-    """What envkiln writes: base stages, its label, the user's steps, then the package layers."""
+    """What envkiln writes: the base stage (FROM, its label, the user's steps), then when there are packages
+    the micromamba stage (conda), the install stage (USER root, the package layers) and the image (FROM the
+    base stage, /opt/envkiln copied from the install stage, the environment)."""
     steps = [step.strip().split(None, 1)[0].upper() for step in spec.docker_steps or []]
-    keywords = (["FROM"] if spec.conda else []) + ["FROM", "LABEL"] + steps
+    keywords = ["FROM", "LABEL", *steps]
+    if not (spec.conda or spec.pip):
+        return keywords
+    keywords += (["FROM"] if spec.conda else []) + ["FROM", "USER"]
     if spec.conda:
         keywords += ["COPY", "COPY", "RUN"]
     if spec.pip:
         keywords += ["COPY", "RUN"]
-    if spec.conda or spec.pip:
-        keywords += ["ENV"] + (["ENV"] if spec.conda else [])
+    keywords += ["FROM", "COPY", "ENV"] + (["ENV"] if spec.conda else [])
     return keywords
 
 
@@ -265,9 +269,12 @@ def test_rendered_dockerfile_holds_exactly_the_instructions_envkiln_wrote(docume
     plan = render(spec, definition_hash(spec))
     instructions = dockerfile_instructions(plan.dockerfile)
     assert [i.split(None, 1)[0].upper() for i in instructions] == expected_keywords(spec)
-    first_step = 3 if spec.conda else 2
     steps = [step.strip() for step in spec.docker_steps or []]
-    assert instructions[first_step:first_step + len(steps)] == steps
+    assert instructions[2:2 + len(steps)] == steps
+    if spec.conda or spec.pip:  # the install stage runs as root; the image is the base stage again
+        assert instructions.index("USER 0:0") == 2 + len(steps) + (2 if spec.conda else 1)
+        assert instructions[-(4 if spec.conda else 3):][:2] == [
+            "FROM envkiln-base", "COPY --from=envkiln-install /opt/envkiln /opt/envkiln"]
 
 
 # Refused steps that would change the Dockerfile's structure if they were rendered.

@@ -33,13 +33,14 @@ def test_register(webhook: bool) -> None:
     settings = OperatorSettings(webhook_enabled=webhook, build_sync_seconds=3, env_sync_seconds=7)
     registry = register(settings, kopf.OperatorRegistry())
     ids = _handler_ids(registry)
-    assert ids["activity"] == {"login_via_client", "configure", "shutdown"}
-    assert ids["indexing"] == {"environments_by_hash"}
-    assert ids["changing"] == {"environment_changed", "environment_changed/spec", "build_created"}
-    assert ids["watching"] == {"build_event", "build_job_event"}
+    assert ids["activity"] == {"login_via_client", "configure", "start_resync", "stop_resync", "shutdown"}
+    assert ids["indexing"] == set()  # no Kopf indexes: they cannot be combined with a worker limit
+    # Only on.event handlers: Kopf writes no annotations or finalizers onto the objects.
+    assert ids["changing"] == set()
+    assert ids["watching"] == {"environment_changed", "build_event", "build_job_event"}
     assert ids["webhooks"] == ({"envkiln-environment"} if webhook else set())
-    timers = {h.id: h.interval for h in registry._spawning.get_all_handlers()}
-    assert timers == {"environment_unsettled": 7, "build_progress": 3}  # from the settings, not import time
+    # No per-object timers or daemons: one periodic resync (start_resync) over the indexes.
+    assert ids["spawning"] == set()
 
 
 def _product_sources() -> list[Path]:

@@ -32,6 +32,7 @@ from envkiln.manifests import config_map_data
 from envkiln.models import BuildContext, EnvironmentBuildSpec
 from envkiln.names import (
     BUILD_COMPONENT,
+    CONTEXT_TREE_KEY,
     KIND_BUILD,
     LABEL_ATTEMPT,
     LABEL_BUILD,
@@ -59,9 +60,12 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 POD_REFUSAL_GRACE_SECONDS = 5.0  # the Job controller's first tries; a refusal after that is reported
 
 # The `context` init container: the build gets exactly the bytes that were hashed. ConfigMap
-# contexts are checked against the digest in the signed plan and copied into an emptyDir;
-# tarballs with a sha256 are downloaded, checked and unpacked there. Values reach the script as
-# environment variables, always quoted: nothing from a spec is ever part of the script text.
+# contexts are checked against the digest in the signed plan and copied into an emptyDir; a key
+# `.envkiln-context.tar` (names.CONTEXT_TREE_KEY: a nested tree, the digest covers it like any key)
+# is unpacked there instead of copied, refusing absolute and `..` members (GNU tar would skip them;
+# here they stop the build), never as the archive's owners or modes. Tarballs with a sha256 are
+# downloaded, checked and unpacked there. Values reach the script as environment variables, always
+# quoted: nothing from a spec is ever part of the script text.
 CONTEXT_SCRIPT = """set -eu
 if [ -n "${ENVKILN_TARBALL_URL:-}" ]; then
   curl -fsSL --proto =https --retry 3 -o /download/context.tar "$ENVKILN_TARBALL_URL"
@@ -78,10 +82,17 @@ else
     echo "the build context is not what was hashed: expected sha256 $ENVKILN_CONTEXT_DIGEST, got $actual" >&2
     exit 1
   fi
-  find -L . -maxdepth 1 -type f ! -name '..*' -exec cp -L {} /workspace/ \\;
+  find -L . -maxdepth 1 -type f ! -name '..*' ! -name '@TREE@' -exec cp -L {} /workspace/ \\;
+  if [ -f '@TREE@' ]; then
+    if tar -tf '@TREE@' | grep -Eq '^/|(^|/)[.][.](/|$)'; then
+      echo "the build context's @TREE@ has a member with an absolute path or '..'; nothing was built" >&2
+      exit 1
+    fi
+    tar -xf '@TREE@' -C /workspace --no-same-owner --no-same-permissions
+  fi
 fi
 echo "context verified: sha256 $actual"
-"""
+""".replace("@TREE@", CONTEXT_TREE_KEY)
 
 # The `push` container, the only one that mounts the push credential.
 PUSH_SCRIPT = """set -eu

@@ -7,6 +7,7 @@ does not know about is reported MISSING, so a restarted operator starts it again
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from envkiln.builders import AttemptResult, AttemptState, tail
 from envkiln.builders.buildah_cli import BuildFailed, build_and_push
 from envkiln.kube import Kube
 from envkiln.models import BuildContext, EnvironmentBuildSpec
+from envkiln.names import CONTEXT_TREE_KEY
 from envkiln.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,21 @@ class ContextError(RuntimeError):
 
 def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, text=True, timeout=600)
+
+
+def unpack_tree(archive: bytes, into: Path) -> None:
+    """A ConfigMap context's nested tree (names.CONTEXT_TREE_KEY), as the Job builders' `context` container
+    unpacks it: absolute and `..` members refused, never the archive's owners or unsafe modes (the `data`
+    filter also refuses links that leave the context)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            for member in tar.getmembers():
+                if member.name.startswith("/") or ".." in member.name.split("/"):
+                    raise ContextError(f"the build context's {CONTEXT_TREE_KEY} has a member with an absolute path "
+                                       f"or '..' ({member.name!r}); nothing was built")
+            tar.extractall(into, filter="data")
+    except tarfile.TarError as error:  # not a tar, or a member the `data` filter refuses
+        raise ContextError(f"the build context's {CONTEXT_TREE_KEY}: {error}; nothing was built") from None
 
 
 def materialise_context(spec: EnvironmentBuildSpec, namespace: str, kube: Kube, into: Path) -> str:
@@ -49,11 +66,14 @@ def materialise_context(spec: EnvironmentBuildSpec, namespace: str, kube: Kube, 
         configmap = kube.read_configmap(namespace, user.config_map.name)
         if configmap is None:
             raise ContextError(f"ConfigMap {user.config_map.name} not found")
-        for key, value in (configmap.data or {}).items():
-            (into / key).write_text(value)
         import base64
-        for key, value in (configmap.binary_data or {}).items():
-            (into / key).write_bytes(base64.b64decode(value))
+        files: dict[str, bytes] = {key: value.encode("utf-8") for key, value in (configmap.data or {}).items()}
+        files.update({key: base64.b64decode(value) for key, value in (configmap.binary_data or {}).items()})
+        for key, content in files.items():
+            if key != CONTEXT_TREE_KEY:
+                (into / key).write_bytes(content)
+        if CONTEXT_TREE_KEY in files:
+            unpack_tree(files[CONTEXT_TREE_KEY], into)
         return user.dockerfile_path
     if user.git is not None:
         _run("git", "clone", "--quiet", user.git.url, str(into / "repo"))

@@ -8,6 +8,7 @@ and when the webhook's certificates are re-issued (envkiln.webhookcert applies t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 from collections.abc import Collection, Mapping
@@ -24,6 +25,7 @@ from envkiln.workloads import (
     WorkloadError,
     container_index,
     image_for_version,
+    latest_version,
     with_environment_variables,
 )
 
@@ -35,7 +37,13 @@ def admit(pod: dict[str, Any], environment: dict[str, Any] | None, name: str,
     `environment` is the Environment the pod names (None: not known yet, e.g. an inline one in a
     dry run). The pod gets the environment's image when that version is built, otherwise a
     scheduling gate; always the environment's variables (the pod's own values win) and the
-    labels/annotations recording what was resolved. Raises WorkloadError (the pod is refused).
+    labels/annotations recording what was resolved (`@latest` becomes the version it resolved to).
+    Raises WorkloadError (the pod is refused).
+
+    A curated environment (`request.curated`: read from the curated namespace) is used only when the
+    version is built: its Ready status, or a version record, both written by the operator from builds it
+    signed there. Otherwise the pod is refused, never gated: gated pods are released by their own
+    namespace's Environments.
     """
     metadata = pod.get("metadata") or {}
     labels, annotations = dict(metadata.get("labels") or {}), dict(metadata.get("annotations") or {})
@@ -43,12 +51,17 @@ def admit(pod: dict[str, Any], environment: dict[str, Any] | None, name: str,
     containers = [dict(c) for c in pod["spec"]["containers"]]
     variables = ((environment or {}).get("spec") or {}).get("environmentVariables") or {}
     containers[index] = with_environment_variables(containers[index], variables)
-    image = image_for_version(environment, request.version) if environment else None
+    version = request.version
+    if request.latest and environment:
+        version = latest_version(environment)  # None: nothing built yet, so the current version
+    image = image_for_version(environment, version) if environment else None
+    if request.curated and image is None:
+        raise WorkloadError(curated_not_built(environment, name, version))
     changes: dict[str, Any] = {"metadata": {}, "spec": {}}
-    reference = name + (f":{request.version}" if request.version else "")
+    recorded = dataclasses.replace(request, name=name, version=version, latest=False)
     # Record what was resolved, so the gate release (and humans) know the request.
-    changes["metadata"]["labels"] = {**labels, LABEL: name}
-    changes["metadata"]["annotations"] = {**annotations, ANNOTATION: reference,
+    changes["metadata"]["labels"] = {**labels, LABEL: recorded.label}
+    changes["metadata"]["annotations"] = {**annotations, ANNOTATION: recorded.reference,
                                           CONTAINER_ANNOTATION: containers[index]["name"]}
     if image is not None:
         containers[index]["image"] = image
@@ -57,6 +70,20 @@ def admit(pod: dict[str, Any], environment: dict[str, Any] | None, name: str,
         changes["spec"]["schedulingGates"] = [*gates, {"name": GATE}]
     changes["spec"]["containers"] = containers
     return changes
+
+
+def curated_not_built(environment: dict[str, Any] | None, name: str, version: str | None) -> str:
+    """Why a pod naming a curated environment is refused when that version is not built."""
+    metadata, status = (environment or {}).get("metadata") or {}, (environment or {}).get("status") or {}
+    namespace = metadata.get("namespace", "?")
+    phase = status.get("phase") or "not reconciled yet"
+    what = f"version {version}" if version else "its current version"
+    why = f": {status['message']}" if phase == "Failed" and status.get("message") else ""
+    built = [str(r["version"]) for r in status.get("versions") or [] if r.get("imageRef") and r.get("version")]
+    hint = (f"name a built version (curated/{name}:{built[-1]}, or curated/{name}@latest)" if built
+            else "retry when it is Ready")
+    return (f"curated Environment {name} (namespace {namespace}) is not built for {what} (phase {phase}{why}); pods "
+            f"get a curated environment only once it is built, they do not wait for it: {hint}")
 
 
 @dataclass(frozen=True)

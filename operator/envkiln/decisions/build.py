@@ -4,7 +4,9 @@ One attempt at a time: queue while the concurrency limit is reached, start attem
 it, restart an attempt whose runner vanished (once its backoff is over), verify a success in
 the registry, retry a failure with exponential backoff until the retry limit, then fail.
 Every step is a `Step`: the status changes and the condition to write, whether to start the
-attempt, when to look again.
+attempt, when to look again. `build_conditions` turns a step's Succeeded condition into the whole
+condition list: Succeeded, plus Ready and kstatus's Reconciling/Stalled, so that Flux and
+`kubectl wait --for=condition=Ready` read a build like any other resource.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from envkiln.conditions import from_iso, to_iso
+from envkiln.conditions import Progress, from_iso, set_condition, set_progress, to_iso
 from envkiln.models import BuildPhase
 from envkiln.names import (
+    CONDITION_READY,
+    CONDITION_SUCCEEDED,
     REASON_BUILD_FAILED,
     REASON_BUILD_SUCCEEDED,
     REASON_BUILDING,
@@ -32,6 +36,9 @@ MISSING, RUNNING, SUCCEEDED, FAILED = "Missing", "Running", "Succeeded", "Failed
 
 Action = Literal["none", "queue", "start", "wait", "verify", "retry", "fail", "succeed"]
 ConditionValue = tuple[bool | None, str, str]  # the Succeeded condition: (status, reason, message)
+# kstatus's reading of each build phase (envkiln.conditions.set_progress).
+PROGRESS: dict[str, Progress] = {BuildPhase.PENDING.value: "reconciling", BuildPhase.BUILDING.value: "reconciling",
+                                 BuildPhase.FAILED.value: "stalled", BuildPhase.SUCCEEDED.value: "done"}
 
 
 @dataclass(frozen=True)
@@ -150,3 +157,18 @@ def after_verification(attempt: int, digest: str, found: bool, image_ref: str, r
         "phase": BuildPhase.SUCCEEDED.value, "digest": digest, "imageRef": image_ref,
         "completionTime": to_iso(now), "message": f"pushed {image_ref}", "retryAfter": None,
     }, (True, REASON_BUILD_SUCCEEDED, message), event=("Normal", REASON_BUILD_SUCCEEDED, message), terminal=True)
+
+
+def build_conditions(conditions: list[dict[str, Any]] | None, phase: str | None, succeeded: ConditionValue,
+                     generation: int | None = None, now: str | None = None) -> list[dict[str, Any]]:
+    """The conditions of a build in `phase` after a step whose Succeeded condition is `succeeded`.
+
+    Succeeded keeps its meaning (Unknown while running, then True or False). Ready says the same
+    in kstatus's terms: True once Succeeded, False otherwise, with the same reason and message.
+    Reconciling is True while Pending or Building, Stalled is True once Failed.
+    """
+    state, reason, message = succeeded
+    result = set_condition(conditions, CONDITION_SUCCEEDED, state, reason, message, generation, now)
+    result = set_condition(result, CONDITION_READY, phase == BuildPhase.SUCCEEDED.value, reason, message,
+                           generation, now)
+    return set_progress(result, PROGRESS.get(phase or "", "reconciling"), reason, message, generation, now)

@@ -3,8 +3,9 @@
 `decide(facts)` answers what the status should say and whether the EnvironmentBuild must be
 created; `from_build` is the adoption rule (the EnvironmentBuild for the hash in the namespace is
 followed, never duplicated, but only when the operator signed it: envkiln.trust); `new_status`
-turns an outcome into the full status. An image under the hash's tag in the registry is never a
-cache hit by itself: only the operator's signed record of a build is.
+turns an outcome into the full status, with kstatus's Reconciling/Stalled conditions beside Ready
+(PROGRESS). An image under the hash's tag in the registry is never a cache hit by itself: only the
+operator's signed record of a build is.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from envkiln.conditions import get_condition, set_condition
+from envkiln.conditions import Progress, get_condition, set_condition, set_progress
 from envkiln.definition import pull_reference
 from envkiln.imageref import parse_image_reference
 from envkiln.models import BuildPhase, EnvironmentKind, EnvironmentSpec, Phase
@@ -35,6 +36,11 @@ from envkiln.names import (
 )
 
 MAX_HISTORY = 50
+# kstatus's reading of each phase (envkiln.conditions.set_progress): Flux, `kubectl wait` and Argo CD
+# see Pending and Building as in progress, Failed as stalled (a definition, registry or build
+# problem that needs a change), Ready as done.
+PROGRESS: dict[Phase, Progress] = {Phase.PENDING: "reconciling", Phase.BUILDING: "reconciling",
+                                   Phase.FAILED: "stalled", Phase.READY: "done"}
 ConditionValue = tuple[bool | None, str, str]  # (status, reason, message)
 _VALID: ConditionValue = (True, REASON_VALID, "definition is valid")
 
@@ -224,6 +230,8 @@ def new_status(current: dict[str, Any], outcome: Outcome, value: str | None, now
     if CONDITION_IMAGE_AVAILABLE not in outcome.conditions and get_condition(
             conditions, CONDITION_IMAGE_AVAILABLE) is not None:
         conditions = [c for c in conditions or [] if c.get("type") != CONDITION_IMAGE_AVAILABLE]
+    reason = outcome.conditions.get(CONDITION_READY, (None, outcome.phase.value, ""))[1]
+    conditions = set_progress(conditions, PROGRESS[outcome.phase], reason, outcome.message, generation, now=now)
     new = {**status, **outcome.fields, "phase": outcome.phase.value, "message": outcome.message,
            "conditions": conditions, "observedGeneration": generation}
     if outcome.phase is not Phase.FAILED or value is not None:

@@ -13,8 +13,8 @@ from envkiln.models.status import Condition
 
 
 class ContextFile(KubeModel):
-    path: str
-    content: str
+    path: str = Field(description="Path relative to the context's root.")
+    content: str = Field(description="The file's content.")
 
 
 class BuildPlan(KubeModel):
@@ -25,7 +25,7 @@ class BuildPlan(KubeModel):
     context: BuildContext | None = Field(default=None, description="The user's build context, passed through.")
     context_digest: str | None = Field(
         default=None, description="sha256 of the ConfigMap context's files as they were hashed; the build pod "
-        "checks the files it gets against it (envkiln.definition.context_digest).")
+        "checks the files it gets against it.")
 
 
 class BuildReason(StrEnum):
@@ -34,11 +34,15 @@ class BuildReason(StrEnum):
 
 
 class EnvironmentBuildSpec(KubeModel):
-    hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] = Field(
+        description="The definition hash this build makes the image of.")
     image: str = Field(description="Destination repository:tag (the tag is the hash).")
-    builder: Literal["kaniko", "buildah", "local"] = "kaniko"
-    plan: BuildPlan
-    reason: BuildReason = BuildReason.IMAGE_MISSING
+    builder: Literal["kaniko", "buildah", "local"] = Field(
+        default="kaniko", description="kaniko or buildah (a Job per attempt), or local (inside the operator).")
+    plan: BuildPlan = Field(
+        description="What is built: the rendered Dockerfile and files, or the user's build context.")
+    reason: BuildReason = Field(
+        default=BuildReason.IMAGE_MISSING, description="Why it was created: NewDefinition or ImageMissing.")
 
 
 class BuildPhase(StrEnum):
@@ -49,21 +53,28 @@ class BuildPhase(StrEnum):
 
 
 class EnvironmentBuildStatus(StatusModel):
-    phase: BuildPhase | None = None
-    job: str | None = Field(default=None, description="The Job (kaniko) of the current attempt.")
+    phase: BuildPhase | None = Field(
+        default=None, description="Pending (waiting for a build slot), Building (an attempt runs, or waits to be "
+        "retried), Succeeded or Failed.")
+    job: str | None = Field(default=None, description="The Job of the current attempt, envkiln-<hash>-<attempt>.")
     attempts: int | None = Field(default=None, description="Attempts started so far (1 = first try).")
     retry_after: str | None = Field(default=None, description="The next attempt starts after this time.")
     builder_instance: str | None = Field(default=None, description="Operator process running a local build.")
-    start_time: str | None = None
-    completion_time: str | None = None
-    digest: str | None = None
-    image_ref: str | None = None
+    start_time: str | None = Field(default=None, description="When the first attempt started (RFC 3339).")
+    completion_time: str | None = Field(default=None, description="When the build succeeded or failed (RFC 3339).")
+    digest: str | None = Field(default=None, description="Digest of the pushed image, verified in the registry.")
+    image_ref: str | None = Field(
+        default=None, description="The pushed image as workloads pull it, repository@sha256:...")
     record_signature: str | None = Field(
         default=None, description="The operator's signature over namespace, name, hash, image and digest.")
-    log_tail: str | None = None
-    message: str | None = None
-    conditions: list[Condition] | None = None
-    observed_generation: int | None = None
+    log_tail: str | None = Field(
+        default=None, description="The end of the last failed attempt's log, kept when its pod is gone "
+        "(`envkiln logs NAME --attempt N`).")
+    message: str | None = Field(default=None, description="The phase in words; on failure, why.")
+    conditions: list[Condition] | None = Field(
+        default=None, description="Succeeded: Unknown while the build runs, then True or False; kstatus's "
+        "Ready (True once Succeeded), Reconciling (True while Pending or Building) and Stalled (True once Failed).")
+    observed_generation: int | None = Field(default=None, description="The metadata.generation this status is for.")
 
 
 class EnvironmentBuildManifest(KubeModel):

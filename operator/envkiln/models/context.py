@@ -12,7 +12,9 @@ from envkiln.models.lines import SHELL_META, check_line
 
 
 class ConfigMapContext(KubeModel):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253)] = Field(
+        description="Name of the ConfigMap, in the Environment's namespace."
+    )
 
     @field_validator("name")
     @classmethod
@@ -23,11 +25,15 @@ class ConfigMapContext(KubeModel):
 
 
 class GitContext(KubeModel):
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] = Field(
+        description="Repository URL: https://, git://, ssh:// or git@host:org/repo.git."
+    )
     ref: Annotated[str, StringConstraints(min_length=1, max_length=255)] = Field(
         description="A branch, tag or commit. Pin a commit for reproducible builds: the hash covers the ref as written."
     )
-    path: Annotated[str, StringConstraints(max_length=1024)] = ""
+    path: Annotated[str, StringConstraints(max_length=1024)] = Field(
+        default="", description="Directory inside the repository to use as the context (default: its root)."
+    )
 
     @field_validator("url")
     @classmethod
@@ -64,7 +70,9 @@ class GitContext(KubeModel):
 
 
 class TarballContext(KubeModel):
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] = Field(
+        description="https URL of a (gzipped) tar archive holding the context."
+    )
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = Field(
         default=None, description="Expected SHA-256 of the tarball; part of the definition hash when given."
     )
@@ -81,10 +89,15 @@ class TarballContext(KubeModel):
 class BuildContext(KubeModel):
     """A Docker build context the user brings: exactly one source, plus the Dockerfile path in it."""
 
-    config_map: ConfigMapContext | None = None
-    git: GitContext | None = None
-    tarball: TarballContext | None = None
-    dockerfile_path: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = "Dockerfile"
+    config_map: ConfigMapContext | None = Field(
+        default=None, description="A ConfigMap whose keys are the context's files; their content is part of the hash."
+    )
+    git: GitContext | None = Field(
+        default=None, description="A git repository, at a ref, optionally a directory in it.")
+    tarball: TarballContext | None = Field(default=None, description="A tar archive fetched over https.")
+    dockerfile_path: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = Field(
+        default="Dockerfile", description="Path of the Dockerfile inside the context."
+    )
 
     @field_validator("dockerfile_path")
     @classmethod

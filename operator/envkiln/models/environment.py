@@ -27,10 +27,10 @@ from envkiln.models.packages import CondaSpec
 class InferenceConfig(KubeModel):
     """Runtime metadata for serving; never enters the hash."""
 
-    liveness_route: Line | None = None
-    readiness_route: Line | None = None
-    scoring_route: Line | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
+    liveness_route: Line | None = Field(default=None, description="HTTP path of the liveness probe when serving.")
+    readiness_route: Line | None = Field(default=None, description="HTTP path of the readiness probe when serving.")
+    scoring_route: Line | None = Field(default=None, description="HTTP path that serves predictions (e.g. /score).")
+    port: int | None = Field(default=None, ge=1, le=65535, description="Port the inference server listens on.")
 
 
 class EnvironmentKind(StrEnum):
@@ -47,24 +47,42 @@ class EnvironmentSpec(KubeModel):
         description="A label for this definition; the image-affecting fields are immutable per version.",
         json_schema_extra={"pattern": VERSION_PATTERN},
     )
-    description: Annotated[str, StringConstraints(max_length=4096)] | None = None
-    tags: dict[str, Annotated[str, StringConstraints(max_length=256)]] | None = Field(default=None, max_length=50)
+    description: Annotated[str, StringConstraints(max_length=4096)] | None = Field(
+        default=None, description="Free text about the environment; may change at any time and never causes a build."
+    )
+    tags: dict[str, Annotated[str, StringConstraints(max_length=256)]] | None = Field(
+        default=None, max_length=50, description="Free key/value labels (at most 50); never cause a build."
+    )
     image: Annotated[str, StringConstraints(max_length=512)] | None = Field(
         default=None, description="Base image (system-managed) or the image to run as is (userManaged)."
     )
     user_managed: bool = Field(
         default=False, description="true: the image already holds everything; envkiln builds nothing."
     )
-    conda: CondaSpec | None = None
-    pip: list[PipLine] | None = Field(default=None, max_length=MAX_PACKAGES)
+    conda: CondaSpec | None = Field(
+        default=None, description="Conda packages, as in a conda environment.yml, installed with micromamba into "
+        "/opt/envkiln/conda on top of spec.image."
+    )
+    pip: list[PipLine] | None = Field(
+        default=None, max_length=MAX_PACKAGES, description="pip requirements, one per entry (PEP 508, e.g. "
+        "numpy==2.1.0), installed with uv into /opt/envkiln/venv. Their order is part of the hash."
+    )
     docker_steps: list[DockerStep] | None = Field(
-        default=None, max_length=MAX_STEPS, description="Dockerfile instructions applied after FROM."
+        default=None, max_length=MAX_STEPS, description="Dockerfile instructions applied after FROM, before the "
+        "packages are installed: one instruction per entry (RUN, ENV, WORKDIR, USER...; not FROM, COPY, ADD or "
+        "ONBUILD)."
     )
-    build: BuildContext | None = None
+    build: BuildContext | None = Field(
+        default=None, description="A Docker build context you bring (a ConfigMap, git or an https tarball), built as "
+        "is with its Dockerfile; excludes image, conda, pip and dockerSteps."
+    )
     environment_variables: dict[str, Annotated[str, StringConstraints(max_length=MAX_LINE * 4)]] | None = Field(
-        default=None, max_length=200
+        default=None, max_length=200, description="Variables added to the workload's container (its own values win); "
+        "may change at any time and never cause a build."
     )
-    inference: InferenceConfig | None = None
+    inference: InferenceConfig | None = Field(
+        default=None, description="Runtime metadata for serving; may change at any time and never causes a build."
+    )
 
     @field_validator("version")
     @classmethod

@@ -35,7 +35,7 @@ _MARKER_CHARS = re.compile(r"^[A-Za-z0-9_.\s'\"<>=!~()-]*$")
 _REQUIREMENT = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,\s-]+\])?"  # name[extras]
     r"(\s*(===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+(\s*,\s*(===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?"
-    r"(\s*@\s*(https|git\+https|file)://\S+)?\s*$"
+    r"\s*$"
 )
 _CONDA_DEP = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9._/:+-]*(\[[^\]\n]*\])?(\s*(==|=|>=|<=|>|<|!=|~=)?\s*[A-Za-z0-9.*+!_,|<>=-]*)*$"
@@ -75,12 +75,75 @@ def check_line(text: str, what: str) -> str:
     return text
 
 
+# A URL's fragment (`#egg=name&subdirectory=dir`, `#sha256=...`): pip reads it, and it may hold '&'.
+_URL_FRAGMENT = re.compile(r"(?P<url>\b[a-z][a-z0-9+.-]*://[^\s#]+)#(?P<fragment>\S*)")
+_FRAGMENT_CHARS = re.compile(r"[A-Za-z0-9_.=&/+-]*")
+# URLs pip may fetch in a build: https archives and wheels, git over https; file:// (a path in the image)
+# only after a name.
+_DIRECT_URL = re.compile(r"(git\+https|https)://[^\s#;]+(#\S*)?")
+_NAMED_URL = re.compile(r"(git\+https|https|file)://[^\s#;]+(#\S*)?")
+_REFUSED_URL_SCHEMES = {
+    "http://": "plain http can be tampered with on the way; write the https:// URL",
+    "git+http://": "plain http can be tampered with on the way; write git+https://HOST/ORG/REPO.git@REF",
+    "git+ssh://": "a build holds no SSH key; write git+https://HOST/ORG/REPO.git@REF",
+    "git+git://": "the git protocol is neither authenticated nor encrypted; write git+https://HOST/ORG/REPO.git@REF",
+    "git+file://": "a build has no repository on disk; write git+https://HOST/ORG/REPO.git@REF",
+    "ssh://": "a build holds no SSH key; write git+https://HOST/ORG/REPO.git@REF",
+    "hg+": "only git is installed for VCS requirements; publish a wheel or use a git+https:// URL",
+    "svn+": "only git is installed for VCS requirements; publish a wheel or use a git+https:// URL",
+    "bzr+": "only git is installed for VCS requirements; publish a wheel or use a git+https:// URL",
+    "git@": "a build holds no SSH key; write git+https://HOST/ORG/REPO.git@REF",
+}
+# Options pip reads in a requirements file that name another file: refused with what to write instead.
+_FILE_OPTIONS = {
+    "-r": "reads another requirements file, and a system-managed environment has no files besides its "
+          "definition: list that file's requirements here instead (`envkiln import azureml` inlines -r files), "
+          "or use spec.build with a Dockerfile that COPYs the file",
+    "--requirement": "",
+    "-c": "reads a constraints file, and a system-managed environment has no files besides its definition: "
+          "pin the versions in the requirements themselves (e.g. 'numpy==1.26.4'), or use spec.build with a "
+          "Dockerfile that COPYs the file and runs pip with -c",
+    "--constraint": "",
+    "-e": "is an editable install, which needs a source tree in the image: write 'NAME @ git+https://HOST/ORG/"
+          "REPO.git@REF' (or a wheel URL), or use spec.build",
+    "--editable": "",
+}
+_FILE_OPTIONS["--requirement"] = _FILE_OPTIONS["-r"]
+_FILE_OPTIONS["--constraint"] = _FILE_OPTIONS["-c"]
+_FILE_OPTIONS["--editable"] = _FILE_OPTIONS["-e"]
+
+
+def _check_url(url: str, what: str, text: str, named: bool) -> None:
+    for scheme, instead in _REFUSED_URL_SCHEMES.items():
+        if url.startswith(scheme):
+            raise ValueError(f"{what} {text!r}: {scheme.rstrip(':/+@')} URLs are not supported: {instead}")
+    if not (_NAMED_URL if named else _DIRECT_URL).fullmatch(url):
+        kinds = "https://, git+https:// or file://" if named else "https:// or git+https://"
+        raise ValueError(f"{what} {text!r}: {url!r} is not a URL pip can fetch in a build; use {kinds}")
+
+
 def check_pip_requirement(text: str, what: str = "requirement") -> str:
-    """Validate one pip requirement line (PEP 508 subset, a few index options)."""
-    check_line(text, what)
+    """Validate one pip requirement line: a PEP 508 requirement (`name[extras] specifiers ; marker`,
+    `name @ https|git+https|file://...`), a direct `https://` or `git+https://` URL, or one of a few
+    index options. Options naming files (-r, -c, -e) are refused with what to write instead."""
+    fragments = [m.group("fragment") for m in _URL_FRAGMENT.finditer(text)]
+    for fragment in fragments:
+        if not _FRAGMENT_CHARS.fullmatch(fragment):
+            raise ValueError(
+                f"{what} {text!r}: the URL fragment #{fragment} has characters pip does not need there; "
+                "write e.g. '#egg=NAME&subdirectory=DIR' or '#sha256=HEX'"
+            )
+    # '&' is fine inside a URL fragment (the line goes into requirements.txt, never onto a shell line).
+    try:
+        check_line(_URL_FRAGMENT.sub(lambda m: m.group("url") + "#x", text), what)
+    except ValueError:
+        check_line(text, what)  # the same problem, told about the text as written
+        raise
     stripped = text.strip()
     if stripped.startswith("-"):
         option = stripped.split("=", 1)[0].split(" ", 1)[0]
+        if option in _FILE_OPTIONS:
+            raise ValueError(f"{what} {text!r}: {option} {_FILE_OPTIONS[option]}")
         if option not in _PIP_OPTIONS:
             raise ValueError(
                 f"{what} {text!r}: pip option {option} is not supported; allowed options: {', '.join(_PIP_OPTIONS)}"
@@ -94,9 +157,24 @@ def check_pip_requirement(text: str, what: str = "requirement") -> str:
         )
     if marker and not _MARKER_CHARS.fullmatch(marker):
         raise ValueError(f"{what} {text!r}: the environment marker after ';' has characters a marker cannot have")
-    if not _REQUIREMENT.fullmatch(requirement.strip()):
+    requirement = requirement.strip()
+    name, at, url = requirement.partition("@")
+    if "://" in name or name.startswith(tuple(_REFUSED_URL_SCHEMES)):
+        # A direct URL without a name (`git+https://...@v1#egg=x` has an '@' of its own).
+        _check_url(requirement, what, text, named=False)
+        return text
+    if at and "://" in url:
+        _check_url(url.strip(), what, text, named=True)
+        requirement = name.strip()
+    if requirement.startswith((".", "/", "~")) or requirement.endswith((".whl", ".tar.gz", ".zip")):
         raise ValueError(
-            f"{what} {text!r} is not a pip requirement; expected e.g. 'numpy==1.26.4' or 'torch>=2.2,<3'"
+            f"{what} {text!r} is a local path, and a system-managed environment has no files besides its "
+            "definition: give a URL ('NAME @ https://HOST/NAME-1.0-py3-none-any.whl') or use spec.build"
+        )
+    if not _REQUIREMENT.fullmatch(requirement):
+        raise ValueError(
+            f"{what} {text!r} is not a pip requirement; expected e.g. 'numpy==1.26.4', 'torch>=2.2,<3', "
+            "'NAME @ https://...' or 'git+https://HOST/ORG/REPO.git@REF'"
         )
     return text
 

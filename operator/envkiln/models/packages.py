@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -25,8 +24,13 @@ class CondaSpec(KubeModel):
     name: Annotated[str, StringConstraints(max_length=253)] | None = Field(
         default=None, description="Ignored for the build (the prefix is fixed); kept for round-tripping."
     )
-    channels: list[ChannelLine] = Field(default_factory=list, max_length=50)
-    dependencies: list[CondaDependency | CondaPipBlock] = Field(max_length=MAX_PACKAGES)
+    channels: list[ChannelLine] = Field(
+        default_factory=list, max_length=50, description="Conda channels, highest priority first (e.g. conda-forge)."
+    )
+    dependencies: list[CondaDependency | CondaPipBlock] = Field(
+        max_length=MAX_PACKAGES, description="Conda packages (e.g. python=3.11), and at most one entry "
+        "`pip: [requirement, ...]` for packages installed with pip in the conda environment."
+    )
 
     @field_validator("dependencies")
     @classmethod
@@ -39,11 +43,8 @@ class CondaSpec(KubeModel):
                 pip_blocks += 1
         if pip_blocks > 1:
             raise ValueError("dependencies has more than one pip block; merge them into one '- pip: [...]'")
-        if pip_blocks and not any(
-            isinstance(d, str) and re.fullmatch(r"pip(\s*[=<>!~].*)?", d.strip()) for d in deps
-        ):
-            # conda only installs the nested pip list when pip itself is a dependency.
-            raise ValueError("dependencies has a pip block but no 'pip' package; add '- pip' to dependencies")
+        # A pip block without a 'pip' dependency is what conda itself accepts (it adds pip, with a
+        # warning); envkiln's render adds it the same way (envkiln.render.conda_file).
         return deps
 
     @model_validator(mode="before")

@@ -20,12 +20,15 @@ class ConditionStatus(StrEnum):
 class Condition(StatusModel):
     """metav1.Condition."""
 
-    type: Annotated[str, StringConstraints(min_length=1, max_length=316)]
-    status: ConditionStatus
-    reason: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)]
-    message: Annotated[str, StringConstraints(max_length=32768)] = ""
-    last_transition_time: str
-    observed_generation: int | None = Field(default=None, ge=0)
+    type: Annotated[str, StringConstraints(min_length=1, max_length=316)] = Field(
+        description="The condition's type, e.g. Ready.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)] = (
+        Field(description="Why, in one CamelCase word (e.g. Building, BuildFailed), for programs."))
+    message: Annotated[str, StringConstraints(max_length=32768)] = Field(default="", description="Why, for people.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation the condition was set for.")
 
 
 class Phase(StrEnum):
@@ -36,24 +39,35 @@ class Phase(StrEnum):
 
 
 class VersionRecord(StatusModel):
-    version: str
-    hash: str
-    image_ref: str | None = None
-    when: str
+    version: str = Field(description="spec.version of that definition.")
+    hash: str = Field(description="Its definition hash.")
+    image_ref: str | None = Field(
+        default=None, description="The image it was built into, repository@sha256:... (absent until it was Ready).")
+    when: str = Field(description="When the definition was first seen (RFC 3339).")
 
 
 class EnvironmentStatus(StatusModel):
-    phase: Phase | None = None
+    phase: Phase | None = Field(
+        default=None, description="Pending (waiting for a ConfigMap context or the registry), Building, Ready "
+        "(status.imageRef is what workloads run) or Failed (status.message says why).")
     kind: EnvironmentKind | None = Field(default=None, description="Which of the three kinds this definition is.")
-    hash: str | None = None
+    hash: str | None = Field(
+        default=None, description="The definition hash, the image's cache key (`envkiln hash FILE` prints it too).")
     short_hash: str | None = Field(default=None, description="First 12 characters of the hash, for listings.")
     image: str | None = Field(default=None, description="repository:tag of the built image.")
-    image_digest: str | None = None
+    image_digest: str | None = Field(default=None, description="Digest (sha256:...) of the image workloads run.")
     image_ref: str | None = Field(default=None, description="repository@sha256:... — what workloads run.")
-    cache_hit: bool | None = None
+    cache_hit: bool | None = Field(
+        default=None, description="true when this Environment caused no build: its image existed already.")
     build: str | None = Field(default=None, description="Name of the EnvironmentBuild for this hash.")
-    message: str | None = None
-    conditions: list[Condition] | None = None
-    observed_generation: int | None = None
-    versions: list[VersionRecord] | None = None
+    message: str | None = Field(default=None, description="The phase in words; on failure, why and what to do.")
+    conditions: list[Condition] | None = Field(
+        default=None, description="Valid, ImageAvailable and Ready; with kstatus's Reconciling while Pending or "
+        "Building, and Stalled when Failed.")
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation this status is for; when it is behind, the operator has "
+        "not acted on the latest spec yet.")
+    versions: list[VersionRecord] | None = Field(
+        default=None, description="The definitions this Environment had, oldest first (at most 50), for "
+        "NAME:VERSION references.")
 

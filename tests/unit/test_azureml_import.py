@@ -1,0 +1,344 @@
+"""`envkiln import azureml`: every fixture form, names, tags, references, contexts, templating (tables)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from envkiln.azureml import (
+    ImportOptions,
+    Reference,
+    curated_counterpart,
+    deterministic_tar,
+    import_azureml,
+    kube_name,
+    manifests_yaml,
+    parse_reference,
+    tag_value,
+)
+from envkiln.cli import main
+from envkiln.manifests import load_environments
+from envkiln.names import ANNOTATION_AZUREML_IGNORED, ANNOTATION_AZUREML_NAME, ANNOTATION_AZUREML_SOURCE
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "azureml"
+
+
+def outcomes_of(*relative: str, **options: object):  # type: ignore[no-untyped-def]
+    outcomes, tarballs = import_azureml([FIXTURES / r for r in relative], ImportOptions(**options))  # type: ignore[arg-type]
+    return outcomes, tarballs
+
+
+def by_name(outcomes):  # type: ignore[no-untyped-def]
+    return {o.name: o for o in outcomes if o.status == "imported"}
+
+
+# (fixture, status, Environment name or None, text in the stderr line)
+FORMS = [
+    ("environments/team-sklearn.yml", "imported", "team.sklearn-env", "image + conda environment; ignored: properties"),
+    ("environments/byoc.yml", "imported", "triton-serving", "image used as is"),
+    ("environments/docker-context.yml", "imported", "tabular-trainer", "ConfigMap tabular-trainer-context"),
+    ("environments/nested-context.yml", "imported", "nested-build", "ConfigMap nested-build-context"),
+    ("environments/templated.yml", "error", None, "image: {{latest-image-tag}} is Azure ML templating"),
+    ("environments/windows.yml", "error", None, "os_type: windows"),
+    ("jobs/command-inline.yml", "imported", "train-churn", "environment -> train-churn"),
+    ("jobs/command-curated.yml", "curated", "azureml-sklearn-1.5", "use envkiln's curated azureml-sklearn-1.5"),
+    ("jobs/sweep.yml", "curated", "azureml-sklearn-1.5", "trial.environment"),
+    ("components/prep.yml", "imported", "prep-env", "components/prep.yml: environment"),
+    ("deployments/online.yml", "imported", "churn-serving", "image + conda"),
+    ("deployments/batch.yml", "imported", "churn-batch-env", "image + conda"),
+    ("assets/sklearn-asset", "imported", "sklearn-tabular", "ConfigMap sklearn-tabular-context"),
+    ("assets/conda-asset", "imported", "lightgbm-conda", "image + conda"),
+    ("assets/templated-asset", "error", None, "context/Dockerfile line 1: {{latest-image-tag}}"),
+]
+
+
+@pytest.mark.parametrize(("fixture", "status", "name", "text"), FORMS, ids=[f[0] for f in FORMS])
+def test_each_form_gives_one_line_saying_what_became_of_it(fixture: str, status: str, name: str | None,
+                                                           text: str) -> None:
+    outcomes, _ = outcomes_of(fixture)
+    assert len(outcomes) == 1, [o.line() for o in outcomes]
+    [outcome] = outcomes
+    assert outcome.status == status, outcome.line()
+    assert outcome.name == name
+    assert text in outcome.line(), outcome.line()
+    assert outcome.line().startswith(f"{status}: "), "one line, status first"
+    if status == "error":
+        assert str(FIXTURES / fixture.split("/")[0]) in outcome.line(), "errors name the file"
+
+
+PIPELINE = [  # (field, status, name)
+    ("jobs.train.environment", "imported", "churn-pipeline-train"),
+    ("jobs.score.environment", "skipped", None),
+    ("jobs.evaluate.environment", "reference", "churn-eval-env"),
+    ("jobs.torch.environment", "curated", "azureml-pytorch-2.5-cpu"),
+    ("components/prep.yml: environment", "imported", "prep-env"),  # followed from jobs.prep.component
+]
+
+
+def test_pipeline_jobs_are_walked_and_components_followed() -> None:
+    outcomes, _ = outcomes_of("jobs/pipeline.yml")
+    found = {(o.source.split("azureml/", 1)[1].split(": ", 1)[-1] if "prep" not in o.source
+              else "components/prep.yml: environment", o.status, o.name) for o in outcomes}
+    assert found == set(PIPELINE), [o.line() for o in outcomes]
+    score = next(o for o in outcomes if o.status == "skipped")
+    assert "no envkiln counterpart" in score.message and "tensorflow" in score.message
+
+
+@pytest.mark.parametrize(("text", "pinned"), [
+    ("azureml:AzureML-sklearn-1.5@latest", False),
+    ("azureml:AzureML-sklearn-1.5:12", True),
+    ("azureml://registries/azureml/environments/sklearn-1.5/versions/3", True),
+])
+def test_curated_lines_print_the_reference_pods_use(text: str, pinned: bool, tmp_path: Path) -> None:
+    from envkiln.workloads import parse_request
+
+    (tmp_path / "job.yml").write_text(yaml.safe_dump({"type": "command", "command": "python x.py",
+                                                      "environment": text}))
+    outcomes, _ = import_azureml([tmp_path / "job.yml"], ImportOptions(curated_namespace="ml-curated"))
+    [outcome] = outcomes
+    assert outcome.status == "curated"
+    line = outcome.line()
+    assert ("annotate pods envkiln.dev/environment=curated/azureml-sklearn-1.5@latest" in line
+            and "label them envkiln.dev/environment=curated_azureml-sklearn-1.5" in line), line
+    assert ("is not an envkiln version" in line and "kubectl get environment -n ml-curated azureml-sklearn-1.5"
+            in line) is pinned, line
+    # What the line says, the webhook reads as that curated environment.
+    request = parse_request({"envkiln.dev/environment": "curated_azureml-sklearn-1.5"},
+                            {"envkiln.dev/environment": "curated/azureml-sklearn-1.5@latest"})
+    assert (request.name, request.curated, request.latest) == ("azureml-sklearn-1.5", True, True)
+    assert parse_request({"envkiln.dev/environment": "curated_azureml-sklearn-1.5"}, {}).curated
+
+
+def test_the_whole_fixture_tree_imports_validates_and_hashes() -> None:
+    outcomes, _ = outcomes_of(".")
+    statuses = [o.status for o in outcomes]
+    assert statuses.count("imported") == 14 and statuses.count("error") == 3, [o.line() for o in outcomes]
+    assert statuses.count("curated") == 3 and statuses.count("reference") == 1 and statuses.count("skipped") == 1
+    documents = list(yaml.safe_load_all(manifests_yaml(outcomes)))
+    names = [d["metadata"]["name"] for d in documents if d["kind"] == "Environment"]
+    assert len(names) == len(set(names)) == 14, "conda files and components read through others are not repeated"
+
+
+def test_imported_manifests_pass_envkiln_validate(tmp_path: Path) -> None:
+    outcomes, _ = outcomes_of(".")
+    target = tmp_path / "imported.yaml"
+    target.write_text(manifests_yaml(outcomes))
+    loaded, problems = load_environments([target])
+    assert not problems, problems
+    assert len(loaded) == 14
+    contexts = [item for item in loaded if item.environment.spec.build and item.environment.spec.build.config_map]
+    assert contexts and all(item.context_data() for item in contexts), "the ConfigMap is in the same file"
+
+
+def test_conda_file_details() -> None:
+    outcomes, _ = outcomes_of("environments/team-sklearn.yml")
+    [manifest] = outcomes[0].documents
+    spec = manifest["spec"]
+    assert spec["version"] == "3"
+    assert spec["tags"] == {"owner": "data-team", "gpu": "false", "priority": "2", "ratio": "0.5"}
+    assert spec["environmentVariables"] == {"OMP_NUM_THREADS": "1"}, "conda variables are set in the image's env"
+    pip = spec["conda"]["dependencies"][-1]["pip"]
+    assert pip[0] == "mlflow-skinny==2.17.2"
+    assert pip[1:3] == ["pandas==2.2.3", "https://files.example.com/wheels/featurekit-0.4.1-py3-none-any.whl"], \
+        "-r requirements.txt is inlined, relative to the conda file, comments dropped"
+    assert pip[3].startswith("churnlib @ git+https://")
+    assert "pip" not in spec["conda"]["dependencies"], "no '- pip' was written; the render adds it"
+    annotations = manifest["metadata"]["annotations"]
+    assert annotations[ANNOTATION_AZUREML_NAME] == "Team.Sklearn_Env"
+    assert annotations[ANNOTATION_AZUREML_SOURCE].endswith("team-sklearn.yml")
+    assert annotations[ANNOTATION_AZUREML_IGNORED] == "properties"
+
+
+def test_inference_config_and_byoc() -> None:
+    outcomes, _ = outcomes_of("environments/byoc.yml")
+    spec = outcomes[0].documents[0]["spec"]
+    assert spec["userManaged"] is True and spec["version"] == "2024.06"
+    assert spec["inference"] == {"livenessRoute": "/v2/health/live", "readinessRoute": "/v2/health/ready",
+                                 "scoringRoute": "/", "port": 8000}
+
+
+NAMES = [
+    ("Team.Sklearn_Env", "team.sklearn-env"),
+    ("AzureML-Custom", "imported-azureml-custom"),  # reserved prefix outside the curated namespace
+    ("my env (v2)", "my-env-v2"),
+    ("a..b", "a.b"),
+    ("-._x_.-", "x"),
+    ("___", None),  # nothing left: a name from the hash
+    ("x" * 80, None),  # too long: cut, with a hash suffix
+]
+
+
+@pytest.mark.parametrize(("azure", "expected"), NAMES)
+def test_names_become_kubernetes_names(azure: str, expected: str | None, tmp_path: Path) -> None:
+    env = tmp_path / "env.yml"
+    env.write_text(yaml.safe_dump({"name": azure, "image": "python:3.11"}))
+    outcomes, _ = import_azureml([env])
+    [outcome] = outcomes
+    assert outcome.status == "imported", outcome.line()
+    name = outcome.name or ""
+    if expected:
+        assert name == expected
+    assert len(name) <= 63
+    assert name == kube_name(azure) or name == kube_name("imported-" + kube_name(azure))
+    assert outcome.documents[0]["metadata"]["annotations"][ANNOTATION_AZUREML_NAME] == azure
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (True, "true"), (False, "false"), (3, "3"), (0.5, "0.5"), (None, ""), ("x", "x"), ([1, "a"], '[1,"a"]'),
+    ({"b": 1, "a": 2}, '{"a":2,"b":1}'),
+])
+def test_tags_become_strings(value: object, expected: str) -> None:
+    assert tag_value(value) == expected
+
+
+REFERENCES = [
+    ("azureml:AzureML-sklearn-1.5:33", Reference("AzureML-sklearn-1.5", "33", None), "azureml-sklearn-1.5"),
+    ("azureml:AzureML-sklearn-1.5@latest", Reference("AzureML-sklearn-1.5", None, None), "azureml-sklearn-1.5"),
+    ("azureml://registries/azureml/environments/sklearn-1.5/versions/12", Reference("sklearn-1.5", "12", "azureml"),
+     "azureml-sklearn-1.5"),
+    ("azureml://registries/azureml/environments/sklearn-1.5/labels/latest", Reference("sklearn-1.5", None, "azureml"),
+     "azureml-sklearn-1.5"),
+    ("azureml:AzureML-pytorch-2.5-ubuntu22.04-py311-cpu:2", Reference("AzureML-pytorch-2.5-ubuntu22.04-py311-cpu", "2",
+                                                                     None), "azureml-pytorch-2.5-cpu"),
+    ("azureml://registries/azureml/environments/acpt-pytorch-2.5-cuda12.4/versions/1",
+     Reference("acpt-pytorch-2.5-cuda12.4", "1", "azureml"), None),  # ACPT holds more than PyTorch
+    ("azureml:AzureML-sklearn-1.0-ubuntu20.04-py38-cpu:1", Reference("AzureML-sklearn-1.0-ubuntu20.04-py38-cpu", "1",
+                                                                    None), None),
+    ("azureml:AzureML-tensorflow-2.16-cuda12:3", Reference("AzureML-tensorflow-2.16-cuda12", "3", None), None),
+    ("azureml:my-env:2", Reference("my-env", "2", None), None),
+    ("azureml:my-env", Reference("my-env", None, None), None),
+]
+
+
+@pytest.mark.parametrize(("text", "reference", "curated"), REFERENCES, ids=[r[0] for r in REFERENCES])
+def test_references_and_curated_counterparts(text: str, reference: Reference, curated: str | None) -> None:
+    assert parse_reference(text) == reference
+    assert curated_counterpart(reference) == curated
+
+
+@pytest.mark.parametrize("text", ["my-env:2", "azureml:", "https://x/y", "azureml://registries/r/models/m"])
+def test_not_references(text: str) -> None:
+    assert parse_reference(text) is None
+
+
+CONTEXTS = [  # (files, options, kind, text)
+    ({"Dockerfile": b"FROM python:3.11\n", "req.txt": b"six\n"}, {}, "configMap", "ConfigMap"),
+    ({"Dockerfile": b"FROM python:3.11\n", "blob.bin": bytes(range(256))}, {}, "configMap", "ConfigMap"),
+    # Small nested trees: a ConfigMap, the subdirectories packed in .envkiln-context.tar.
+    ({"Dockerfile": b"FROM python:3.11\n", "src/a.py": b"x=1\n"}, {}, "configMap", "1 in subdirectories"),
+    ({"Dockerfile": b"FROM python:3.11\n", "we ird.txt": b"x"}, {"tarball_url": "https://f.example/c"}, "configMap",
+     "packed in .envkiln-context.tar"),
+    ({"Dockerfile": b"FROM python:3.11\n", "docker/Dockerfile": b"FROM x\n", "a/b/c/d.py": b"x=1\n",
+      ".envkiln-context.tar": b"mine"}, {},
+     "configMap", "3 in subdirectories"),
+    # Large ones: a tarball, or an error saying what to do.
+    ({"Dockerfile": b"FROM python:3.11\n", "big.txt": b"a" * 2000}, {"tarball_url": "https://f.example/c",
+                                                                     "max_configmap_bytes": 1000}, "tarball", "bytes"),
+    ({"Dockerfile": b"FROM python:3.11\n", "src/a.py": b"a" * 20000},
+     {"tarball_url": "https://f.example/c/", "max_configmap_bytes": 10000}, "tarball", "bytes"),
+    ({"Dockerfile": b"FROM python:3.11\n", "src/a.py": b"a" * 20000}, {"max_configmap_bytes": 10000}, None,
+     "--tarball-url"),
+    ({"Dockerfile": b"FROM base:{{latest-image-tag}}\n"}, {}, None, "Dockerfile line 1: {{latest-image-tag}}"),
+]
+
+
+@pytest.mark.parametrize(("files", "options", "kind", "text"), CONTEXTS)
+def test_directory_contexts_become_configmaps_or_tarballs(files: dict[str, bytes], options: dict[str, object],
+                                                          kind: str | None, text: str, tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    for relative, content in files.items():
+        (context / relative).parent.mkdir(parents=True, exist_ok=True)
+        (context / relative).write_bytes(content)
+    env = tmp_path / "env.yml"
+    env.write_text(yaml.safe_dump({"name": "ctx-env", "build": {"path": "ctx"}}))
+    outcomes, tarballs = import_azureml([env], ImportOptions(tarball_dir=tmp_path / "out", **options))  # type: ignore[arg-type]
+    [outcome] = outcomes
+    assert text in outcome.line(), outcome.line()
+    if kind is None:
+        assert outcome.status == "error" and not tarballs
+        return
+    build = outcome.documents[0]["spec"]["build"]
+    assert kind in build
+    if kind == "configMap":
+        # What the build sees (the local builder unpacks as the build pod does): exactly the directory.
+        from types import SimpleNamespace
+
+        from envkiln.builders.local import materialise_context
+        from envkiln.models import BuildContext, BuildPlan, EnvironmentBuildSpec
+
+        [config_map] = outcome.documents[1:]
+        assert set(config_map.get("data", {})) | set(config_map.get("binaryData", {})) <= {
+            *files, ".envkiln-context.tar"}
+        kube: Any = SimpleNamespace(read_configmap=lambda namespace, name: SimpleNamespace(
+            data=config_map.get("data"), binary_data=config_map.get("binaryData")))
+        spec = EnvironmentBuildSpec(hash="0" * 32, image="r/x:" + "0" * 32, plan=BuildPlan(
+            dockerfile="", files=[], context=BuildContext.model_validate(build)))
+        (tmp_path / "seen").mkdir()
+        materialise_context(spec, "ns", kube, tmp_path / "seen")
+        seen = {p.relative_to(tmp_path / "seen").as_posix(): p.read_bytes()
+                for p in (tmp_path / "seen").rglob("*") if p.is_file()}
+        assert seen == files
+    if kind == "tarball":
+        [(path, content)] = tarballs.items()
+        assert build["tarball"]["sha256"] == hashlib.sha256(content).hexdigest()
+        assert build["tarball"]["url"].endswith("/ctx-env-context.tar") and path.name == "ctx-env-context.tar"
+        with tarfile.open(fileobj=io.BytesIO(content)) as tar:
+            assert sorted(m.name for m in tar.getmembers() if m.isfile()) == sorted(files)
+
+
+def test_tarballs_are_deterministic(tmp_path: Path) -> None:
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "sub" / "f").write_text("x")
+    files = [tmp_path / "d" / "sub" / "f"]
+    first = deterministic_tar(tmp_path / "d", files)
+    (tmp_path / "d" / "sub" / "f").touch()
+    assert deterministic_tar(tmp_path / "d", files) == first
+
+
+def test_identical_inline_environments_are_imported_once_and_clashing_names_disambiguated(tmp_path: Path) -> None:
+    inline = {"image": "python:3.11", "conda_file": {"dependencies": ["python=3.11"]}}
+    (tmp_path / "a.yml").write_text(yaml.safe_dump({"type": "command", "name": "job", "environment": inline}))
+    (tmp_path / "b.yml").write_text(yaml.safe_dump({"type": "command", "name": "job", "environment": inline}))
+    other = {**inline, "conda_file": {"dependencies": ["python=3.12"]}}
+    (tmp_path / "c.yml").write_text(yaml.safe_dump({"type": "command", "name": "job", "environment": other}))
+    outcomes, _ = import_azureml([tmp_path])
+    assert [o.status for o in outcomes] == ["imported", "skipped", "imported"], [o.line() for o in outcomes]
+    assert outcomes[0].name == "job" and outcomes[2].name != "job" and outcomes[2].name.startswith("job-")
+
+
+PIP_PROBLEMS = [
+    (["-c constraints.txt"], "a constraints file has no place"),
+    (["-r missing.txt"], "cannot read"),
+    (["pkg @ http://x/p.whl"], "write the https:// URL"),
+    (["-e ./src"], "editable install"),
+]
+
+
+@pytest.mark.parametrize(("pip", "text"), PIP_PROBLEMS)
+def test_pip_entries_envkiln_cannot_take_are_errors_naming_the_field(pip: list[str], text: str,
+                                                                       tmp_path: Path) -> None:
+    (tmp_path / "env.yml").write_text(yaml.safe_dump(
+        {"name": "e", "image": "python:3.11", "conda_file": {"dependencies": ["python=3.11", {"pip": pip}]}}))
+    [outcome] = import_azureml([tmp_path / "env.yml"])[0]
+    assert outcome.status == "error" and text in outcome.line(), outcome.line()
+    assert "env.yml" in outcome.line() and ("conda_file" in outcome.line() or "spec.conda" in outcome.line())
+
+
+def test_cli_writes_the_file_and_one_stderr_line_per_definition(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "out.yaml"
+    status = main(["import", "azureml", str(FIXTURES / "jobs"), str(FIXTURES / "components"), "-o", str(target),
+                   "-n", "team-a"])
+    err = capsys.readouterr().err.splitlines()
+    assert status == 0
+    assert len(err) == 9 and err[-1].startswith("import azureml: 3 imported, 3 curated, 1 reference, 1 skipped"), err
+    documents = list(yaml.safe_load_all(target.read_text()))
+    assert {d["metadata"]["namespace"] for d in documents} == {"team-a"}
+    assert main(["validate", str(target)]) == 0
+    assert main(["import", "azureml", str(FIXTURES / "environments" / "windows.yml")]) == 1

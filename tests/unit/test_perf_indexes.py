@@ -1,0 +1,102 @@
+"""The operator's in-memory indexes and retry schedule (envkiln.handlers): what the periodic resync
+and the Environments' build lookups read instead of the API server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from envkiln.handlers import Indexes, Resync
+from envkiln.names import ANNOTATION_SIGNATURE
+
+
+def _build(phase: str | None, name: str = "envb-1") -> dict[str, Any]:
+    return {"apiVersion": "envkiln.dev/v1alpha1", "kind": "EnvironmentBuild",
+            "metadata": {"name": name, "namespace": "ns", "uid": "u", "resourceVersion": "7", "generation": 1,
+                         "labels": {"a": "b"}, "managedFields": [{"big": "x" * 1000}],
+                         "annotations": {ANNOTATION_SIGNATURE: "v1:sig", "kopf.zalando.org/x": "y" * 1000}},
+            "spec": {"hash": "1", "image": "r/x:1", "plan": {"dockerfile": "FROM x\n"}},
+            "status": {"phase": phase} if phase else {}}
+
+
+def test_builds_are_kept_trimmed_and_follow_events() -> None:
+    indexes = Indexes()
+    indexes.note_build("ns", "envb-1", _build(None))
+    kept = indexes.build("ns", "envb-1")
+    assert kept is not None
+    assert kept["metadata"]["annotations"] == {ANNOTATION_SIGNATURE: "v1:sig"}  # what the trust check reads
+    assert "managedFields" not in kept["metadata"] and kept["spec"]["image"] == "r/x:1"
+    assert indexes.unsettled_builds() == [("ns", "envb-1")]
+    indexes.note_build("ns", "envb-1", _build("Succeeded"))
+    assert indexes.unsettled_builds() == [] and indexes.build("ns", "envb-1")["status"]["phase"] == "Succeeded"
+    indexes.note_build("ns", "envb-1", None)
+    assert indexes.build("ns", "envb-1") is None and indexes.build("other", "envb-1") is None
+
+
+def test_environments_by_hash_and_unsettled() -> None:
+    indexes = Indexes()
+    indexes.note_environment("ns", "a", {})  # new: no hash yet, unsettled
+    indexes.note_environment("ns", "b", {"hash": "h1", "phase": "Building"})
+    indexes.note_environment("ns", "c", {"hash": "h1", "phase": "Ready"})
+    assert indexes.environments_with("ns", "h1") == ["b", "c"]
+    assert indexes.unsettled_environments() == [("ns", "a"), ("ns", "b")]
+    indexes.note_environment("ns", "c", {"hash": "h2", "phase": "Building"})  # a new version
+    assert indexes.environments_with("ns", "h1") == ["b"] and indexes.environments_with("ns", "h2") == ["c"]
+    indexes.note_environment("ns", "b", None)  # deleted
+    indexes.note_environment("ns", "a", {"phase": "Failed"})  # invalid: settled, no hash
+    assert indexes.environments_with("ns", "h1") == [] and indexes.unsettled_environments() == [("ns", "c")]
+    assert indexes.environments_with("other", "h2") == []
+
+
+def test_indexes_are_safe_to_read_while_written() -> None:
+    indexes, stop = Indexes(), threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            indexes.note_environment("ns", f"e{i % 500}", {"hash": f"h{i % 7}", "phase": "Building"})
+            indexes.note_build("ns", f"envb-{i % 50}", _build("Building", f"envb-{i % 50}"))
+            i += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for _ in range(300):
+            indexes.environments_with("ns", "h1")
+            indexes.unsettled_environments()
+            indexes.unsettled_builds()
+    finally:
+        stop.set()
+        writer.join()
+
+
+def test_retries_come_due_once_earliest_first() -> None:
+    resync = Resync()
+    resync.retry("env", "ns", "late", 60)
+    resync.retry("env", "ns", "soon", 0)
+    resync.retry("build", "ns", "b", 0)
+    resync.retry("env", "ns", "soon", 30)  # a later request does not postpone an earlier one
+    assert sorted(resync.take_due(time.monotonic() + 1)) == [("build", "ns", "b"), ("env", "ns", "soon")]
+    assert resync.take_due(time.monotonic() + 1) == [] and len(resync) == 1
+    assert resync.take_due(time.monotonic() + 61) == [("env", "ns", "late")]
+
+
+def test_the_resync_follows_kopfs_peering_pauses() -> None:
+    """The periodic resync is envkiln's own task: it must stop when Kopf pauses this replica."""
+    import logging
+
+    from envkiln.handlers import PeeringState
+
+    state = PeeringState.attach()
+    peering = logging.getLogger("kopf._core.engines.peering")
+    try:
+        assert not state.paused
+        peering.info("Pausing operations in favour of [Peer(identity='other', priority=200)].")
+        assert state.paused
+        peering.info("Resuming operations after the pause. Conflicting operators with the same priority are gone.")
+        assert not state.paused
+        peering.warning("Pausing all operators, including self: []")
+        assert state.paused
+    finally:
+        peering.removeFilter(state)
