@@ -52,5 +52,5 @@ kind:  ## a kind cluster + local registry + the operator image + the chart (need
 e2e: venv  ## the e2e suite against the kind cluster from `make kind`
 	ENVKILN_E2E=1 $(BIN)/pytest tests/e2e -q
 
-bench: deps venv  ## benchmarks (numbers, not tests); writes docs/benchmarks.md
-	$(BIN)/python -m bench.run_all
+bench: deps venv  ## benchmarks (numbers, not tests); the last stdout line is one JSON object (docs/benchmarks.md)
+	$(BIN)/python -m bench.cluster --json

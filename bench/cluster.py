@@ -672,6 +672,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             ignore=shutil.ignore_patterns("__pycache__"))
             shutil.copytree(REPO_ROOT / "crds", snapshot / "crds")
             source = snapshot / "operator"
+            os.environ["BENCH_SNAPSHOT"] = str(snapshot)  # removed by the re-executed bench at the end
         os.environ["BENCH_OPERATOR_SRC"] = str(source)
         os.execv(sys.executable, [sys.executable, "-m", "bench.cluster",
                                   *(argv if argv is not None else sys.argv[1:]), "--operator-src", str(source)])
@@ -717,6 +718,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            rss_mib_restart_10000=round(again["peak_rss_mib"], 1))
     finally:
         harness.close(args.keep)
+        if os.environ.get("BENCH_SNAPSHOT"):
+            shutil.rmtree(os.environ["BENCH_SNAPSHOT"], ignore_errors=True)
     results["load_at_end"] = load()
     results["details"] = details
     if args.json:
