@@ -372,12 +372,23 @@ def test_metrics_count_a_cache_hit_and_a_build(api_client: client.ApiClient, nam
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
-    def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
-        samples = scrape()  # the phase gauge follows watch events, which arrive just after the write
-        return samples if samples.get(("envkiln_environments", (("phase", "Ready"),))) == 2 else None
-
-    samples = wait_for(settled, what="both Environments Ready in the metrics", diagnostics=operator.log)
     succeeded = (("builder", "kaniko"), ("outcome", "succeeded"))
+
+    def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        # The phase gauge follows watch events, and the build's own counters are moved after its
+        # status write: both can trail the Environment's Ready by a moment.
+        samples = scrape()
+        done = (samples.get(("envkiln_environments", (("phase", "Ready"),))) == 2
+                and samples.get(("envkiln_build_duration_seconds_count", succeeded)) == 1
+                and samples.get(("envkiln_builds_in_flight", ())) == 0)
+        return samples if done else None
+
+    def diagnostics() -> str:
+        metrics = {k: v for k, v in scrape().items() if k[0].startswith("envkiln_")}
+        return f"metrics: {metrics}\n{operator.log()[-3000:]}"
+
+    samples = wait_for(settled, what="both Environments Ready and the build counted in the metrics",
+                       diagnostics=diagnostics)
     assert samples[("envkiln_cache_hits_total", ())] == 1
     assert samples[("envkiln_cache_misses_total", ())] == 1
     assert samples[("envkiln_build_duration_seconds_count", succeeded)] == 1
