@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,10 +61,12 @@ def limits(ctx: OperatorContext) -> Limits:
                   retry_limit=settings.build_retry_limit, backoff_seconds=settings.build_retry_backoff_seconds)
 
 
-def running_builds(ctx: OperatorContext) -> Counter[str]:
+def running_builds(ctx: OperatorContext, builds: Iterable[dict[str, Any]] | None = None) -> Counter[str]:
     """Builds holding a slot, by namespace: only the operator's own (signed) EnvironmentBuilds count,
-    so Jobs or objects made to look like builds take no slot."""
-    builds = ctx.kube.list_in(BUILDS, ctx.settings.namespaces, f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")
+    so Jobs or objects made to look like builds take no slot. `builds` are the ones the operator
+    already holds from its watch; without them they are listed."""
+    if builds is None:
+        builds = ctx.kube.list_in(BUILDS, ctx.settings.namespaces, f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")
     return Counter(b["metadata"]["namespace"] for b in builds
                    if holds_slot(b.get("status") or {}) and ctx.signer.build_problem(b, ANNOTATION_SIGNATURE) is None)
 
@@ -116,7 +119,10 @@ def untrusted_reason(ctx: OperatorContext, build: dict[str, Any]) -> str | None:
     return None
 
 
-def sync_build(ctx: OperatorContext, namespace: str, name: str) -> BuildSyncResult:
+def sync_build(ctx: OperatorContext, namespace: str, name: str,
+               known_builds: Callable[[], Iterable[dict[str, Any]]] | None = None) -> BuildSyncResult:
+    """`known_builds`: every EnvironmentBuild as the watch last saw it (for the slot count, instead of
+    a list request per queued build)."""
     build = ctx.kube.get(BUILDS, namespace, name)
     if build is None:
         return BuildSyncResult(None)
@@ -132,7 +138,7 @@ def sync_build(ctx: OperatorContext, namespace: str, name: str) -> BuildSyncResu
     now = datetime.now(UTC)
     if attempt == 0:
         if getattr(builder, "uses_cluster_slots", False):  # Job builders; the local one has its own pool
-            counts = running_builds(ctx)
+            counts = running_builds(ctx, known_builds() if known_builds else None)
             step = next_step(status, limits(ctx), now, ctx.instance_id, running=sum(counts.values()),
                              running_in_namespace=counts[namespace], namespace=namespace)
         else:

@@ -241,6 +241,10 @@ class Indexes:
         with self._lock:
             return self._builds.get((namespace, name))
 
+    def builds(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._builds.values())
+
     def unsettled_builds(self) -> list[tuple[str, str]]:
         with self._lock:
             return [key for key, build in self._builds.items() if build_unsettled(build["status"])]
@@ -416,7 +420,7 @@ def _environment(memo: kopf.Memo, namespace: str, name: str, env: dict[str, Any]
 def _build(memo: kopf.Memo, namespace: str, name: str) -> None:
     ctx: OperatorContext = memo.ctx
     try:
-        result = sync_build(ctx, namespace, name)
+        result = sync_build(ctx, namespace, name, memo.indexes.builds)
     except Exception as error:
         retry = ctx.settings.build_sync_seconds
         if isinstance(error, ApiError):
