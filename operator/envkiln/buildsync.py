@@ -122,7 +122,14 @@ def untrusted_reason(ctx: OperatorContext, build: dict[str, Any]) -> str | None:
 def sync_build(ctx: OperatorContext, namespace: str, name: str,
                known_builds: Callable[[], Iterable[dict[str, Any]]] | None = None) -> BuildSyncResult:
     """`known_builds`: every EnvironmentBuild as the watch last saw it (for the slot count, instead of
-    a list request per queued build)."""
+    a list request per queued build). Syncs of one build are serialized, so a step (a Job started,
+    a result recorded, a metric observed) is taken once even when several events arrive together."""
+    with ctx.build_locks.hold((namespace, name)):
+        return _sync_build(ctx, namespace, name, known_builds)
+
+
+def _sync_build(ctx: OperatorContext, namespace: str, name: str,
+                known_builds: Callable[[], Iterable[dict[str, Any]]] | None) -> BuildSyncResult:
     build = ctx.kube.get(BUILDS, namespace, name)
     if build is None:
         return BuildSyncResult(None)

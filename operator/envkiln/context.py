@@ -7,7 +7,8 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from kubernetes import client
@@ -37,6 +38,36 @@ class OperatorContext:
     environments_by_hash: EnvironmentsByHash | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     metrics: Metrics = field(default_factory=Metrics)  # its own registry; served by handlers.configure
+    # One sync of a given EnvironmentBuild at a time: its watch event, its Job's event and the
+    # resync run in different threads, and two of them must not both see and act on the same step.
+    build_locks: KeyedLocks = field(default_factory=lambda: KeyedLocks())
+
+
+class KeyedLocks:
+    """A lock per key, held only while someone uses it (no growth with the number of keys)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[object, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: object) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 def registry_hosts(settings: OperatorSettings) -> set[str]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
-from envkiln.buildsync import running_builds
+from envkiln.buildsync import running_builds, sync_build
+from envkiln.context import KeyedLocks
 from envkiln.names import ANNOTATION_SIGNATURE
 from envkiln.trust import Signer
 
@@ -32,3 +35,35 @@ def test_slots_come_from_the_known_builds_and_only_signed_ones_count() -> None:
     known = [build("a", running), build("a", {"phase": "Succeeded", "job": "j"}), build("b", running),
              build("b", running, signed=False), build("c", {"phase": "Building"})]
     assert running_builds(ctx, known) == {"a": 1, "b": 1}  # type: ignore[arg-type]
+
+
+class CountingGet:
+    """A `get` that stays busy for a moment and records how many callers were inside at once."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self.most = 0
+        self.guard = threading.Lock()
+
+    def get(self, *args: Any) -> None:
+        with self.guard:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        time.sleep(0.05)
+        with self.guard:
+            self.inside -= 1
+
+
+def test_syncs_of_one_build_are_serialized_and_of_two_builds_are_not() -> None:
+    # Seen in CI: a build's watch event and its Job's event synced it at once; both saw the same
+    # finished Job and the build's duration was observed twice.
+    for names, expected in ((["x", "x", "x"], 1), (["x", "y"], 2)):
+        kube = CountingGet()
+        ctx = SimpleNamespace(kube=kube, build_locks=KeyedLocks())
+        threads = [threading.Thread(target=sync_build, args=(ctx, "a", n)) for n in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert kube.most == expected, names
+        assert len(ctx.build_locks) == 0  # nothing kept once no one holds a key
