@@ -20,6 +20,7 @@ Everything is re-exported here: `from envkiln.models import X` is the way to imp
 
 from envkiln.models.base import KubeModel, ObjectMeta, StatusModel
 from envkiln.models.build import (
+    BuildLock,
     BuildPhase,
     BuildPlan,
     BuildReason,
@@ -29,7 +30,13 @@ from envkiln.models.build import (
     EnvironmentBuildStatus,
 )
 from envkiln.models.context import BuildContext, ConfigMapContext, GitContext, TarballContext
-from envkiln.models.environment import Environment, EnvironmentKind, EnvironmentSpec, InferenceConfig
+from envkiln.models.environment import (
+    BaseImageUpdates,
+    Environment,
+    EnvironmentKind,
+    EnvironmentSpec,
+    InferenceConfig,
+)
 from envkiln.models.lines import (
     MAX_LINE,
     MAX_PACKAGES,
@@ -44,16 +51,58 @@ from envkiln.models.lines import (
     check_pip_requirement,
 )
 from envkiln.models.packages import CondaPipBlock, CondaSpec
-from envkiln.models.status import Condition, ConditionStatus, EnvironmentStatus, Phase, VersionRecord
+from envkiln.models.status import (
+    Condition,
+    ConditionStatus,
+    EnvironmentStatus,
+    LockSummary,
+    Phase,
+    VersionRecord,
+)
 from envkiln.models.yamltext import StrictLoader
 from envkiln.names import DEFAULT_CURATED_NAMESPACE, RESERVED_NAME_PREFIXES
 
 __all__ = [
-    "DEFAULT_CURATED_NAMESPACE", "MAX_LINE", "MAX_PACKAGES", "MAX_STEPS", "MAX_STEP_LENGTH",
-    "RESERVED_NAME_PREFIXES", "BuildContext", "BuildPhase", "BuildPlan", "BuildReason", "ChannelLine",
-    "CondaDependency", "CondaPipBlock", "CondaSpec", "Condition", "ConditionStatus", "ConfigMapContext",
-    "ContextFile", "DockerStep", "Environment", "EnvironmentBuildManifest", "EnvironmentBuildSpec",
-    "EnvironmentBuildStatus", "EnvironmentKind", "EnvironmentSpec", "EnvironmentStatus", "GitContext",
-    "InferenceConfig", "KubeModel", "Line", "ObjectMeta", "Phase", "PipLine", "StatusModel", "StrictLoader",
-    "TarballContext", "VersionRecord", "check_docker_step", "check_pip_requirement",
+    "DEFAULT_CURATED_NAMESPACE",
+    "MAX_LINE",
+    "MAX_PACKAGES",
+    "MAX_STEPS",
+    "MAX_STEP_LENGTH",
+    "RESERVED_NAME_PREFIXES",
+    "BaseImageUpdates",
+    "BuildContext",
+    "BuildLock",
+    "BuildPhase",
+    "BuildPlan",
+    "BuildReason",
+    "ChannelLine",
+    "CondaDependency",
+    "CondaPipBlock",
+    "CondaSpec",
+    "Condition",
+    "ConditionStatus",
+    "ConfigMapContext",
+    "ContextFile",
+    "DockerStep",
+    "Environment",
+    "EnvironmentBuildManifest",
+    "EnvironmentBuildSpec",
+    "EnvironmentBuildStatus",
+    "EnvironmentKind",
+    "EnvironmentSpec",
+    "EnvironmentStatus",
+    "GitContext",
+    "InferenceConfig",
+    "KubeModel",
+    "Line",
+    "LockSummary",
+    "ObjectMeta",
+    "Phase",
+    "PipLine",
+    "StatusModel",
+    "StrictLoader",
+    "TarballContext",
+    "VersionRecord",
+    "check_docker_step",
+    "check_pip_requirement",
 ]

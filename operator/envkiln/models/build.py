@@ -31,6 +31,16 @@ class BuildPlan(KubeModel):
 class BuildReason(StrEnum):
     NEW_DEFINITION = "NewDefinition"
     IMAGE_MISSING = "ImageMissing"
+    BASE_IMAGE_UPDATED = "BaseImageUpdated"
+
+
+class BuildLock(StatusModel):
+    """The packages the built image holds, as the build resolved them."""
+
+    digest: str = Field(description="sha256 of text.")
+    packages: int = Field(description="How many packages it holds.")
+    text: str = Field(description="The lock: `micromamba list --explicit --md5` and `pip freeze` output "
+                      "(`envkiln lock` prints it).")
 
 
 class EnvironmentBuildSpec(KubeModel):
@@ -42,7 +52,10 @@ class EnvironmentBuildSpec(KubeModel):
     plan: BuildPlan = Field(
         description="What is built: the rendered Dockerfile and files, or the user's build context.")
     reason: BuildReason = Field(
-        default=BuildReason.IMAGE_MISSING, description="Why it was created: NewDefinition or ImageMissing.")
+        default=BuildReason.IMAGE_MISSING, description="Why it was created: NewDefinition, ImageMissing or "
+        "BaseImageUpdated.")
+    base_image_digest: str | None = Field(
+        default=None, description="The base image's digest the plan's FROM is pinned to (system-managed only).")
 
 
 class BuildPhase(StrEnum):
@@ -63,6 +76,10 @@ class EnvironmentBuildStatus(StatusModel):
     start_time: str | None = Field(default=None, description="When the first attempt started (RFC 3339).")
     completion_time: str | None = Field(default=None, description="When the build succeeded or failed (RFC 3339).")
     digest: str | None = Field(default=None, description="Digest of the pushed image, verified in the registry.")
+    base_image_digest: str | None = Field(default=None, description="Digest of the base image it was built on.")
+    lock: BuildLock | None = Field(
+        default=None, description="The resolved packages, read from the image's last layer "
+        "(the file /opt/envkiln/envkiln-lock.txt) once the image is verified.")
     image_ref: str | None = Field(
         default=None, description="The pushed image as workloads pull it, repository@sha256:...")
     record_signature: str | None = Field(

@@ -33,6 +33,17 @@ class InferenceConfig(KubeModel):
     port: int | None = Field(default=None, ge=1, le=65535, description="Port the inference server listens on.")
 
 
+class BaseImageUpdates(StrEnum):
+    """What happens when the base image's tag moves to a new digest (the base-update watcher)."""
+
+    NOTIFY = "Notify"
+    REBUILD = "Rebuild"
+    IGNORE = "Ignore"
+
+
+MAX_LOCK = 262144  # bytes of a pinned lock (spec.lock); a few thousand packages
+
+
 class EnvironmentKind(StrEnum):
     SYSTEM_MANAGED = "SystemManaged"
     BUILD_CONTEXT = "BuildContext"
@@ -76,6 +87,13 @@ class EnvironmentSpec(KubeModel):
         default=None, description="A Docker build context you bring (a ConfigMap, git or an https tarball), built as "
         "is with its Dockerfile; excludes image, conda, pip and dockerSteps."
     )
+    base_image_updates: BaseImageUpdates | None = Field(
+        default=None, description="When spec.image's tag moves to a new digest: Notify (the default; condition "
+        "BaseImageUpdated and an Event), Rebuild (a new image on the new base; status.imageRef moves when it is "
+        "Ready) or Ignore. Curated environments default to Rebuild. Never part of the hash.")
+    lock: Annotated[str, StringConstraints(max_length=MAX_LOCK)] | None = Field(
+        default=None, description="A package lock as `envkiln lock` prints it: the build installs exactly these "
+        "packages and fails, naming the packages that differ, when it cannot reproduce them. Part of the hash.")
     environment_variables: dict[str, Annotated[str, StringConstraints(max_length=MAX_LINE * 4)]] | None = Field(
         default=None, max_length=200, description="Variables added to the workload's container (its own values win); "
         "may change at any time and never cause a build."
@@ -133,6 +151,7 @@ class EnvironmentSpec(KubeModel):
                     ("pip", self.pip is not None),
                     ("image", self.image is not None),
                     ("dockerSteps", self.docker_steps is not None),
+                    ("lock", self.lock is not None),
                 )
                 if present
             ]
@@ -151,6 +170,11 @@ class EnvironmentSpec(KubeModel):
             raise ValueError(
                 "the definition is empty: set spec.image (with spec.conda/spec.pip/spec.dockerSteps, or "
                 "spec.userManaged: true) or spec.build"
+            )
+        if self.lock is not None and self.conda is None and not self.pip:
+            raise ValueError(
+                "spec.lock pins the packages of spec.conda and spec.pip, and this definition has neither; "
+                "remove spec.lock, or add the packages it locks"
             )
         if self.user_managed:
             extra = [f for f, p in (("conda", self.conda), ("pip", self.pip), ("dockerSteps", self.docker_steps)) if p]

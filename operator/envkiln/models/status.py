@@ -44,6 +44,17 @@ class VersionRecord(StatusModel):
     image_ref: str | None = Field(
         default=None, description="The image it was built into, repository@sha256:... (absent until it was Ready).")
     when: str = Field(description="When the definition was first seen (RFC 3339).")
+    reason: str | None = Field(
+        default=None, description="Why this entry was added: absent for a new definition, BaseImageUpdated for a "
+        "rebuild on a new base image digest.")
+    base_image_digest: str | None = Field(default=None, description="The base image's digest this image was built on.")
+
+
+class LockSummary(StatusModel):
+    """The resolved package set of a build, in short (`envkiln lock NAME` prints it whole)."""
+
+    digest: str = Field(description="sha256 of the lock's text.")
+    packages: int = Field(description="How many packages it holds.")
 
 
 class EnvironmentStatus(StatusModel):
@@ -67,6 +78,16 @@ class EnvironmentStatus(StatusModel):
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation this status is for; when it is behind, the operator has "
         "not acted on the latest spec yet.")
+    base_image: str | None = Field(default=None, description="The base image reference as written (spec.image).")
+    base_image_digest: str | None = Field(
+        default=None, description="Digest of the base image the current image was built on; for a "
+        "bring-your-own image, its own digest.")
+    latest_base_image_digest: str | None = Field(
+        default=None, description="The base image's digest when the base-update watcher last looked, when it "
+        "differs from baseImageDigest.")
+    resolved_commit: str | None = Field(
+        default=None, description="The commit a git context's ref resolved to; part of the hash.")
+    lock: LockSummary | None = Field(default=None, description="The current image's resolved packages, in short.")
     versions: list[VersionRecord] | None = Field(
         default=None, description="The definitions this Environment had, oldest first (at most 50), for "
         "NAME:VERSION references.")
