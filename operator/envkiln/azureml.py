@@ -36,7 +36,7 @@ from typing import Any, Literal
 import yaml
 
 from envkiln.decisions.curated import reserved_prefix
-from envkiln.definition import definition_hash
+from envkiln.definition import UnresolvedGitRef, definition_hash
 from envkiln.errors import DefinitionError
 from envkiln.manifests import parse_environment
 from envkiln.models import StrictLoader
@@ -325,8 +325,8 @@ def _git_context(url: str, dockerfile: str, where: str) -> dict[str, Any]:
     repository, _, fragment = url.partition("#")
     ref, _, path = fragment.partition(":")
     if not ref:
-        raise ImportProblem(f"{_at(where, 'build.path')}: {url!r} names no ref; write {repository}#COMMIT[:DIR] "
-                            "(a commit, so the hash pins the context)")
+        raise ImportProblem(f"{_at(where, 'build.path')}: {url!r} names no ref; write {repository}#REF[:DIR] "
+                            "(a branch, tag or commit: envkiln resolves it to a commit)")
     return {"git": {"url": repository, "ref": ref, "path": path}, "dockerfilePath": dockerfile}
 
 
@@ -563,7 +563,10 @@ def _validated(documents: list[dict[str, Any]], where: str, ctx: _Context) -> st
     for document in documents[1:]:
         context = {**document.get("data", {}),
                    **{k: base64.b64decode(v) for k, v in document.get("binaryData", {}).items()}}
-    identity = definition_hash(environment.spec, context)
+    try:
+        identity = definition_hash(environment.spec, context)
+    except UnresolvedGitRef:  # a branch: the operator resolves it; the spec itself identifies the definition
+        identity = "git"
     return identity + json.dumps(manifest["spec"], sort_keys=True, default=str)
 
 

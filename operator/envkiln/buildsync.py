@@ -33,12 +33,15 @@ from envkiln.decisions.build import (
 )
 from envkiln.definition import pull_reference
 from envkiln.imageref import parse_image_reference
+from envkiln.locks import LockError, lock_digest, package_count, parse_lock
 from envkiln.names import (
     ANNOTATION_SIGNATURE,
     BUILDS,
     LABEL_MANAGED_BY,
+    LOCK_FILE,
     MANAGED_BY_VALUE,
     REASON_UNTRUSTED_BUILD,
+    build_key,
 )
 from envkiln.registryclient import RegistryUnavailable
 
@@ -104,7 +107,27 @@ def _verify(ctx: OperatorContext, build: dict[str, Any], attempt: int, digest: s
         meta = build["metadata"]
         step.changes["recordSignature"] = ctx.signer.sign_record(meta["namespace"], meta["name"],
                                                                  build["spec"]["hash"], image, digest)
+        step.changes["baseImageDigest"] = build["spec"].get("baseImageDigest")
+        step.changes["lock"] = _read_lock(ctx, build, f"{repository}@{digest}")
     return step
+
+
+def _read_lock(ctx: OperatorContext, build: dict[str, Any], image: str) -> dict[str, Any] | None:
+    """The lock the build wrote into the image's last layer (names.LOCK_FILE), when its plan writes one.
+    A lock that cannot be read is logged and left out: the image is good either way."""
+    if LOCK_FILE not in (build["spec"].get("plan") or {}).get("dockerfile", ""):
+        return None
+    try:
+        raw = ctx.registry.read_last_layer_file(image, LOCK_FILE)
+        if raw is None:
+            raise LockError(f"the image's last layer holds no {LOCK_FILE}")
+        text = raw.decode("utf-8")
+        lock = parse_lock(text)
+    except (RegistryUnavailable, LockError, UnicodeDecodeError) as error:
+        log.warning("build %s/%s: lock not recorded: %s", build["metadata"]["namespace"], build["metadata"]["name"],
+                    error)
+        return None
+    return {"digest": lock_digest(text), "packages": package_count(lock), "text": text}
 
 
 def untrusted_reason(ctx: OperatorContext, build: dict[str, Any]) -> str | None:
@@ -113,7 +136,7 @@ def untrusted_reason(ctx: OperatorContext, build: dict[str, Any]) -> str | None:
     if problem is not None:
         return problem
     spec, namespace = build["spec"], build["metadata"]["namespace"]
-    expected = ctx.settings.push_image(spec["hash"], namespace)
+    expected = ctx.settings.push_image(spec["hash"], namespace, build_key(spec))
     if spec.get("image") != expected:
         return f"spec.image is {spec.get('image')}, but this namespace's image of the hash is {expected}"
     return None

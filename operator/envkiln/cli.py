@@ -16,6 +16,7 @@ from envkiln.definition import (
     definition_hash,
     image_name,
 )
+from envkiln.gitrefs import GitRefError, GitResolver, resolve_git_commit
 from envkiln.manifests import LoadedEnvironment, LoadProblem, load_environments
 from envkiln.models import DEFAULT_CURATED_NAMESPACE, EnvironmentKind
 from envkiln.names import ENVIRONMENTS, LABEL_ANONYMOUS
@@ -46,13 +47,21 @@ def _context_data(item: LoadedEnvironment, context_dir: str | None) -> dict[str,
     return data
 
 
+def _hash(item: LoadedEnvironment, context_dir: str | None, resolver: GitResolver) -> tuple[str, str | None]:
+    """(the definition hash, a git context's resolved commit): a branch or tag is asked of its remote,
+    as the operator does."""
+    commit = resolve_git_commit(item.environment.spec, resolver)
+    return definition_hash(item.environment.spec, _context_data(item, context_dir), commit=commit), commit
+
+
 def cmd_hash(args: argparse.Namespace) -> int:
     loaded, status = _load(args)
+    resolver = GitResolver()
     for item in loaded:
         env = item.environment
         try:
-            value = definition_hash(env.spec, _context_data(item, args.context_dir))
-        except MissingContextContent as error:
+            value, commit = _hash(item, args.context_dir, resolver)
+        except (MissingContextContent, GitRefError) as error:
             print(f"error: {item.source}: {error}", file=sys.stderr)
             status = 1
             continue
@@ -62,9 +71,11 @@ def cmd_hash(args: argparse.Namespace) -> int:
             image = image_name(value, args.registry, args.template, env.metadata.namespace or args.namespace)
         if args.json:
             print(json.dumps({"name": env.metadata.name, "version": env.spec.version, "hash": value,
-                              "kind": env.spec.kind.value, "image": image}))
+                              "kind": env.spec.kind.value, "image": image,
+                              **({"resolvedCommit": commit} if commit else {})}))
         elif args.explain:
-            print(json.dumps(definition_document(env.spec, _context_data(item, args.context_dir)), indent=2))
+            print(json.dumps(definition_document(env.spec, _context_data(item, args.context_dir), commit=commit),
+                             indent=2))
         else:
             print(f"{env.metadata.name}\t{env.spec.version}\t{value}\t{image}")
     return status
@@ -80,15 +91,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     loaded, status = _load(args)
     out_root = Path(args.output)
+    resolver = GitResolver()
     for item in loaded:
         env = item.environment
         try:
-            value = definition_hash(env.spec, _context_data(item, args.context_dir))
+            value, _ = _hash(item, args.context_dir, resolver)
             plan = render(env.spec, value)
         except NothingToBuild as error:
             print(f"{item.source}: {error}")
             continue
-        except (MissingContextContent, RenderError) as error:
+        except (MissingContextContent, RenderError, GitRefError) as error:
             print(f"error: {item.source}: {error}", file=sys.stderr)
             status = 1
             continue
@@ -228,6 +240,24 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 args.follow, sys.stdout, sys.stderr)
 
 
+def cmd_lock(args: argparse.Namespace) -> int:
+    """The resolved packages of NAME[:VERSION], as its build recorded them."""
+    from envkiln.follow import Cluster
+    from envkiln.reproduce import lock
+
+    return lock(Cluster.from_kubeconfig(), _current_namespace(args.namespace), args.reference, sys.stdout,
+                sys.stderr)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """What changed between two environment versions (NAME[:VERSION]) or files (locks, manifests)."""
+    from envkiln.follow import Cluster
+    from envkiln.reproduce import diff
+
+    return diff(Cluster.from_kubeconfig, _current_namespace(args.namespace) if not (
+        Path(args.a).is_file() and Path(args.b).is_file()) else "default", args.a, args.b, sys.stdout, sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from envkiln.runner import run_operator
 
@@ -309,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attempt", type=int, help="this attempt (1 = the first) instead of the latest")
     p.add_argument("-n", "--namespace")
     p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("lock", help="print the resolved packages (the lock) of NAME[:VERSION]; put it in "
+                       "spec.lock to rebuild exactly these")
+    p.add_argument("reference", help="Environment name, optionally :version")
+    p.add_argument("-n", "--namespace")
+    p.set_defaults(func=cmd_lock)
+
+    p = sub.add_parser("diff", help="what changed between two environment versions or files: packages added, "
+                       "removed and changed, base image digest, docker steps")
+    p.add_argument("a", metavar="A", help="NAME[:VERSION] in the cluster, a lock file or an Environment manifest")
+    p.add_argument("b", metavar="B", help="the same for the other side")
+    p.add_argument("-n", "--namespace")
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("run", help="run the operator against the current kubeconfig")
     p.add_argument("--namespace", action="append", help="namespace to watch (repeatable; default: all)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from kubernetes import client
 
 from envkiln.builders import Builder
+from envkiln.gitrefs import GitResolver
 from envkiln.kube import ApiError, Kube
 from envkiln.metrics import Metrics
 from envkiln.names import MANAGED_BY, SIGNING_KEY_SECRET
@@ -41,6 +42,28 @@ class OperatorContext:
     # One sync of a given EnvironmentBuild at a time: its watch event, its Job's event and the
     # resync run in different threads, and two of them must not both see and act on the same step.
     build_locks: KeyedLocks = field(default_factory=lambda: KeyedLocks())
+    # The digest each base image reference had at the base-update watcher's last look (in memory:
+    # after a restart the watcher's first pass fills it again).
+    latest_bases: LatestBases = field(default_factory=lambda: LatestBases())
+    git_resolver: GitResolver = field(default_factory=lambda: GitResolver())
+
+
+class LatestBases:
+    """base image reference -> its digest when last checked. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._digests: dict[str, str] = {}
+
+    def set(self, reference: str, digest: str) -> None:
+        with self._lock:
+            self._digests[reference] = digest
+
+    def get(self, reference: str | None) -> str | None:
+        if reference is None:
+            return None
+        with self._lock:
+            return self._digests.get(reference)
 
 
 class KeyedLocks:
@@ -150,4 +173,6 @@ def make_context(api_client: client.ApiClient, settings: OperatorSettings,
 
         builder = KanikoBuilder(kube, settings, secret_data)
     return OperatorContext(settings=settings, kube=kube, registry=registry, builder=builder,
-                           signer=load_signing_key(kube, settings), instance_id=instance_id, metrics=metrics)
+                           signer=load_signing_key(kube, settings), instance_id=instance_id, metrics=metrics,
+                           git_resolver=GitResolver(ttl_seconds=settings.git_ref_ttl_seconds,
+                                                    timeout_seconds=settings.git_timeout_seconds))

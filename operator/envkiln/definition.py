@@ -1,15 +1,21 @@
 """The definition hash: the cache key that decides whether an image must be built.
 
-Algorithm (schema v2 — the document is the same as v1's, the prefix changed with the render; README.md):
+Algorithm (schema v3 — v2's document plus a pinned `lock`; the prefix changed with the render; README.md):
 
 1. Take the image-affecting parts of the spec and nothing else:
    `image` (as written, no resolution), `userManaged`, `dockerSteps`, `conda`
    (channels and dependencies; its `name` is ignored), `pip`, and `build` (source kind,
-   its identity: ConfigMap name + the SHA-256 of every data entry, git url/ref/path, or
-   tarball url/sha256, and `dockerfilePath`). Absent lists are empty lists.
+   its identity: ConfigMap name + the SHA-256 of every data entry, git url/path + the commit,
+   or tarball url/sha256, and `dockerfilePath`), and `lock` (the pinned lock's text) when it is
+   set. Absent lists are empty lists.
+   A git context is hashed by the commit its ref points at, never by the ref as written: the
+   caller resolves a branch or tag first (envkiln.gitrefs) and passes the commit in; a ref that
+   is itself a full commit (40 hex) is that commit, lowercased. The ref is not in the document,
+   so a branch at commit C and the commit C are the same definition, and a new commit on the
+   branch is a new one.
 2. Serialise as canonical JSON: keys sorted, separators `,` and `:`, UTF-8, no ASCII
    escaping. Mapping key order therefore never matters; list order always does.
-3. SHA-256 over `envkiln.dev/definition/v2` + a newline + that JSON; the hash is the first
+3. SHA-256 over `envkiln.dev/definition/v3` + a newline + that JSON; the hash is the first
    32 hex characters of the digest.
 
 Excluded: metadata (name, namespace, labels), `version`, `description`, `tags`,
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,15 +34,30 @@ from envkiln.models import CondaPipBlock, EnvironmentSpec
 
 # v2: the render changed for every system-managed definition (install stage run as root with the base's user
 # kept, pip-only venvs see the base's packages, conda LD_LIBRARY_PATH), so no v1 image may be reused.
-HASH_SCHEMA = "envkiln.dev/definition/v2"
+# v3: the render pins the base by digest and writes the lock into the image's last layer (a v2 image has
+# neither), a pinned `lock` is hashed, and a git context is hashed by its commit.
+HASH_SCHEMA = "envkiln.dev/definition/v3"
 HASH_LENGTH = 32
 # Each namespace pushes under its own path, so a registry can give each one a push identity limited
 # to it (see docs/security.md).
 DEFAULT_IMAGE_TEMPLATE = "{registry}/envkiln/{namespace}/env_{hash}"
 
 
+COMMIT = re.compile(r"[0-9a-fA-F]{40}")
+
+
 class MissingContextContent(ValueError):
     """A ConfigMap build context's content is part of the hash but was not supplied."""
+
+
+class UnresolvedGitRef(MissingContextContent):
+    """A git build context's ref is a branch or tag and no commit was supplied: it must be resolved
+    first (envkiln.gitrefs), so a branch name is never hashed by accident."""
+
+
+def is_commit(ref: str) -> bool:
+    """A full commit id (40 hex, either case), which names the same content forever."""
+    return COMMIT.fullmatch(ref) is not None
 
 
 def _conda_document(spec: EnvironmentSpec) -> dict[str, Any] | None:
@@ -65,7 +87,21 @@ def content_digests(data: Mapping[str, str | bytes]) -> dict[str, str]:
     return digests
 
 
-def _build_document(spec: EnvironmentSpec, context_data: Mapping[str, str | bytes] | None) -> dict[str, Any] | None:
+def _git_commit(ref: str, commit: str | None) -> str:
+    if commit is not None:
+        if not is_commit(commit):
+            raise ValueError(f"{commit!r} is not a full commit (40 hex)")
+        return commit.lower()
+    if is_commit(ref):
+        return ref.lower()
+    raise UnresolvedGitRef(
+        f"spec.build.git: the ref {ref!r} is a branch or tag; the commit it points at is part of the hash, so "
+        "resolve it first (or pin a commit, 40 hex, in spec.build.git.ref)"
+    )
+
+
+def _build_document(spec: EnvironmentSpec, context_data: Mapping[str, str | bytes] | None,
+                    commit: str | None) -> dict[str, Any] | None:
     build = spec.build
     if build is None:
         return None
@@ -78,32 +114,37 @@ def _build_document(spec: EnvironmentSpec, context_data: Mapping[str, str | byte
             )
         document["configMap"] = {"name": build.config_map.name, "content": content_digests(context_data)}
     elif build.git is not None:
-        document["git"] = {"url": build.git.url, "ref": build.git.ref, "path": build.git.path}
+        document["git"] = {"url": build.git.url, "commit": _git_commit(build.git.ref, commit), "path": build.git.path}
     elif build.tarball is not None:
         document["tarball"] = {"url": build.tarball.url, "sha256": build.tarball.sha256}
     return document
 
 
 def definition_document(
-    spec: EnvironmentSpec, context_data: Mapping[str, str | bytes] | None = None
+    spec: EnvironmentSpec, context_data: Mapping[str, str | bytes] | None = None, commit: str | None = None
 ) -> dict[str, Any]:
-    """The exact structure that is hashed (useful to explain why two hashes differ)."""
-    return {
+    """The exact structure that is hashed (useful to explain why two hashes differ). `commit`: what a
+    git context's ref points at (ignored for other definitions)."""
+    document = {
         "image": spec.image,
         "userManaged": spec.user_managed,
         "dockerSteps": list(spec.docker_steps or []),
         "conda": _conda_document(spec),
         "pip": list(spec.pip or []),
-        "build": _build_document(spec, context_data),
+        "build": _build_document(spec, context_data, commit),
     }
+    if spec.lock is not None:  # only when pinned, so unpinned documents keep their shape
+        document["lock"] = spec.lock
+    return document
 
 
 def canonical_json(document: Any) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def definition_hash(spec: EnvironmentSpec, context_data: Mapping[str, str | bytes] | None = None) -> str:
-    payload = HASH_SCHEMA + "\n" + canonical_json(definition_document(spec, context_data))
+def definition_hash(spec: EnvironmentSpec, context_data: Mapping[str, str | bytes] | None = None,
+                    commit: str | None = None) -> str:
+    payload = HASH_SCHEMA + "\n" + canonical_json(definition_document(spec, context_data, commit))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:HASH_LENGTH]
 
 

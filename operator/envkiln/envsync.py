@@ -14,23 +14,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from envkiln.conditions import now_iso
+from envkiln.conditions import get_condition, now_iso
 from envkiln.context import OperatorContext
 from envkiln.decisions.environment import Facts, Lookup, Outcome, decide, invalid, new_status
+from envkiln.decisions.resync import base_moved
 from envkiln.definition import MissingContextContent, context_digest, definition_hash
 from envkiln.errors import DefinitionError
+from envkiln.gitrefs import GitRefError
+from envkiln.imageref import parse_image_reference
 from envkiln.manifests import config_map_data, parse_environment
-from envkiln.models import BuildReason, EnvironmentBuildSpec, EnvironmentKind, EnvironmentSpec
+from envkiln.models import BaseImageUpdates, BuildReason, EnvironmentBuildSpec, EnvironmentKind, EnvironmentSpec
 from envkiln.names import (
     ANNOTATION_SIGNATURE,
     API_VERSION,
     BUILDS,
+    CONDITION_BASE_IMAGE_UPDATED,
     ENVIRONMENTS,
     KIND_BUILD,
     LABEL_HASH,
     LABEL_MANAGED_BY,
     MANAGED_BY_VALUE,
     build_name,
+    image_key,
 )
 from envkiln.registryclient import RegistryUnavailable
 from envkiln.render import RenderError, render
@@ -81,14 +86,15 @@ def build_problem(ctx: OperatorContext, build: dict[str, Any], push_image: str) 
 
 
 def observe(ctx: OperatorContext, env: dict[str, Any], find_build: FindBuild | None = None) -> Facts:
-    """What `decide` needs. Asks the registry only for bring-your-own images; reads the
-    EnvironmentBuild from `find_build` when given (an index the watch keeps current), else from
-    the API server."""
+    """What `decide` needs. Asks the registry only for bring-your-own images (and git remotes for a
+    git context's ref, cached); reads the EnvironmentBuilds from `find_build` when given (an index
+    the watch keeps current), else from the API server."""
     namespace = env["metadata"]["namespace"]
     settings = ctx.settings
-    base = Facts(spec=None, namespace=namespace, previous_status=env.get("status") or {},
+    previous = env.get("status") or {}
+    base = Facts(spec=None, namespace=namespace, previous_status=previous,
                  push_registry=settings.registry, pull_registry=settings.effective_pull_registry,
-                 retry_seconds=float(settings.registry_retry_seconds))
+                 retry_seconds=float(settings.registry_retry_seconds), generation=env["metadata"].get("generation"))
     try:
         spec = parse_environment(env, f"Environment {env['metadata']['name']}", settings.curated_namespace).spec
     except DefinitionError as error:
@@ -96,20 +102,60 @@ def observe(ctx: OperatorContext, env: dict[str, Any], find_build: FindBuild | N
     if spec.kind is EnvironmentKind.BRING_YOUR_OWN:
         assert spec.image is not None
         return replace(base, spec=spec, hash=definition_hash(spec), lookup=_lookup(ctx, spec.image))
+    commit, git_problem = _resolve_git(ctx, spec, previous, base.generation)
+    if spec.build is not None and spec.build.git is not None and commit is None:
+        return replace(base, spec=spec, git_problem=git_problem)
     data = _context_data(ctx, namespace, spec)
     try:
-        value = definition_hash(spec, data)
+        value = definition_hash(spec, data, commit=commit)
     except MissingContextContent:
         assert spec.build is not None and spec.build.config_map is not None
         return replace(base, spec=spec, missing_context=spec.build.config_map.name)
-    facts = replace(base, spec=spec, hash=value, build_name=build_name(value),
+    find = find_build or _get_build(ctx)
+    # The build the Environment follows: the one its status names when it is one of this hash's
+    # (a rebuild on a newer base), else the hash's own.
+    name = build_name(value)
+    followed = previous.get("build")
+    if (previous.get("hash") == value and isinstance(followed, str) and followed.startswith(name + "-b")
+            and find(namespace, followed) is not None):
+        name = followed
+    build = find(namespace, name)
+    key = name.removeprefix("envb-")
+    policy = spec.base_image_updates or (BaseImageUpdates.REBUILD if namespace == settings.curated_namespace
+                                         else BaseImageUpdates.NOTIFY)
+    facts = replace(base, spec=spec, hash=value, build_name=name,
                     context_digest=context_digest(data) if data is not None else None,
-                    push_image=settings.push_image(value, namespace),
-                    pull_image=settings.pull_image(value, namespace),
-                    build=(find_build or _get_build(ctx))(namespace, build_name(value)))
-    if facts.build is not None:
-        facts = replace(facts, build_problem=build_problem(ctx, facts.build, facts.push_image))
+                    push_image=settings.push_image(value, namespace, key),
+                    pull_image=settings.pull_image(value, namespace, key),
+                    build=build, base_policy=policy.value, resolved_commit=commit, git_problem=git_problem)
+    if build is not None:
+        facts = replace(facts, build_problem=build_problem(ctx, build, facts.push_image))
+    latest = ctx.latest_bases.get(spec.image) if spec.kind is EnvironmentKind.SYSTEM_MANAGED else None
+    if latest is not None and policy is BaseImageUpdates.REBUILD:
+        rebuild = find(namespace, build_name(value, latest))
+        facts = replace(facts, latest_base_digest=latest, rebuild=rebuild)
+        if rebuild is not None:
+            facts = replace(facts, rebuild_problem=build_problem(
+                ctx, rebuild, settings.push_image(value, namespace, image_key(value, latest))))
+    elif latest is not None:
+        facts = replace(facts, latest_base_digest=latest)
     return facts
+
+
+def _resolve_git(ctx: OperatorContext, spec: EnvironmentSpec, previous: dict[str, Any],
+                 generation: int | None) -> tuple[str | None, str | None]:
+    """(the commit of a git context's ref, why it could not be resolved now). When the remote cannot
+    be asked, the commit the status recorded for this same spec is kept (and the problem told)."""
+    git = spec.build.git if spec.build is not None else None
+    if git is None:
+        return None, None
+    try:
+        return ctx.git_resolver.resolve(git.url, git.ref), None
+    except GitRefError as error:
+        kept = previous.get("resolvedCommit")
+        if kept and previous.get("observedGeneration") == generation:
+            return str(kept), str(error)
+        return None, str(error)
 
 
 def _get_build(ctx: OperatorContext) -> FindBuild:
@@ -117,14 +163,25 @@ def _get_build(ctx: OperatorContext) -> FindBuild:
 
 
 def build_manifest(signer: Signer, settings: OperatorSettings, namespace: str, spec: EnvironmentSpec,
-                   hash_value: str, digest_of_context: str | None = None) -> dict[str, Any]:
-    """The EnvironmentBuild for a definition in a namespace, signed (envkiln.trust). Pure."""
-    plan = render(spec, hash_value, settings.render_settings())
+                   hash_value: str, digest_of_context: str | None = None, base_digest: str | None = None,
+                   rebuild: bool = False, commit: str | None = None) -> dict[str, Any]:
+    """The EnvironmentBuild for a definition in a namespace, signed (envkiln.trust). Pure.
+
+    `base_digest`: the base image's digest the FROM is pinned to; `rebuild`: this is the rebuild
+    on that (newer) base, named and tagged `<hash>-b<digest>`; `commit`: a git context's ref
+    resolved, which the builder fetches instead of the ref."""
+    if commit is not None and spec.build is not None and spec.build.git is not None:
+        pinned = spec.build.model_copy(update={"git": spec.build.git.model_copy(update={"ref": commit})})
+        spec = spec.model_copy(update={"build": pinned})
+    plan = render(spec, hash_value, settings.render_settings(), base_digest=base_digest)
     if digest_of_context is not None:  # the build checks it gets the bytes that were hashed
         plan = plan.model_copy(update={"context_digest": digest_of_context})
-    name = build_name(hash_value)
-    build_spec = EnvironmentBuildSpec(hash=hash_value, image=settings.push_image(hash_value, namespace),
-                                      builder=settings.builder, plan=plan, reason=BuildReason.IMAGE_MISSING).to_kube()
+    name = build_name(hash_value, base_digest if rebuild else None)
+    key = image_key(hash_value, base_digest if rebuild else None)
+    build_spec = EnvironmentBuildSpec(
+        hash=hash_value, image=settings.push_image(hash_value, namespace, key), builder=settings.builder, plan=plan,
+        reason=BuildReason.BASE_IMAGE_UPDATED if rebuild else BuildReason.IMAGE_MISSING,
+        base_image_digest=base_digest).to_kube()
     return {
         "apiVersion": API_VERSION, "kind": KIND_BUILD,
         "metadata": {"name": name, "namespace": namespace,
@@ -134,12 +191,38 @@ def build_manifest(signer: Signer, settings: OperatorSettings, namespace: str, s
     }
 
 
-def create_or_adopt_build(ctx: OperatorContext, facts: Facts) -> dict[str, Any]:
+def base_digest(ctx: OperatorContext, spec: EnvironmentSpec) -> str | None:
+    """The digest of a system-managed definition's base image now, which its build is pinned to
+    (and records). None when the registry cannot say: the build then uses the tag as written."""
+    if spec.kind is not EnvironmentKind.SYSTEM_MANAGED or spec.image is None:
+        return None
+    reference = parse_image_reference(spec.image)
+    if reference.digest:
+        return reference.digest
+    if not ctx.settings.resolves_base(reference.resolved_registry()):
+        return None
+    try:
+        found = ctx.registry.lookup(spec.image)
+    except RegistryUnavailable as error:
+        log.warning("base image %s: digest unknown (%s); the build uses the tag as written", spec.image, error)
+        return None
+    if found.found and found.digest:
+        ctx.latest_bases.set(spec.image, found.digest)
+        return found.digest
+    return None
+
+
+def create_or_adopt_build(ctx: OperatorContext, facts: Facts, rebuild_on: str | None = None) -> dict[str, Any]:
+    """Create the EnvironmentBuild for the facts' hash (or, with `rebuild_on`, its rebuild on that
+    base digest), or adopt the one someone else created meanwhile."""
     assert facts.spec is not None and facts.hash is not None
-    body = build_manifest(ctx.signer, ctx.settings, facts.namespace, facts.spec, facts.hash, facts.context_digest)
+    digest = rebuild_on or base_digest(ctx, facts.spec)
+    body = build_manifest(ctx.signer, ctx.settings, facts.namespace, facts.spec, facts.hash, facts.context_digest,
+                          base_digest=digest, rebuild=rebuild_on is not None, commit=facts.resolved_commit)
     build, created = ctx.kube.create_or_get(BUILDS, facts.namespace, body)
     if created:
-        log.info("created EnvironmentBuild %s/%s for %s", facts.namespace, facts.build_name, facts.push_image)
+        log.info("created EnvironmentBuild %s/%s for %s", facts.namespace, body["metadata"]["name"],
+                 body["spec"]["image"])
         ctx.metrics.build_created()
     return build
 
@@ -149,13 +232,18 @@ def reconcile(ctx: OperatorContext, env: dict[str, Any],
     """The outcome for an Environment, plus the hash its status records. May create its build."""
     facts = observe(ctx, env, find_build)
     outcome = decide(facts)
-    if outcome.create_build:
-        # Someone may have created it meanwhile (and even finished it): adopt theirs.
-        try:
+    try:
+        if outcome.create_build:
+            # Someone may have created it meanwhile (and even finished it): adopt theirs.
             build = create_or_adopt_build(ctx, facts)
-        except RenderError as error:  # validation should make this impossible; never build something else
-            return invalid(f"spec: {error}"), None
-        outcome = decide(replace(facts, build=build, build_problem=build_problem(ctx, build, facts.push_image)))
+            outcome = decide(replace(facts, build=build, build_problem=build_problem(ctx, build, facts.push_image)))
+        elif outcome.create_rebuild is not None and facts.hash is not None:
+            latest = outcome.create_rebuild
+            rebuild = create_or_adopt_build(ctx, facts, rebuild_on=latest)
+            image = ctx.settings.push_image(facts.hash, facts.namespace, image_key(facts.hash, latest))
+            outcome = decide(replace(facts, rebuild=rebuild, rebuild_problem=build_problem(ctx, rebuild, image)))
+    except RenderError as error:  # validation should make this impossible; never build something else
+        return invalid(f"spec: {error}"), None
     return outcome, (facts.hash if outcome.records_hash else None)
 
 
@@ -180,6 +268,7 @@ def sync_environment(ctx: OperatorContext, namespace: str, name: str, env: dict[
         old = current.get("status") or {}
         new = new_status(current, outcome, value, now_iso())
         transition["old"], transition["current"] = old.get("phase"), current
+        transition["conditions"] = old.get("conditions")
         if new == old:
             return None
         return {**{k: None for k in old if k not in new}, **new}
@@ -190,9 +279,38 @@ def sync_environment(ctx: OperatorContext, namespace: str, name: str, env: dict[
     if outcome.event and old_phase != outcome.phase.value:
         type_, reason = outcome.event
         ctx.kube.event(written or transition.get("current") or env, type_, reason, outcome.message)
+    for type_, reason, message in outcome.notices:  # drift news, told once per change of the condition
+        previous = get_condition(transition.get("conditions"), CONDITION_BASE_IMAGE_UPDATED) or {}
+        if previous.get("reason") != reason:
+            ctx.kube.event(written or transition.get("current") or env, type_, reason, message)
     ctx.metrics.environment_synced(old_phase, outcome.phase.value, outcome.fields.get("cacheHit"))
     if log.isEnabledFor(logging.DEBUG):  # the per-phase cost of a reconcile (docs/benchmarks.md)
         log.debug("synced Environment %s/%s: %s -> %s; read %.1f ms, observe+decide %.1f ms, status %.1f ms, "
                   "event %.1f ms", namespace, name, old_phase, outcome.phase.value, (read - started) * 1000,
                   (decided - read) * 1000, (patched - decided) * 1000, (time.perf_counter() - patched) * 1000)
     return EnvSyncResult(outcome.phase.value, outcome.retry_in, value)
+
+
+def check_bases(ctx: OperatorContext, bases: dict[str, list[tuple[str, str, str | None]]]) -> list[tuple[str, str]]:
+    """The base-update watcher's pass: one registry HEAD per distinct base reference in use, however
+    many Environments share it; returns the Environments whose base moved (to be reconciled)."""
+    moved: list[tuple[str, str]] = []
+    for reference, users in sorted(bases.items()):
+        parsed = parse_image_reference(reference)
+        if not ctx.settings.resolves_base(parsed.resolved_registry()):
+            continue
+        try:
+            found = ctx.registry.lookup(reference, use_cache=False)
+        except RegistryUnavailable as error:
+            log.warning("base image %s: cannot check for a new digest: %s", reference, error)
+            continue
+        if not found.found or not found.digest:
+            log.warning("base image %s: not found in its registry any more; its Environments keep their images",
+                        reference)
+            continue
+        ctx.latest_bases.set(reference, found.digest)
+        moved += [(namespace, name) for namespace, name, digest in users
+                  if base_moved({"baseImageDigest": digest}, found.digest)]
+    if bases:
+        log.info("checked %d base image(s); %d Environment(s) on a base that moved", len(bases), len(moved))
+    return moved

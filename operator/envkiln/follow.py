@@ -25,7 +25,7 @@ from kubernetes import config
 
 from envkiln.decisions.build import TERMINAL
 from envkiln.kube import ApiError, Kube
-from envkiln.names import BUILDS, ENVIRONMENTS, build_name, job_name
+from envkiln.names import BUILDS, ENVIRONMENTS, REASON_BASE_IMAGE_UPDATED, build_key, build_name, job_name
 from envkiln.workloads import WorkloadError, image_for_version
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_READY = 0, 1, 3
@@ -103,7 +103,8 @@ def log_target(env: dict[str, Any] | None, version: str | None, name: str, names
     if version is not None and version != spec.get("version", "1"):
         for record in reversed(status.get("versions") or []):
             if record.get("version") == version and record.get("hash"):
-                return Target(build_name(record["hash"]))
+                rebuild = record.get("reason") == REASON_BASE_IMAGE_UPDATED and record.get("baseImageDigest")
+                return Target(build_name(record["hash"], record["baseImageDigest"] if rebuild else None))
         known = sorted({str(r.get("version")) for r in status.get("versions") or []} | {spec.get("version", "1")})
         return Target(None, f"Environment {name} has no version {version!r}; known versions: {', '.join(known)}")
     if follow and status.get("observedGeneration") != env["metadata"].get("generation"):
@@ -295,7 +296,7 @@ def _show_attempt(cluster: Cluster, namespace: str, build: dict[str, Any], numbe
                   out: TextIO, err: TextIO, poll: float, sleep: Callable[[float], None]) -> tuple[Source, str]:
     """Show attempt `number`'s log from its pod or status.logTail: ("pod" or "tail", ...) once shown,
     else ("wait" or "none", why)."""
-    job = job_name(build["spec"]["hash"], number)
+    job = job_name(build_key(build["spec"]), number)
     for _ in range(3):  # a pod may go away while it is read: then its log tail may be kept
         source, why = attempt_source(build, number, cluster.job_pod(namespace, job) is not None)
         if source == "pod":

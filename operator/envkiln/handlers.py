@@ -35,8 +35,10 @@ from envkiln.decisions.resync import (
     due,
     environment_needs_sync,
     environment_unsettled,
+    follows_git_ref,
+    watched_base,
 )
-from envkiln.envsync import sync_environment
+from envkiln.envsync import check_bases, sync_environment
 from envkiln.kube import ApiError, api_message
 from envkiln.names import (
     ANNOTATION_SIGNATURE,
@@ -228,6 +230,8 @@ class Indexes:
         self._hash_of: dict[tuple[str, str], str] = {}
         self._by_hash: dict[tuple[str, str], set[str]] = {}
         self._unsettled: set[tuple[str, str]] = set()
+        self._bases: dict[tuple[str, str], tuple[str, str | None]] = {}  # -> (base reference, built-on digest)
+        self._git: set[tuple[str, str]] = set()  # Environments following a git branch or tag
 
     def note_build(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
         """The build as seen in an event (None: deleted)."""
@@ -249,11 +253,21 @@ class Indexes:
         with self._lock:
             return [key for key, build in self._builds.items() if build_unsettled(build["status"])]
 
-    def note_environment(self, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
-        """The Environment's status as seen in an event (None: deleted)."""
+    def note_environment(self, namespace: str, name: str, status: Mapping[str, Any] | None,
+                         spec: Mapping[str, Any] | None = None) -> None:
+        """The Environment's status (and spec) as seen in an event (None: deleted)."""
         key = (namespace, name)
         value = (status or {}).get("hash")
+        base = watched_base(spec or {}, status or {}) if status is not None else None
         with self._lock:
+            if base is not None and status is not None:
+                self._bases[key] = (base, status.get("baseImageDigest"))
+            else:
+                self._bases.pop(key, None)
+            if status is not None and spec is not None and follows_git_ref(spec):
+                self._git.add(key)
+            else:
+                self._git.discard(key)
             old = self._hash_of.get(key)
             if old != value and old is not None:
                 names = self._by_hash.get((namespace, old))
@@ -278,6 +292,18 @@ class Indexes:
         with self._lock:
             return sorted(self._unsettled)
 
+    def base_images(self) -> dict[str, list[tuple[str, str, str | None]]]:
+        """base reference -> the Environments built on it: (namespace, name, the digest built on)."""
+        with self._lock:
+            found: dict[str, list[tuple[str, str, str | None]]] = {}
+            for (namespace, name), (base, digest) in self._bases.items():
+                found.setdefault(base, []).append((namespace, name, digest))
+            return found
+
+    def git_environments(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return sorted(self._git)
+
 
 def _trimmed_build(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata") or {}
@@ -288,8 +314,16 @@ def _trimmed_build(body: Mapping[str, Any]) -> dict[str, Any]:
                      "resourceVersion": meta.get("resourceVersion"), "generation": meta.get("generation"),
                      "labels": dict(meta.get("labels") or {}),
                      "annotations": {k: v for k, v in annotations.items() if k == ANNOTATION_SIGNATURE}},
-        "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {}),
+        "spec": dict(body.get("spec") or {}), "status": _without_lock_text(body.get("status") or {}),
     }
+
+
+def _without_lock_text(status: Mapping[str, Any]) -> dict[str, Any]:
+    """A build's status without the lock's text (kilobytes per build; Environments need its summary)."""
+    lock = status.get("lock")
+    if not isinstance(lock, Mapping) or "text" not in lock:
+        return dict(status)
+    return {**status, "lock": {k: v for k, v in lock.items() if k != "text"}}
 
 
 class Resync:
@@ -367,6 +401,8 @@ async def resync_forever(memo: kopf.Memo, executor: concurrent.futures.Executor)
     loop = asyncio.get_running_loop()
     now = time.monotonic()
     next_envs, next_builds = now + options.env_sync_seconds, now + options.build_sync_seconds
+    # The first base check soon after start (the latest digests live in memory only).
+    next_bases, next_git = now + min(options.base_check_seconds, 5.0), now + options.git_ref_ttl_seconds
     tick = min(1.0, options.env_sync_seconds, options.build_sync_seconds)
     while True:
         await asyncio.sleep(tick)
@@ -381,6 +417,17 @@ async def resync_forever(memo: kopf.Memo, executor: concurrent.futures.Executor)
         if now >= next_builds:
             next_builds = now + options.build_sync_seconds
             work += [("build", namespace, name) for namespace, name in indexes.unsettled_builds()]
+        if now >= next_git and options.git_ref_ttl_seconds > 0:
+            next_git = now + options.git_ref_ttl_seconds
+            work += [("env", namespace, name) for namespace, name in indexes.git_environments()]
+        if now >= next_bases:
+            next_bases = now + options.base_check_seconds
+            try:
+                moved = await loop.run_in_executor(executor, check_bases, memo.ctx, indexes.base_images())
+            except Exception:
+                log.exception("base image check failed")
+            else:
+                work += [("env", namespace, name) for namespace, name in moved]
         if work:
             try:
                 await loop.run_in_executor(executor, _resync, memo, list(dict.fromkeys(work)))
@@ -441,7 +488,7 @@ async def environment_changed(type: str | None, namespace: str | None, name: str
     handler thread (its status write is guarded by that body's resourceVersion; a conflict reads
     it again)."""
     namespace = _namespaced(namespace)
-    memo.indexes.note_environment(namespace, name, None if type == "DELETED" else status)
+    memo.indexes.note_environment(namespace, name, None if type == "DELETED" else status, body.get("spec"))
     memo.ctx.metrics.environment_phase(namespace, name, status.get("phase"), deleted=type == "DELETED")
     if environment_needs_sync(type, meta, status):
         await asyncio.get_running_loop().run_in_executor(memo.executor, _environment, memo, namespace, name,

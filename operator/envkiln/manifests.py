@@ -17,6 +17,7 @@ from envkiln.decisions.curated import check_reserved_name
 from envkiln.errors import DefinitionError, describe
 from envkiln.models import DEFAULT_CURATED_NAMESPACE, Environment, StrictLoader
 from envkiln.models.base import DNS_SUBDOMAIN
+from envkiln.render import InvalidLock, pinned_lock
 
 
 @dataclass
@@ -130,6 +131,10 @@ def parse_environment(
             check_reserved_name(name, environment.metadata.namespace, curated_namespace)
         except ValueError as error:
             raise DefinitionError([str(error)]) from None
+    try:
+        pinned_lock(environment.spec)  # a pinned lock must read, and fit the definition
+    except InvalidLock as error:
+        raise DefinitionError([str(error)]) from None
     return environment
 
 

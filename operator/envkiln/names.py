@@ -6,7 +6,8 @@ Pure constants and name functions: no imports beyond the standard library.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 # --- API -------------------------------------------------------------------------------------
 
@@ -61,6 +62,9 @@ POD_CONDITION: Final = f"{GROUP}/EnvironmentReady"
 
 IMAGE_LABEL_HASH: Final = "dev.envkiln.definition-hash"
 IMAGE_LABEL_BASE: Final = "org.opencontainers.image.base.name"
+IMAGE_LABEL_BASE_DIGEST: Final = "org.opencontainers.image.base.digest"
+# The resolved package set, in the image's last layer (written by the render's install stage).
+LOCK_FILE: Final = "/opt/envkiln/envkiln-lock.txt"
 
 # On Environments made by `envkiln import azureml`: where each came from (envkiln.azureml).
 ANNOTATION_AZUREML_NAME: Final = f"{GROUP}/azureml-name"  # the Azure ML name as written (before coercion)
@@ -84,6 +88,8 @@ CONDITION_READY: Final = "Ready"  # Environment
 CONDITION_VALID: Final = "Valid"  # Environment
 CONDITION_IMAGE_AVAILABLE: Final = "ImageAvailable"  # Environment
 CONDITION_SUCCEEDED: Final = "Succeeded"  # EnvironmentBuild
+CONDITION_BASE_IMAGE_UPDATED: Final = "BaseImageUpdated"  # Environment: the base tag moved (spec.baseImageUpdates)
+CONDITION_GIT_REF_RESOLVED: Final = "GitRefResolved"  # Environment with a git context: the ref could be resolved
 
 REASON_VALID: Final = "Valid"
 REASON_INVALID_DEFINITION: Final = "InvalidDefinition"
@@ -104,25 +110,49 @@ REASON_NO_PUSH_IDENTITY: Final = "NoPushIdentity"  # no push credential for the 
 REASON_CONTEXT_CHANGED: Final = "ContextChanged"  # the ConfigMap context changed after it was hashed
 REASON_CANNOT_START: Final = "CannotStart"  # the build Job was refused (quota, admission)
 REASON_READY: Final = "Ready"  # Event reason when an Environment becomes Ready
+REASON_BASE_IMAGE_UPDATED: Final = "BaseImageUpdated"  # the base moved; also the reason of a rebuild's history entry
+REASON_BASE_UP_TO_DATE: Final = "UpToDate"
+REASON_REBUILDING: Final = "Rebuilding"  # a rebuild on the new base runs
+REASON_REBUILT: Final = "Rebuilt"  # the image moved to the rebuild on the new base
+REASON_REBUILD_FAILED: Final = "RebuildFailed"  # the rebuild failed; the previous image stays
+REASON_GIT_REF_RESOLVED: Final = "Resolved"
+REASON_GIT_UNREACHABLE: Final = "GitUnreachable"  # the git ref cannot be resolved (the last commit is kept)
 REASON_ENVIRONMENT_FAILED: Final = "EnvironmentFailed"  # pod condition / Event
 REASON_ENVIRONMENT_VERSION_MISSING: Final = "EnvironmentVersionMissing"  # pod condition / Event
 
 # --- object names ----------------------------------------------------------------------------
 
 
-def build_name(definition_hash: str) -> str:
-    """The EnvironmentBuild of a hash: one per namespace, so concurrent Environments share it."""
-    return f"envb-{definition_hash}"
+def image_key(definition_hash: str, rebuild_base_digest: str | None = None) -> str:
+    """What names one image of a definition: its hash, plus `-b` and the first 12 hex of the base
+    digest for a rebuild on an updated base image (spec.baseImageUpdates: Rebuild). Used for the
+    EnvironmentBuild, its Jobs, its context ConfigMap and the image tag."""
+    if rebuild_base_digest is None:
+        return definition_hash
+    return f"{definition_hash}-b{rebuild_base_digest.split(':', 1)[-1][:12]}"
 
 
-def job_name(definition_hash: str, attempt: int) -> str:
-    """The build Job of one attempt (at most 63 characters with a 32-character hash)."""
-    return f"envkiln-{definition_hash}-{attempt}"
+def build_key(spec: Mapping[str, Any]) -> str:
+    """The image key (image_key) of an EnvironmentBuild, from its spec: a rebuild on a new base
+    (reason BaseImageUpdated) is named after that base's digest."""
+    rebuild = spec.get("reason") == REASON_BASE_IMAGE_UPDATED
+    return image_key(str(spec["hash"]), str(spec["baseImageDigest"]) if rebuild else None)
 
 
-def context_configmap_name(definition_hash: str) -> str:
-    """The ConfigMap holding a rendered build context."""
-    return f"envkiln-{definition_hash}-context"
+def build_name(definition_hash: str, rebuild_base_digest: str | None = None) -> str:
+    """The EnvironmentBuild of a hash: one per namespace, so concurrent Environments share it (and one
+    per rebuild on a new base image digest)."""
+    return f"envb-{image_key(definition_hash, rebuild_base_digest)}"
+
+
+def job_name(key: str, attempt: int) -> str:
+    """The build Job of one attempt of the image `key` (image_key; at most 63 characters)."""
+    return f"envkiln-{key}-{attempt}"
+
+
+def context_configmap_name(key: str) -> str:
+    """The ConfigMap holding a rendered build context of the image `key` (image_key)."""
+    return f"envkiln-{key}-context"
 
 
 def push_secret_name(job: str) -> str:

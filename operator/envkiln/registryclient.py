@@ -21,15 +21,18 @@ import base64
 import contextlib
 import hashlib
 import http.client
+import io
 import json
 import re
 import socket
 import ssl
+import tarfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -260,6 +263,29 @@ def _read_capped(response: IO[bytes]) -> bytes:
     return body
 
 
+def _file_in_layer(blob: bytes, path: str) -> bytes | None:
+    """A regular file from a (gzip or plain) layer tar; None when absent or not a file."""
+    raw = blob
+    if blob[:2] == b"\x1f\x8b":  # bounded: a small layer must not inflate into gigabytes
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            raw = inflate.decompress(blob, 4 * MAX_BODY_BYTES)
+        except zlib.error:
+            return None
+        if inflate.unconsumed_tail:
+            return None
+    wanted = path.lstrip("/")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
+            for member in archive:
+                if member.name.lstrip("./").lstrip("/") == wanted and member.isfile():
+                    handle = archive.extractfile(member)
+                    return handle.read() if handle is not None else None
+    except tarfile.TarError:
+        return None
+    return None
+
+
 @dataclass
 class RegistryClient:
     """Thread-safe. Each lookup (the wait for a slot, every request including a token fetch,
@@ -331,6 +357,43 @@ class RegistryClient:
             return result
         finally:
             lock.release()
+
+    def read_last_layer_file(self, image: str, path: str) -> bytes | None:
+        """The file `path` from the last layer of `image` (repository@digest), e.g. the lock a build
+        wrote into its own last layer. None when that layer does not hold it. The manifest and the
+        layer are each capped at MAX_BODY_BYTES, the layer is checked against its digest, and only
+        a single-platform image is read. Raises RegistryUnavailable."""
+        deadline = _Deadline(self.timeout)
+        reference = parse_image_reference(image)
+        registry, repository = reference.resolved_registry(), reference.resolved_repository()
+        base = f"{self._base_url(registry)}/v2/{repository}"
+        if not self._slots.acquire(timeout=deadline.remaining()):
+            raise RegistryUnavailable(registry, f"{self.max_concurrent} registry requests already in flight")
+        try:
+            with deadline:
+                status, _, body, _ = self._request("GET", f"{base}/manifests/{reference.manifest_reference()}",
+                                                   registry, repository, deadline)
+                if status != 200:
+                    raise RegistryUnavailable(registry, f"HTTP {status} for the manifest of {image}")
+                try:
+                    layers = json.loads(body).get("layers") or []
+                except (ValueError, AttributeError):
+                    raise RegistryUnavailable(registry, f"the manifest of {image} is not an image manifest") from None
+                if not layers or not isinstance(layers[-1], dict) or not str(layers[-1].get("digest", "")).startswith(
+                        "sha256:"):
+                    return None
+                layer_digest = str(layers[-1]["digest"])
+                status, _, blob, _ = self._request("GET", f"{base}/blobs/{layer_digest}", registry, repository,
+                                                   deadline)
+                if status != 200:
+                    raise RegistryUnavailable(registry, f"HTTP {status} for layer {layer_digest} of {image}")
+        except ValueError as error:  # an answer over the cap
+            raise RegistryUnavailable(registry, f"{image}: {error}") from None
+        finally:
+            self._slots.release()
+        if "sha256:" + hashlib.sha256(blob).hexdigest() != layer_digest:
+            raise RegistryUnavailable(registry, f"layer {layer_digest} of {image} does not match its digest")
+        return _file_in_layer(blob, path)
 
     def forget(self, image: str) -> None:
         self._cache.pop(str(parse_image_reference(image)), None)

@@ -95,6 +95,16 @@ class OperatorSettings(BaseModel):
         default=10.0, gt=0, description="How often the periodic resync checks unfinished builds.")
     env_sync_seconds: float = Field(
         default=30.0, gt=0, description="How often the periodic resync checks unsettled Environments.")
+    base_check_seconds: float = Field(
+        default=21600.0, gt=0, description="How often each distinct base image in use is checked for a new digest "
+        "(one registry HEAD per reference, however many Environments use it; spec.baseImageUpdates).")
+    base_image_registries: list[str] = Field(
+        default_factory=list, description="Registries whose base images get their digest resolved, pinned and "
+        "watched (empty: every registry). Base images elsewhere are built from the tag as written.")
+    git_ref_ttl_seconds: float = Field(
+        default=60.0, ge=0, description="How long a git context's branch or tag stays resolved to the same commit "
+        "before it is asked again (and how often Environments following a branch are checked for new commits).")
+    git_timeout_seconds: float = Field(default=10.0, gt=0, description="Deadline of one git ref query.")
     workers: int = Field(default=20, ge=1, description="Kopf handler threads (and API connections, plus 4).")
     worker_limit: int = Field(
         default=40, ge=1, description="Objects whose events are processed at once (Kopf's per-object workers); "
@@ -158,12 +168,22 @@ class OperatorSettings(BaseModel):
             raise ValueError("ENVKILN_PUSH_SECRET_TEMPLATE: only the field {namespace} may be used") from None
         return self
 
-    def push_image(self, definition_hash: str, namespace: str) -> str:
-        """Where a build of `definition_hash` in `namespace` pushes (repository:tag)."""
-        return image_name(definition_hash, self.registry, self.image_template, namespace)
+    def push_image(self, definition_hash: str, namespace: str, key: str | None = None) -> str:
+        """Where a build of `definition_hash` in `namespace` pushes (repository:tag); the tag is the
+        hash, or `key` (names.image_key) for a rebuild on a new base image."""
+        if key is None:
+            return image_name(definition_hash, self.registry, self.image_template, namespace)
+        return f"{image_repository(definition_hash, self.registry, self.image_template, namespace)}:{key}"
 
-    def pull_image(self, definition_hash: str, namespace: str) -> str:
-        return image_name(definition_hash, self.effective_pull_registry, self.image_template, namespace)
+    def pull_image(self, definition_hash: str, namespace: str, key: str | None = None) -> str:
+        if key is None:
+            return image_name(definition_hash, self.effective_pull_registry, self.image_template, namespace)
+        repository = image_repository(definition_hash, self.effective_pull_registry, self.image_template, namespace)
+        return f"{repository}:{key}"
+
+    def resolves_base(self, registry: str) -> bool:
+        """Whether base images of `registry` (a resolved host, e.g. docker.io) are resolved to digests."""
+        return not self.base_image_registries or registry in self.base_image_registries
 
     def effective_webhook_hosts(self) -> list[str]:
         if self.webhook_hosts:
@@ -193,7 +213,7 @@ class OperatorSettings(BaseModel):
             if name not in known:
                 names = ", ".join(PREFIX + k.upper() for k in sorted(known))
                 raise SettingsError(f"{key}: unknown setting (a typo?); known settings: {names}")
-            if name in ("namespaces", "kaniko_extra_args", "webhook_hosts"):
+            if name in ("namespaces", "kaniko_extra_args", "webhook_hosts", "base_image_registries"):
                 values[name] = [part for part in raw.replace(",", " ").split() if part]
             else:
                 values[name] = raw

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from envkiln.definition import definition_hash
+from envkiln.definition import definition_hash, is_commit
 from envkiln.errors import describe
 from envkiln.models import EnvironmentSpec, StrictLoader
 from envkiln.names import (
@@ -130,6 +130,10 @@ def parse_inline_spec(text: str) -> EnvironmentSpec:
     if spec.build is not None and spec.build.config_map is not None:
         raise WorkloadError(f"annotation {SPEC_ANNOTATION}: spec.build.configMap is not supported in anonymous "
                             "environments; create a named Environment")
+    if spec.build is not None and spec.build.git is not None and not is_commit(spec.build.git.ref):
+        raise WorkloadError(f"annotation {SPEC_ANNOTATION}: spec.build.git.ref must be a full commit (40 hex) in "
+                            "an anonymous environment, whose name is its hash; pin the commit, or create a named "
+                            "Environment to follow a branch")
     return spec
 
 

@@ -41,6 +41,8 @@ class OperatorProcess:
         env.setdefault("ENVKILN_LOCAL_STORAGE_ROOT", str(cache_dir() / "buildah"))
         env.setdefault("ENVKILN_SIGNING_KEY", TEST_SIGNING_KEY)  # so harness.records can seed earlier builds
         env.setdefault("ENVKILN_METRICS_PORT", "0")  # off unless a test asks: several operators run at once
+        # Base images are resolved to digests only in the test registry: nothing is asked of docker.io.
+        env.setdefault("ENVKILN_BASE_IMAGE_REGISTRIES", env.get("ENVKILN_REGISTRY", "localhost:5000").split("/")[0])
         if self.namespaces:
             env.setdefault("ENVKILN_NAMESPACES", ",".join(self.namespaces))
         self.process = ManagedProcess(self.name, argv, self.log_dir / f"{self.name}.log", env=env).start()

@@ -26,13 +26,14 @@ from envkiln.render import render
 from envkiln.settings import OperatorSettings
 from helpers import PIP_ENV, spec_of
 
+COMMIT = "0123456789abcdef0123456789abcdef01234567"  # what a git context's ref resolved to
 SETTINGS = OperatorSettings(registry="reg.local:5000", insecure_registry=True, builder="buildah",
                             buildah_image="reg.local:5000/builder:1", buildah_push_image="reg.local:5000/push:1")
 
 
 def build_for(spec: dict[str, Any], context: dict[str, str] | None = None) -> dict[str, Any]:
     doc = {**PIP_ENV, "spec": spec}
-    value = definition_hash(spec_of(doc), context)
+    value = definition_hash(spec_of(doc), context, commit=COMMIT if "git" in spec.get("build", {}) else None)
     build_spec = EnvironmentBuildSpec(hash=value, image=image_name(value, SETTINGS.registry),
                                       plan=render(spec_of(doc), value))
     return {"apiVersion": "envkiln.dev/v1alpha1", "kind": "EnvironmentBuild",
@@ -157,7 +158,7 @@ def test_context_configmap_is_immutable_and_holds_the_plan() -> None:
     build = build_for(PIP_ENV["spec"])
     configmap = context_configmap(build)
     assert configmap is not None and configmap["immutable"] is True
-    assert set(configmap["data"]) == {"Dockerfile", "requirements.txt"}
+    assert set(configmap["data"]) == {"Dockerfile", "requirements.txt", "envkiln_lock.py"}
     assert context_configmap(build_for({"build": {"git": {"url": "https://e.org/o/r.git", "ref": "v1"}}})) is None
 
 

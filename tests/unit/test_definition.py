@@ -9,10 +9,12 @@ import pytest
 from envkiln.crdgen import IMAGE_AFFECTING_FIELDS
 from envkiln.definition import (
     MissingContextContent,
+    UnresolvedGitRef,
     definition_document,
     definition_hash,
     image_name,
     image_repository,
+    is_commit,
 )
 from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
 
@@ -26,17 +28,25 @@ BYOC_ENV = {
 }
 
 
-def h(doc: dict, context: dict | None = None) -> str:
-    return definition_hash(spec_of(doc), context)
+COMMIT_A = "0123456789abcdef0123456789abcdef01234567"
+COMMIT_B = "89abcdef0123456789abcdef0123456789abcdef"
+
+
+def git_env(ref: str = "main", path: str = "", url: str = "https://g/r.git", **build: str) -> dict:
+    return {**CONFIGMAP_ENV, "spec": {"build": {"git": {"url": url, "ref": ref, "path": path}, **build}}}
+
+
+def h(doc: dict, context: dict | None = None, commit: str | None = None) -> str:
+    return definition_hash(spec_of(doc), context, commit=commit)
 
 
 # Pinned: a change here means every user's images get rebuilt. Bump HASH_SCHEMA instead.
-# v2 (the render of system-managed definitions changed: install stage, base user kept, LD_LIBRARY_PATH).
+# v3 (the render pins the base by digest and writes the lock layer; v2: install stage, base user kept, LD_LIBRARY_PATH).
 GOLDEN = [
-    (PIP_ENV, None, "16a091651d5dd84ff2293941770ec3e6"),
-    (CONDA_ENV, None, "7b2552359c3f73c17c775e4da723267e"),
-    (BYOC_ENV, None, "4bbd3b8380cec324bdf040dbd085e33b"),
-    (CONFIGMAP_ENV, {"Dockerfile": "FROM python:3.11\n"}, "e63c65078db85486013d16097e951441"),
+    (PIP_ENV, None, "66f923b2cccc222a44c4690e3b154018"),
+    (CONDA_ENV, None, "582b8c0fab100f6f2b409645abe68f16"),
+    (BYOC_ENV, None, "75f19ce071c0d48522fdb423571cc0d4"),
+    (CONFIGMAP_ENV, {"Dockerfile": "FROM python:3.11\n"}, "3adaed4523c00aca24824ddf45fec158"),
 ]
 
 
@@ -52,7 +62,7 @@ def test_golden_pip_hash_matches_an_independent_computation() -> None:
 
     document = {"image": "python:3.11-slim", "userManaged": False, "dockerSteps": [], "conda": None,
                 "pip": ["numpy==2.1.3", "pandas==2.2.3"], "build": None}
-    payload = "envkiln.dev/definition/v2\n" + json.dumps(document, sort_keys=True, separators=(",", ":"))
+    payload = "envkiln.dev/definition/v3\n" + json.dumps(document, sort_keys=True, separators=(",", ":"))
     assert hashlib.sha256(payload.encode()).hexdigest()[:32] == GOLDEN[0][2]
 
 
@@ -139,11 +149,10 @@ def test_configmap_context_content_is_hashed_not_its_name_only() -> None:
 
 
 def test_git_and_tarball_identity() -> None:
-    git = {**CONFIGMAP_ENV, "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "v1", "path": "a"}}}}
-    assert h(git) != h({**git, "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "v2", "path": "a"}}}})
-    assert h(git) != h({**git, "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "v1", "path": "b"}}}})
-    assert h(git) != h({**git, "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "v1", "path": "a"},
-                                                  "dockerfilePath": "Dockerfile.gpu"}}})
+    git = git_env("v1", "a")
+    assert h(git, commit=COMMIT_A) != h(git_env("v1", "b"), commit=COMMIT_A)
+    assert h(git, commit=COMMIT_A) != h(git_env("v1", "a", url="https://g/other.git"), commit=COMMIT_A)
+    assert h(git, commit=COMMIT_A) != h(git_env("v1", "a", dockerfilePath="Dockerfile.gpu"), commit=COMMIT_A)
     tar = {**CONFIGMAP_ENV, "spec": {"build": {"tarball": {"url": "https://x/c.tgz"}}}}
     assert h(tar) != h({**tar, "spec": {"build": {"tarball": {"url": "https://x/c.tgz", "sha256": "a" * 64}}}})
 
@@ -165,3 +174,61 @@ def test_image_names() -> None:
         image_name(value, "r", "{registry}/fixed")
     with pytest.raises(ValueError, match="unknown field"):
         image_name(value, "r", "{registry}/{team}/{hash}")
+
+
+# --- git contexts: hashed by the commit their ref points at ------------------------------------
+
+
+def test_a_git_context_is_hashed_by_its_commit() -> None:
+    assert h(git_env("main"), commit=COMMIT_A) == h(git_env("main"), commit=COMMIT_A)
+    assert h(git_env("main"), commit=COMMIT_A) != h(git_env("main"), commit=COMMIT_B), "a new commit, a new hash"
+    document = definition_document(spec_of(git_env("main", "img")), commit=COMMIT_A)
+    assert document["build"]["git"] == {"url": "https://g/r.git", "path": "img", "commit": COMMIT_A}
+
+
+def test_the_ref_as_written_is_not_hashed() -> None:
+    # Two names for the same commit are the same definition: a branch, a tag, the commit itself.
+    assert h(git_env("main"), commit=COMMIT_A) == h(git_env("v1"), commit=COMMIT_A) == h(git_env(COMMIT_A))
+
+
+def test_a_full_commit_ref_needs_no_commit_argument() -> None:
+    assert h(git_env(COMMIT_A)) == h(git_env(COMMIT_A), commit=COMMIT_A)
+    assert h(git_env(COMMIT_A.upper())) == h(git_env(COMMIT_A)), "commits are compared lowercased"
+    assert h(git_env("main"), commit=COMMIT_A.upper()) == h(git_env(COMMIT_A))
+    assert definition_document(spec_of(git_env(COMMIT_A.upper())))["build"]["git"]["commit"] == COMMIT_A
+
+
+@pytest.mark.parametrize("ref", ["main", "v1.2", "release/2025", "0123456", "0123456789abcdef0123456789abcdef0123456"])
+def test_a_branch_or_tag_without_its_commit_is_refused(ref: str) -> None:
+    with pytest.raises(UnresolvedGitRef, match=r"spec\.build\.git: the ref .* resolve it first") as raised:
+        h(git_env(ref))
+    assert isinstance(raised.value, MissingContextContent), "callers that catch MissingContextContent catch it too"
+    with pytest.raises(UnresolvedGitRef):
+        definition_document(spec_of(git_env(ref)))
+
+
+def test_a_malformed_commit_argument_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a full commit"):
+        h(git_env("main"), commit="main")
+
+
+def test_the_commit_argument_does_not_touch_other_definitions() -> None:
+    for doc, context, expected in GOLDEN:
+        assert h(doc, context, commit=COMMIT_A) == expected
+
+
+@pytest.mark.parametrize(("ref", "expected"), [
+    (COMMIT_A, True), (COMMIT_A.upper(), True), ("main", False), (COMMIT_A[:-1], False), (COMMIT_A + "0", False),
+    ("g" * 40, False), ("", False),
+])
+def test_is_commit(ref: str, expected: bool) -> None:
+    assert is_commit(ref) is expected
+
+
+def test_a_pinned_lock_is_part_of_the_hash_and_absent_otherwise() -> None:
+    lock = "# envkiln lock v1\n[pip]\nnumpy==2.1.3\npandas==2.2.3\n"
+    plain = spec_of(PIP_ENV)
+    pinned = spec_of({**PIP_ENV, "spec": {**PIP_ENV["spec"], "lock": lock}})
+    other = spec_of({**PIP_ENV, "spec": {**PIP_ENV["spec"], "lock": lock.replace("2.1.3", "2.1.4")}})
+    assert "lock" not in definition_document(plain) and definition_document(pinned)["lock"] == lock
+    assert len({definition_hash(plain), definition_hash(pinned), definition_hash(other)}) == 3

@@ -231,7 +231,9 @@ def test_environment_is_refused_cleanly_or_renders(document: dict[str, Any], dat
     # What the operator stores and reads back validates to the same definition.
     assert Environment.model_validate(environment.to_kube()).spec == spec
     try:
-        value = definition_hash(spec, data if spec.build is not None and spec.build.config_map else None)
+        commit = "0" * 40 if spec.build is not None and spec.build.git is not None else None  # the ref, resolved
+        context = data if spec.build is not None and spec.build.config_map else None
+        value = definition_hash(spec, context, commit=commit)
         plan = render(spec, value)
     except NothingToBuild:
         assert spec.kind is EnvironmentKind.BRING_YOUR_OWN

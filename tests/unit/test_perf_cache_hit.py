@@ -53,7 +53,8 @@ class CountingKube:
 
 
 def _setup() -> tuple[OperatorContext, CountingKube, dict[str, Any], dict[str, Any]]:
-    settings = OperatorSettings(registry="registry.test:5000", insecure_registry=True)
+    settings = OperatorSettings(registry="registry.test:5000", insecure_registry=True,
+                                base_image_registries=["registry.test:5000"])  # no base lookup: no registry here
     signer = Signer(b"k" * 32)
     model = EnvironmentSpec.model_validate(SPEC)
     value = definition_hash(model)

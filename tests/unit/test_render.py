@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import copy
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from envkiln import names
 from envkiln.definition import definition_hash
+from envkiln.locks import LOCK_HEADER, LOCK_SCRIPT, LOCK_SCRIPT_NAME, format_lock, parse_lock
 from envkiln.models import buildkit
 from envkiln.render import (
     CONDA_PREFIX,
+    IMAGE_LABEL_BASE_DIGEST,
     LABEL_HASH,
+    LOCK_FILE,
     VENV_PREFIX,
+    InvalidLock,
     NothingToBuild,
     RenderError,
     RenderSettings,
+    _conda_lock_in_shell,
+    base_reference,
     check_round_trip,
     render,
 )
@@ -23,7 +35,8 @@ from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
 
 def plan_of(doc: dict, settings: RenderSettings | None = None):  # type: ignore[no-untyped-def]
     spec = spec_of(doc)
-    return render(spec, definition_hash(spec), settings)
+    commit = "0" * 40 if spec.build is not None and spec.build.git is not None else None  # the ref, resolved
+    return render(spec, definition_hash(spec, commit=commit), settings)
 
 
 def test_rendering_is_deterministic() -> None:
@@ -43,7 +56,8 @@ def test_pip_only_uses_a_venv_and_uv_with_pip_fallback() -> None:
     assert f'"$base_python" -m venv --system-site-packages {VENV_PREFIX}' in plan.dockerfile
     assert "uv pip install" in plan.dockerfile and "-m pip install --no-cache-dir" in plan.dockerfile
     assert f"ENV PATH={VENV_PREFIX}/bin:$PATH" in lines
-    assert {f.path: f.content for f in plan.files} == {"requirements.txt": "numpy==2.1.3\npandas==2.2.3\n"}
+    assert {f.path: f.content for f in plan.files} == {"requirements.txt": "numpy==2.1.3\npandas==2.2.3\n",
+                                                       LOCK_SCRIPT_NAME: LOCK_SCRIPT}
     assert f'{LABEL_HASH}="{definition_hash(spec_of(PIP_ENV))}"' in plan.dockerfile
 
 
@@ -61,8 +75,9 @@ def test_conda_uses_pinned_micromamba_stage_and_fixed_prefix() -> None:
     # spec.pip goes into the conda environment's own Python.
     assert f"{CONDA_PREFIX}/bin/python -m pip" in plan.dockerfile
     # As Azure ML sets them for its conda environment; no empty LD_LIBRARY_PATH entry when it was unset.
-    assert lines[-1] == (f"ENV CONDA_PREFIX={CONDA_PREFIX} AZUREML_CONDA_ENVIRONMENT_PATH={CONDA_PREFIX} "
+    assert lines[-2] == (f"ENV CONDA_PREFIX={CONDA_PREFIX} AZUREML_CONDA_ENVIRONMENT_PATH={CONDA_PREFIX} "
                          f"LD_LIBRARY_PATH={CONDA_PREFIX}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}")
+    assert lines[-1] == "COPY --from=envkiln-install /envkiln-lock/envkiln-lock.txt /opt/envkiln/envkiln-lock.txt"
 
 
 @pytest.mark.parametrize(("dependencies", "rendered"), [
@@ -118,7 +133,7 @@ def test_multiline_docker_step_is_kept_verbatim() -> None:
 def test_user_build_context_passes_through() -> None:
     doc = {"apiVersion": "envkiln.dev/v1alpha1", "kind": "Environment", "metadata": {"name": "g"},
            "spec": {"build": {"git": {"url": "https://g/r.git", "ref": "v1"}, "dockerfilePath": "docker/Dockerfile"}}}
-    plan = plan_of(doc)
+    plan = render(spec_of(doc), "0" * 32)  # a git ref is hashed once resolved; the render needs no hash
     assert plan.dockerfile == "" and plan.files == []
     assert plan.context is not None and plan.context.git is not None
     assert plan.context.dockerfile_path == "docker/Dockerfile"
@@ -179,3 +194,228 @@ def test_round_trip_check_compares_whole_instructions() -> None:
         check_round_trip("FROM x\nRUN a\n", ["FROM x", "RUN b"])
     with pytest.raises(RenderError, match="BuildKit cannot parse the rendered Dockerfile"):
         check_round_trip("FROM x\nRUN <<EOF\n", ["FROM x"])
+
+
+# --- the base image pinned by digest ---------------------------------------------------------------
+
+DIGEST = "sha256:" + "a" * 64
+OTHER = "sha256:" + "b" * 64
+
+
+def test_the_names_the_operator_reads_are_the_ones_rendered() -> None:
+    assert LOCK_FILE == names.LOCK_FILE == "/opt/envkiln/envkiln-lock.txt"
+    assert IMAGE_LABEL_BASE_DIGEST == names.IMAGE_LABEL_BASE_DIGEST == "org.opencontainers.image.base.digest"
+
+
+@pytest.mark.parametrize(("image", "base_digest", "expected"), [
+    ("python:3.11-slim", DIGEST, (f"python@{DIGEST}", DIGEST)),
+    ("python", DIGEST, (f"python@{DIGEST}", DIGEST)),
+    ("registry.local:5000/team/py:3.11", DIGEST, (f"registry.local:5000/team/py@{DIGEST}", DIGEST)),
+    ("docker.io/library/python:3.11", DIGEST, (f"docker.io/library/python@{DIGEST}", DIGEST)),
+    ("localhost/py:1", DIGEST, (f"localhost/py@{DIGEST}", DIGEST)),
+    (f"python:3.11@{OTHER}", DIGEST, (f"python:3.11@{OTHER}", OTHER)),  # written with a digest: as written
+    (f"python@{OTHER}", None, (f"python@{OTHER}", OTHER)),
+    ("python:3.11-slim", None, ("python:3.11-slim", None)),
+], ids=["tag", "no-tag", "registry-port", "docker-hub-host", "localhost", "image-digest-wins", "image-digest-only",
+        "no-digest"])
+def test_base_reference(image: str, base_digest: str | None, expected: tuple[str, str | None]) -> None:
+    assert base_reference(image, base_digest) == expected
+
+
+@pytest.mark.parametrize("document", [PIP_ENV, CONDA_ENV, manifest(pip=None, dockerSteps=["RUN true"])],
+                         ids=["pip", "conda", "steps-only"])
+def test_the_base_stage_is_from_the_digest_and_labelled_with_it(document: dict) -> None:  # type: ignore[type-arg]
+    spec = spec_of(document)
+    assert spec.image is not None
+    plan = render(spec, "0" * 32, base_digest=DIGEST)
+    lines = plan.dockerfile.splitlines()
+    repository = spec.image.rsplit(":", 1)[0]
+    assert lines[1] == f"FROM {repository}@{DIGEST} AS envkiln-base"
+    assert lines[2] == (f'LABEL {LABEL_HASH}="{"0" * 32}" org.opencontainers.image.base.name="{spec.image}" '
+                        f'{IMAGE_LABEL_BASE_DIGEST}="{DIGEST}"')
+    unpinned = render(spec, "0" * 32).dockerfile.splitlines()
+    assert unpinned[1] == f"FROM {spec.image} AS envkiln-base" and IMAGE_LABEL_BASE_DIGEST not in unpinned[2]
+    assert lines[3:] == unpinned[3:], "only the FROM and the label change"
+
+
+def test_an_image_written_with_a_digest_is_used_as_written_and_labelled() -> None:
+    image = f"registry.local/py:3.11@{OTHER}"
+    spec = spec_of(manifest(image=image))
+    for base_digest in (None, OTHER):
+        lines = render(spec, "0" * 32, base_digest=base_digest).dockerfile.splitlines()
+        assert lines[1] == f"FROM {image} AS envkiln-base"
+        assert lines[2].endswith(f'org.opencontainers.image.base.name="{image}" {IMAGE_LABEL_BASE_DIGEST}="{OTHER}"')
+
+
+@pytest.mark.parametrize("digest", ["sha256:abc", "sha256:" + "A" * 64, f"{DIGEST}\nRUN evil", "latest"])
+def test_a_base_digest_that_is_not_one_is_refused(digest: str) -> None:
+    with pytest.raises(RenderError, match=r"internal error: the base image digest .* is not a digest"):
+        render(spec_of(PIP_ENV), "0" * 32, base_digest=digest)
+
+
+# --- the lock: written by the install stage, the image's last layer ---------------------------------
+
+LOCK_COPY = f"COPY --from=envkiln-install /envkiln-lock/envkiln-lock.txt {LOCK_FILE}"
+
+
+@pytest.mark.parametrize("document", [PIP_ENV, CONDA_ENV, manifest(CONDA_ENV, pip=None),
+                                      manifest(CONDA_ENV, pip=None, conda={"dependencies": ["nodejs"]})],
+                         ids=["pip", "conda-and-pip", "conda-with-pip-block", "conda-only"])
+def test_the_lock_is_written_in_the_install_stage_and_copied_last(document: dict) -> None:  # type: ignore[type-arg]
+    spec = spec_of(document)
+    plan = render(spec, "0" * 32)
+    instructions = buildkit.parse(plan.dockerfile)
+    assert instructions[-1].original == LOCK_COPY, "the last layer holds the lock alone"
+    from_install = [i.original for i in instructions if i.keyword == "COPY" and "--from=envkiln-install" in i.original]
+    assert from_install == ["COPY --from=envkiln-install /opt/envkiln /opt/envkiln", LOCK_COPY]
+    files = {f.path: f.content for f in plan.files}
+    assert files[LOCK_SCRIPT_NAME] == LOCK_SCRIPT
+    run = [i.original for i in instructions if i.keyword == "RUN" and "envkiln_lock.py write" in i.original]
+    assert len(run) == 1 and run[0].endswith("&& rm -rf /tmp/envkiln")
+    assert "/envkiln-lock/envkiln-lock.txt" in run[0]
+    pip = spec.pip is not None or "pip" in str(spec.conda)
+    assert (" --pip --uv /tmp/envkiln/uv/bin/uv" in run[0]) == pip
+    assert (" --conda /tmp/envkiln/conda-explicit.txt" in run[0]) == (spec.conda is not None)
+    if spec.conda is not None:
+        assert ("micromamba env export --prefix /opt/envkiln/conda --explicit --md5 > /tmp/envkiln/conda-explicit.txt"
+                in plan.dockerfile)
+    # The script is copied after the installs: a new envkiln's script reuses their cached layers.
+    keywords = [i.original.split()[0] + " " + i.original.split()[1] for i in instructions]
+    assert keywords.index(f"COPY {LOCK_SCRIPT_NAME}") > max(
+        n for n, i in enumerate(instructions) if i.keyword == "RUN" and "install" in i.original)
+
+
+def test_a_definition_without_packages_writes_no_lock() -> None:
+    plan = render(spec_of(manifest(pip=None, dockerSteps=["RUN true"])), "0" * 32, base_digest=DIGEST)
+    assert "envkiln-lock" not in plan.dockerfile and plan.files == []
+
+
+def test_a_conda_environment_without_python_writes_its_lock_with_the_base_python_or_the_shell() -> None:
+    plan = render(spec_of(manifest(CONDA_ENV, pip=None, conda={"dependencies": ["nodejs"]})), "0" * 32)
+    (run,) = [i.original for i in buildkit.parse(plan.dockerfile) if "envkiln_lock.py write" in i.original]
+    assert run.startswith(f'RUN if lock_python="$(command -v {CONDA_PREFIX}/bin/python || command -v python3)"; then')
+    assert "grep -E" in run and "LC_ALL=C sort -u" in run
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+@pytest.mark.parametrize("pinned", [False, True], ids=["write", "pinned"])
+def test_the_shell_writes_the_conda_lock_as_the_script_does(tmp_path: Path, pinned: bool) -> None:
+    """Without any Python in the image, the shell writes the same [conda] section the script would."""
+    cf = "https://conda.anaconda.org/conda-forge"
+    urls = [f"{cf}/noarch/tzdata-2024a-h0c530f3_0.conda#" + "1" * 32, f"{cf}/linux-64/nodejs-22.9.0-hf235a45_0.conda",
+            f"{cf}/linux-64/_libgcc_mutex-0.1-conda_forge.tar.bz2#" + "2" * 32]
+    staging = tmp_path / "tmp" / "envkiln"
+    staging.mkdir(parents=True)
+    # As micromamba exports it: comments, @EXPLICIT, a package without a hash ('#' alone), a stray blank.
+    exported = [*urls, f"{cf}/linux-64/zlib-1.3.1-hb9d3cd8_2.conda# "]
+    (staging / "conda-explicit.txt").write_text("# platform: linux-64\n@EXPLICIT\n" + "\n".join(exported) + "\n")
+    (staging / "conda-lock.txt").write_text("@EXPLICIT\n" + "\n".join(sorted(urls)[:2]) + "\n")
+    command = re.sub(r"(?<![\w/])/(envkiln-lock|tmp/envkiln)", lambda m: f"{tmp_path}/{m.group(1)}",
+                     _conda_lock_in_shell(pinned))
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30, check=False)
+    text = (tmp_path / "envkiln-lock" / "envkiln-lock.txt").read_text()
+    listed = sorted([*urls, f"{cf}/linux-64/zlib-1.3.1-hb9d3cd8_2.conda"])
+    assert text == f"{LOCK_HEADER}\n[conda]\n@EXPLICIT\n" + "\n".join(listed) + "\n"
+    assert format_lock(parse_lock(text)) == text
+    script = tmp_path / LOCK_SCRIPT_NAME
+    script.write_text(LOCK_SCRIPT)
+    by_script = tmp_path / "by-script.txt"
+    subprocess.run([sys.executable, str(script), "write", str(by_script), "--conda",
+                    str(staging / "conda-explicit.txt")], capture_output=True, timeout=30, check=True)
+    assert by_script.read_text() == text
+    if pinned:  # the pinned file lacks one package: the build fails and shows it
+        assert done.returncode == 1 and "did not reproduce spec.lock" in done.stderr and "tzdata-2024a" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+
+
+# --- a definition pinned to a lock (spec.lock) ------------------------------------------------------
+
+CF = "https://conda.anaconda.org/conda-forge"
+PIP_LOCK_TEXT = f"{LOCK_HEADER}\n[pip]\nNumPy==2.1.3\npandas==2.2.3\npip==24.0\n"
+CONDA_LOCK_TEXT = (f"{LOCK_HEADER}\n[conda]\n@EXPLICIT\n"
+                   f"{CF}/linux-64/python-3.11.9-hb806964_0_cpython.conda#" + "0" * 32
+                   + f"\n{CF}/noarch/pip-24.2-pyh8b19718_1.conda\n[pip]\nmlflow-skinny==2.17.2\nsix==1.16.0\n")
+
+
+def test_a_pinned_pip_definition_installs_the_lock_without_dependencies() -> None:
+    spec = spec_of(manifest(pip=["--index-url https://idx/simple", "numpy==2.1.3", "pandas==2.2.3"],
+                            lock=PIP_LOCK_TEXT))
+    plan = render(spec, "0" * 32, base_digest=DIGEST)
+    files = {f.path: f.content for f in plan.files}
+    assert set(files) == {"pip-lock.txt", LOCK_SCRIPT_NAME}, "the definition's requirements are not installed"
+    assert files["pip-lock.txt"] == "--index-url https://idx/simple\nnumpy==2.1.3\npandas==2.2.3\npip==24.0\n"
+    text = plan.dockerfile
+    assert "COPY pip-lock.txt /tmp/envkiln/pip-lock.txt" in text and "requirements.txt" not in text
+    assert (f"{VENV_PREFIX}/bin/python /tmp/envkiln/envkiln_lock.py pip-install-list /tmp/envkiln/pip-lock.txt "
+            "/tmp/envkiln/pip-install.txt") in text
+    assert "if [ -f /tmp/envkiln/pip-install.txt ]; then" in text
+    assert f"uv pip install --no-cache --no-deps --python {VENV_PREFIX}/bin/python " \
+           "--requirement /tmp/envkiln/pip-install.txt" in text
+    assert "-m pip install --no-cache-dir --disable-pip-version-check --no-deps " \
+           "--requirement /tmp/envkiln/pip-install.txt" in text
+    assert "write /envkiln-lock/envkiln-lock.txt --pip --uv /tmp/envkiln/uv/bin/uv --pinned-pip " \
+           "/tmp/envkiln/pip-lock.txt" in text
+    assert text.splitlines()[-1] == LOCK_COPY
+
+
+def test_a_pinned_conda_definition_installs_the_explicit_file() -> None:
+    spec = spec_of(manifest(CONDA_ENV, lock=CONDA_LOCK_TEXT))
+    plan = render(spec, "0" * 32)
+    files = {f.path: f.content for f in plan.files}
+    assert set(files) == {"conda-lock.txt", "pip-lock.txt", LOCK_SCRIPT_NAME}
+    assert files["conda-lock.txt"] == ("@EXPLICIT\n" + f"{CF}/linux-64/python-3.11.9-hb806964_0_cpython.conda#"
+                                       + "0" * 32 + f"\n{CF}/noarch/pip-24.2-pyh8b19718_1.conda\n")
+    assert files["pip-lock.txt"] == "mlflow-skinny==2.17.2\nsix==1.16.0\n"
+    text = plan.dockerfile
+    assert (f"micromamba create --yes --prefix {CONDA_PREFIX} --file /tmp/envkiln/conda-lock.txt") in text
+    assert "conda.yaml" not in text
+    assert f"RUN {CONDA_PREFIX}/bin/python -m pip --version >/dev/null \\\n && {CONDA_PREFIX}/bin/python " in text
+    assert ("--conda /tmp/envkiln/conda-explicit.txt --pip --uv /tmp/envkiln/uv/bin/uv "
+            "--pinned-conda /tmp/envkiln/conda-lock.txt --pinned-pip /tmp/envkiln/pip-lock.txt") in text
+
+
+def test_a_pinned_conda_only_definition_compares_in_the_shell_without_python() -> None:
+    lock = CONDA_LOCK_TEXT.split("[pip]")[0]
+    plan = render(spec_of(manifest(CONDA_ENV, pip=None, conda={"dependencies": ["python=3.11"]}, lock=lock)), "0" * 32)
+    assert {f.path for f in plan.files} == {"conda-lock.txt", LOCK_SCRIPT_NAME}
+    assert "--pinned-conda /tmp/envkiln/conda-lock.txt;" in plan.dockerfile
+    assert "cmp -s /tmp/envkiln/conda-pinned.txt /tmp/envkiln/conda-built.txt" in plan.dockerfile
+
+
+@pytest.mark.parametrize(("document", "message"), [
+    (manifest(lock="numpy==2.1.3\n"), r"spec.lock: line 1: a lock starts with the line '# envkiln lock v1'"),
+    (manifest(lock=f"{LOCK_HEADER}\n[pip]\nnumpy>=2\n"), r"spec.lock: line 3: 'numpy>=2' is not a pinned pip package"),
+    (manifest(lock=CONDA_LOCK_TEXT), r"spec.lock has a \[conda\] section, but the definition has no spec.conda"),
+    (manifest(lock=f"{LOCK_HEADER}\n"), r"spec.lock has no \[pip\] section, but the definition installs pip packages"),
+    (manifest(CONDA_ENV, lock=PIP_LOCK_TEXT), r"spec.lock has no \[conda\] section, but the definition installs "
+                                              r"spec.conda"),
+    (manifest(CONDA_ENV, lock=CONDA_LOCK_TEXT.split("[pip]")[0]), r"no \[pip\] section"),
+], ids=["no-header", "not-pinned", "conda-for-pip-only", "no-pip", "no-conda", "conda-pip-block-without-pip"])
+def test_a_lock_that_does_not_fit_is_refused(document: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(InvalidLock, match=message):
+        render(spec_of(document), "0" * 32)
+
+
+PINNED_AND_DIGEST = {
+    "pip": (manifest(lock=PIP_LOCK_TEXT), DIGEST),
+    "conda": (manifest(CONDA_ENV, lock=CONDA_LOCK_TEXT), DIGEST),
+    "conda-only": (manifest(CONDA_ENV, pip=None, conda={"dependencies": ["python"]},
+                            lock=CONDA_LOCK_TEXT.split("[pip]")[0]), None),
+    "image-digest": (manifest(CONDA_ENV, image=f"debian@{OTHER}"), DIGEST),
+}
+
+
+@pytest.mark.parametrize(("document", "base_digest"), PINNED_AND_DIGEST.values(), ids=PINNED_AND_DIGEST.keys())
+def test_pinned_renders_read_back_and_are_deterministic(document: dict, base_digest: str | None) -> None:  # type: ignore[type-arg]
+    spec = spec_of(document)
+    plan = render(spec, definition_hash(spec), base_digest=base_digest)
+    again = render(spec_of(copy.deepcopy(document)), definition_hash(spec), base_digest=base_digest)
+    assert plan.dockerfile.encode() == again.dockerfile.encode()
+    assert [(f.path, f.content) for f in plan.files] == [(f.path, f.content) for f in again.files]
+    instructions = buildkit.parse(plan.dockerfile)
+    check_round_trip(plan.dockerfile, [i.original for i in instructions])
+    assert not any(i.heredocs or i.keyword == "ONBUILD" for i in instructions)
+    assert instructions[-1].original == LOCK_COPY
+    stages = [i.value for i in instructions if i.keyword == "FROM"]
+    assert stages[-2:] == [("envkiln-base", "AS", "envkiln-install"), ("envkiln-base",)]

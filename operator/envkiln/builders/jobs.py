@@ -40,6 +40,7 @@ from envkiln.names import (
     REASON_CANNOT_START,
     REASON_CONTEXT_CHANGED,
     REASON_NO_PUSH_IDENTITY,
+    build_key,
     context_configmap_name,
     context_snapshot_name,
     job_name,
@@ -127,7 +128,8 @@ def context_configmap(build: dict[str, Any]) -> dict[str, Any] | None:
     spec = EnvironmentBuildSpec.model_validate(build["spec"])
     if spec.plan.context is not None:
         return None
-    return _immutable_configmap(build, context_configmap_name(spec.hash), spec.hash, {"data": rendered_files(spec)})
+    name = context_configmap_name(build_key(build["spec"]))
+    return _immutable_configmap(build, name, spec.hash, {"data": rendered_files(spec)})
 
 
 def _immutable_configmap(build: dict[str, Any], name: str, hash_value: str, content: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +177,8 @@ def context_init(spec: EnvironmentBuildSpec, settings: OperatorSettings
         volumes.append({"name": "download", "emptyDir": {}})
         mounts.append({"name": "download", "mountPath": "/download"})
     else:
-        source = context_configmap_name(spec.hash) if user is None else context_snapshot_name(spec.hash)
+        key = build_key(spec.to_kube())
+        source = context_configmap_name(key) if user is None else context_snapshot_name(key)
         volumes.append({"name": "context-source", "configMap": {"name": source}})
         mounts.append({"name": "context-source", "mountPath": CONTEXT_SOURCE, "readOnly": True})
     container = {
@@ -245,7 +248,7 @@ def build_job(build: dict[str, Any], attempt: int, settings: OperatorSettings,
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
-            "name": job_name(spec.hash, attempt), "namespace": build["metadata"]["namespace"],
+            "name": job_name(build_key(build["spec"]), attempt), "namespace": build["metadata"]["namespace"],
             "labels": labels, "ownerReferences": [owner_reference(build)],
         },
         "spec": {
@@ -376,7 +379,7 @@ class JobBuilder:
         user = spec.plan.context
         if user is None or user.config_map is None:
             return
-        namespace, name = build["metadata"]["namespace"], context_snapshot_name(spec.hash)
+        namespace, name = build["metadata"]["namespace"], context_snapshot_name(build_key(build["spec"]))
         existing = self.kube.read_configmap(namespace, name)
         if existing is not None:
             found = context_digest(config_map_data({"data": existing.data, "binaryData": existing.binary_data}))
@@ -404,7 +407,7 @@ class JobBuilder:
         if configmap is not None:
             self.kube.create_or_get_configmap(namespace, configmap)
         self._snapshot_context(build, spec)
-        name = job_name(spec.hash, attempt)
+        name = job_name(build_key(build["spec"]), attempt)
         secret = push_secret_name(name) if identity else None
         try:
             job, _ = self.kube.create_or_get_job(namespace, self.job(build, attempt, secret))
@@ -437,7 +440,7 @@ class JobBuilder:
 
     def observe(self, build: dict[str, Any], attempt: int) -> AttemptResult:
         namespace = build["metadata"]["namespace"]
-        name = job_name(build["spec"]["hash"], attempt)
+        name = job_name(build_key(build["spec"]), attempt)
         job = self.kube.read_job(namespace, name)
         if job is None:
             return AttemptResult(AttemptState.MISSING, name=name)

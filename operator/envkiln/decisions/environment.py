@@ -16,23 +16,33 @@ from typing import Any
 from envkiln.conditions import Progress, get_condition, set_condition, set_progress
 from envkiln.definition import pull_reference
 from envkiln.imageref import parse_image_reference
-from envkiln.models import BuildPhase, EnvironmentKind, EnvironmentSpec, Phase
+from envkiln.models import BaseImageUpdates, BuildPhase, EnvironmentKind, EnvironmentSpec, Phase
 from envkiln.names import (
+    CONDITION_BASE_IMAGE_UPDATED,
+    CONDITION_GIT_REF_RESOLVED,
     CONDITION_IMAGE_AVAILABLE,
     CONDITION_READY,
     CONDITION_VALID,
+    REASON_BASE_IMAGE_UPDATED,
+    REASON_BASE_UP_TO_DATE,
     REASON_BUILD_FAILED,
     REASON_BUILDING,
     REASON_BUILT,
     REASON_CACHE_HIT,
     REASON_CONTEXT_NOT_FOUND,
+    REASON_GIT_REF_RESOLVED,
+    REASON_GIT_UNREACHABLE,
     REASON_IMAGE_NOT_FOUND,
     REASON_IMAGE_READY,
     REASON_INVALID_DEFINITION,
     REASON_READY,
+    REASON_REBUILD_FAILED,
+    REASON_REBUILDING,
+    REASON_REBUILT,
     REASON_REGISTRY_UNAVAILABLE,
     REASON_UNTRUSTED_BUILD,
     REASON_VALID,
+    build_name,
 )
 
 MAX_HISTORY = 50
@@ -57,6 +67,10 @@ class Outcome:
     event: tuple[str, str] | None = None  # (type, reason) posted when the phase changes
     create_build: bool = False  # the EnvironmentBuild for the hash must be created (or adopted)
     records_hash: bool = True  # the status records the definition hash (when there is one)
+    create_rebuild: str | None = None  # create (or adopt) the rebuild on this base digest
+    notices: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message) when a drift
+    # condition changes (posted by the reconciler when the condition's reason changed)
+    history: dict[str, Any] = field(default_factory=dict)  # reason/baseImageDigest of a new history entry
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,14 @@ class Facts:
     lookup: Lookup | None = None  # the registry's answer (bring-your-own images only); None when not asked
     previous_status: dict[str, Any] = field(default_factory=dict)
     retry_seconds: float = 15.0
+    generation: int | None = None  # the Environment's metadata.generation
+    # Drift (envkiln.decisions.drift): the base-update policy and what the watcher last saw.
+    base_policy: str = BaseImageUpdates.NOTIFY.value
+    latest_base_digest: str | None = None  # the base tag's digest at the watcher's last look (None: not known)
+    rebuild: dict[str, Any] | None = None  # the EnvironmentBuild on latest_base_digest, when it exists
+    rebuild_problem: str | None = None  # why that EnvironmentBuild is not trusted
+    resolved_commit: str | None = None  # a git context's ref, resolved (part of the hash)
+    git_problem: str | None = None  # why the git ref could not be resolved now
 
 
 def invalid(message: str, reason: str = REASON_INVALID_DEFINITION) -> Outcome:
@@ -120,8 +142,8 @@ def building(push_image: str, pull_image: str, build_name: str, create_build: bo
         CONDITION_VALID: _VALID,
         CONDITION_IMAGE_AVAILABLE: (False, REASON_BUILDING, f"EnvironmentBuild {build_name} is building the image"),
         CONDITION_READY: (False, REASON_BUILDING, f"waiting for EnvironmentBuild {build_name}"),
-    }, fields={"image": pull_image, "build": build_name, "cacheHit": False}, event=("Normal", REASON_BUILDING),
-        create_build=create_build)
+    }, fields={"image": pull_image, "build": build_name, "cacheHit": False, "baseImageDigest": None, "lock": None,
+               "latestBaseImageDigest": None}, event=("Normal", REASON_BUILDING), create_build=create_build)
 
 
 def from_build(build: dict[str, Any], pull_image: str, build_name: str, cache_hit: bool,
@@ -136,8 +158,13 @@ def from_build(build: dict[str, Any], pull_image: str, build_name: str, cache_hi
     phase = status.get("phase")
     if phase == BuildPhase.SUCCEEDED.value and status.get("digest"):
         image_ref = pull_reference(build["spec"]["image"], status["digest"], push_registry, pull_registry)
-        return ready(pull_image, status["digest"], image_ref, cache_hit, build_name,
-                     f"built by EnvironmentBuild {build_name}")
+        outcome = ready(pull_image, status["digest"], image_ref, cache_hit, build_name,
+                        f"built by EnvironmentBuild {build_name}")
+        lock = status.get("lock") or {}
+        outcome.fields.update({
+            "baseImageDigest": build["spec"].get("baseImageDigest") or status.get("baseImageDigest"),
+            "lock": {"digest": lock["digest"], "packages": lock["packages"]} if lock.get("digest") else None})
+        return outcome
     if phase == BuildPhase.FAILED.value:
         message = (f"EnvironmentBuild {build_name} failed: {status.get('message', '')}; see "
                    f"`kubectl get envbuild {build_name} -o yaml` (status.logTail). Delete the EnvironmentBuild "
@@ -182,8 +209,10 @@ def decide(facts: Facts) -> Outcome:
             outcome.retry_in = retry * 4
             return outcome
         name = parse_image_reference(spec.image).name
-        return ready(spec.image, answer.digest, f"{name}@{answer.digest}", True, None,
-                     "bring-your-own-container image resolved; nothing to build")
+        outcome = ready(spec.image, answer.digest, f"{name}@{answer.digest}", True, None,
+                        "bring-your-own-container image resolved; nothing to build")
+        outcome.fields.update({"baseImage": spec.image, "baseImageDigest": answer.digest})
+        return outcome
 
     if facts.missing_context is not None:
         message = (f"spec.build.configMap: ConfigMap {facts.missing_context!r} not found in namespace "
@@ -192,30 +221,126 @@ def decide(facts: Facts) -> Outcome:
                                                 CONDITION_READY: (False, REASON_CONTEXT_NOT_FOUND, message)},
                        retry_in=retry * 2, event=("Warning", REASON_CONTEXT_NOT_FOUND), records_hash=False)
 
+    git = spec.build.git if spec.build is not None else None
+    if git is not None and facts.resolved_commit is None:
+        message = facts.git_problem or f"spec.build.git: ref {git.ref!r} is not resolved yet"
+        return Outcome(Phase.PENDING, message, {
+            CONDITION_VALID: _VALID, CONDITION_GIT_REF_RESOLVED: (False, REASON_GIT_UNREACHABLE, message),
+            CONDITION_READY: (False, REASON_GIT_UNREACHABLE, message)},
+            retry_in=retry * 2, event=("Warning", REASON_GIT_UNREACHABLE), records_hash=False)
+
     # cacheHit means "this Environment caused no build": false once it has waited for one.
     previous = facts.previous_status
     waited = previous.get("hash") == facts.hash and previous.get("cacheHit") is False
-    if facts.build is not None:  # server-side state is the truth; no registry request needed
-        if facts.build_problem is not None:
-            return untrusted(facts.build_name, facts.namespace, facts.build_problem, facts.pull_image)
-        adopted = from_build(facts.build, facts.pull_image, facts.build_name, cache_hit=not waited,
-                             push_registry=facts.push_registry, pull_registry=facts.pull_registry)
-        return adopted or building(facts.push_image, facts.pull_image, facts.build_name)
-    return building(facts.push_image, facts.pull_image, facts.build_name, create_build=True)
+    if facts.build is None:
+        outcome = building(facts.push_image, facts.pull_image, facts.build_name, create_build=True)
+    elif facts.build_problem is not None:  # server-side state is the truth; no registry request needed
+        outcome = untrusted(facts.build_name, facts.namespace, facts.build_problem, facts.pull_image)
+    else:
+        outcome = from_build(facts.build, facts.pull_image, facts.build_name, cache_hit=not waited,
+                             push_registry=facts.push_registry, pull_registry=facts.pull_registry
+                             ) or building(facts.push_image, facts.pull_image, facts.build_name)
+        if outcome.phase is Phase.READY and spec.kind is EnvironmentKind.SYSTEM_MANAGED:
+            outcome = base_update(outcome, facts)
+    if spec.kind is EnvironmentKind.SYSTEM_MANAGED:
+        outcome.fields["baseImage"] = spec.image
+    if git is not None and facts.resolved_commit is not None:
+        outcome.fields["resolvedCommit"] = facts.resolved_commit
+        if facts.git_problem is not None:
+            outcome.conditions[CONDITION_GIT_REF_RESOLVED] = (
+                False, REASON_GIT_UNREACHABLE, f"{facts.git_problem}; keeping commit {facts.resolved_commit}")
+        else:
+            outcome.conditions[CONDITION_GIT_REF_RESOLVED] = (
+                True, REASON_GIT_REF_RESOLVED, f"ref {git.ref} is commit {facts.resolved_commit}")
+    return outcome
+
+
+def base_update(current: Outcome, facts: Facts) -> Outcome:
+    """A Ready system-managed Environment, and what the base-update watcher last saw of its base.
+
+    - nothing known, or the same digest the image was built on: no news (UpToDate when known);
+    - Ignore: nothing;
+    - Notify: condition BaseImageUpdated (and an Event when it appears);
+    - Rebuild: a build on the new digest (`<hash>-b<digest>`); until it succeeds the Environment
+      stays Ready on its image; then it moves to the new image, with a history entry
+      (reason BaseImageUpdated). A failed rebuild leaves the previous image in place and says so.
+    """
+    assert facts.spec is not None
+    built_on, latest = current.fields.get("baseImageDigest"), facts.latest_base_digest
+    image = facts.spec.image
+    if latest is None or built_on is None or facts.base_policy == BaseImageUpdates.IGNORE.value:
+        return current
+    if latest == built_on:
+        current.fields["latestBaseImageDigest"] = None
+        current.conditions[CONDITION_BASE_IMAGE_UPDATED] = (
+            False, REASON_BASE_UP_TO_DATE, f"built on the current digest of {image} ({latest})")
+        return current
+    current.fields["latestBaseImageDigest"] = latest
+    moved = f"spec.image {image} moved to {latest}; the image was built on {built_on}"
+    if facts.base_policy == BaseImageUpdates.NOTIFY.value:
+        message = (f"{moved}. Set spec.baseImageUpdates: Rebuild to rebuild on it automatically (the definition "
+                   "hash stays the same)")
+        current.conditions[CONDITION_BASE_IMAGE_UPDATED] = (True, REASON_BASE_IMAGE_UPDATED, message)
+        current.notices.append(("Normal", REASON_BASE_IMAGE_UPDATED, message))
+        return current
+    name = build_name(facts.hash or "", latest)
+    if facts.rebuild is None:
+        message = f"{moved}; rebuilding on it (EnvironmentBuild {name}); workloads keep the current image until then"
+        current.create_rebuild = latest
+        current.conditions[CONDITION_BASE_IMAGE_UPDATED] = (True, REASON_REBUILDING, message)
+        current.notices.append(("Normal", REASON_REBUILDING, message))
+        return current
+    if facts.rebuild_problem is not None:
+        message = f"{moved}; EnvironmentBuild {name} is not trusted ({facts.rebuild_problem}); delete it to rebuild"
+        current.conditions[CONDITION_BASE_IMAGE_UPDATED] = (True, REASON_REBUILD_FAILED, message)
+        current.notices.append(("Warning", REASON_REBUILD_FAILED, message))
+        return current
+    rebuilt = from_build(facts.rebuild, facts.pull_image.rsplit(":", 1)[0] + ":" + name.removeprefix("envb-"), name,
+                         cache_hit=False, push_registry=facts.push_registry, pull_registry=facts.pull_registry)
+    if rebuilt is None:
+        current.conditions[CONDITION_BASE_IMAGE_UPDATED] = (
+            True, REASON_REBUILDING, f"{moved}; EnvironmentBuild {name} is rebuilding on it")
+        return current
+    if rebuilt.phase is Phase.FAILED:
+        message = (f"{moved}; the rebuild failed (EnvironmentBuild {name}: "
+                   f"{(facts.rebuild.get('status') or {}).get('message', '')}); workloads keep the current image. "
+                   "Delete the EnvironmentBuild to try again")
+        current.conditions[CONDITION_BASE_IMAGE_UPDATED] = (True, REASON_REBUILD_FAILED, message)
+        current.notices.append(("Warning", REASON_REBUILD_FAILED, message))
+        return current
+    message = f"rebuilt on {latest}, the new digest of {image} (EnvironmentBuild {name})"
+    rebuilt.fields["cacheHit"] = current.fields.get("cacheHit")
+    rebuilt.fields["latestBaseImageDigest"] = None
+    rebuilt.conditions[CONDITION_BASE_IMAGE_UPDATED] = (False, REASON_REBUILT, message)
+    rebuilt.notices.append(("Normal", REASON_REBUILT, message))
+    rebuilt.history = {"reason": REASON_BASE_IMAGE_UPDATED, "baseImageDigest": latest}
+    return rebuilt
 
 
 def _history(status: dict[str, Any], version: str, value: str | None, image_ref: str | None,
-             now: str) -> list[dict[str, Any]]:
+             now: str, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """status.versions after this outcome. A rebuild on a new base image (`extra` carries its reason
+    and base digest) adds an entry for the same version and hash, so the image it replaced stays in
+    the history; any other new image of the current entry replaces its imageRef."""
     versions = [dict(v) for v in status.get("versions") or []]
     if value is None:
         return versions
-    if versions and versions[-1].get("version") == version and versions[-1].get("hash") == value:
-        if image_ref and versions[-1].get("imageRef") != image_ref:
-            versions[-1]["imageRef"] = image_ref
+    extra = {k: v for k, v in (extra or {}).items() if v is not None}
+    last = versions[-1] if versions else None
+    if last is not None and last.get("version") == version and last.get("hash") == value:
+        if image_ref and last.get("imageRef") != image_ref:
+            if last.get("imageRef") and extra.get("reason") == REASON_BASE_IMAGE_UPDATED:
+                versions.append({"version": version, "hash": value, "when": now, "imageRef": image_ref, **extra})
+                return versions[-MAX_HISTORY:]
+            last["imageRef"] = image_ref
+            if extra.get("baseImageDigest"):
+                last["baseImageDigest"] = extra["baseImageDigest"]
         return versions
     record = {"version": version, "hash": value, "when": now}
     if image_ref:
         record["imageRef"] = image_ref
+        if extra.get("baseImageDigest"):
+            record["baseImageDigest"] = extra["baseImageDigest"]
     versions.append(record)
     return versions[-MAX_HISTORY:]
 
@@ -242,6 +367,8 @@ def new_status(current: dict[str, Any], outcome: Outcome, value: str | None, now
     if value is not None:
         new["hash"], new["shortHash"] = value, value[:12]
         version = (current.get("spec") or {}).get("version", "1")
-        new["versions"] = _history(status, version, value,
-                                   outcome.fields.get("imageRef") if outcome.phase is Phase.READY else None, now)
+        ready_now = outcome.phase is Phase.READY
+        extra = {"baseImageDigest": outcome.fields.get("baseImageDigest") if ready_now else None, **outcome.history}
+        new["versions"] = _history(status, version, value, outcome.fields.get("imageRef") if ready_now else None,
+                                   now, extra)
     return {k: v for k, v in new.items() if v is not None}

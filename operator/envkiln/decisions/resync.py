@@ -9,6 +9,7 @@ objects seen in the initial listing (the operator started, or its watch was rest
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,3 +66,24 @@ def build_finished_event(event_type: str | None, status: Mapping[str, Any]) -> b
 def due(schedule: Mapping[Any, float], now: float) -> list[Any]:
     """The keys whose time has come, earliest first."""
     return sorted((key for key, when in schedule.items() if when <= now), key=lambda key: schedule[key])
+
+
+def watched_base(spec: Mapping[str, Any], status: Mapping[str, Any]) -> str | None:
+    """The base image reference the base-update watcher checks for this Environment: one it was
+    built on a known digest of, unless its policy is Ignore (None: nothing to watch)."""
+    if spec.get("baseImageUpdates") == "Ignore" or spec.get("userManaged") or spec.get("build"):
+        return None
+    base = status.get("baseImage")
+    return str(base) if base and status.get("baseImageDigest") and "@" not in str(base) else None
+
+
+def follows_git_ref(spec: Mapping[str, Any]) -> bool:
+    """A git context on a branch or tag (not a commit): checked for new commits every git TTL."""
+    git = (spec.get("build") or {}).get("git") or {}
+    ref = str(git.get("ref") or "")
+    return bool(ref) and not re.fullmatch(r"[0-9a-fA-F]{40}", ref)
+
+
+def base_moved(status: Mapping[str, Any], latest: str | None) -> bool:
+    """The watcher saw a digest other than the one this Environment's image was built on."""
+    return latest is not None and status.get("baseImageDigest") not in (None, latest)
