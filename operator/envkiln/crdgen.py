@@ -26,7 +26,7 @@ from envkiln.models import (
 
 # The spec fields that shape the image. Kept next to the hash's own list (definition.py);
 # a unit test checks the two agree.
-IMAGE_AFFECTING_FIELDS = ("image", "userManaged", "conda", "pip", "dockerSteps", "build")
+IMAGE_AFFECTING_FIELDS = ("image", "userManaged", "conda", "pip", "dockerSteps", "build", "lock")
 
 _KEEP = {
     "type", "description", "properties", "items", "required", "additionalProperties", "enum",
