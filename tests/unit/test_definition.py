@@ -160,7 +160,8 @@ def test_git_and_tarball_identity() -> None:
 def test_hash_covers_exactly_the_fields_the_crd_freezes() -> None:
     document = definition_document(spec_of(PIP_ENV))
     assert set(document) == {"image", "userManaged", "dockerSteps", "conda", "pip", "build"}
-    pinned = definition_document(spec_of({**PIP_ENV, "spec": {**PIP_ENV["spec"], "lock": "numpy==2.1.3\npandas==2.2.3\n"}}))
+    lock = "numpy==2.1.3\npandas==2.2.3\n"
+    pinned = definition_document(spec_of({**PIP_ENV, "spec": {**PIP_ENV["spec"], "lock": lock}}))
     assert set(pinned) == set(document) | {"lock"}  # a lock is hashed only when pinned
     assert set(IMAGE_AFFECTING_FIELDS) == set(pinned)
 
