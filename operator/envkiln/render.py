@@ -178,6 +178,7 @@ def _pip_install(python: str, settings: RenderSettings, requirements: str, no_de
 BASE_STAGE = "envkiln-base"
 MICROMAMBA_STAGE = "envkiln-micromamba"
 INSTALL_STAGE = "envkiln-install"
+IMAGE_STAGE = "envkiln-image"
 
 
 def base_reference(image: str, base_digest: str | None) -> tuple[str, str | None]:
@@ -278,10 +279,11 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
     - stage `envkiln-install`: FROM envkiln-base, `USER 0:0` (root, without needing /etc/passwd), the conda
       environment (micromamba), the pip requirements, all under /opt/envkiln; then the lock, written by
       envkiln_lock.py (envkiln.locks.LOCK_SCRIPT) to /envkiln-lock/envkiln-lock.txt;
-    - the image: FROM envkiln-base again, /opt/envkiln copied from the install stage (owned by root, modes
+    - stage `envkiln-image`: FROM envkiln-base again, /opt/envkiln copied from the install stage (owned by root, modes
       kept: readable and executable by every user), then the environment: PATH, and for conda CONDA_PREFIX
-      and LD_LIBRARY_PATH as Azure ML sets them (plus its AZUREML_CONDA_ENVIRONMENT_PATH); last, the lock
-      copied to /opt/envkiln/envkiln-lock.txt, alone in the image's last layer.
+      and LD_LIBRARY_PATH as Azure ML sets them (plus its AZUREML_CONDA_ENVIRONMENT_PATH);
+    - the image: FROM envkiln-image, the lock copied to /opt/envkiln/envkiln-lock.txt, alone in the
+      image's last layer (a stage of its own, so that buildah without --layers also makes it one layer).
 
     So a non-root base is installed into as root and keeps its own USER, WORKDIR, ENTRYPOINT and CMD,
     without envkiln having to know them. pip-only definitions install into a venv made by the base image's
@@ -388,7 +390,7 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
             f"    fi \\\n"
             f" && rm -rf {STAGING_DIR}"
         )
-    lines += [f"FROM {BASE_STAGE}", f"COPY --from={INSTALL_STAGE} {ENVKILN_ROOT} {ENVKILN_ROOT}"]
+    lines += [f"FROM {BASE_STAGE} AS {IMAGE_STAGE}", f"COPY --from={INSTALL_STAGE} {ENVKILN_ROOT} {ENVKILN_ROOT}"]
     lines.append(f"ENV PATH={':'.join(path_entries)}:$PATH")
     if spec.conda is not None:
         # As Azure ML sets them, without an empty LD_LIBRARY_PATH entry (the current directory) when it
@@ -397,8 +399,10 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
             f"ENV CONDA_PREFIX={CONDA_PREFIX} AZUREML_CONDA_ENVIRONMENT_PATH={CONDA_PREFIX} "
             f"LD_LIBRARY_PATH={CONDA_PREFIX}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"
         )
-    # Last, alone in the image's last layer: the lock the operator reads from the registry.
-    lines.append(f"COPY --from={INSTALL_STAGE} {LOCK_STAGED} {LOCK_FILE}")
+    # Last, alone in the image's last layer: the lock the operator reads from the registry. A stage of
+    # its own, because buildah without --layers commits a whole stage as one layer (Kaniko: one per
+    # instruction); a stage FROM the image stage adds exactly this one layer with either.
+    lines += [f"FROM {IMAGE_STAGE}", f"COPY --from={INSTALL_STAGE} {LOCK_STAGED} {LOCK_FILE}"]
     dockerfile = "\n".join(lines) + "\n"
     check_round_trip(dockerfile, lines[1:])  # lines[0] is the comment; every other entry is one instruction
     return BuildPlan(dockerfile=dockerfile, files=files)

@@ -82,7 +82,8 @@ def assert_reads_back(spec: EnvironmentSpec, dockerfile: str) -> None:
     stages = [i.value for i in instructions if i.keyword == "FROM"]
     assert stages[0][1:] == ("AS", "envkiln-base")
     if spec.conda or spec.pip:
-        assert stages[-2:] == [("envkiln-base", "AS", "envkiln-install"), ("envkiln-base",)]
+        assert stages[-3:] == [("envkiln-base", "AS", "envkiln-install"), ("envkiln-base", "AS", "envkiln-image"),
+                               ("envkiln-image",)]
 
 
 @fuzz(600)

@@ -75,8 +75,9 @@ def test_conda_uses_pinned_micromamba_stage_and_fixed_prefix() -> None:
     # spec.pip goes into the conda environment's own Python.
     assert f"{CONDA_PREFIX}/bin/python -m pip" in plan.dockerfile
     # As Azure ML sets them for its conda environment; no empty LD_LIBRARY_PATH entry when it was unset.
-    assert lines[-2] == (f"ENV CONDA_PREFIX={CONDA_PREFIX} AZUREML_CONDA_ENVIRONMENT_PATH={CONDA_PREFIX} "
+    assert lines[-3] == (f"ENV CONDA_PREFIX={CONDA_PREFIX} AZUREML_CONDA_ENVIRONMENT_PATH={CONDA_PREFIX} "
                          f"LD_LIBRARY_PATH={CONDA_PREFIX}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}")
+    assert lines[-2] == "FROM envkiln-image"
     assert lines[-1] == "COPY --from=envkiln-install /envkiln-lock/envkiln-lock.txt /opt/envkiln/envkiln-lock.txt"
 
 
@@ -105,16 +106,19 @@ def test_docker_steps_come_right_after_from_and_before_packages() -> None:
                          ids=["pip", "conda", "conda-no-pip"])
 def test_installs_run_as_root_in_their_own_stage_and_the_image_keeps_the_bases_user(document: dict) -> None:  # type: ignore[type-arg]
     """A non-root base (or a USER step) is installed into as root; the image is the base stage again, so its
-    USER, WORKDIR, ENTRYPOINT and CMD are the base's, with /opt/envkiln copied in."""
+    USER, WORKDIR, ENTRYPOINT and CMD are the base's, with /opt/envkiln copied in (then the lock, in a
+    stage of its own)."""
     spec = spec_of(manifest(document, dockerSteps=[*(document["spec"].get("dockerSteps") or []), "USER 1000"]))
     instructions = buildkit.parse(render(spec, definition_hash(spec)).dockerfile)
     stages = [i for i, instruction in enumerate(instructions) if instruction.keyword == "FROM"]
     install = next(i for i in stages if instructions[i].value == ("envkiln-base", "AS", "envkiln-install"))
     assert instructions[install + 1].original == "USER 0:0"
-    assert [i.keyword for i in instructions[install + 2:stages[-1]]].count("RUN") >= 1
-    assert instructions[stages[-1]].value == ("envkiln-base",), "the image is the base stage, its USER kept"
-    final = [i.original for i in instructions[stages[-1]:]]
+    assert [i.keyword for i in instructions[install + 2:stages[-2]]].count("RUN") >= 1
+    assert instructions[stages[-2]].value == ("envkiln-base", "AS", "envkiln-image"), "the base stage, its USER kept"
+    assert instructions[stages[-1]].value == ("envkiln-image",)
+    final = [i.original for i in instructions[stages[-2]:]]
     assert final[1] == "COPY --from=envkiln-install /opt/envkiln /opt/envkiln"
+    assert final[-2:] == ["FROM envkiln-image", LOCK_COPY], "the lock alone in a last stage: one layer"
     assert not any(line.startswith(("USER", "RUN")) for line in final), final
     users = [i.original for i in instructions if i.keyword == "USER"]
     assert users == ["USER 1000", "USER 0:0"]
@@ -418,4 +422,5 @@ def test_pinned_renders_read_back_and_are_deterministic(document: dict, base_dig
     assert not any(i.heredocs or i.keyword == "ONBUILD" for i in instructions)
     assert instructions[-1].original == LOCK_COPY
     stages = [i.value for i in instructions if i.keyword == "FROM"]
-    assert stages[-2:] == [("envkiln-base", "AS", "envkiln-install"), ("envkiln-base",)]
+    assert stages[-3:] == [("envkiln-base", "AS", "envkiln-install"), ("envkiln-base", "AS", "envkiln-image"),
+                           ("envkiln-image",)]

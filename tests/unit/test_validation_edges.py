@@ -219,7 +219,8 @@ def dockerfile_instructions(dockerfile: str) -> list[str]:
 def expected_keywords(spec: EnvironmentSpec) -> list[str]:
     """What envkiln writes: the base stage (FROM, its label, the user's steps), then when there are packages
     the micromamba stage (conda), the install stage (USER root, the package layers) and the image (FROM the
-    base stage, /opt/envkiln copied from the install stage, the environment)."""
+    base stage, /opt/envkiln copied from the install stage, the environment), then the lock in a stage of
+    its own."""
     steps = [step.strip().split(None, 1)[0].upper() for step in spec.docker_steps or []]
     keywords = ["FROM", "LABEL", *steps]
     if not (spec.conda or spec.pip):
@@ -230,7 +231,8 @@ def expected_keywords(spec: EnvironmentSpec) -> list[str]:
     if spec.pip:
         keywords += ["COPY", "RUN"]
     keywords += ["COPY", "RUN"]  # the lock script, then the lock written
-    keywords += ["FROM", "COPY", "ENV"] + (["ENV"] if spec.conda else []) + ["COPY"]  # the lock, the last layer
+    keywords += ["FROM", "COPY", "ENV"] + (["ENV"] if spec.conda else [])
+    keywords += ["FROM", "COPY"]  # the lock, alone in a stage of its own: the last layer
     return keywords
 
 
@@ -274,8 +276,9 @@ def test_rendered_dockerfile_holds_exactly_the_instructions_envkiln_wrote(docume
     assert instructions[2:2 + len(steps)] == steps
     if spec.conda or spec.pip:  # the install stage runs as root; the image is the base stage again
         assert instructions.index("USER 0:0") == 2 + len(steps) + (2 if spec.conda else 1)
-        assert instructions[-(5 if spec.conda else 4):][:2] == [
-            "FROM envkiln-base", "COPY --from=envkiln-install /opt/envkiln /opt/envkiln"]
+        assert instructions[-(6 if spec.conda else 5):][:2] == [
+            "FROM envkiln-base AS envkiln-image", "COPY --from=envkiln-install /opt/envkiln /opt/envkiln"]
+        assert instructions[-2] == "FROM envkiln-image"
 
 
 # Refused steps that would change the Dockerfile's structure if they were rendered.
