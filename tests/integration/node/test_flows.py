@@ -19,7 +19,7 @@ from harness.ports import free_port
 from harness.pypi import PackageIndex
 from harness.webhook import webhook_configuration
 from node_helpers import PROBE, PROBE_VERSION, index_steps, registry_digest
-from operator_helpers import Envs, environment, wait_for
+from operator_helpers import Envs, condition, environment, wait_for
 
 PRINT_PROBE = ["python", "-c", "import envkiln_probe; print('probe', envkiln_probe.VERSION)"]
 
@@ -101,7 +101,8 @@ def test_failing_pip_install_fails_with_the_pod_log(node_api: client.ApiClient, 
     assert "envkiln-no-such-package" in tail and "[build]" in tail, tail
     assert "No matching distribution" in tail or "Could not find a version" in tail, tail
     assert build["status"]["phase"] == "Failed"
-    assert "envkiln-no-such-package" in status.get("message", "") or status["phase"] == "Failed"
+    assert status["message"].startswith(f"EnvironmentBuild {build['metadata']['name']} failed: "), status["message"]
+    assert condition(status, "Ready")["reason"] == "BuildFailed"
     events = envs.events(build["metadata"]["name"])
     assert any(e.reason == "BuildFailed" and e.type == "Warning" for e in events), [e.reason for e in events]
 
