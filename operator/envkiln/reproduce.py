@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from envkiln.follow import Cluster
-from envkiln.locks import LockError, diff_definitions, diff_locks, format_diff, parse_lock
+from envkiln.locks import LOCK_HEADER_PREFIX, LockError, diff_definitions, diff_locks, format_diff, parse_lock
 from envkiln.manifests import load_environments
 from envkiln.models import DEFAULT_CURATED_NAMESPACE
 from envkiln.names import REASON_BASE_IMAGE_UPDATED, build_name
 from envkiln.render import BASE_STAGE
-
-LOCK_HEADER = "# envkiln lock"
 
 
 class NotFound(Exception):
@@ -108,7 +106,7 @@ def cluster_side(cluster: Cluster, namespace: str, reference: str) -> Side:
 
 def file_side(path: Path) -> Side:
     text = path.read_text()
-    if text.startswith(LOCK_HEADER):
+    if text.startswith(LOCK_HEADER_PREFIX):
         return Side(str(path), lock=text, has_definition=False)
     loaded, problems = load_environments([str(path)], DEFAULT_CURATED_NAMESPACE)
     if problems:
