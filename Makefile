@@ -17,7 +17,7 @@ venv: $(BIN)/envkiln
 deps:  ## install what tests and the demo need (Debian packages, Go binaries); quiet when already there
 	@bash scripts/bootstrap.sh
 
-controlplane:  ## build (or reuse) kube-apiserver, etcd and helm from the pinned Go modules
+controlplane:  ## build (or reuse) kube-apiserver, etcd, helm and kubectl from the pinned Go modules
 	bash tests/controlplane/build.sh
 
 lint: venv  ## ruff, the layer contracts (pyproject [tool.importlinter]) and mypy --strict on the product

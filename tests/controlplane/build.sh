@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds the control-plane binaries (kube-apiserver, etcd, helm) from the pinned
+# Builds the control-plane binaries (kube-apiserver, etcd, helm, kubectl) from the pinned
 # Go modules in this folder into a cache outside the repository, once per
 # distinct pin: the cache key is a hash of each module's go.mod, go.sum and
 # sources, so a warm cache rebuilds nothing.
 #
-# Usage: build.sh [apiserver|etcd|helm|node ...]   (default: all)
+# Usage: build.sh [apiserver|etcd|helm|kubectl|node ...]   (default: all)
 # "node" builds kubelet, kube-controller-manager, kube-scheduler and kube-proxy
 # (one module, node/cmd/*) for the one-node test cluster.
 # Prints the cache directory holding bin/ on the last line.
@@ -56,13 +56,14 @@ vflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
 vflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$kube_version"
 
 want=("$@")
-[[ ${#want[@]} -eq 0 ]] && want=(etcd apiserver helm node)
+[[ ${#want[@]} -eq 0 ]] && want=(etcd apiserver helm kubectl node)
 for w in "${want[@]}"; do
   case "$w" in
     etcd) build_one etcd etcd . ;;
     apiserver) build_one apiserver kube-apiserver . "$vflags" ;;
     node) build_node "$vflags" ;;
     helm) build_one helm helm helm.sh/helm/v3/cmd/helm ;;
+    kubectl) build_one kubectl kubectl . "$vflags" ;;
     *) echo "unknown binary: $w" >&2; exit 2 ;;
   esac
 done

@@ -31,6 +31,15 @@ def ensure_binaries(names: tuple[str, ...] = ("etcd", "apiserver")) -> Path:
     return cache_dir() / "bin"
 
 
+def kubectl() -> Path:
+    """The pinned kubectl (tests/controlplane/kubectl: the API server's Kubernetes version), built
+    once then cached like the other binaries; not whichever kubectl is on PATH."""
+    path = ensure_binaries(("kubectl",)) / "kubectl"
+    if not os.access(path, os.X_OK):
+        raise FileNotFoundError(f"{path}: not built by {BUILD_SCRIPT} kubectl (run scripts/bootstrap.sh)")
+    return path
+
+
 class ControlPlane:
     """A real API server backed by a real etcd. Use as a context manager."""
 

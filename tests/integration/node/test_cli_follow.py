@@ -8,7 +8,6 @@ the build while its pod runs: the log arrives while the build still runs, not af
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -22,12 +21,12 @@ import pytest
 from kubernetes import client
 
 from envkiln.conditions import kstatus
+from harness.controlplane import kubectl as pinned_kubectl
 from harness.pypi import PackageIndex
 from operator_helpers import Envs, environment, wait_for
 from test_flows import probe_spec
 
 pytestmark = pytest.mark.timeout(900)
-KUBECTL = shutil.which("kubectl")
 
 
 class Command:
@@ -69,8 +68,14 @@ class Command:
                 f"--- stderr\n{self.stderr}")
 
 
+@pytest.fixture(scope="session")
+def kubectl_binary() -> Path:
+    """The kubectl built by tests/controlplane/build.sh (scripts/bootstrap.sh): its absence is a failure."""
+    return pinned_kubectl()
+
+
 @pytest.fixture()
-def run(control_plane: Any, node_namespace: str) -> Iterator[Any]:
+def run(control_plane: Any, node_namespace: str, kubectl_binary: Path) -> Iterator[Any]:
     """run(*args) starts `envkiln ARGS -n NAMESPACE`; run.kubectl(*args) starts kubectl the same way."""
     started: list[Command] = []
 
@@ -80,8 +85,7 @@ def run(control_plane: Any, node_namespace: str) -> Iterator[Any]:
         return command
 
     def kubectl(*args: str) -> Command:
-        assert KUBECTL is not None
-        command = Command([KUBECTL, *args, "-n", node_namespace], control_plane.kubeconfig)
+        command = Command([str(kubectl_binary), *args, "-n", node_namespace], control_plane.kubeconfig)
         started.append(command)
         return command
 
@@ -108,8 +112,7 @@ def test_wait_and_logs_follow_a_build_to_ready(node_api: client.ApiClient, node_
                                                   f"RUN echo {marker}-$((6*7)) && sleep 8")))
     follow, waiting, impatient = run("logs", "-f", "probe"), run("wait", "probe", "--timeout", "10m"), \
         run("wait", "probe", "--timeout", "2s")
-    ready_condition = run.kubectl("wait", "--for=condition=Ready", "environment/probe", "--timeout=600s") \
-        if KUBECTL else None
+    ready_condition = run.kubectl("wait", "--for=condition=Ready", "environment/probe", "--timeout=600s")
 
     assert waiting.wait() == 0, f"{waiting}\n{operator.log()[-3000:]}"
     status = envs.status("probe")
@@ -131,18 +134,17 @@ def test_wait_and_logs_follow_a_build_to_ready(node_api: client.ApiClient, node_
     obj = envs.get("probe")
     assert kstatus(obj) == ("Current", "Resource is Ready")
     assert {c["type"] for c in status["conditions"]} == {"Valid", "ImageAvailable", "Ready"}
-    if ready_condition is not None:
-        assert ready_condition.wait() == 0, ready_condition
-        wide = run.kubectl("get", "environments", "-o", "wide")
-        assert wide.wait(60) == 0, wide
-        header, row = wide.stdout.splitlines()
-        assert header.split() == ["NAME", "VERSION", "HASH", "PHASE", "IMAGE", "AGE", "KIND", "REASON", "CACHE", "HIT",
-                                  "IMAGE", "REF", "MESSAGE"], wide
-        assert row.split()[:4] == ["probe", "1", status["shortHash"], "Ready"]
-        assert "SystemManaged" in row and "ImageReady" in row and status["imageRef"] in row, wide
-        explain = run.kubectl("explain", "environment.spec.pip")
-        assert explain.wait(60) == 0, explain
-        assert "installed with uv into /opt/envkiln/venv" in " ".join(explain.stdout.split()), explain  # wrapped
+    assert ready_condition.wait() == 0, ready_condition
+    wide = run.kubectl("get", "environments", "-o", "wide")
+    assert wide.wait(60) == 0, wide
+    header, row = wide.stdout.splitlines()
+    assert header.split() == ["NAME", "VERSION", "HASH", "PHASE", "IMAGE", "AGE", "KIND", "REASON", "CACHE", "HIT",
+                              "IMAGE", "REF", "MESSAGE"], wide
+    assert row.split()[:4] == ["probe", "1", status["shortHash"], "Ready"]
+    assert "SystemManaged" in row and "ImageReady" in row and status["imageRef"] in row, wide
+    explain = run.kubectl("explain", "environment.spec.pip")
+    assert explain.wait(60) == 0, explain
+    assert "installed with uv into /opt/envkiln/venv" in " ".join(explain.stdout.split()), explain  # wrapped
 
 
 def test_wait_and_logs_of_a_build_that_fails(node_api: client.ApiClient, node_namespace: str,
@@ -153,8 +155,7 @@ def test_wait_and_logs_of_a_build_that_fails(node_api: client.ApiClient, node_na
     envs.create(environment("missing", **probe_spec(node_base_image, probe_index,
                                                     pip=["envkiln-no-such-package==9.9.9"])))
     follow, waiting = run("logs", "-f", "missing"), run("wait", "missing", "--timeout", "10m")
-    stalled = run.kubectl("wait", "--for=condition=Stalled", "environment/missing", "--timeout=600s") \
-        if KUBECTL else None
+    stalled = run.kubectl("wait", "--for=condition=Stalled", "environment/missing", "--timeout=600s")
 
     assert waiting.wait() == 1, f"{waiting}\n{operator.log()[-3000:]}"
     assert waiting.stdout == ""
@@ -169,8 +170,7 @@ def test_wait_and_logs_of_a_build_that_fails(node_api: client.ApiClient, node_na
 
     obj = envs.get("missing")
     assert kstatus(obj)[0] == "Failed", "Stalled=True: Flux stops waiting at once"
-    if stalled is not None:
-        assert stalled.wait() == 0, stalled
+    assert stalled.wait() == 0, stalled
 
     build = envs.build(obj["status"]["build"])
     first = run("logs", "missing", "--attempt", "1")  # its pod is still there
