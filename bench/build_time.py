@@ -16,9 +16,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from envkiln.definition import definition_hash
-from envkiln.models import EnvironmentSpec
-from envkiln.render import render
+from envkiln.core.definition import definition_hash
+from envkiln.core.models import EnvironmentSpec
+from envkiln.core.render import render
 from harness.buildah import base_image_archive, build_and_push, push_archive
 from harness.registry import Registry
 

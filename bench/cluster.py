@@ -54,9 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from kubernetes import client, config, watch
 
 from bench.tiny_image import tiny_archive
-from envkiln.definition import definition_hash
-from envkiln.models import EnvironmentSpec
-from envkiln.names import build_name
+from envkiln.core.definition import definition_hash
+from envkiln.core.models import EnvironmentSpec
+from envkiln.core.names import build_name
 from harness.controlplane import REPO_ROOT, ControlPlane, cache_dir, install_crds
 from harness.operator import OperatorProcess
 from harness.process import ManagedProcess
@@ -510,7 +510,7 @@ def phase_breakdown(events: list[dict[str, Any]], namespace: str, created: dict[
 
 
 def operator_timings(text: str) -> dict[str, float]:
-    """Medians of the operator's own debug timings of each reconcile (envkiln.envsync)."""
+    """Medians of the operator's own debug timings of each reconcile (envkiln.reconcile.envsync)."""
     pattern = re.compile(r"synced Environment \S+: \S+ -> \S+; read ([\d.]+) ms, observe\+decide ([\d.]+) ms, "
                          r"status ([\d.]+) ms, event ([\d.]+) ms")
     rows = [tuple(float(v) for v in match.groups()) for match in pattern.finditer(text)]

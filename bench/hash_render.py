@@ -12,9 +12,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from envkiln.definition import definition_hash
-from envkiln.models import Environment
-from envkiln.render import render
+from envkiln.core.definition import definition_hash
+from envkiln.core.models import Environment
+from envkiln.core.render import render
 
 
 def realistic_definitions(count: int) -> list[dict]:

@@ -7,6 +7,6 @@ definition, and handed to training workloads.
 
 __version__ = "0.1.0"
 
-from envkiln.names import API_VERSION, GROUP, VERSION
+from envkiln.core.names import API_VERSION, GROUP, VERSION
 
 __all__ = ["API_VERSION", "GROUP", "VERSION", "__version__"]

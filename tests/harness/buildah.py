@@ -13,9 +13,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from envkiln.builders.buildah_cli import BuildFailed, BuildResult
-from envkiln.builders.buildah_cli import build_and_push as _build_and_push
-from envkiln.builders.buildah_cli import buildah as _buildah
+from envkiln.adapters.builders.buildah_cli import BuildFailed, BuildResult
+from envkiln.adapters.builders.buildah_cli import build_and_push as _build_and_push
+from envkiln.adapters.builders.buildah_cli import buildah as _buildah
 from harness.cache import cached
 from harness.controlplane import cache_dir
 

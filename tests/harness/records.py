@@ -1,6 +1,6 @@
 """Earlier builds, as the operator would have left them: for tests and benches of cache hits.
 
-A cache hit trusts only the operator's signed record of a build (envkiln.trust), never an image
+A cache hit trusts only the operator's signed record of a build (envkiln.core.trust), never an image
 that merely sits under the hash's tag. To start a test from "this definition was built before",
 the harness does what the operator did then, with the key the harness gives every operator it
 starts (TEST_SIGNING_KEY): push the image, create the signed EnvironmentBuild, and write its
@@ -14,12 +14,12 @@ from typing import Any
 
 from kubernetes import client
 
-from envkiln.definition import pull_reference
-from envkiln.envsync import build_manifest
-from envkiln.models import EnvironmentSpec
-from envkiln.names import BUILDS, GROUP, VERSION
-from envkiln.settings import OperatorSettings
-from envkiln.trust import Signer
+from envkiln.core.definition import pull_reference
+from envkiln.core.models import EnvironmentSpec
+from envkiln.core.names import BUILDS, GROUP, VERSION
+from envkiln.core.settings import OperatorSettings
+from envkiln.core.trust import Signer
+from envkiln.reconcile.envsync import build_manifest
 from harness.buildah import base_image_archive, push_archive
 
 TEST_SIGNING_KEY = "envkiln-test-signing-key-0123456789abcdef"
@@ -28,7 +28,7 @@ TEST_SIGNING_KEY = "envkiln-test-signing-key-0123456789abcdef"
 def seed_build(api: client.ApiClient, namespace: str, spec: dict[str, Any], registry_host: str,
                archive: Path | None = None, key: str = TEST_SIGNING_KEY) -> tuple[str, str]:
     """(digest, image pushed) of a finished, signed build of `spec` in `namespace`."""
-    from envkiln.definition import definition_hash
+    from envkiln.core.definition import definition_hash
 
     settings = OperatorSettings(registry=registry_host, insecure_registry=True)
     model = EnvironmentSpec.model_validate(spec)

@@ -8,8 +8,8 @@ from typing import Any
 
 from kubernetes import client
 
-from envkiln.definition import definition_hash, image_name
-from envkiln.models import EnvironmentSpec
+from envkiln.core.definition import definition_hash, image_name
+from envkiln.core.models import EnvironmentSpec
 
 GROUP, VERSION = "envkiln.dev", "v1alpha1"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from envkiln.definition import definition_hash
-from envkiln.gitrefs import GitRefError, GitResolver, list_remote_refs, resolve_git_commit
-from envkiln.models import Environment, EnvironmentSpec
+from envkiln.adapters.gitrefs import GitRefError, GitResolver, list_remote_refs, resolve_git_commit
+from envkiln.core.definition import definition_hash
+from envkiln.core.models import Environment, EnvironmentSpec
 from harness.gitserver import GitServer
 from harness.ports import free_port
 

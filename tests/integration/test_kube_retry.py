@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from envkiln.decisions.retry import RetryPolicy
-from envkiln.kube import Kube
+from envkiln.adapters.kube import Kube
+from envkiln.core.decisions.retry import RetryPolicy
 from harness.controlplane import ControlPlane
 
 CONFIGMAPS = 24

@@ -21,8 +21,8 @@ import yaml
 from cryptography import x509
 from kubernetes import client, config
 
-from envkiln import webhookcert
-from envkiln.kube import Kube
+from envkiln.adapters import webhookcert
+from envkiln.adapters.kube import Kube
 from harness.buildah import base_image_archive, push_archive
 from harness.certs import make_ca, sign
 from harness.controlplane import ControlPlane, install_crds

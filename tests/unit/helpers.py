@@ -3,7 +3,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from envkiln.models import Environment, EnvironmentSpec
+from envkiln.core.models import Environment, EnvironmentSpec
 
 PIP_ENV: dict[str, Any] = {
     "apiVersion": "envkiln.dev/v1alpha1",

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from envkiln.azureml import (
+from envkiln.cli.main import main
+from envkiln.core.azureml import (
     ImportOptions,
     Reference,
     curated_counterpart,
@@ -22,9 +23,8 @@ from envkiln.azureml import (
     parse_reference,
     tag_value,
 )
-from envkiln.cli import main
-from envkiln.manifests import load_environments
-from envkiln.names import ANNOTATION_AZUREML_IGNORED, ANNOTATION_AZUREML_NAME, ANNOTATION_AZUREML_SOURCE
+from envkiln.core.manifests import load_environments
+from envkiln.core.names import ANNOTATION_AZUREML_IGNORED, ANNOTATION_AZUREML_NAME, ANNOTATION_AZUREML_SOURCE
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "azureml"
 
@@ -96,7 +96,7 @@ def test_pipeline_jobs_are_walked_and_components_followed() -> None:
     ("azureml://registries/azureml/environments/sklearn-1.5/versions/3", True),
 ])
 def test_curated_lines_print_the_reference_pods_use(text: str, pinned: bool, tmp_path: Path) -> None:
-    from envkiln.workloads import parse_request
+    from envkiln.core.workloads import parse_request
 
     (tmp_path / "job.yml").write_text(yaml.safe_dump({"type": "command", "command": "python x.py",
                                                       "environment": text}))
@@ -269,8 +269,8 @@ def test_directory_contexts_become_configmaps_or_tarballs(files: dict[str, bytes
         # What the build sees (the local builder unpacks as the build pod does): exactly the directory.
         from types import SimpleNamespace
 
-        from envkiln.builders.local import materialise_context
-        from envkiln.models import BuildContext, BuildPlan, EnvironmentBuildSpec
+        from envkiln.adapters.builders.local import materialise_context
+        from envkiln.core.models import BuildContext, BuildPlan, EnvironmentBuildSpec
 
         [config_map] = outcome.documents[1:]
         assert set(config_map.get("data", {})) | set(config_map.get("binaryData", {})) <= {

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from envkiln.builders.buildah import buildah_job
-from envkiln.builders.jobs import (
+from envkiln.adapters.builders.buildah import buildah_job
+from envkiln.adapters.builders.jobs import (
     context_configmap,
     first_failure,
     job_finished,
@@ -19,11 +19,11 @@ from envkiln.builders.jobs import (
     repository_of,
     termination,
 )
-from envkiln.builders.kaniko import kaniko_job
-from envkiln.definition import context_digest, definition_hash, image_name
-from envkiln.models import EnvironmentBuildSpec
-from envkiln.render import render
-from envkiln.settings import OperatorSettings
+from envkiln.adapters.builders.kaniko import kaniko_job
+from envkiln.core.definition import context_digest, definition_hash, image_name
+from envkiln.core.models import EnvironmentBuildSpec
+from envkiln.core.render import render
+from envkiln.core.settings import OperatorSettings
 from helpers import PIP_ENV, spec_of
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # what a git context's ref resolved to
@@ -318,7 +318,7 @@ def test_local_builder_unpacks_a_nested_tree_like_the_pod(tmp_path: Any) -> None
     import base64
     from types import SimpleNamespace
 
-    from envkiln.builders.local import ContextError, materialise_context
+    from envkiln.adapters.builders.local import ContextError, materialise_context
 
     tree = _tree_tar({"src/pkg/__init__.py": b"VALUE = 1\n", "docker/Dockerfile": b"FROM y\n"})
     configmaps = {"user-ctx": SimpleNamespace(data={"requirements.txt": "six\n"},

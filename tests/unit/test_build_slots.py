@@ -8,10 +8,10 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from envkiln.buildsync import running_builds, sync_build
-from envkiln.context import KeyedLocks
-from envkiln.names import ANNOTATION_SIGNATURE
-from envkiln.trust import Signer
+from envkiln.core.names import ANNOTATION_SIGNATURE
+from envkiln.core.trust import Signer
+from envkiln.reconcile.buildsync import running_builds, sync_build
+from envkiln.reconcile.context import KeyedLocks
 
 KEY = b"k" * 32
 SPEC = {"hash": "0" * 32, "image": "r/envkiln/a/env_x:x", "plan": {"dockerfile": "FROM x\n"}}

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from envkiln.builders import BuildCannotStart
-from envkiln.builders.jobs import JobBuilder
-from envkiln.definition import context_digest, definition_hash
-from envkiln.models import EnvironmentBuildSpec
-from envkiln.render import render
-from envkiln.settings import OperatorSettings
+from envkiln.adapters.builders import BuildCannotStart
+from envkiln.adapters.builders.jobs import JobBuilder
+from envkiln.core.definition import context_digest, definition_hash
+from envkiln.core.models import EnvironmentBuildSpec
+from envkiln.core.render import render
+from envkiln.core.settings import OperatorSettings
 from helpers import PIP_ENV, spec_of
 
 OPERATOR = {".dockerconfigjson": "b3BlcmF0b3I="}

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from envkiln.cli import main
+from envkiln.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

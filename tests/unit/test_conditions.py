@@ -1,10 +1,10 @@
-"""envkiln.conditions: metav1.Condition lists, kstatus's Reconciling/Stalled pair and its reading of a status."""
+"""envkiln.core.conditions: metav1.Condition lists, kstatus's Reconciling/Stalled pair and its reading of a status."""
 
 from __future__ import annotations
 
 import pytest
 
-from envkiln.conditions import get_condition, kstatus, remove_condition, set_condition, set_progress
+from envkiln.core.conditions import get_condition, kstatus, remove_condition, set_condition, set_progress
 
 
 def test_transition_time_changes_only_when_status_flips() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from envkiln.crdgen import all_crds, render_crds
+from envkiln.core.crdgen import all_crds, render_crds
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIRS = [ROOT / "crds", ROOT / "charts" / "envkiln" / "crds"]

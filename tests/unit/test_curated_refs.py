@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from envkiln.decisions.admission import admit
-from envkiln.webhook import admit_pod
-from envkiln.workloads import EnvironmentRequest, WorkloadError, latest_version, parse_request
+from envkiln.core.decisions.admission import admit
+from envkiln.core.workloads import EnvironmentRequest, WorkloadError, latest_version, parse_request
+from envkiln.reconcile.webhook import admit_pod
 
 REF1 = "reg/envkiln/envkiln-system/env_1@sha256:" + "1" * 64
 REF2 = "reg/envkiln/envkiln-system/env_2@sha256:" + "2" * 64

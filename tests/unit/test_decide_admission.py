@@ -1,4 +1,4 @@
-"""envkiln.decisions.admission and .curated: what a pod gets, when a gated pod goes, reserved names."""
+"""envkiln.core.decisions.admission and .curated: what a pod gets, when a gated pod goes, reserved names."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from envkiln.decisions.admission import admit, condition_patch, release
-from envkiln.decisions.curated import check_reserved_name, reserved_prefix
-from envkiln.workloads import EnvironmentRequest, WorkloadError, parse_request
+from envkiln.core.decisions.admission import admit, condition_patch, release
+from envkiln.core.decisions.curated import check_reserved_name, reserved_prefix
+from envkiln.core.workloads import EnvironmentRequest, WorkloadError, parse_request
 
 REF1 = "reg/env@sha256:" + "1" * 64
 REF2 = "reg/env@sha256:" + "2" * 64

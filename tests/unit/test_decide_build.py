@@ -1,4 +1,4 @@
-"""envkiln.decisions.build: the next step of an EnvironmentBuild, and the retry backoff."""
+"""envkiln.core.decisions.build: the next step of an EnvironmentBuild, and the retry backoff."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from envkiln.conditions import get_condition, kstatus
-from envkiln.decisions.build import (
+from envkiln.core.conditions import get_condition, kstatus
+from envkiln.core.decisions.build import (
     MAX_BACKOFF_SECONDS,
     Limits,
     after_failure,

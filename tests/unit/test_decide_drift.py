@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from envkiln.decisions.environment import Facts, decide, new_status
-from envkiln.decisions.resync import base_moved, follows_git_ref, watched_base
-from envkiln.models import Phase
+from envkiln.core.decisions.environment import Facts, decide, new_status
+from envkiln.core.decisions.resync import base_moved, follows_git_ref, watched_base
+from envkiln.core.models import Phase
 from helpers import PIP_ENV, spec_of
 
 HASH = "0123456789abcdef0123456789abcdef"

@@ -1,4 +1,4 @@
-"""envkiln.decisions.environment: an Environment's outcome for every combination that matters."""
+"""envkiln.core.decisions.environment: an Environment's outcome for every combination that matters."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from envkiln.conditions import get_condition, kstatus
-from envkiln.decisions.environment import Facts, Lookup, decide, from_build, new_status
-from envkiln.models import Phase
+from envkiln.core.conditions import get_condition, kstatus
+from envkiln.core.decisions.environment import Facts, Lookup, decide, from_build, new_status
+from envkiln.core.models import Phase
 from helpers import CONDA_ENV, PIP_ENV, spec_of
 
 HASH = "0123456789abcdef0123456789abcdef"

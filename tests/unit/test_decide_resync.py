@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from envkiln.decisions.resync import (
+from envkiln.core.decisions.resync import (
     build_finished_event,
     build_needs_sync,
     build_unsettled,

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from envkiln.crdgen import IMAGE_AFFECTING_FIELDS
-from envkiln.definition import (
+from envkiln.core.crdgen import IMAGE_AFFECTING_FIELDS
+from envkiln.core.definition import (
     MissingContextContent,
     UnresolvedGitRef,
     definition_document,

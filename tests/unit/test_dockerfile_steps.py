@@ -1,15 +1,15 @@
-"""Docker steps are split with BuildKit's own parser (envkiln.models.buildkit, the parser Kaniko
+"""Docker steps are split with BuildKit's own parser (envkiln.core.models.buildkit, the parser Kaniko
 vendors): each step is exactly one allowed instruction, and it reads the same between envkiln's lines."""
 
 from __future__ import annotations
 
 import pytest
 
-from envkiln.definition import definition_hash
-from envkiln.errors import DefinitionError
-from envkiln.manifests import parse_environment
-from envkiln.models import buildkit, check_docker_step
-from envkiln.render import render
+from envkiln.core.definition import definition_hash
+from envkiln.core.errors import DefinitionError
+from envkiln.core.manifests import parse_environment
+from envkiln.core.models import buildkit, check_docker_step
+from envkiln.core.render import render
 from helpers import CONDA_ENV, manifest, spec_of
 
 # (case, step, what the message must say); each step is checked as spec.dockerSteps[0].

@@ -1,4 +1,4 @@
-"""envkiln.follow: what `envkiln wait` and `envkiln logs` decide from the objects they read.
+"""envkiln.cli.follow: what `envkiln wait` and `envkiln logs` decide from the objects they read.
 
 The decisions are tables; the loops run against a fake cluster (objects and logs in memory, a
 fake clock). tests/integration/node/test_cli_follow.py runs both commands against real build pods.
@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from envkiln.cli import main
-from envkiln.follow import (
+from envkiln.cli.follow import (
     EXIT_FAILED,
     EXIT_NOT_READY,
     EXIT_OK,
@@ -29,6 +28,7 @@ from envkiln.follow import (
     wait,
     wait_verdict,
 )
+from envkiln.cli.main import main
 
 HASH = "0123456789abcdef0123456789abcdef"
 BUILD = f"envb-{HASH}"

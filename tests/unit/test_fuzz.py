@@ -24,12 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from envkiln.cli import main
-from envkiln.definition import MissingContextContent, definition_hash
-from envkiln.errors import DefinitionError
-from envkiln.manifests import parse_environment
-from envkiln.models import Environment, EnvironmentKind, EnvironmentSpec, buildkit, check_docker_step
-from envkiln.render import NothingToBuild, render
+from envkiln.cli.main import main
+from envkiln.core.definition import MissingContextContent, definition_hash
+from envkiln.core.errors import DefinitionError
+from envkiln.core.manifests import parse_environment
+from envkiln.core.models import Environment, EnvironmentKind, EnvironmentSpec, buildkit, check_docker_step
+from envkiln.core.render import NothingToBuild, render
 from helpers import CONDA_ENV, PIP_ENV, manifest
 
 

@@ -16,7 +16,7 @@ import lupa.lua51 as lua51
 import pytest
 import yaml
 
-from envkiln.models import EnvironmentBuildStatus, EnvironmentStatus
+from envkiln.core.models import EnvironmentBuildStatus, EnvironmentStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "docs" / "gitops" / "argocd"

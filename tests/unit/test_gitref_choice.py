@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from envkiln.gitrefs import GitRefError, GitResolver, is_commit, list_remote_refs, resolve_git_commit
+from envkiln.adapters.gitrefs import GitRefError, GitResolver, is_commit, list_remote_refs, resolve_git_commit
 from helpers import PIP_ENV, manifest, spec_of
 
 C1 = "1111111111111111111111111111111111111111"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from envkiln.locks import (
+from envkiln.core.locks import (
     LOCK_HEADER,
     LOCK_SCRIPT,
     CondaPackage,

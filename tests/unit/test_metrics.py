@@ -1,4 +1,4 @@
-"""envkiln.metrics: each hook moves the right series, on a registry of its own."""
+"""envkiln.adapters.metrics: each hook moves the right series, on a registry of its own."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from envkiln.metrics import Metrics, error_reason
-from envkiln.registryclient import RegistryClient, RegistryUnavailable
-from envkiln.settings import OperatorSettings
+from envkiln.adapters.metrics import Metrics, error_reason
+from envkiln.adapters.registryclient import RegistryClient, RegistryUnavailable
+from envkiln.core.settings import OperatorSettings
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

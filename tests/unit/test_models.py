@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from envkiln.errors import DefinitionError
-from envkiln.manifests import parse_environment
-from envkiln.models import EnvironmentKind
+from envkiln.core.errors import DefinitionError
+from envkiln.core.manifests import parse_environment
+from envkiln.core.models import EnvironmentKind
 from helpers import CONDA_ENV, PIP_ENV, manifest
 
 BYOC = {"apiVersion": "envkiln.dev/v1alpha1", "kind": "Environment", "metadata": {"name": "byoc"},

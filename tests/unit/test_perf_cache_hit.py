@@ -1,4 +1,4 @@
-"""What a cache hit asks of the API server (envkiln.envsync with the event's body and the in-memory
+"""What a cache hit asks of the API server (envkiln.reconcile.envsync with the event's body and the in-memory
 build index): no reads, one status write, one Event. Counts calls, never times them."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
-from envkiln.context import OperatorContext
-from envkiln.definition import definition_hash, pull_reference
-from envkiln.envsync import build_manifest, sync_environment
-from envkiln.models import EnvironmentSpec
-from envkiln.settings import OperatorSettings
-from envkiln.trust import Signer
+from envkiln.core.definition import definition_hash, pull_reference
+from envkiln.core.models import EnvironmentSpec
+from envkiln.core.settings import OperatorSettings
+from envkiln.core.trust import Signer
+from envkiln.reconcile.context import OperatorContext
+from envkiln.reconcile.envsync import build_manifest, sync_environment
 
 NAMESPACE = "team"
 SPEC = {"image": "python:3.11-slim", "pip": ["numpy==2.1.3"]}

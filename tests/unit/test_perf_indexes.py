@@ -1,4 +1,4 @@
-"""The operator's in-memory indexes and retry schedule (envkiln.handlers): what the periodic resync
+"""The operator's in-memory indexes and retry schedule (envkiln.runtime.handlers): what the periodic resync
 and the Environments' build lookups read instead of the API server."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import threading
 import time
 from typing import Any
 
-from envkiln.handlers import Indexes, Resync
-from envkiln.names import ANNOTATION_SIGNATURE
+from envkiln.core.names import ANNOTATION_SIGNATURE
+from envkiln.runtime.handlers import Indexes, Resync
 
 
 def _build(phase: str | None, name: str = "envb-1") -> dict[str, Any]:
@@ -86,7 +86,7 @@ def test_the_resync_follows_kopfs_peering_pauses() -> None:
     """The periodic resync is envkiln's own task: it must stop when Kopf pauses this replica."""
     import logging
 
-    from envkiln.handlers import PeeringState
+    from envkiln.runtime.handlers import PeeringState
 
     state = PeeringState.attach()
     peering = logging.getLogger("kopf._core.engines.peering")

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from envkiln.registryclient import RegistryClient, RegistryUnavailable
+from envkiln.adapters.registryclient import RegistryClient, RegistryUnavailable
 
 LOCK = b"# envkiln lock v1\n[pip]\nnumpy==2.1.0\n"
 

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from envkiln.registryclient import RegistryClient, RegistryUnavailable, credentials_from_docker_config
+from envkiln.adapters.registryclient import RegistryClient, RegistryUnavailable, credentials_from_docker_config
 
 MANIFEST = json.dumps({"schemaVersion": 2, "layers": []}).encode()
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()

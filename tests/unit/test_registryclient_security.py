@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from envkiln.registryclient import (
+from envkiln.adapters.registryclient import (
     MAX_BODY_BYTES,
     Credentials,
     RegistryClient,

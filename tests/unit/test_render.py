@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from envkiln import names
-from envkiln.definition import definition_hash
-from envkiln.locks import LOCK_HEADER, LOCK_SCRIPT, LOCK_SCRIPT_NAME, format_lock, parse_lock
-from envkiln.models import buildkit
-from envkiln.render import (
+from envkiln.core import names
+from envkiln.core.definition import definition_hash
+from envkiln.core.locks import LOCK_HEADER, LOCK_SCRIPT, LOCK_SCRIPT_NAME, format_lock, parse_lock
+from envkiln.core.models import buildkit
+from envkiln.core.render import (
     CONDA_PREFIX,
     IMAGE_LABEL_BASE_DIGEST,
     LABEL_HASH,

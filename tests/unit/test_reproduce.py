@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
-from envkiln.definition import definition_hash
-from envkiln.names import build_name
-from envkiln.render import render
-from envkiln.reproduce import NotFound, diff, docker_steps, lock, version_build
+from envkiln.cli.reproduce import NotFound, diff, docker_steps, lock, version_build
+from envkiln.core.definition import definition_hash
+from envkiln.core.names import build_name
+from envkiln.core.render import render
 from helpers import PIP_ENV, manifest, spec_of
 
 H1, H2 = "1" * 32, "2" * 32

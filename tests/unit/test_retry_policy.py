@@ -1,4 +1,4 @@
-"""The API retry policy (envkiln.decisions.retry), and Kube.call applying it, without a server.
+"""The API retry policy (envkiln.core.decisions.retry), and Kube.call applying it, without a server.
 
 The same retries against a real API server that throttles: tests/integration/test_kube_retry.py.
 """
@@ -12,8 +12,8 @@ import pytest
 import urllib3
 from kubernetes import client
 
-from envkiln.decisions.retry import RetryPolicy, backoff_seconds, is_retryable, parse_retry_after, should_retry
-from envkiln.kube import Kube
+from envkiln.adapters.kube import Kube
+from envkiln.core.decisions.retry import RetryPolicy, backoff_seconds, is_retryable, parse_retry_after, should_retry
 
 POLICY = RetryPolicy(attempts=5, base_seconds=0.1, cap_seconds=2.0, max_retry_after_seconds=10.0,
                      deadline_seconds=30.0)

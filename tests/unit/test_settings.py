@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from envkiln.settings import DEFAULT_KANIKO_IMAGE, OperatorSettings, SettingsError
+from envkiln.core.settings import DEFAULT_KANIKO_IMAGE, OperatorSettings, SettingsError
 
 
 def test_defaults_work_for_a_local_cluster() -> None:

@@ -1,4 +1,4 @@
-"""envkiln.trust: only what the operator signed is built, and only its own records make a cache hit."""
+"""envkiln.core.trust: only what the operator signed is built, and only its own records make a cache hit."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from envkiln.names import ANNOTATION_SIGNATURE
-from envkiln.trust import Signer
+from envkiln.core.names import ANNOTATION_SIGNATURE
+from envkiln.core.trust import Signer
 
 KEY = b"k" * 32
 HASH = "0123456789abcdef0123456789abcdef"

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
-from envkiln.cli import main
-from envkiln.definition import MissingContextContent, definition_hash
-from envkiln.errors import DefinitionError
-from envkiln.manifests import parse_environment
-from envkiln.models import EnvironmentSpec, check_docker_step
-from envkiln.render import RenderError, render
+from envkiln.cli.main import main
+from envkiln.core.definition import MissingContextContent, definition_hash
+from envkiln.core.errors import DefinitionError
+from envkiln.core.manifests import parse_environment
+from envkiln.core.models import EnvironmentSpec, check_docker_step
+from envkiln.core.render import RenderError, render
 from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from envkiln import webhookcert
-from envkiln.decisions.admission import (
+from envkiln.adapters import webhookcert
+from envkiln.core.decisions.admission import (
     StoredCertificates,
     Validity,
     certificate_action,
@@ -24,8 +24,8 @@ from envkiln.decisions.admission import (
     request_namespace,
     scoped_review,
 )
-from envkiln.webhook import admit_pod, scoped_to_request_namespace
-from envkiln.workloads import WorkloadError, parse_inline_spec, parse_request
+from envkiln.core.workloads import WorkloadError, parse_inline_spec, parse_request
+from envkiln.reconcile.webhook import admit_pod, scoped_to_request_namespace
 
 # --- the namespace is the request's ---------------------------------------------------------------
 
@@ -397,7 +397,7 @@ def test_patch_ca_bundle_writes_only_changes() -> None:
 
 
 def test_webhook_tls_file_changes_only_with_the_certificate(tmp_path: Any) -> None:
-    from envkiln.settings import OperatorSettings
+    from envkiln.core.settings import OperatorSettings
 
     kube = FakeKube()
     now = [T0]
@@ -418,7 +418,7 @@ def test_webhook_tls_file_changes_only_with_the_certificate(tmp_path: Any) -> No
 def test_renewal_loop_outlives_failures(tmp_path: Any) -> None:
     import time
 
-    from envkiln.settings import OperatorSettings
+    from envkiln.core.settings import OperatorSettings
 
     kube = FakeKube()
     reads: list[str] = []
@@ -445,8 +445,8 @@ def test_renewal_loop_outlives_failures(tmp_path: Any) -> None:
 
 
 def _anonymous(spec: dict[str, Any]) -> dict[str, Any]:
-    from envkiln.models import EnvironmentSpec
-    from envkiln.workloads import anonymous_environment
+    from envkiln.core.models import EnvironmentSpec
+    from envkiln.core.workloads import anonymous_environment
 
     return anonymous_environment(EnvironmentSpec.model_validate(spec), "team")
 
@@ -460,7 +460,7 @@ def _anonymous(spec: dict[str, Any]) -> dict[str, Any]:
 ])
 def test_an_existing_anonymous_environment_must_hold_the_inline_spec(case: str, existing_spec: dict[str, Any],
                                                                    trusted: bool) -> None:
-    from envkiln.workloads import anonymous_mismatch
+    from envkiln.core.workloads import anonymous_mismatch
 
     wanted = _anonymous({"image": "python:3.11", "pip": ["six==1.16.0"]})
     existing = {"metadata": dict(wanted["metadata"]), "spec": existing_spec}

@@ -4,7 +4,7 @@ Bases are made here (host buildah on the harness's Debian python image): one wit
 preinstalled in the system Python and the local package index in its environment, one with a stand-in
 `micromamba` (the real one cannot be fetched here) that makes a conda prefix holding a shared library and
 a tool, so the test checks what envkiln's render wires up: the prefix's lib/ on LD_LIBRARY_PATH and bin/
-on PATH. Azure-style fixtures from tests/fixtures/azureml/build are imported with `envkiln.azureml` and
+on PATH. Azure-style fixtures from tests/fixtures/azureml/build are imported with `envkiln.core.azureml` and
 built as imported (only the base image reference is replaced by the local one).
 """
 
@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from envkiln.azureml import ImportOptions, import_azureml
+from envkiln.core.azureml import ImportOptions, import_azureml
 from harness.buildah import build_and_push
 from harness.pypi import PackageIndex
 from node_helpers import PROBE, PROBE_VERSION

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from envkiln.conditions import kstatus
+from envkiln.core.conditions import kstatus
 from harness.controlplane import kubectl as pinned_kubectl
 from harness.pypi import PackageIndex
 from operator_helpers import Envs, environment, wait_for
@@ -80,7 +80,8 @@ def run(control_plane: Any, node_namespace: str, kubectl_binary: Path) -> Iterat
     started: list[Command] = []
 
     def envkiln(*args: str) -> Command:
-        command = Command([sys.executable, "-m", "envkiln.cli", *args, "-n", node_namespace], control_plane.kubeconfig)
+        command = Command([sys.executable, "-m", "envkiln.cli", *args, "-n", node_namespace],
+                          control_plane.kubeconfig)
         started.append(command)
         return command
 

@@ -173,8 +173,8 @@ def test_a_planted_snapshot_is_refused_before_any_pod(node_api: client.ApiClient
         "Dockerfile": f"FROM {node_base_image}\nRUN echo {uuid.uuid4().hex}\n"}})
     operator = buildah_operator(node_namespace, build_retry_limit="0")
     # The snapshot's name follows from the hash, which follows from the content: plant it first.
-    from envkiln.definition import definition_hash
-    from envkiln.models import EnvironmentSpec
+    from envkiln.core.definition import definition_hash
+    from envkiln.core.models import EnvironmentSpec
 
     spec = {"build": {"configMap": {"name": "ctx2"}}}
     content = envs.core.read_namespaced_config_map("ctx2", node_namespace).data

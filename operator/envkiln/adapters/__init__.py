@@ -1,0 +1,1 @@
+"""Adapters to the outside: the Kubernetes API (Kube), registries, builders, git, certificates, metrics."""

@@ -1,0 +1,110 @@
+"""The in-cluster buildah builder: Debian's buildah and skopeo in a Job per attempt.
+
+Only the pod differs from the other Job builders (envkiln.adapters.builders.jobs). It has two parts,
+because a RUN step can escape buildah's chroot isolation and read whatever its container can:
+
+- the init container `build` runs `buildah build` (vfs storage, chroot isolation) as root with
+  only SETUID, SETGID and SETFCAP, no privilege escalation and a Localhost seccomp profile
+  (Pod Security `baseline` admits it), and writes an OCI archive to an emptyDir. It mounts no
+  credential and no service-account token;
+- the container `push` (shared with Kaniko, envkiln.adapters.builders.jobs), non-root with every
+  capability dropped and the runtime's default seccomp profile, alone mounts the push
+  credential, copies the archive to the registry with skopeo and writes the pushed digest to
+  its termination message.
+
+Before both, the `context` init container checks the context against the signed digest.
+
+A RUN step can still tamper with its own archive: the push container trusts the archive for
+nothing but that build's own output, under that build's own name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envkiln.adapters.builders.jobs import (
+    ARCHIVE,
+    OUT,
+    JobBuilder,
+    build_job,
+    build_resources,
+    job_pod_spec,
+)
+from envkiln.core.imageref import parse_image_reference
+from envkiln.core.models import EnvironmentBuildSpec
+from envkiln.core.settings import OperatorSettings
+
+__all__ = ["BuildahJobBuilder", "buildah_job", "buildah_pod_spec"]
+
+# Values reach the script as environment variables, always quoted: nothing from a spec is ever
+# part of the script text.
+BUILD_SCRIPT = """set -eu
+if [ -n "${ENVKILN_INSECURE_REGISTRY:-}" ]; then
+  mkdir -p /etc/containers/registries.conf.d
+  printf '[[registry]]\\nlocation = "%s"\\ninsecure = true\\n' "$ENVKILN_INSECURE_REGISTRY" \\
+    > /etc/containers/registries.conf.d/50-envkiln.conf
+fi
+buildah --storage-driver vfs build --isolation chroot --layers=false \\
+  --label "dev.envkiln.definition-hash=$ENVKILN_HASH" -f "$ENVKILN_DOCKERFILE" -t "$ENVKILN_IMAGE" "$ENVKILN_CONTEXT"
+buildah --storage-driver vfs push --quiet "$ENVKILN_IMAGE" "oci-archive:$ENVKILN_ARCHIVE"
+echo "built $ENVKILN_IMAGE"
+"""
+
+
+def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, context_dir: str | None,
+                      dockerfile: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    mounts: list[dict[str, Any]] = [{"name": "out", "mountPath": OUT},
+                                    {"name": "storage", "mountPath": "/var/lib/containers"}]
+    if context_dir is not None:
+        context, dockerfile = context_dir, f"{context_dir}/{dockerfile}"
+        mounts.append({"name": "workspace", "mountPath": context_dir, "readOnly": True})
+    else:
+        user = spec.plan.context
+        assert user is not None
+        if user.git is not None:
+            # buildah clones git contexts itself: URL#ref[:subdirectory].
+            context = f"{user.git.url}#{user.git.ref}" + (f":{user.git.path}" if user.git.path else "")
+        else:
+            assert user.tarball is not None  # a tarball without sha256: buildah fetches it
+            context = user.tarball.url
+    registry_host = parse_image_reference(spec.image).registry or ""
+    container = {
+        "name": "build",
+        "image": settings.buildah_image,
+        "command": ["/bin/sh", "-c", BUILD_SCRIPT],
+        "env": [{"name": "ENVKILN_IMAGE", "value": spec.image},
+                {"name": "ENVKILN_ARCHIVE", "value": ARCHIVE},
+                {"name": "ENVKILN_INSECURE_REGISTRY", "value": registry_host if settings.insecure_registry else ""},
+                {"name": "ENVKILN_HASH", "value": spec.hash},
+                {"name": "ENVKILN_DOCKERFILE", "value": dockerfile},
+                {"name": "ENVKILN_CONTEXT", "value": context},
+                {"name": "BUILDAH_ISOLATION", "value": "chroot"},
+                {"name": "STORAGE_DRIVER", "value": "vfs"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": build_resources(settings),
+        "securityContext": {
+            "runAsUser": 0,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]},
+            "seccompProfile": {"type": "Localhost", "localhostProfile": settings.buildah_seccomp_profile},
+        },
+        "volumeMounts": mounts,
+    }
+    return container, [{"name": "storage", "emptyDir": {}}]
+
+
+def buildah_pod_spec(build: dict[str, Any], settings: OperatorSettings, with_credentials: str | None) -> dict[str, Any]:
+    return job_pod_spec(build, settings, buildah_container, "oci-archive", with_credentials)
+
+
+def buildah_job(build: dict[str, Any], attempt: int, settings: OperatorSettings,
+                with_credentials: str | None) -> dict[str, Any]:
+    """The Job for one attempt. Pure: the same inputs give the same manifest."""
+    return build_job(build, attempt, settings, buildah_pod_spec(build, settings, with_credentials))
+
+
+class BuildahJobBuilder(JobBuilder):
+    name = "buildah"
+
+    def pod_spec(self, build: dict[str, Any], attempt: int, with_credentials: str | None) -> dict[str, Any]:
+        return buildah_pod_spec(build, self.settings, with_credentials)

@@ -1,0 +1,469 @@
+"""What every in-cluster builder shares: one batch/v1 Job per attempt, and how it is followed.
+
+A Job builder only says what its build pod looks like (`pod_spec`); everything else is here,
+so proving one Job builder on a real node proves the orchestration of the others:
+
+- deterministic names (`envkiln-<hash>-<attempt>`) and create-or-get, so a restarted operator
+  adopts the Job it started and concurrent reconciles never start a second one;
+- the rendered context as a ConfigMap owned by the EnvironmentBuild (garbage-collected with it);
+- the Job owned by the EnvironmentBuild, `backoffLimit: 0` (envkiln retries itself so each
+  attempt's log tail is kept), deadline and TTL from settings;
+- the outcome: the digest from the termination message of the container that pushed, the log
+  tail from the container that failed (its termination message, FallbackToLogsOnError);
+- the push credential of the build's namespace, copied for one Job, owned by it and deleted when
+  the attempt ends; the immutable snapshot of a ConfigMap context.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from envkiln import API_VERSION
+from envkiln.adapters.builders import AttemptResult, AttemptState, BuildCannotStart, tail
+from envkiln.adapters.kube import ApiError, Kube, V1ContainerStatus, V1Job, V1Pod, api_message
+from envkiln.core.definition import context_digest
+from envkiln.core.imageref import parse_image_reference
+from envkiln.core.manifests import config_map_data
+from envkiln.core.models import BuildContext, EnvironmentBuildSpec
+from envkiln.core.names import (
+    BUILD_COMPONENT,
+    CONTEXT_TREE_KEY,
+    KIND_BUILD,
+    LABEL_ATTEMPT,
+    LABEL_BUILD,
+    LABEL_HASH,
+    REASON_CANNOT_START,
+    REASON_CONTEXT_CHANGED,
+    REASON_NO_PUSH_IDENTITY,
+    build_key,
+    context_configmap_name,
+    context_snapshot_name,
+    job_name,
+    push_secret_name,
+)
+from envkiln.core.settings import OperatorSettings
+
+__all__ = ["JobBuilder", "build_job", "context_configmap", "context_configmap_name", "job_name"]
+
+MANAGED_BY = BUILD_COMPONENT
+CONTEXT_MOUNT = "/workspace"  # the verified context the build reads (an emptyDir)
+CONTEXT_SOURCE = "/context-source"  # the operator's immutable ConfigMap, mounted read-only
+OUT = "/out"
+ARCHIVE = f"{OUT}/image.tar"
+PUSH_USER = 65532
+CREDENTIALS_MOUNT = "/creds"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+POD_REFUSAL_GRACE_SECONDS = 5.0  # the Job controller's first tries; a refusal after that is reported
+
+# The `context` init container: the build gets exactly the bytes that were hashed. ConfigMap
+# contexts are checked against the digest in the signed plan and copied into an emptyDir; a key
+# `.envkiln-context.tar` (names.CONTEXT_TREE_KEY: a nested tree, the digest covers it like any key)
+# is unpacked there instead of copied, refusing absolute and `..` members (GNU tar would skip them;
+# here they stop the build), never as the archive's owners or modes. Tarballs with a sha256 are
+# downloaded, checked and unpacked there. Values reach the script as environment variables, always
+# quoted: nothing from a spec is ever part of the script text.
+CONTEXT_SCRIPT = """set -eu
+if [ -n "${ENVKILN_TARBALL_URL:-}" ]; then
+  curl -fsSL --proto =https --retry 3 -o /download/context.tar "$ENVKILN_TARBALL_URL"
+  actual=$(sha256sum /download/context.tar | cut -d' ' -f1)
+  if [ "$actual" != "$ENVKILN_CONTEXT_DIGEST" ]; then
+    echo "the tarball is not the one in the definition: expected sha256 $ENVKILN_CONTEXT_DIGEST, got $actual" >&2
+    exit 1
+  fi
+  tar -xf /download/context.tar -C /workspace --no-same-owner --no-same-permissions
+else
+  cd /context-source
+  actual=$(find -L . -maxdepth 1 -type f ! -name '..*' | LC_ALL=C sort | xargs -r sha256sum | sha256sum | cut -d' ' -f1)
+  if [ "$actual" != "$ENVKILN_CONTEXT_DIGEST" ]; then
+    echo "the build context is not what was hashed: expected sha256 $ENVKILN_CONTEXT_DIGEST, got $actual" >&2
+    exit 1
+  fi
+  find -L . -maxdepth 1 -type f ! -name '..*' ! -name '@TREE@' -exec cp -L {} /workspace/ \\;
+  if [ -f '@TREE@' ]; then
+    if tar -tf '@TREE@' | grep -Eq '^/|(^|/)[.][.](/|$)'; then
+      echo "the build context's @TREE@ has a member with an absolute path or '..'; nothing was built" >&2
+      exit 1
+    fi
+    tar -xf '@TREE@' -C /workspace --no-same-owner --no-same-permissions
+  fi
+fi
+echo "context verified: sha256 $actual"
+""".replace("@TREE@", CONTEXT_TREE_KEY)
+
+# The `push` container, the only one that mounts the push credential.
+PUSH_SCRIPT = """set -eu
+set -- --retry-times 3
+if [ -n "${ENVKILN_INSECURE_REGISTRY:-}" ]; then set -- "$@" --dest-tls-verify=false; fi
+if [ -f /creds/config.json ]; then set -- "$@" --dest-authfile /creds/config.json; fi
+skopeo copy --quiet "$@" --digestfile /dev/termination-log "$ENVKILN_ARCHIVE" "docker://$ENVKILN_IMAGE"
+skopeo copy --quiet "$@" "$ENVKILN_ARCHIVE" "docker://$ENVKILN_LATEST"
+"""
+
+NON_ROOT = {
+    "runAsUser": PUSH_USER, "runAsGroup": PUSH_USER, "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def owner_reference(obj: dict[str, Any], kind: str = KIND_BUILD, api_version: str = API_VERSION) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version, "kind": kind, "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
+    }
+
+
+def rendered_files(spec: EnvironmentBuildSpec) -> dict[str, str]:
+    return {"Dockerfile": spec.plan.dockerfile, **{f.path: f.content for f in spec.plan.files}}
+
+
+def context_configmap(build: dict[str, Any]) -> dict[str, Any] | None:
+    """The rendered Dockerfile and files (immutable); None when the user brings the context."""
+    spec = EnvironmentBuildSpec.model_validate(build["spec"])
+    if spec.plan.context is not None:
+        return None
+    name = context_configmap_name(build_key(build["spec"]))
+    return _immutable_configmap(build, name, spec.hash, {"data": rendered_files(spec)})
+
+
+def _immutable_configmap(build: dict[str, Any], name: str, hash_value: str, content: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap", "immutable": True,
+        "metadata": {
+            "name": name, "namespace": build["metadata"]["namespace"],
+            "labels": {**MANAGED_BY, LABEL_BUILD: build["metadata"]["name"], LABEL_HASH: hash_value},
+            "ownerReferences": [owner_reference(build)],
+        },
+        **content,
+    }
+
+
+def expected_context_digest(spec: EnvironmentBuildSpec) -> str | None:
+    """What the `context` init container must find (None: the builder fetches a git context itself)."""
+    user: BuildContext | None = spec.plan.context
+    if user is None:
+        return context_digest(rendered_files(spec))
+    if user.config_map is not None:
+        return spec.plan.context_digest
+    if user.tarball is not None:
+        return user.tarball.sha256
+    return None
+
+
+def context_init(spec: EnvironmentBuildSpec, settings: OperatorSettings
+                 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], str]:
+    """(the `context` init container or None, its volumes, the Dockerfile path) for a build.
+
+    With a container, the builder reads the verified context from CONTEXT_MOUNT (the
+    `workspace` volume); without one (git, or a tarball without sha256) it fetches the context
+    itself.
+    """
+    user: BuildContext | None = spec.plan.context
+    digest = expected_context_digest(spec)
+    dockerfile = "Dockerfile" if user is None else user.dockerfile_path
+    if digest is None:
+        return None, [], dockerfile
+    env = [{"name": "ENVKILN_CONTEXT_DIGEST", "value": digest}]
+    mounts: list[dict[str, Any]] = [{"name": "workspace", "mountPath": CONTEXT_MOUNT}]
+    volumes: list[dict[str, Any]] = [{"name": "workspace", "emptyDir": {}}]
+    if user is not None and user.tarball is not None:
+        env.append({"name": "ENVKILN_TARBALL_URL", "value": user.tarball.url})
+        volumes.append({"name": "download", "emptyDir": {}})
+        mounts.append({"name": "download", "mountPath": "/download"})
+    else:
+        key = build_key(spec.to_kube())
+        source = context_configmap_name(key) if user is None else context_snapshot_name(key)
+        volumes.append({"name": "context-source", "configMap": {"name": source}})
+        mounts.append({"name": "context-source", "mountPath": CONTEXT_SOURCE, "readOnly": True})
+    container = {
+        "name": "context",
+        "image": settings.buildah_push_image,
+        "command": ["/bin/sh", "-c", CONTEXT_SCRIPT],
+        "env": env,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": NON_ROOT,
+        "volumeMounts": mounts,
+    }
+    return container, volumes, dockerfile
+
+
+def push_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, archive: str, with_credentials: str | None
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the `push` container, its volumes besides `out`): skopeo copies `archive` (e.g.
+    oci-archive:/out/image.tar) to the image and writes the pushed digest to its termination
+    message. It alone mounts the push credential (`with_credentials`: the Secret's name)."""
+    registry_host = parse_image_reference(spec.image).registry or ""
+    volumes: list[dict[str, Any]] = [{"name": "push-tmp", "emptyDir": {}}]
+    # skopeo unpacks the archive under /var/tmp (whatever TMPDIR says): the only writable path.
+    mounts = [{"name": "out", "mountPath": OUT, "readOnly": True}, {"name": "push-tmp", "mountPath": "/var/tmp"}]
+    if with_credentials:
+        volumes.append({"name": "docker-config", "secret": {
+            "secretName": with_credentials, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}})
+        mounts.append({"name": "docker-config", "mountPath": CREDENTIALS_MOUNT, "readOnly": True})
+    container = {
+        "name": "push",
+        "image": settings.buildah_push_image,
+        "command": ["/bin/sh", "-c", PUSH_SCRIPT],
+        "env": [{"name": "ENVKILN_IMAGE", "value": spec.image},
+                {"name": "ENVKILN_LATEST", "value": f"{repository_of(spec.image)}:latest"},
+                {"name": "ENVKILN_ARCHIVE", "value": archive},
+                {"name": "ENVKILN_INSECURE_REGISTRY", "value": registry_host if settings.insecure_registry else ""},
+                {"name": "HOME", "value": "/var/tmp"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": NON_ROOT,
+        "volumeMounts": mounts,
+    }
+    return container, volumes
+
+
+def build_resources(settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "requests": {"cpu": settings.build_cpu_request, "memory": settings.build_memory_request,
+                     "ephemeral-storage": settings.build_ephemeral_storage_request},
+        "limits": {"cpu": settings.build_cpu_limit, "memory": settings.build_memory_limit,
+                   "ephemeral-storage": settings.build_ephemeral_storage_limit},
+    }
+
+
+def repository_of(image: str) -> str:
+    """registry/path/name of registry/path/name:tag (a registry port is not a tag)."""
+    last = image.rsplit("/", 1)[-1]
+    return image.rsplit(":", 1)[0] if ":" in last else image
+
+
+def build_job(build: dict[str, Any], attempt: int, settings: OperatorSettings,
+              pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """The Job for one attempt around a builder's pod spec. Pure: same inputs, same manifest."""
+    spec = EnvironmentBuildSpec.model_validate(build["spec"])
+    labels = {**MANAGED_BY, LABEL_BUILD: build["metadata"]["name"], LABEL_HASH: spec.hash,
+              LABEL_ATTEMPT: str(attempt)}
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {
+            "name": job_name(build_key(build["spec"]), attempt), "namespace": build["metadata"]["namespace"],
+            "labels": labels, "ownerReferences": [owner_reference(build)],
+        },
+        "spec": {
+            "backoffLimit": 0,  # envkiln retries itself, so each attempt's log tail is kept
+            "activeDeadlineSeconds": settings.build_deadline_seconds,
+            "ttlSecondsAfterFinished": settings.build_ttl_seconds,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    **pod_spec,
+                },
+            },
+        },
+    }
+
+
+def job_finished(job: V1Job) -> tuple[bool, str, str] | None:
+    """None while running; else (succeeded, reason, message)."""
+    for condition in (job.status.conditions or []) if job.status else []:
+        if condition.status == "True" and condition.type in ("Complete", "SuccessCriteriaMet"):
+            return True, "Complete", ""
+        if condition.status == "True" and condition.type in ("Failed", "FailureTarget"):
+            return False, condition.reason or "BackoffLimitExceeded", condition.message or ""
+    return None
+
+
+def _statuses(pod: V1Pod) -> list[V1ContainerStatus]:
+    if pod.status is None:
+        return []
+    return [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]
+
+
+def termination(pods: list[V1Pod], container: str) -> tuple[str | None, str | None]:
+    """(message, reason) of `container`'s last termination in the newest pod that has one."""
+    for pod in reversed(pods):
+        for status in _statuses(pod):
+            if status.name == container and status.state is not None and status.state.terminated is not None:
+                return status.state.terminated.message, status.state.terminated.reason
+    return None, None
+
+
+def first_failure(pods: list[V1Pod]) -> tuple[str | None, str | None, str | None]:
+    """(container, message, reason) of the first container (init containers first) that failed."""
+    for pod in reversed(pods):
+        for status in _statuses(pod):
+            terminated = status.state.terminated if status.state is not None else None
+            if terminated is not None and terminated.exit_code != 0:
+                return status.name, terminated.message, terminated.reason
+    return None, None, None
+
+
+def job_is_running(job: V1Job) -> bool:
+    status = job.status
+    if status is None:
+        return True
+    if status.succeeded or status.failed:
+        return False
+    return not any(c.status == "True" and c.type in ("Complete", "Failed") for c in status.conditions or [])
+
+
+BuildContainer = Callable[[EnvironmentBuildSpec, OperatorSettings, "str | None", str],
+                          tuple[dict[str, Any], list[dict[str, Any]]]]
+
+
+def job_pod_spec(build: dict[str, Any], settings: OperatorSettings, build_container: BuildContainer,
+                 archive_format: str, with_credentials: str | None) -> dict[str, Any]:
+    """The build pod: `context` (verifies the context, when there is one to verify), the builder's
+    container (builds into ARCHIVE; called with the context directory, None when it fetches a git
+    context itself, and the Dockerfile path), then `push`. Pure."""
+    spec = EnvironmentBuildSpec.model_validate(build["spec"])
+    context, context_volumes, dockerfile = context_init(spec, settings)
+    builder, builder_volumes = build_container(spec, settings, CONTEXT_MOUNT if context else None, dockerfile)
+    push, push_volumes = push_container(spec, settings, f"{archive_format}:{ARCHIVE}", with_credentials)
+    return {
+        "initContainers": [*([context] if context else []), builder],
+        "containers": [push],
+        "volumes": [*context_volumes, *builder_volumes, {"name": "out", "emptyDir": {}}, *push_volumes],
+    }
+
+
+class JobBuilder:
+    """An in-cluster builder: subclasses set `name` and `pod_spec` (usually `job_pod_spec` with their
+    build container); starting, following, credentials and context snapshots are the same for all."""
+
+    name = "job"
+    digest_container = "push"  # the container whose termination message is the pushed digest
+    uses_cluster_slots = True  # builds count against ENVKILN_MAX_CONCURRENT_BUILDS (envkiln.reconcile.buildsync)
+
+    def __init__(self, kube: Kube, settings: OperatorSettings, credentials_secret_data: dict[str, str] | None = None):
+        self.kube = kube
+        self.settings = settings
+        self.credentials_secret_data = credentials_secret_data
+
+    def pod_spec(self, build: dict[str, Any], attempt: int, with_credentials: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def job(self, build: dict[str, Any], attempt: int, with_credentials: str | None) -> dict[str, Any]:
+        return build_job(build, attempt, self.settings, self.pod_spec(build, attempt, with_credentials))
+
+    def push_identity(self, namespace: str) -> dict[str, str] | None:
+        """The dockerconfigjson data the push container of a build in `namespace` gets (None: push
+        without credentials). Each namespace has its own identity (ENVKILN_PUSH_SECRET_TEMPLATE);
+        the operator's own credential (ENVKILN_REGISTRY_SECRET) pushes only curated images, unless
+        ENVKILN_SHARED_PUSH_CREDENTIAL allows every namespace to use it."""
+        settings = self.settings
+        if namespace == settings.curated_namespace:
+            return self.credentials_secret_data
+        name = settings.push_secret_template.format(namespace=namespace)
+        secret = self.kube.read_secret(settings.operator_namespace, name)
+        data = (secret.data or {}) if secret is not None else {}
+        if ".dockerconfigjson" in data:
+            return {".dockerconfigjson": data[".dockerconfigjson"]}
+        if self.credentials_secret_data is None or settings.shared_push_credential:
+            return self.credentials_secret_data  # a registry without authentication, or a shared identity
+        repository = repository_of(settings.push_image("0" * 32, namespace)).rsplit("/", 1)[0]
+        raise BuildCannotStart(REASON_NO_PUSH_IDENTITY, (
+            f"namespace {namespace} has no push identity: create the dockerconfigjson Secret "
+            f"{settings.operator_namespace}/{name} with a registry credential that can push only under "
+            f"{repository}/ (or set ENVKILN_SHARED_PUSH_CREDENTIAL=true to let every namespace push with "
+            "ENVKILN_REGISTRY_SECRET), then delete this EnvironmentBuild to try again"))
+
+    def _snapshot_context(self, build: dict[str, Any], spec: EnvironmentBuildSpec) -> None:
+        """Copy the user's ConfigMap into an immutable one the operator owns, if it still holds the
+        bytes that were hashed (the plan's context digest)."""
+        user = spec.plan.context
+        if user is None or user.config_map is None:
+            return
+        namespace, name = build["metadata"]["namespace"], context_snapshot_name(build_key(build["spec"]))
+        existing = self.kube.read_configmap(namespace, name)
+        if existing is not None:
+            found = context_digest(config_map_data({"data": existing.data, "binaryData": existing.binary_data}))
+            if found != spec.plan.context_digest or not existing.immutable:
+                raise BuildCannotStart(REASON_CONTEXT_CHANGED, (
+                    f"ConfigMap {name} does not hold the context that was hashed (envkiln did not make it); "
+                    f"delete it and envkiln makes it again from spec.build.configMap {user.config_map.name}"))
+            return
+        source = self.kube.read_configmap(namespace, user.config_map.name)
+        content = {"data": dict(source.data or {}), "binaryData": dict(source.binary_data or {})} if source else {}
+        if source is None or spec.plan.context_digest is None or (
+                context_digest(config_map_data(content)) != spec.plan.context_digest):
+            raise BuildCannotStart(REASON_CONTEXT_CHANGED, (
+                f"spec.build.configMap: ConfigMap {user.config_map.name} "
+                f"{'is gone' if source is None else 'changed'} after its content was hashed; envkiln builds only "
+                "the bytes it hashed. The Environment picks up the new content by itself"))
+        self.kube.create_or_get_configmap(namespace, _immutable_configmap(
+            build, name, spec.hash, {k: v for k, v in content.items() if v}))
+
+    def start(self, build: dict[str, Any], attempt: int) -> str:
+        namespace = build["metadata"]["namespace"]
+        spec = EnvironmentBuildSpec.model_validate(build["spec"])
+        identity = self.push_identity(namespace)
+        configmap = context_configmap(build)
+        if configmap is not None:
+            self.kube.create_or_get_configmap(namespace, configmap)
+        self._snapshot_context(build, spec)
+        name = job_name(build_key(build["spec"]), attempt)
+        secret = push_secret_name(name) if identity else None
+        try:
+            job, _ = self.kube.create_or_get_job(namespace, self.job(build, attempt, secret))
+        except ApiError as error:
+            if error.status in (400, 403, 422):  # quota, admission, policy: say so instead of holding a slot
+                raise BuildCannotStart(REASON_CANNOT_START,
+                                       f"the build Job {name} was refused: {api_message(error)}") from None
+            raise
+        if identity and secret:
+            # Owned by the Job (gone with it) and deleted as soon as the attempt ends.
+            job_dict = {"metadata": {"name": job.metadata.name, "uid": job.metadata.uid}}
+            self.kube.create_or_get_secret(namespace, {
+                "metadata": {"name": secret, "namespace": namespace, "labels": {**MANAGED_BY, LABEL_BUILD: build[
+                    "metadata"]["name"]}, "ownerReferences": [owner_reference(job_dict, "Job", "batch/v1")]},
+                "type": "kubernetes.io/dockerconfigjson", "data": identity})
+        return str(job.metadata.name)
+
+    def _pods_refused(self, namespace: str, job: Any) -> str | None:
+        """The Job controller's refusal to create the build pod, once it has had time to try."""
+        status = job.status
+        if status is not None and (status.active or status.ready or status.succeeded or status.failed):
+            return None
+        created = job.metadata.creation_timestamp
+        if created is None or (datetime.now(UTC) - created).total_seconds() < POD_REFUSAL_GRACE_SECONDS:
+            return None
+        if self.kube.job_pods(namespace, job.metadata.name):
+            return None
+        refusals = self.kube.job_pod_refusals(namespace, job.metadata.name)
+        return refusals[-1] if refusals else None
+
+    def observe(self, build: dict[str, Any], attempt: int) -> AttemptResult:
+        namespace = build["metadata"]["namespace"]
+        name = job_name(build_key(build["spec"]), attempt)
+        job = self.kube.read_job(namespace, name)
+        if job is None:
+            return AttemptResult(AttemptState.MISSING, name=name)
+        finished = job_finished(job)
+        if finished is None:
+            refused = self._pods_refused(namespace, job)
+            if refused is None:
+                return AttemptResult(AttemptState.RUNNING, name=name)
+            # No pod can be made (quota, admission): give the slot back and say why, now.
+            self.kube.delete_job(namespace, name)
+            self.kube.delete_secret(namespace, push_secret_name(name))
+            return AttemptResult(AttemptState.FAILED, name=name, reason=REASON_CANNOT_START,
+                                 log_tail=f"the build pod cannot be created: {refused}")
+        self.kube.delete_secret(namespace, push_secret_name(name))  # the credential lives no longer than needed
+        succeeded, job_reason, job_message = finished
+        pods = self.kube.job_pods(namespace, name)
+        if succeeded:
+            message, _ = termination(pods, self.digest_container)
+            match = _DIGEST.search(message or "")
+            if not match:
+                return AttemptResult(AttemptState.FAILED, name=name, reason="NoDigest",
+                                     log_tail="the build finished but reported no digest in its termination message")
+            return AttemptResult(AttemptState.SUCCEEDED, digest=match.group(0), name=name)
+        container, message, reason = first_failure(pods)
+        log_tail = tail(message or "") or job_message or "the build pod left no log"
+        if container is not None:
+            log_tail = f"[{container}] {log_tail}"
+        return AttemptResult(AttemptState.FAILED, name=name, reason=reason or job_reason, log_tail=log_tail)

@@ -1,0 +1,101 @@
+"""The Kaniko builder (default in real clusters): the executor in a Job per attempt.
+
+Only the build container differs from the other Job builders (envkiln.adapters.builders.jobs). Kaniko
+builds with `--no-push` into a tarball on an emptyDir; the `push` container, which alone mounts
+the push credential, copies it to the registry. So the user's RUN steps, which Kaniko executes
+as root in its own container, can never read a credential. Kaniko's remote layer cache is off:
+it would need the push credential in that same container, and a shared cache is a way to poison
+other builds.
+
+What Kaniko needs: root (it unpacks images and runs RUN steps in its own root filesystem) and
+the container runtime's default capabilities (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETUID,
+SETGID, SETFCAP, KILL, MKNOD...), since the files and users of the image are created for real.
+It runs with the runtime's default seccomp profile and no privilege escalation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from envkiln.adapters.builders.jobs import (
+    ARCHIVE,
+    OUT,
+    JobBuilder,
+    build_job,
+    build_resources,
+    context_configmap,
+    job_name,
+    job_pod_spec,
+)
+from envkiln.core.imageref import parse_image_reference
+from envkiln.core.models import EnvironmentBuildSpec
+from envkiln.core.settings import OperatorSettings
+
+__all__ = ["KanikoBuilder", "context_configmap", "job_name", "kaniko_job", "kaniko_pod_spec"]
+
+
+def _git_context(url: str, ref: str) -> str:
+    # Kaniko's git source: git://host/repo.git#refs/heads/<branch> or #<commit>.
+    address = re.sub(r"^(https|ssh)://", "", url)
+    fragment = ref if re.fullmatch(r"[0-9a-f]{40}", ref) or ref.startswith("refs/") else f"refs/heads/{ref}"
+    return f"git://{address}#{fragment}"
+
+
+def kaniko_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, context_dir: str | None,
+                     dockerfile: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    registry_host = parse_image_reference(spec.image).registry
+    mounts: list[dict[str, Any]] = [{"name": "out", "mountPath": OUT}]
+    if context_dir is not None:
+        args = [f"--context=dir://{context_dir}", f"--dockerfile={context_dir}/{dockerfile}"]
+        mounts.append({"name": "workspace", "mountPath": context_dir, "readOnly": True})
+    else:
+        user = spec.plan.context
+        assert user is not None
+        if user.git is not None:
+            args = [f"--context={_git_context(user.git.url, user.git.ref)}", f"--dockerfile={dockerfile}"]
+            if user.git.path:
+                args.append(f"--context-sub-path={user.git.path}")
+        else:
+            assert user.tarball is not None  # a tarball without sha256: Kaniko fetches it
+            args = [f"--context={user.tarball.url}", f"--dockerfile={dockerfile}"]
+    args += [
+        f"--destination={spec.image}",
+        "--no-push",
+        f"--tar-path={ARCHIVE}",
+        "--cache=false",
+        "--snapshot-mode=redo",
+        f"--label=dev.envkiln.definition-hash={spec.hash}",
+    ]
+    if settings.insecure_registry and registry_host:
+        # Base images are pulled from our registry without TLS, scoped to it rather than --insecure.
+        args += [f"--insecure-registry={registry_host}", f"--skip-tls-verify-registry={registry_host}"]
+    args += settings.kaniko_extra_args
+    return {
+        "name": "build",
+        "image": settings.kaniko_image,
+        "args": args,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": build_resources(settings),
+        "securityContext": {"privileged": False, "allowPrivilegeEscalation": False,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumeMounts": mounts,
+    }, []
+
+
+def kaniko_job(build: dict[str, Any], attempt: int, settings: OperatorSettings,
+               with_credentials: str | None) -> dict[str, Any]:
+    """The Job for one attempt. Pure: the same inputs give the same manifest."""
+    return build_job(build, attempt, settings, kaniko_pod_spec(build, settings, with_credentials))
+
+
+def kaniko_pod_spec(build: dict[str, Any], settings: OperatorSettings, with_credentials: str | None) -> dict[str, Any]:
+    # --tar-path writes a docker-archive tarball.
+    return job_pod_spec(build, settings, kaniko_container, "docker-archive", with_credentials)
+
+
+class KanikoBuilder(JobBuilder):
+    name = "kaniko"
+
+    def pod_spec(self, build: dict[str, Any], attempt: int, with_credentials: str | None) -> dict[str, Any]:
+        return kaniko_pod_spec(build, self.settings, with_credentials)

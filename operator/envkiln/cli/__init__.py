@@ -1,0 +1,1 @@
+"""The `envkiln` command line: one module per command group."""

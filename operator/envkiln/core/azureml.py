@@ -1,0 +1,774 @@
+"""`envkiln import azureml`: Azure Machine Learning CLI v2 YAML to Environment manifests.
+
+Pure core (files in, manifests and one outcome per definition out; no cluster). It reads:
+
+- environment YAML (`image`, `conda_file`, `build.path` + `build.dockerfile_path`, `inference_config`...);
+- job, command, sweep, pipeline, parallel and component YAML: every `environment:` found in them, inline
+  or a reference; `component:` / `trial:` values naming another YAML file are followed;
+- online and batch deployment YAML (`environment:` with `inference_config`);
+- asset folders: `asset.yaml` (`spec:`, `extra_config:`) and/or `spec.yaml`, with the build context or
+  conda file in a subfolder; the asset placeholders `{{asset.name}}`, `{{asset.version}}`,
+  `{{image.context.path}}`, `{{image.dockerfile.path}}` are filled in. Any other `{{...}}` is an error
+  naming the file and the field (or the Dockerfile line).
+
+Names become Kubernetes names (the original is kept in an annotation, envkiln.core.names); tags become strings;
+curated references (`azureml:NAME:VERSION`, `azureml:NAME@latest`,
+`azureml://registries/azureml/environments/NAME/versions/N`) are mapped to envkiln's curated environments
+when there is a counterpart, and said to have none otherwise. Directory build contexts become a ConfigMap
+when they are small (top-level files as keys; subdirectories packed in the key `.envkiln-context.tar`, which
+the build unpacks), otherwise a tarball the importer writes (to be uploaded where `tarball_url` says).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from envkiln.core.decisions.curated import reserved_prefix
+from envkiln.core.definition import UnresolvedGitRef, definition_hash
+from envkiln.core.errors import DefinitionError
+from envkiln.core.manifests import parse_environment
+from envkiln.core.models import StrictLoader
+from envkiln.core.names import (
+    ANNOTATION_AZUREML_IGNORED,
+    ANNOTATION_AZUREML_NAME,
+    ANNOTATION_AZUREML_SOURCE,
+    API_VERSION,
+    CONTEXT_TREE_KEY,
+    CURATED_LABEL_PREFIX,
+    CURATED_REFERENCE_PREFIX,
+    DEFAULT_CURATED_NAMESPACE,
+    KIND_ENVIRONMENT,
+    LATEST,
+)
+
+# A ConfigMap holds at most 1 MiB (data, base64 binaryData and metadata together).
+DEFAULT_MAX_CONFIGMAP_BYTES = 768 * 1024
+MAX_NAME = 63  # pods name their environment in a label value: at most 63 characters
+_CONFIG_MAP_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+_TEMPLATE = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
+_YAML_SUFFIXES = (".yml", ".yaml")
+
+# Azure ML environment fields envkiln maps; every other field is reported as ignored.
+_ENV_FIELDS = {"name", "version", "description", "tags", "image", "conda_file", "build", "inference_config",
+               "os_type", "$schema"}
+# Fields that have no counterpart in envkiln, with why (recorded in the ignored annotation).
+_ENV_IGNORED = {"properties", "datastore", "intellectual_property", "stage", "auto_increment_version",
+                "display_name", "type"}
+
+# envkiln's curated environments (charts/envkiln/templates/curated.yaml, docs/curated-environments.md),
+# by the Azure ML curated names they stand in for (lowercased, without the `azureml-` prefix).
+CURATED = {
+    "azureml-python-3.11": "Python 3.11 with numpy, pandas, pyarrow",
+    "azureml-sklearn-1.5": "scikit-learn 1.5 (conda-forge), pandas, mlflow-skinny",
+    "azureml-pytorch-2.5-cpu": "PyTorch 2.5 CPU wheels on Python 3.11",
+    "azureml-byoc-pytorch-2.5-cuda": "the official PyTorch 2.5 CUDA 12.4 runtime image",
+}
+_CURATED_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"(sklearn|scikit-learn)-1\.5([-.].*)?"), "azureml-sklearn-1.5"),
+    (re.compile(r"pytorch-2\.5(?!.*(cuda|gpu)).*"), "azureml-pytorch-2.5-cpu"),
+    (re.compile(r"pytorch-2\.5.*(cuda|gpu).*"), "azureml-byoc-pytorch-2.5-cuda"),
+    (re.compile(r"(python-3\.11|minimal-.*py311.*)"), "azureml-python-3.11"),
+]
+_CURATED_FAMILY = {"sklearn": "azureml-sklearn-1.5", "scikit": "azureml-sklearn-1.5",
+                   "pytorch": "azureml-pytorch-2.5-cpu", "acpt": "azureml-byoc-pytorch-2.5-cuda",
+                   "minimal": "azureml-python-3.11", "python": "azureml-python-3.11"}
+
+Status = Literal["imported", "skipped", "curated", "reference", "error"]
+
+
+class ImportProblem(ValueError):
+    """A definition that cannot be imported; the message names the file and the field."""
+
+
+@dataclass
+class ImportOptions:
+    namespace: str | None = None
+    curated_namespace: str = DEFAULT_CURATED_NAMESPACE
+    max_configmap_bytes: int = DEFAULT_MAX_CONFIGMAP_BYTES
+    tarball_url: str | None = None  # https base URL where written tarballs will be served
+    tarball_dir: Path = Path(".")  # where tarballs are written
+
+
+@dataclass
+class Outcome:
+    """One definition (or reference) found, and what became of it: the stderr line."""
+
+    source: str  # file: field
+    status: Status
+    message: str
+    name: str | None = None
+    documents: list[dict[str, Any]] = field(default_factory=list)
+
+    def line(self) -> str:
+        if self.message.startswith(self.source):  # the message names the file and field itself
+            return f"{self.status}: {self.message}"
+        subject = f"{self.source}" + (f" -> {self.name}" if self.name else "")
+        return f"{self.status}: {subject}: {self.message}"
+
+
+@dataclass
+class _Context:
+    options: ImportOptions
+    outcomes: list[Outcome] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # name -> definition identity
+    seen_files: set[Path] = field(default_factory=set)
+    consumed: set[Path] = field(default_factory=set)  # conda files and specs read through another file
+    tarballs: dict[Path, bytes] = field(default_factory=dict)
+
+
+def _at(where: str, name: str) -> str:
+    """A field under `where`: `FILE: name` for a file's own fields, `FILE: a.b.name` below a field."""
+    return f"{where}.{name}" if ": " in where else f"{where}: {name}"
+
+
+# --- names, tags, versions ----------------------------------------------------------------------------
+
+
+def kube_name(name: str) -> str:
+    """A valid Environment name (DNS subdomain, at most 63 characters) for an Azure ML name."""
+    lowered = name.strip().lower()
+    coerced = re.sub(r"[^a-z0-9.-]+", "-", lowered)
+    coerced = re.sub(r"-*\.[-.]*", ".", coerced)
+    coerced = re.sub(r"-{2,}", "-", coerced).strip(".-")
+    if not coerced:
+        coerced = "env-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    if len(coerced) > MAX_NAME:
+        coerced = coerced[:MAX_NAME - 9].rstrip(".-") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return coerced
+
+
+def tag_value(value: Any) -> str:
+    """Azure ML tags are any YAML value; Kubernetes-side they are strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _version(value: Any, where: str) -> str:
+    if value is None or value == "auto":
+        return "1"
+    text = tag_value(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", text):
+        raise ImportProblem(f"{_at(where, 'version')}: {text!r} is not a version envkiln accepts (letters, digits, "
+                            "'.', '_', '-'; at most 63 characters)")
+    return text
+
+
+# --- templating ---------------------------------------------------------------------------------------
+
+
+def _fill(value: Any, variables: dict[str, str], where: str) -> Any:
+    """Fill the known asset placeholders; any other `{{...}}` is an error naming the field."""
+    if isinstance(value, str):
+        def replace(match: re.Match[str]) -> str:
+            key = match.group(1)
+            if key in variables:
+                return variables[key]
+            raise ImportProblem(
+                f"{where}: {match.group(0)} is Azure ML templating that envkiln cannot fill (it is filled by Azure's "
+                f"asset release pipeline); write the value itself"
+                + (f" (known here: {', '.join('{{' + k + '}}' for k in sorted(variables))})" if variables else ""))
+        return _TEMPLATE.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _fill(v, variables, _at(where, str(k))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, variables, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _check_dockerfile_templating(path: Path, shown: str) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        found = _TEMPLATE.search(line)
+        if found:
+            raise ImportProblem(
+                f"{shown} line {number}: {found.group(0)} is Azure ML templating (filled by Azure's asset release "
+                "pipeline) that envkiln cannot fill; write a real value (e.g. a pinned image tag) in the Dockerfile")
+
+
+# --- reading files ------------------------------------------------------------------------------------
+
+
+def _load_yaml(path: Path) -> list[Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ImportProblem(f"{path}: cannot read: {error}") from None
+    try:
+        return [d for d in yaml.load_all(text, Loader=StrictLoader) if d is not None]
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ImportProblem(f"{path}: not valid YAML{where}: {getattr(error, 'problem', None) or error}") from None
+
+
+def _one_mapping(path: Path) -> dict[str, Any]:
+    documents = _load_yaml(path)
+    if len(documents) != 1 or not isinstance(documents[0], dict):
+        raise ImportProblem(f"{path}: expected one YAML mapping")
+    return documents[0]
+
+
+def _requirements_lines(path: Path, where: str, ctx: _Context, depth: int = 0) -> list[str]:
+    """The lines of a pip requirements file, `-r` files inlined (relative to it)."""
+    if depth > 10:
+        raise ImportProblem(f"{where}: -r files nest more than 10 deep")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ImportProblem(f"{where}: cannot read {path}: {error}") from None
+    ctx.consumed.add(path.resolve())
+    lines: list[str] = []
+    for raw in text.splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        if line:
+            lines += _pip_line(line, path.parent, f"{where} ({path.name})", ctx, depth)
+    return lines
+
+
+def _pip_line(line: str, base: Path, where: str, ctx: _Context, depth: int = 0) -> list[str]:
+    match = re.fullmatch(r"(-r|--requirement)(\s+|=)(\S+)", line)
+    if match:
+        return _requirements_lines(base / match.group(3), where, ctx, depth + 1)
+    match = re.fullmatch(r"(-c|--constraint)(\s+|=)(\S+)", line)
+    if match:
+        raise ImportProblem(
+            f"{where}: {line!r}: a constraints file has no place in a system-managed environment; pin the versions "
+            "in the pip list (e.g. 'numpy==1.26.4'), or build from a Dockerfile context that runs pip with -c")
+    return [line]
+
+
+def _conda_spec(value: Any, base: Path, where: str, ctx: _Context) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """(the envkiln conda spec, environment variables from conda `variables`, ignored conda fields)."""
+    if isinstance(value, str):
+        path = base / value
+        where = f"{where} ({value})"
+        document = _one_mapping(path)
+        ctx.consumed.add(path.resolve())
+        base = path.parent
+    elif isinstance(value, dict):
+        document = value
+    else:
+        raise ImportProblem(f"{where}: conda_file is a path or a mapping, not {type(value).__name__}")
+    ignored = [f"conda_file.{k}" for k in document if k not in ("name", "channels", "dependencies", "variables")]
+    dependencies: list[Any] = []
+    for index, dep in enumerate(document.get("dependencies") or []):
+        if isinstance(dep, dict) and set(dep) == {"pip"}:
+            pip: list[str] = []
+            for line in dep["pip"] or []:
+                pip += _pip_line(str(line).strip(), base, f"{where}: dependencies[{index}].pip", ctx)
+            dependencies.append({"pip": pip})
+        else:
+            dependencies.append(dep if isinstance(dep, dict) else tag_value(dep))
+    spec: dict[str, Any] = {"dependencies": dependencies}
+    if document.get("channels"):
+        spec["channels"] = [tag_value(c) for c in document["channels"]]
+    variables = {str(k): tag_value(v) for k, v in (document.get("variables") or {}).items()}
+    return spec, variables, ignored
+
+
+# --- build contexts -----------------------------------------------------------------------------------
+
+
+def _context_files(root: Path) -> list[Path]:
+    return sorted((p for p in root.rglob("*") if p.is_file() and ".git" not in p.relative_to(root).parts),
+                  key=lambda p: p.relative_to(root).as_posix())
+
+
+def deterministic_tar(root: Path, files: list[Path]) -> bytes:
+    """An uncompressed tar of `files` under `root`: sorted, no times, owners or modes beyond the exec bit,
+    so the same tree always gives the same bytes (and sha256)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        directories: set[str] = set()
+        for path in files:
+            relative = path.relative_to(root).as_posix()
+            parts = relative.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                directory = "/".join(parts[:depth])
+                if directory not in directories:
+                    directories.add(directory)
+                    info = tarfile.TarInfo(directory)
+                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+                    tar.addfile(info)
+            data = path.read_bytes()
+            info = tarfile.TarInfo(relative)
+            info.size, info.mtime = len(data), 0
+            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _git_context(url: str, dockerfile: str, where: str) -> dict[str, Any]:
+    # Docker's git context syntax: https://host/org/repo.git#REF:DIR
+    repository, _, fragment = url.partition("#")
+    ref, _, path = fragment.partition(":")
+    if not ref:
+        raise ImportProblem(f"{_at(where, 'build.path')}: {url!r} names no ref; write {repository}#REF[:DIR] "
+                            "(a branch, tag or commit: envkiln resolves it to a commit)")
+    return {"git": {"url": repository, "ref": ref, "path": path}, "dockerfilePath": dockerfile}
+
+
+def _directory_context(directory: Path, dockerfile: str, name: str, where: str, ctx: _Context
+                       ) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """(spec.build, extra documents, what was chosen) for a local build context directory."""
+    if not directory.is_dir():
+        raise ImportProblem(f"{_at(where, 'build.path')}: {directory} is not a directory")
+    files = _context_files(directory)
+    if not (directory / dockerfile).is_file():
+        raise ImportProblem(f"{_at(where, 'build.dockerfile_path')}: {dockerfile!r} is not a file in {directory}")
+    for path in files:
+        if path.name.startswith("Dockerfile") or path == directory / dockerfile:
+            _check_dockerfile_templating(path, str(path))
+    # Top-level files whose names are ConfigMap keys are keys (readable in the ConfigMap); the rest (files in
+    # subdirectories, other names) go into one tar under the key CONTEXT_TREE_KEY, which the build unpacks.
+    tree = [p for p in files if p.parent != directory or not _CONFIG_MAP_KEY.fullmatch(p.name)
+            or p.name.startswith("..") or p.name == CONTEXT_TREE_KEY]
+    data: dict[str, str] = {}
+    binary: dict[str, str] = {}
+    size = 0
+    for path in files:
+        if path in tree:
+            continue
+        raw = path.read_bytes()
+        try:
+            data[path.name] = raw.decode("utf-8")
+            size += len(raw)
+        except UnicodeDecodeError:
+            binary[path.name] = base64.b64encode(raw).decode()
+            size += len(binary[path.name])
+    if tree:
+        binary[CONTEXT_TREE_KEY] = base64.b64encode(deterministic_tar(directory, tree)).decode()
+        size += len(binary[CONTEXT_TREE_KEY])
+    if size <= ctx.options.max_configmap_bytes:
+        config_map_name = kube_name(f"{name}-context")
+        config_map: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": config_map_name}}
+        if ctx.options.namespace:
+            config_map["metadata"]["namespace"] = ctx.options.namespace
+        if data:
+            config_map["data"] = data
+        if binary:
+            config_map["binaryData"] = binary
+        packed = (f"; {len(tree)} in subdirectories or not named as ConfigMap keys are packed in {CONTEXT_TREE_KEY}, "
+                  "which the build unpacks" if tree else "")
+        chosen = f"build context: ConfigMap {config_map_name} ({len(files)} files, {size} bytes{packed})"
+        return {"configMap": {"name": config_map_name}, "dockerfilePath": dockerfile}, [config_map], chosen
+    why = f"{size} bytes is more than a ConfigMap holds (limit {ctx.options.max_configmap_bytes})"
+    if not ctx.options.tarball_url:
+        raise ImportProblem(
+            f"{_at(where, 'build.path')}: {directory} cannot be a ConfigMap context: {why}; rerun with --tarball-url "
+            "https://HOST/PATH/ (the importer writes the tarball for you to upload there), or push the directory "
+            "to git and write spec.build.git (url, a commit as ref, path)")
+    archive = deterministic_tar(directory, files)
+    filename = f"{name}-context.tar"
+    target = ctx.options.tarball_dir / filename
+    ctx.tarballs[target] = archive
+    url = ctx.options.tarball_url.rstrip("/") + "/" + filename
+    digest = hashlib.sha256(archive).hexdigest()
+    chosen = f"build context: tarball {target} ({len(files)} files; {why}): upload it to {url}"
+    return {"tarball": {"url": url, "sha256": digest}, "dockerfilePath": dockerfile}, [], chosen
+
+
+# --- curated references -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str
+    version: str | None  # None: latest
+    registry: str | None  # None: the workspace
+
+    @property
+    def curated(self) -> bool:
+        return self.registry == "azureml" or self.name.lower().startswith("azureml-")
+
+
+def parse_reference(text: str) -> Reference | None:
+    """`azureml:NAME:VERSION`, `azureml:NAME@latest`, `azureml:NAME`, or
+    `azureml://registries/REG/environments/NAME/versions/N` (or `/labels/latest`); None otherwise."""
+    match = re.fullmatch(r"azureml://registries/([^/]+)/environments/([^/]+)(?:/(versions|labels)/([^/]+))?",
+                         text.strip())
+    if match:
+        registry, name, kind, value = match.groups()
+        return Reference(name, None if kind != "versions" else value, registry)
+    match = re.fullmatch(r"azureml:([^:@/]+)(?::([^:@/]+)|@(latest))?", text.strip())
+    if match:
+        return Reference(match.group(1), match.group(2), None)
+    return None
+
+
+def curated_counterpart(reference: Reference) -> str | None:
+    bare = re.sub(r"^azureml-", "", reference.name.lower())
+    return next((target for pattern, target in _CURATED_RULES if pattern.fullmatch(bare)), None)
+
+
+def _reference_outcome(text: str, reference: Reference, source: str, ctx: _Context) -> Outcome:
+    wanted = f"version {reference.version}" if reference.version else "the newest version"
+    if reference.curated:
+        target = curated_counterpart(reference)
+        if target is None:
+            bare = re.sub(r"^azureml-", "", reference.name.lower())
+            family = next((t for prefix, t in _CURATED_FAMILY.items() if bare.startswith(prefix)), None)
+            nearest = f"; the nearest is {target_line(family)}" if family else ""
+            return Outcome(source, "skipped", f"curated {text} has no envkiln counterpart{nearest}; import its "
+                           "definition (an asset folder) or write an Environment (envkiln curates: "
+                           f"{', '.join(CURATED)})")
+        namespace = ctx.options.curated_namespace
+        pinned = (f" (Azure's version {reference.version} is not an envkiln version: to pin one, write "
+                  f"{CURATED_REFERENCE_PREFIX}{target}:VERSION with a version from kubectl get environment -n "
+                  f"{namespace} {target} -o jsonpath='{{.status.versions}}')" if reference.version else "")
+        return Outcome(source, "curated", f"{text} is Azure ML's curated {reference.name} ({wanted}); use envkiln's "
+                       f"curated {target_line(target)} in namespace {namespace}: annotate pods "
+                       f"envkiln.dev/environment={curated_reference(target)}{pinned} and label them "
+                       f"envkiln.dev/environment={CURATED_LABEL_PREFIX}{target}; nothing to import", name=target)
+    return Outcome(source, "reference", f"{text} refers to the workspace environment {reference.name} ({wanted}); "
+                   f"import its definition too, then label pods envkiln.dev/environment={kube_name(reference.name)}"
+                   + (f" (annotation envkiln.dev/environment={kube_name(reference.name)}:{reference.version})"
+                      if reference.version else ""), name=kube_name(reference.name))
+
+
+def curated_reference(target: str) -> str:
+    """How pods name an envkiln curated environment from any namespace (envkiln.core.workloads)."""
+    return f"{CURATED_REFERENCE_PREFIX}{target}@{LATEST}"
+
+
+def target_line(target: str) -> str:
+    return f"{target} ({CURATED[target]})"
+
+
+# --- environment definitions --------------------------------------------------------------------------
+
+
+def _inference(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ImportProblem(f"{_at(where, 'inference_config')}: expected a mapping of routes")
+    inference: dict[str, Any] = {}
+    port: int | None = None
+    for azure, ours in (("liveness_route", "livenessRoute"), ("readiness_route", "readinessRoute"),
+                        ("scoring_route", "scoringRoute")):
+        route = value.get(azure)
+        if route is None:
+            continue
+        if not isinstance(route, dict) or "path" not in route:
+            raise ImportProblem(f"{_at(where, f'inference_config.{azure}')}: expected path and port")
+        inference[ours] = str(route["path"])
+        if route.get("port") is not None:
+            route_port = int(route["port"])
+            if port is not None and route_port != port:
+                raise ImportProblem(f"{_at(where, 'inference_config')}: routes use ports {port} and {route_port}; "
+                                    "envkiln records one port for the environment: use one")
+            port = route_port
+    if port is not None:
+        inference["port"] = port
+    return inference
+
+
+def environment_manifest(definition: dict[str, Any], base: Path, where: str, default_name: str, ctx: _Context
+                         ) -> tuple[list[dict[str, Any]], str]:
+    """(the Environment manifest and any ConfigMap, what was chosen) for one Azure ML environment mapping."""
+    azure_name = str(definition.get("name") or default_name)
+    name = kube_name(azure_name)
+    if reserved_prefix(name, ctx.options.namespace, ctx.options.curated_namespace):
+        name = kube_name("imported-" + name)
+    os_type = str(definition.get("os_type") or "linux").lower()
+    if os_type != "linux":
+        raise ImportProblem(f"{_at(where, 'os_type')}: {os_type} images are not built by envkiln (Linux builders only)")
+    ignored = sorted(k for k in definition if k not in _ENV_FIELDS)
+    spec: dict[str, Any] = {"version": _version(definition.get("version"), where)}
+    if definition.get("description"):
+        spec["description"] = str(definition["description"])
+    tags = definition.get("tags")
+    if tags:
+        if not isinstance(tags, dict):
+            raise ImportProblem(f"{_at(where, 'tags')}: expected a mapping")
+        spec["tags"] = {str(k): tag_value(v) for k, v in tags.items()}
+    chosen = ""
+    extra: list[dict[str, Any]] = []
+    build = definition.get("build")
+    image = definition.get("image")
+    conda = definition.get("conda_file")
+    if build is not None:
+        if image is not None or conda is not None:
+            raise ImportProblem(f"{where}: build cannot be combined with image or conda_file (Azure ML refuses it "
+                                "too); keep one")
+        if not isinstance(build, dict) or not build.get("path"):
+            raise ImportProblem(f"{_at(where, 'build')}: expected path (and dockerfile_path)")
+        path = str(build["path"])
+        dockerfile = str(build.get("dockerfile_path") or "Dockerfile")
+        ignored += [f"build.{k}" for k in build if k not in ("path", "dockerfile_path")]
+        if re.match(r"[a-z+]+://", path):
+            if not path.startswith("https://"):
+                raise ImportProblem(f"{_at(where, 'build.path')}: {path!r}: only local directories and https git URLs "
+                                    "(https://host/org/repo.git#COMMIT:DIR) are imported")
+            spec["build"] = _git_context(path, dockerfile, where)
+            chosen = "build context: git"
+        else:
+            spec["build"], extra, chosen = _directory_context(base / path, dockerfile, name, where, ctx)
+    elif image is not None:
+        spec["image"] = str(image)
+        if conda is None:
+            spec["userManaged"] = True
+            chosen = "image used as is (no conda_file: Azure ML builds nothing either)"
+        else:
+            spec["conda"], variables, conda_ignored = _conda_spec(conda, base, f"{_at(where, 'conda_file')}", ctx)
+            ignored += conda_ignored
+            if variables:
+                spec["environmentVariables"] = variables
+            chosen = "image + conda environment"
+    else:
+        raise ImportProblem(f"{where}: neither image nor build; an Azure ML environment needs one")
+    if definition.get("inference_config") is not None:
+        spec["inference"] = _inference(definition["inference_config"], where)
+    annotations = {ANNOTATION_AZUREML_NAME: azure_name, ANNOTATION_AZUREML_SOURCE: where}
+    if ignored:
+        annotations[ANNOTATION_AZUREML_IGNORED] = ", ".join(ignored)
+    metadata: dict[str, Any] = {"name": name, "annotations": annotations}
+    if ctx.options.namespace:
+        metadata["namespace"] = ctx.options.namespace
+    manifest = {"apiVersion": API_VERSION, "kind": KIND_ENVIRONMENT, "metadata": metadata, "spec": spec}
+    if ignored:
+        chosen += f"; ignored: {', '.join(ignored)}"
+    return [manifest, *extra], chosen
+
+
+def _validated(documents: list[dict[str, Any]], where: str, ctx: _Context) -> str:
+    """Validate the Environment with envkiln's own rules; returns its identity (the definition hash)."""
+    manifest = documents[0]
+    try:
+        environment = parse_environment(manifest, where, ctx.options.curated_namespace)
+    except DefinitionError as error:
+        raise ImportProblem(f"{where}: not a valid envkiln definition: {'; '.join(error.problems)}") from None
+    context = None
+    for document in documents[1:]:
+        context = {**document.get("data", {}),
+                   **{k: base64.b64decode(v) for k, v in document.get("binaryData", {}).items()}}
+    try:
+        identity = definition_hash(environment.spec, context)
+    except UnresolvedGitRef:  # a branch: the operator resolves it; the spec itself identifies the definition
+        identity = "git"
+    return identity + json.dumps(manifest["spec"], sort_keys=True, default=str)
+
+
+def _add_environment(definition: dict[str, Any], base: Path, where: str, default_name: str, ctx: _Context) -> None:
+    try:
+        definition = _fill(definition, {}, where)
+        documents, chosen = environment_manifest(definition, base, where, default_name, ctx)
+        name = documents[0]["metadata"]["name"]
+        identity = _validated(documents, where, ctx)
+    except ImportProblem as problem:
+        ctx.outcomes.append(Outcome(where, "error", str(problem)))
+        return
+    if name in ctx.names:
+        if ctx.names[name] == identity:
+            ctx.outcomes.append(Outcome(where, "skipped", f"the same definition as {name}, imported above",
+                                        name=name))
+            return
+        name = kube_name(f"{name[:MAX_NAME - 9]}-{identity[:8]}")
+        documents[0]["metadata"]["name"] = name
+    ctx.names[name] = identity
+    ctx.outcomes.append(Outcome(where, "imported", chosen, name=name, documents=documents))
+
+
+def _environment_value(value: Any, base: Path, where: str, default_name: str, ctx: _Context) -> None:
+    if isinstance(value, dict):
+        _add_environment(value, base, where, default_name, ctx)
+    elif isinstance(value, str):
+        text = value.strip()
+        reference = parse_reference(text)
+        if reference is not None:
+            ctx.outcomes.append(_reference_outcome(text, reference, where, ctx))
+        elif text.removeprefix("file:").endswith(_YAML_SUFFIXES):
+            path = base / text.removeprefix("file:")
+            ctx.consumed.add(path.resolve())
+            try:
+                definition = _one_mapping(path)
+            except ImportProblem as problem:
+                ctx.outcomes.append(Outcome(where, "error", str(problem)))
+                return
+            _add_environment(definition, path.parent, f"{path}", path.stem, ctx)
+        else:
+            ctx.outcomes.append(Outcome(where, "error", f"{text!r} is neither an inline environment, an azureml: "
+                                        "reference nor a YAML file"))
+    else:
+        ctx.outcomes.append(Outcome(where, "error", f"environment is {type(value).__name__}; expected a mapping or a "
+                                    "reference"))
+
+
+# --- documents: what kind, and where the environments are ---------------------------------------------
+
+
+def is_environment_document(document: dict[str, Any]) -> bool:
+    schema = str(document.get("$schema", ""))
+    if "environment.schema" in schema:
+        return True
+    if schema or "environment" in document or "jobs" in document or "command" in document:
+        return False
+    return "image" in document or "build" in document or "conda_file" in document
+
+
+def _walk(node: Any, base: Path, path: Path, where: str, default_name: str, ctx: _Context) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key == "environment":
+                _environment_value(value, base, f"{path}: {here}", default_name, ctx)
+            elif key in ("component", "trial") and isinstance(value, str) and \
+                    value.removeprefix("file:").endswith(_YAML_SUFFIXES):
+                _import_file(base / value.removeprefix("file:"), ctx, via=f"{path}: {here}")
+            elif key == "jobs" and isinstance(value, dict):
+                for step, job in value.items():
+                    _walk(job, base, path, f"{here}.{step}", f"{default_name}-{step}", ctx)
+            else:
+                _walk(value, base, path, here, default_name, ctx)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            _walk(item, base, path, f"{where}[{index}]", default_name, ctx)
+
+
+def _document_name(document: dict[str, Any], path: Path) -> str:
+    for key in ("name", "display_name"):
+        if isinstance(document.get(key), str) and not _TEMPLATE.search(document[key]):
+            return str(document[key])
+    return path.stem
+
+
+def _import_file(path: Path, ctx: _Context, via: str | None = None) -> None:
+    path = Path(os.path.normpath(path))  # shown in messages: no `dir/../`
+    resolved = path.resolve()
+    if resolved in ctx.seen_files:
+        return
+    ctx.seen_files.add(resolved)
+    if via:
+        ctx.consumed.add(resolved)
+    try:
+        documents = _load_yaml(path)
+    except ImportProblem as problem:
+        ctx.outcomes.append(Outcome(via or str(path), "error", str(problem)))
+        return
+    before = len(ctx.outcomes)
+    for index, document in enumerate(documents):
+        label = str(path) if len(documents) == 1 else f"{path}#{index}"
+        if not isinstance(document, dict):
+            continue
+        if is_environment_document(document):
+            _add_environment(document, path.parent, label, path.stem, ctx)
+        else:
+            _walk(document, path.parent, path, "", kube_name(_document_name(document, path)), ctx)
+    if len(ctx.outcomes) == before and not via:
+        ctx.outcomes.append(Outcome(str(path), "skipped", "no Azure ML environment in this file (neither an "
+                                    "environment definition nor an environment: field)"))
+
+
+def _import_asset(directory: Path, ctx: _Context) -> None:
+    """An asset folder: asset.yaml (name, version, spec, extra_config) and/or spec.yaml."""
+    variables: dict[str, str] = {}
+    spec_path = directory / "spec.yaml"
+    asset_path = directory / "asset.yaml"
+    where = str(directory)
+    try:
+        if asset_path.is_file():
+            asset = _one_mapping(asset_path)
+            ctx.consumed.add(asset_path.resolve())
+            if str(asset.get("type", "environment")) != "environment":
+                ctx.outcomes.append(Outcome(str(asset_path), "skipped", f"an asset of type {asset.get('type')}, "
+                                            "not an environment"))
+                return
+            variables["asset.name"] = str(asset.get("name", directory.name))
+            variables["asset.version"] = _version(asset.get("version"), str(asset_path))
+            spec_path = directory / str(asset.get("spec", "spec.yaml"))
+            extra = asset.get("extra_config")
+            if extra:
+                image = (_one_mapping(directory / str(extra)).get("image") or {})
+                ctx.consumed.add((directory / str(extra)).resolve())
+                context = image.get("context") or {}
+                variables["image.context.path"] = str(context.get("dir", "context"))
+                variables["image.dockerfile.path"] = str(context.get("dockerfile", "Dockerfile"))
+        definition = _one_mapping(spec_path)
+        ctx.consumed.add(spec_path.resolve())
+        ctx.seen_files.add(spec_path.resolve())
+        where = str(spec_path)
+        definition = _fill(definition, variables, where)
+        if "image" not in definition and "build" not in definition:
+            environment = directory / "environment"
+            if (environment / "Dockerfile").is_file():
+                definition["build"] = {"path": "environment"}
+    except ImportProblem as problem:
+        ctx.outcomes.append(Outcome(where, "error", str(problem)))
+        return
+    _add_environment(definition, spec_path.parent, where, variables.get("asset.name", directory.name), ctx)
+
+
+def _paths(root: Path, ctx: _Context) -> Iterator[tuple[str, Path]]:
+    if root.is_file():
+        yield "file", root
+        return
+    if (root / "asset.yaml").is_file() or (root / "spec.yaml").is_file():
+        yield "asset", root
+        return
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and child.name != ".git":
+            yield from _paths(child, ctx)
+        elif child.is_file() and child.suffix in _YAML_SUFFIXES:
+            yield "file", child
+
+
+def import_azureml(paths: list[Path], options: ImportOptions | None = None
+                   ) -> tuple[list[Outcome], dict[Path, bytes]]:
+    """Every outcome, in the order found, and the tarballs to write (path -> bytes)."""
+    ctx = _Context(options or ImportOptions())
+    found: list[tuple[str, Path]] = []
+    for root in paths:
+        if not root.exists():
+            ctx.outcomes.append(Outcome(str(root), "error", "no such file or directory"))
+            continue
+        found += list(_paths(root, ctx))
+    # Asset folders first, then files named on their own; files that other files read (conda files,
+    # components of a pipeline) are imported through those.
+    for kind, path in sorted(found, key=lambda item: item[0] != "asset"):
+        if kind == "asset":
+            _import_asset(path, ctx)
+    deferred = []
+    for kind, path in found:
+        if kind == "file" and path.resolve() not in ctx.consumed:
+            deferred.append(path)
+    for path in deferred:
+        if path.resolve() not in ctx.consumed and not _looks_like_conda(path):
+            _import_file(path, ctx)
+    return ctx.outcomes, ctx.tarballs
+
+
+def _looks_like_conda(path: Path) -> bool:
+    """A conda environment file (read through the environment that names it)."""
+    try:
+        documents = _load_yaml(path)
+    except ImportProblem:
+        return False
+    return len(documents) == 1 and isinstance(documents[0], dict) and "dependencies" in documents[0] \
+        and not any(k in documents[0] for k in ("image", "build", "environment", "jobs", "command", "$schema"))
+
+
+def manifests_yaml(outcomes: list[Outcome]) -> str:
+    """Every imported document as one multi-document YAML file (ConfigMaps beside their Environment)."""
+    documents = [document for outcome in outcomes for document in outcome.documents]
+    return yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False, width=120)

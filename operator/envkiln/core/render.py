@@ -1,0 +1,424 @@
+"""Build rendering: from a validated definition, the Dockerfile and context files a builder needs.
+
+Deterministic by construction: the same definition and renderer settings give a
+byte-identical plan (no timestamps, no dict iteration order that the user did not write).
+Layers are ordered so that rarely changing ones come first: docker steps, then the conda
+environment, then pip requirements. The installs run as root in their own stage; the image is the
+base stage (the base and the docker steps, its USER kept) plus /opt/envkiln copied from it, and
+last the lock (the resolved packages, envkiln.core.locks) alone in the image's last layer.
+
+Given the base image's digest, the base stage is FROM that digest (and labelled with it), so a
+rebuild of the same definition on the same digest starts from the same bytes. Given spec.lock,
+the install stage installs exactly the locked packages and fails, naming them, when the packages
+it ends up with differ.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import yaml
+
+from envkiln.core.imageref import InvalidImageReference, parse_image_reference
+from envkiln.core.locks import (
+    LOCK_HEADER,
+    LOCK_SCRIPT,
+    LOCK_SCRIPT_NAME,
+    Lock,
+    LockError,
+    conda_lines,
+    parse_lock,
+    pip_lines,
+)
+from envkiln.core.models import BuildPlan, CondaPipBlock, ContextFile, EnvironmentKind, EnvironmentSpec, buildkit
+from envkiln.core.names import IMAGE_LABEL_BASE as LABEL_BASE
+from envkiln.core.names import IMAGE_LABEL_BASE_DIGEST, LOCK_FILE
+from envkiln.core.names import IMAGE_LABEL_HASH as LABEL_HASH
+
+# The base image's digest, when the build is pinned to one (OCI annotation names). To move to envkiln.core.names.
+LABEL_BASE_DIGEST = IMAGE_LABEL_BASE_DIGEST
+
+# Pinned so that renders (and therefore builds) are reproducible; both are settings.
+DEFAULT_MICROMAMBA_IMAGE = "docker.io/mambaorg/micromamba:2.3.3"
+DEFAULT_UV_VERSION = "0.9.18"
+
+ENVKILN_ROOT = "/opt/envkiln"  # everything envkiln installs
+CONDA_PREFIX = f"{ENVKILN_ROOT}/conda"
+VENV_PREFIX = f"{ENVKILN_ROOT}/venv"
+STAGING_DIR = "/tmp/envkiln"
+UV = f"{STAGING_DIR}/uv/bin/uv"  # staged by the pip install when it can be
+
+# The lock: written in the install stage outside /opt/envkiln, then copied into the image by the
+# last instruction, so the image's last layer holds that one small file (the operator reads it
+# from the registry). LOCK_FILE is envkiln.core.names.LOCK_FILE.
+LOCK_DIR = "/envkiln-lock"
+LOCK_STAGED = f"{LOCK_DIR}/envkiln-lock.txt"
+LOCK_SCRIPT_PATH = f"{STAGING_DIR}/{LOCK_SCRIPT_NAME}"
+CONDA_EXPORT = f"{STAGING_DIR}/conda-explicit.txt"  # `micromamba env export --explicit --md5`
+# spec.lock's sections as context files: an explicit conda file, and pip lines (with the definition's
+# index options) of which the build installs those not installed already (PIP_INSTALL).
+CONDA_LOCK = "conda-lock.txt"
+PIP_LOCK = "pip-lock.txt"
+PIP_INSTALL = f"{STAGING_DIR}/pip-install.txt"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    micromamba_image: str = DEFAULT_MICROMAMBA_IMAGE
+    uv_version: str = DEFAULT_UV_VERSION
+
+
+class NothingToBuild(ValueError):
+    """Bring-your-own-container environments are run as they are."""
+
+
+class RenderError(RuntimeError):
+    """Internal error: the rendered Dockerfile does not read back as the instructions envkiln wrote.
+
+    Validation (envkiln.core.models.lines.check_docker_step) makes this impossible; rendering checks it
+    anyway, so a gap there stops a build instead of building something else.
+    """
+
+
+class InvalidLock(RenderError):
+    """spec.lock cannot be read, or does not fit the definition (its sections are not the ones the
+    definition installs). The message says what to write."""
+
+
+def check_round_trip(dockerfile: str, written: list[str]) -> None:
+    """BuildKit's parser must read `dockerfile` as exactly the instructions in `written`, in order.
+
+    Each written instruction is parsed alone (it must be one instruction) and the whole file must
+    parse into the same instructions: same keyword, options, arguments and text, nothing swallowed,
+    split or added (a trailing backslash, a heredoc or a directive in a step would do that).
+    """
+    try:
+        expected: list[tuple[object, ...]] = []
+        for number, text in enumerate(written, start=1):
+            alone = buildkit.parse(text)
+            if len(alone) != 1:
+                raise RenderError(
+                    f"internal error: instruction {number} that envkiln wrote ({text!r}) parses into "
+                    f"{len(alone)} instructions; nothing was built, please report this"
+                )
+            expected.append(alone[0].identity)
+        found = [instruction.identity for instruction in buildkit.parse(dockerfile)]
+    except buildkit.DockerfileSyntaxError as error:
+        raise RenderError(
+            f"internal error: BuildKit cannot parse the rendered Dockerfile ({error}); nothing was built, "
+            "please report this"
+        ) from None
+    if found != expected:
+        differs = next((i for i, (a, b) in enumerate(zip(found, expected, strict=False)) if a != b),
+                       min(len(found), len(expected)))
+        where = repr(written[differs]) if differs < len(written) else "the end of the file"
+        raise RenderError(
+            f"internal error: the rendered Dockerfile parses into {len(found)} instructions where envkiln wrote "
+            f"{len(expected)}, differing from instruction {differs + 1} ({where}) on; nothing was built, "
+            "please report this"
+        )
+
+
+def _quote(value: str) -> str:
+    # Dockerfile LABEL values in double quotes; references cannot contain quotes, but be exact.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_PIP_DEPENDENCY = re.compile(r"pip(\s*[=<>!~].*)?")
+
+
+def conda_file(spec: EnvironmentSpec) -> str:
+    """The conda environment file. A pip block without a `pip` dependency gets one just before it,
+    as conda itself does (with a warning) when it reads such a file."""
+    assert spec.conda is not None
+    dependencies: list[object] = []
+    has_pip = any(isinstance(d, str) and _PIP_DEPENDENCY.fullmatch(d.strip()) for d in spec.conda.dependencies)
+    for dep in spec.conda.dependencies:
+        if isinstance(dep, CondaPipBlock):
+            if not has_pip:
+                dependencies.append("pip")
+            dependencies.append({"pip": list(dep.pip)})
+        else:
+            dependencies.append(dep)
+    document = {"name": "envkiln", "channels": list(spec.conda.channels), "dependencies": dependencies}
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+def requirements_file(lines: list[str]) -> str:
+    return "".join(line.strip() + "\n" for line in lines)
+
+
+NO_PYTHON = (
+    "envkiln: the base image has neither python3 nor python on its PATH; a pip-only environment installs into "
+    "the base image's Python: choose a base with Python, or add conda with a python dependency"
+)
+
+
+def _pip_install(python: str, settings: RenderSettings, requirements: str, no_deps: bool = False) -> str:
+    # UV_NATIVE_TLS: trust the image's CA store like pip does (TLS-inspecting proxies).
+    # uv when it can be installed in the build (much faster resolves and installs);
+    # pip otherwise. A failing uv install of the requirements fails the build: no fallback
+    # there, or a real dependency error would be retried with another resolver.
+    # `no_deps`: a pinned lock's packages, exactly those (it lists the dependencies itself).
+    flags = " --no-deps" if no_deps else ""
+    return (
+        f"if {python} -m pip install --no-cache-dir --disable-pip-version-check --quiet "
+        f"--target {STAGING_DIR}/uv uv=={settings.uv_version}; then \\\n"
+        f"      UV_NATIVE_TLS=1 {UV} pip install --no-cache{flags} --python {python} "
+        f"--requirement {requirements}; \\\n"
+        f"    else \\\n"
+        f"      {python} -m pip install --no-cache-dir --disable-pip-version-check{flags} "
+        f"--requirement {requirements}; \\\n"
+        f"    fi"
+    )
+
+
+# Stage names. The base stage comes first, so `spec.image` can never name one of them.
+BASE_STAGE = "envkiln-base"
+MICROMAMBA_STAGE = "envkiln-micromamba"
+INSTALL_STAGE = "envkiln-install"
+IMAGE_STAGE = "envkiln-image"
+
+
+def base_reference(image: str, base_digest: str | None) -> tuple[str, str | None]:
+    """(what the base stage is FROM, the digest it is pinned to). An image written with a digest is
+    used as written (its own digest); else, given `base_digest`, the repository at that digest (the
+    tag dropped, the registry host as written); else the image as written, no digest."""
+    reference = parse_image_reference(image)
+    if reference.digest:
+        return image, reference.digest
+    if base_digest is None:
+        return image, None
+    try:
+        pinned = parse_image_reference(f"{reference.name}@{base_digest}")
+    except InvalidImageReference as error:
+        raise RenderError(f"internal error: the base image digest {base_digest!r} is not a digest ({error}); "
+                          "nothing was built, please report this") from None
+    return str(pinned), base_digest
+
+
+def _conda_pip_lines(spec: EnvironmentSpec) -> list[str]:
+    return [line for dep in (spec.conda.dependencies if spec.conda else []) if isinstance(dep, CondaPipBlock)
+            for line in dep.pip]
+
+
+def installs_pip(spec: EnvironmentSpec) -> bool:
+    """Whether the definition installs pip packages (spec.pip, or a pip block in spec.conda): its lock
+    then has a [pip] section."""
+    return bool(spec.pip) or bool(_conda_pip_lines(spec))
+
+
+def pinned_lock(spec: EnvironmentSpec) -> Lock | None:
+    """spec.lock read, its sections checked against the definition: [conda] exactly when spec.conda
+    is set, [pip] whenever the definition installs pip packages. Raises InvalidLock."""
+    if spec.lock is None:
+        return None
+    try:
+        lock = parse_lock(spec.lock)
+    except LockError as error:
+        raise InvalidLock(f"spec.lock: {error}") from None
+    again = "; put the lock `envkiln lock` prints for a build of this definition in spec.lock"
+    if spec.conda is not None and not lock.has_conda:
+        raise InvalidLock("spec.lock has no [conda] section, but the definition installs spec.conda" + again)
+    if spec.conda is None and lock.has_conda:
+        raise InvalidLock("spec.lock has a [conda] section, but the definition has no spec.conda" + again)
+    if installs_pip(spec) and not lock.has_pip:
+        raise InvalidLock("spec.lock has no [pip] section, but the definition installs pip packages" + again)
+    return lock
+
+
+def _pip_options(spec: EnvironmentSpec) -> list[str]:
+    """The definition's pip option lines (--index-url, ...), in order, once each: a pinned install
+    finds its packages where the definition's did."""
+    options: list[str] = []
+    for line in [*(spec.pip or []), *_conda_pip_lines(spec)]:
+        text = line.strip()
+        if text.startswith("-") and text not in options:
+            options.append(text)
+    return options
+
+
+def _lock_file(lines: list[str]) -> str:
+    return "".join(line + "\n" for line in lines)
+
+
+# What the lock's [conda] section keeps of `micromamba env export --explicit --md5` (as envkiln.core.locks
+# reads it), for the shell's fallback when the image has no Python to run the lock script.
+_CONDA_URL_ERE = r"^[A-Za-z][A-Za-z0-9+.-]*://[^[:space:]]*/[^/#[:space:]]+\.(conda|tar\.bz2)(#[0-9a-fA-F]+)?$"
+_CONDA_URLS = f"sed -e 's/[[:space:]]*$//' -e 's/#$//' {{}} | grep -E '{_CONDA_URL_ERE}' | LC_ALL=C sort -u"
+
+
+def _conda_lock_in_shell(pinned: bool) -> str:
+    """The [conda]-only lock written by the shell (the lines the script keeps, sorted as it sorts them),
+    and with a pinned lock the comparison of the package lines; for a conda environment without Python
+    on a base without python3."""
+    text = (
+        f"mkdir -p {LOCK_DIR} \\\n"
+        f"      && {{ echo '{LOCK_HEADER}'; echo '[conda]'; echo '@EXPLICIT'; "
+        f"{_CONDA_URLS.format(CONDA_EXPORT)}; }} > {LOCK_STAGED}"
+    )
+    if pinned:
+        pinned_urls, built_urls = f"{STAGING_DIR}/conda-pinned.txt", f"{STAGING_DIR}/conda-built.txt"
+        text += (
+            f" \\\n      && {_CONDA_URLS.format(f'{STAGING_DIR}/{CONDA_LOCK}')} > {pinned_urls}"
+            f" \\\n      && {_CONDA_URLS.format(CONDA_EXPORT)} > {built_urls}"
+            f" \\\n      && {{ cmp -s {pinned_urls} {built_urls}"
+            f" || {{ echo 'envkiln: the build did not reproduce spec.lock (conda packages pinned, then built):' >&2;"
+            f" diff {pinned_urls} {built_urls} >&2; exit 1; }}; }}"
+        )
+    return text
+
+
+def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings,
+                    base_digest: str | None) -> BuildPlan:
+    """A multi-stage Dockerfile, as Azure ML builds:
+
+    - stage `envkiln-base`: FROM the base (at its digest when known), the labels, the docker steps (as
+      whatever user they leave);
+    - stage `envkiln-install`: FROM envkiln-base, `USER 0:0` (root, without needing /etc/passwd), the conda
+      environment (micromamba), the pip requirements, all under /opt/envkiln; then the lock, written by
+      envkiln_lock.py (envkiln.core.locks.LOCK_SCRIPT) to /envkiln-lock/envkiln-lock.txt;
+    - stage `envkiln-image`: FROM envkiln-base again, /opt/envkiln copied from the install stage (owned by root, modes
+      kept: readable and executable by every user), then the environment: PATH, and for conda CONDA_PREFIX
+      and LD_LIBRARY_PATH as Azure ML sets them (plus its AZUREML_CONDA_ENVIRONMENT_PATH);
+    - the image: FROM envkiln-image, the lock copied to /opt/envkiln/envkiln-lock.txt, alone in the
+      image's last layer (a stage of its own, so that buildah without --layers also makes it one layer).
+
+    So a non-root base is installed into as root and keeps its own USER, WORKDIR, ENTRYPOINT and CMD,
+    without envkiln having to know them. pip-only definitions install into a venv made by the base image's
+    own Python with `--system-site-packages`: whatever the base has installed stays importable
+    (`import torch` on a PyTorch base), and the base's own files are never changed.
+
+    With spec.lock, the install stage installs the lock instead of the definition's packages: its [conda]
+    section as an explicit file (no solve), its [pip] section with `--no-deps` (the lines not installed
+    already: the base's own packages stay as they are); the lock script then writes the lock again and
+    fails the build, naming the packages, when it differs from spec.lock.
+    """
+    assert spec.image is not None
+    pinned = pinned_lock(spec)
+    base, digest = base_reference(spec.image, base_digest)
+    files: list[ContextFile] = []
+    lines: list[str] = ["# Rendered by envkiln; do not edit. Definition hash " + definition_hash]
+    lines.append(f"FROM {base} AS {BASE_STAGE}")
+    label = f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}"
+    if digest is not None:
+        label += f" {LABEL_BASE_DIGEST}={_quote(digest)}"
+    lines.append(label)
+    for step in spec.docker_steps or []:
+        lines.append(step.strip())
+    if spec.conda is None and not spec.pip:
+        dockerfile = "\n".join(lines) + "\n"
+        check_round_trip(dockerfile, lines[1:])
+        return BuildPlan(dockerfile=dockerfile, files=files)
+    pip_section = pinned.has_pip if pinned is not None else installs_pip(spec)
+    if spec.conda is not None:
+        lines.append(f"FROM {settings.micromamba_image} AS {MICROMAMBA_STAGE}")
+    lines += [f"FROM {BASE_STAGE} AS {INSTALL_STAGE}", "USER 0:0"]
+    script = ContextFile(path=LOCK_SCRIPT_NAME, content=LOCK_SCRIPT)
+
+    def copy_script() -> None:
+        if script not in files:
+            files.append(script)
+            lines.append(f"COPY {LOCK_SCRIPT_NAME} {LOCK_SCRIPT_PATH}")
+
+    path_entries: list[str] = []
+    if spec.conda is not None:
+        if pinned is not None:
+            files.append(ContextFile(path=CONDA_LOCK, content=_lock_file(conda_lines(pinned))))
+            environment_file = CONDA_LOCK
+        else:
+            files.append(ContextFile(path="conda.yaml", content=conda_file(spec)))
+            environment_file = "conda.yaml"
+        mamba = f"MAMBA_ROOT_PREFIX={STAGING_DIR}/mamba micromamba"
+        lines += [
+            f"COPY --from={MICROMAMBA_STAGE} /bin/micromamba /usr/local/bin/micromamba",
+            f"COPY {environment_file} {STAGING_DIR}/{environment_file}",
+            f"RUN {mamba} create --yes --prefix {CONDA_PREFIX} --file {STAGING_DIR}/{environment_file} \\\n"
+            f" && {mamba} env export --prefix {CONDA_PREFIX} --explicit --md5 > {CONDA_EXPORT} \\\n"
+            f" && {mamba} clean --all --yes \\\n"
+            f" && rm -rf {STAGING_DIR}/mamba",
+        ]
+        path_entries.append(f"{CONDA_PREFIX}/bin")
+    python = f"{CONDA_PREFIX}/bin/python" if spec.conda is not None else f"{VENV_PREFIX}/bin/python"
+    if spec.conda is not None:
+        # pip requirements go into the conda environment, next to its Python.
+        prepare = f"{python} -m pip --version >/dev/null"
+    else:
+        prepare = (
+            f"base_python=\"$(command -v python3 || command -v python)\" \\\n"
+            f" || {{ echo \"{NO_PYTHON}\" >&2; exit 1; }}; \\\n"
+            f" \"$base_python\" -m venv --system-site-packages {VENV_PREFIX}"
+        )
+        path_entries.insert(0, f"{VENV_PREFIX}/bin")
+    if pinned is not None and pinned.has_pip:
+        files.append(ContextFile(path=PIP_LOCK, content=_lock_file(_pip_options(spec) + pip_lines(pinned))))
+        lines.append(f"COPY {PIP_LOCK} {STAGING_DIR}/{PIP_LOCK}")
+        copy_script()
+        lines.append(
+            f"RUN {prepare} \\\n"
+            f" && {python} {LOCK_SCRIPT_PATH} pip-install-list {STAGING_DIR}/{PIP_LOCK} {PIP_INSTALL} \\\n"
+            f" && if [ -f {PIP_INSTALL} ]; then \\\n"
+            f"    {_pip_install(python, settings, PIP_INSTALL, no_deps=True)}; \\\n"
+            f"  fi"
+        )
+    elif pinned is None and spec.pip:
+        files.append(ContextFile(path="requirements.txt", content=requirements_file(spec.pip)))
+        lines.append(f"COPY requirements.txt {STAGING_DIR}/requirements.txt")
+        lines.append(f"RUN {prepare} \\\n && " + _pip_install(python, settings, f"{STAGING_DIR}/requirements.txt"))
+    copy_script()
+    write = f"{LOCK_SCRIPT_PATH} write {LOCK_STAGED}"
+    if spec.conda is not None:
+        write += f" --conda {CONDA_EXPORT}"
+    if pip_section:
+        write += f" --pip --uv {UV}"
+    if pinned is not None:
+        if pinned.has_conda:
+            write += f" --pinned-conda {STAGING_DIR}/{CONDA_LOCK}"
+        if pinned.has_pip:
+            write += f" --pinned-pip {STAGING_DIR}/{PIP_LOCK}"
+    if pip_section:
+        lines.append(f"RUN {python} {write} \\\n && rm -rf {STAGING_DIR}")
+    else:
+        # conda without pip packages: the environment may have no Python; then the base's python3 runs
+        # the script, and without one the shell writes the [conda] section itself.
+        lines.append(
+            f"RUN if lock_python=\"$(command -v {python} || command -v python3)\"; then \\\n"
+            f"      \"$lock_python\" {write}; \\\n"
+            f"    else \\\n"
+            f"      {_conda_lock_in_shell(pinned is not None)}; \\\n"
+            f"    fi \\\n"
+            f" && rm -rf {STAGING_DIR}"
+        )
+    lines += [f"FROM {BASE_STAGE} AS {IMAGE_STAGE}", f"COPY --from={INSTALL_STAGE} {ENVKILN_ROOT} {ENVKILN_ROOT}"]
+    lines.append(f"ENV PATH={':'.join(path_entries)}:$PATH")
+    if spec.conda is not None:
+        # As Azure ML sets them, without an empty LD_LIBRARY_PATH entry (the current directory) when it
+        # was unset. One instruction: the layout of the rendered file is pinned by tests.
+        lines.append(
+            f"ENV CONDA_PREFIX={CONDA_PREFIX} AZUREML_CONDA_ENVIRONMENT_PATH={CONDA_PREFIX} "
+            f"LD_LIBRARY_PATH={CONDA_PREFIX}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"
+        )
+    # Last, alone in the image's last layer: the lock the operator reads from the registry. A stage of
+    # its own, because buildah without --layers commits a whole stage as one layer (Kaniko: one per
+    # instruction); a stage FROM the image stage adds exactly this one layer with either.
+    lines += [f"FROM {IMAGE_STAGE}", f"COPY --from={INSTALL_STAGE} {LOCK_STAGED} {LOCK_FILE}"]
+    dockerfile = "\n".join(lines) + "\n"
+    check_round_trip(dockerfile, lines[1:])  # lines[0] is the comment; every other entry is one instruction
+    return BuildPlan(dockerfile=dockerfile, files=files)
+
+
+def render(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings | None = None,
+           base_digest: str | None = None) -> BuildPlan:
+    """The build plan for a definition. User build contexts pass through untouched.
+
+    `base_digest`: the digest spec.image's tag points to now ("sha256:..."), which the base stage is
+    then FROM (and labelled with); None renders the image as written. Raises InvalidLock when
+    spec.lock cannot be read or does not fit the definition."""
+    settings = settings or RenderSettings()
+    kind = spec.kind
+    if kind is EnvironmentKind.BRING_YOUR_OWN:
+        raise NothingToBuild("userManaged environments are not built; their image is used as is")
+    if kind is EnvironmentKind.BUILD_CONTEXT:
+        return BuildPlan(dockerfile="", files=[], context=spec.build)
+    return _system_managed(spec, definition_hash, settings, base_digest)

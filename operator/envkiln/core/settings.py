@@ -1,0 +1,224 @@
+"""Operator settings, read from ENVKILN_* environment variables and validated at start."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from envkiln.core.definition import DEFAULT_IMAGE_TEMPLATE, image_name, image_repository
+from envkiln.core.errors import describe
+from envkiln.core.models import DEFAULT_CURATED_NAMESPACE
+from envkiln.core.render import DEFAULT_MICROMAMBA_IMAGE, DEFAULT_UV_VERSION, RenderSettings
+
+# The maintained Kaniko fork (GoogleContainerTools/kaniko was archived in June 2025).
+DEFAULT_KANIKO_IMAGE = "ghcr.io/osscontainertools/kaniko:v1.28.0"
+DEFAULT_BUILDAH_IMAGE = "quay.io/buildah/stable:v1.41.5"
+DEFAULT_SKOPEO_IMAGE = "quay.io/skopeo/stable:v1.20.0"
+PREFIX = "ENVKILN_"
+# Read by the development harness (tests/harness), not by the operator.
+DEV_TOOL_VARIABLES = {"cache", "debian_mirror", "keep_testdirs"}
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class OperatorSettings(BaseModel):
+    """Every setting has a default that works for a local development cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    registry: str = Field(default="localhost:5000", description="Registry host[:port][/path] builds push to.")
+    pull_registry: str | None = Field(
+        default=None, description="The same registry as kubelets reach it (default: registry)."
+    )
+    registry_secret: str | None = Field(
+        default=None, description="dockerconfigjson Secret (operator namespace) with registry credentials."
+    )
+    insecure_registry: bool = Field(default=False, description="Plain HTTP / unverified TLS to the registry.")
+    push_secret_template: str = Field(
+        default="envkiln-push-{namespace}",
+        description="dockerconfigjson Secret (operator namespace) with the push identity of one namespace; "
+        "{namespace} is the namespace that builds.",
+    )
+    shared_push_credential: bool = Field(
+        default=False, description="Let namespaces without a push identity of their own push with registry_secret.",
+    )
+    signing_key: SecretStr | None = Field(
+        default=None, description="Key that signs the operator's EnvironmentBuilds and records (default: the "
+        "Secret envkiln-signing-key in the operator namespace, created when missing).",
+    )
+    image_template: str = DEFAULT_IMAGE_TEMPLATE
+    builder: Literal["kaniko", "buildah", "local"] = Field(
+        default="kaniko", description="kaniko or buildah (a Job per build in the cluster), or local (buildah on the "
+        "operator's host, for development)."
+    )
+    buildah_image: str = Field(default=DEFAULT_BUILDAH_IMAGE, description="Image of the buildah build container.")
+    buildah_push_image: str = Field(
+        default=DEFAULT_SKOPEO_IMAGE, description="Image of the push container (skopeo; runs as non-root)."
+    )
+    buildah_seccomp_profile: str = Field(
+        default="envkiln/buildah.json",
+        description="Localhost seccomp profile of the buildah build container, relative to the kubelet's seccomp dir.",
+    )
+    local_storage_root: str | None = Field(
+        default=None, description="buildah storage directory of the local builder (default: buildah's own)."
+    )
+    kaniko_image: str = DEFAULT_KANIKO_IMAGE
+    kaniko_extra_args: list[str] = Field(default_factory=list)
+    build_cpu_request: str = "500m"
+    build_cpu_limit: str = "2"
+    build_memory_request: str = "1Gi"
+    build_memory_limit: str = "8Gi"
+    build_ephemeral_storage_request: str = "1Gi"
+    build_ephemeral_storage_limit: str = "20Gi"
+    build_deadline_seconds: int = Field(default=3600, ge=60)
+    build_ttl_seconds: int = Field(default=86400, ge=0)
+    build_retry_limit: int = Field(default=2, ge=0, le=20, description="Retries after the first failed attempt.")
+    build_retry_backoff_seconds: int = Field(default=30, ge=0)
+    max_concurrent_builds: int = Field(default=4, ge=1)
+    max_concurrent_builds_per_namespace: int = Field(
+        default=2, ge=1, description="Builds one namespace may run at once (fairness across namespaces).")
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch (empty: all).")
+    curated_namespace: str = DEFAULT_CURATED_NAMESPACE
+    operator_namespace: str = "envkiln-system"
+    micromamba_image: str = DEFAULT_MICROMAMBA_IMAGE
+    uv_version: str = DEFAULT_UV_VERSION
+    registry_timeout_seconds: float = Field(default=10.0, gt=0)
+    registry_retry_seconds: int = Field(default=15, ge=1, description="Retry delay while the registry is down.")
+    cache_ttl_seconds: float = Field(default=30.0, ge=0, description="How long a found image is remembered.")
+    build_sync_seconds: float = Field(
+        default=10.0, gt=0, description="How often the periodic resync checks unfinished builds.")
+    env_sync_seconds: float = Field(
+        default=30.0, gt=0, description="How often the periodic resync checks unsettled Environments.")
+    base_check_seconds: float = Field(
+        default=21600.0, gt=0, description="How often each distinct base image in use is checked for a new digest "
+        "(one registry HEAD per reference, however many Environments use it; spec.baseImageUpdates).")
+    base_image_registries: list[str] = Field(
+        default_factory=list, description="Registries whose base images get their digest resolved, pinned and "
+        "watched (empty: every registry). Base images elsewhere are built from the tag as written.")
+    git_ref_ttl_seconds: float = Field(
+        default=60.0, ge=0, description="How long a git context's branch or tag stays resolved to the same commit "
+        "before it is asked again (and how often Environments following a branch are checked for new commits).")
+    git_timeout_seconds: float = Field(default=10.0, gt=0, description="Deadline of one git ref query.")
+    workers: int = Field(default=20, ge=1, description="Kopf handler threads (and API connections, plus 4).")
+    worker_limit: int = Field(
+        default=40, ge=1, description="Objects whose events are processed at once (Kopf's per-object workers); "
+        "the others wait their turn. Bounds memory when thousands of objects change at once or are listed at start.")
+    worker_idle_seconds: float = Field(
+        default=0.05, gt=0, description="How long a per-object worker waits for its object's next event before it "
+        "exits and frees its place (Kopf's queueing idle timeout).")
+    watch_timeout_seconds: int = Field(default=300, ge=1, description="Server-side watch timeout.")
+    liveness_endpoint: str | None = Field(default=None, description="e.g. http://0.0.0.0:8080/healthz")
+    metrics_port: int = Field(default=8000, ge=0, le=65535, description="Port of the Prometheus metrics (/metrics, "
+                              "docs/metrics.md) on all addresses; 0 turns them off.")
+    peering_lifetime_seconds: int = Field(default=60, ge=1, description="How long a silent peer counts as alive.")
+    webhook_enabled: bool = Field(default=False, description="Serve the pod admission webhook.")
+    webhook_listen_address: str = "0.0.0.0"
+    webhook_port: int = Field(default=9443, ge=1, le=65535)
+    webhook_service: str = Field(default="envkiln-webhook", description="Service in front of the webhook.")
+    webhook_hosts: list[str] = Field(default_factory=list, description="Certificate names (default: the Service's).")
+    webhook_configuration: str | None = Field(
+        default=None, description="MutatingWebhookConfiguration whose caBundle the operator keeps current."
+    )
+    webhook_cert_secret: str = "envkiln-webhook-tls"
+    webhook_client_ca_file: str | None = Field(
+        default=None, description="PEM file of the CA that signs the API server's client certificate for webhooks "
+        "(its --admission-control-config-file); when set, callers without such a certificate fail the TLS handshake."
+    )
+    peering_name: str | None = Field(
+        default=None, description="Kopf peering object; when set, peering is mandatory (its CRD must exist)."
+    )
+    peering_priority: str = Field(default="0", description="An integer, or 'random' (distinct per replica).")
+
+    @field_validator("peering_priority")
+    @classmethod
+    def _priority(cls, value: str) -> str:
+        if value != "random" and not value.lstrip("-").isdigit():
+            raise ValueError(f"{value!r} is neither an integer nor 'random'")
+        return value
+
+    def resolved_peering_priority(self) -> int:
+        # Kopf peering is not leader election: replicas with equal priorities would all act.
+        return secrets.randbelow(1_000_000) + 1 if self.peering_priority == "random" else int(self.peering_priority)
+
+    @field_validator("registry", "pull_registry")
+    @classmethod
+    def _registry(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        value = value.strip().rstrip("/")
+        if not value or "://" in value or " " in value:
+            raise ValueError(f"{value!r} is not a registry host: give host[:port][/path] without a scheme")
+        return value
+
+    @model_validator(mode="after")
+    def _template(self) -> OperatorSettings:
+        try:
+            image_repository("0" * 32, self.registry, self.image_template, "namespace")
+        except ValueError as error:
+            raise ValueError(f"ENVKILN_IMAGE_TEMPLATE: {error}") from None
+        try:
+            self.push_secret_template.format(namespace="namespace")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("ENVKILN_PUSH_SECRET_TEMPLATE: only the field {namespace} may be used") from None
+        return self
+
+    def push_image(self, definition_hash: str, namespace: str, key: str | None = None) -> str:
+        """Where a build of `definition_hash` in `namespace` pushes (repository:tag); the tag is the
+        hash, or `key` (names.image_key) for a rebuild on a new base image."""
+        if key is None:
+            return image_name(definition_hash, self.registry, self.image_template, namespace)
+        return f"{image_repository(definition_hash, self.registry, self.image_template, namespace)}:{key}"
+
+    def pull_image(self, definition_hash: str, namespace: str, key: str | None = None) -> str:
+        if key is None:
+            return image_name(definition_hash, self.effective_pull_registry, self.image_template, namespace)
+        repository = image_repository(definition_hash, self.effective_pull_registry, self.image_template, namespace)
+        return f"{repository}:{key}"
+
+    def resolves_base(self, registry: str) -> bool:
+        """Whether base images of `registry` (a resolved host, e.g. docker.io) are resolved to digests."""
+        return not self.base_image_registries or registry in self.base_image_registries
+
+    def effective_webhook_hosts(self) -> list[str]:
+        if self.webhook_hosts:
+            return self.webhook_hosts
+        service, namespace = self.webhook_service, self.operator_namespace
+        return [f"{service}.{namespace}.svc", service, f"{service}.{namespace}",
+                f"{service}.{namespace}.svc.cluster.local"]
+
+    @property
+    def effective_pull_registry(self) -> str:
+        return self.pull_registry or self.registry
+
+    def render_settings(self) -> RenderSettings:
+        return RenderSettings(micromamba_image=self.micromamba_image, uv_version=self.uv_version)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        known = set(cls.model_fields)
+        for key, raw in environ.items():
+            if not key.startswith(PREFIX):
+                continue
+            name = key[len(PREFIX):].lower()
+            if name in DEV_TOOL_VARIABLES:
+                continue
+            if name not in known:
+                names = ", ".join(PREFIX + k.upper() for k in sorted(known))
+                raise SettingsError(f"{key}: unknown setting (a typo?); known settings: {names}")
+            if name in ("namespaces", "kaniko_extra_args", "webhook_hosts", "base_image_registries"):
+                values[name] = [part for part in raw.replace(",", " ").split() if part]
+            else:
+                values[name] = raw
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            problems = [PREFIX + p.split(":", 1)[0].upper() + ":" + p.split(":", 1)[1] for p in describe(error)]
+            raise SettingsError("; ".join(problems)) from None

@@ -1,0 +1,1 @@
+"""Reconcilers: fetch through the adapters, call a pure decision, write the result."""

@@ -1,0 +1,1 @@
+"""The operator's runtime: Kopf registration, the runner, indexes and the periodic resync."""
