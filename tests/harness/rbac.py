@@ -15,13 +15,15 @@ OPERATOR_PERMISSIONS: set[tuple[str, ...]] = {
     # Kopf watches both kinds and patches its annotations onto them; the operator reads them.
     *{("envkiln.dev", r, v) for r in ("environments", "environmentbuilds") for v in ("get", "list", "watch", "patch")},
     ("envkiln.dev", "environmentbuilds", "create"),  # kube.Kube.create_or_get
-    ("envkiln.dev", "environments", "create"),  # the webhook's anonymous Environments (inline definitions)
+    ("envkiln.dev", "environments", "create"),  # anonymous Environments for gated pods (inline definitions)
     *{("envkiln.dev", f"{r}/status", v) for r in ("environments", "environmentbuilds") for v in ("get", "patch")},
     *{("batch", "jobs", v) for v in ("get", "list", "watch", "create")},  # Kaniko builder + job events
     ("batch", "jobs", "delete"),  # a build Job whose pod cannot be created (quota, admission) gives its slot back
     ("", "configmaps", "get"),  # user ConfigMap contexts
     ("", "configmaps", "create"),  # rendered contexts
+    ("", "pods", "get"),  # a gated pod read again when its anonymous Environment is retried
     ("", "pods", "list"),  # termination messages of build pods; pods waiting for an environment
+    ("", "pods", "watch"),  # gated pods with inline specs: the operator makes their anonymous Environments
     ("", "pods", "patch"),  # set the image and remove the scheduling gate
     ("", "pods/status", "patch"),  # tell a waiting pod why its environment failed
     # keep the webhook's caBundle current (RELEASE: the chart's fullname)

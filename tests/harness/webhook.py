@@ -14,7 +14,7 @@ def webhook_configuration(name: str, port: int, namespace: str | None = None) ->
     """Pods labelled envkiln.dev/environment (in `namespace`, or anywhere) go to https://127.0.0.1:port."""
     webhook: dict[str, Any] = {
         "name": "environments.pods.envkiln.dev", "admissionReviewVersions": ["v1"],
-        "sideEffects": "NoneOnDryRun", "failurePolicy": "Fail", "timeoutSeconds": 10,
+        "sideEffects": "None", "failurePolicy": "Fail", "timeoutSeconds": 10,
         "clientConfig": {"url": f"https://127.0.0.1:{port}/envkiln-environment"},
         "objectSelector": {"matchExpressions": [{"key": "envkiln.dev/environment", "operator": "Exists"}]},
         "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],

@@ -181,11 +181,11 @@ def test_webhook_reads_the_curated_namespace_never_the_pods() -> None:
         "name": NAME, "namespace": "team-a", "generation": 5}}
     ctx = ctx_with({("team-a", NAME): planted, ("ml-curated", NAME): curated_env(namespace="ml-curated")},
                    curated_namespace="ml-curated")
-    changes = admit_pod(ctx, pod("curated", {ANNOTATION: f"curated/{NAME}@latest"}), "team-a", dry_run=False)
+    changes = admit_pod(ctx, pod("curated", {ANNOTATION: f"curated/{NAME}@latest"}), "team-a")
     assert changes["spec"]["containers"][0]["image"] == REF3
     assert ctx.kube.reads == [("ml-curated", NAME)]
     # The plain name is the namespace's own.
-    local = admit_pod(ctx, pod(NAME), "team-a", dry_run=False)
+    local = admit_pod(ctx, pod(NAME), "team-a")
     assert local["spec"]["containers"][0]["image"] == TENANT_REF
 
 
@@ -199,4 +199,4 @@ def test_webhook_refuses_what_it_cannot_find(objects: dict[tuple[str, str], dict
                                              forbidden: set[str] | None, message: str) -> None:
     ctx = ctx_with(objects, forbidden=forbidden)
     with pytest.raises(WorkloadError, match=re.escape(message)):
-        admit_pod(ctx, pod(f"curated_{NAME}"), "team-a", dry_run=False)
+        admit_pod(ctx, pod(f"curated_{NAME}"), "team-a")

@@ -10,6 +10,7 @@ from envkiln.core.decisions.resync import (
     build_finished_event,
     build_needs_sync,
     build_unsettled,
+    dispatchable,
     due,
     environment_needs_sync,
     environment_unsettled,
@@ -91,3 +92,24 @@ def test_build_unsettled(status: dict[str, Any], expected: bool) -> None:
 ])
 def test_due(schedule: dict[str, float], now: float, expected: list[str]) -> None:
     assert due(schedule, now) == expected
+
+
+A1, A2, A3 = ("env", "a", "1"), ("env", "a", "2"), ("env", "a", "3")
+B1, B2 = ("build", "b", "1"), ("env", "b", "2")
+
+
+@pytest.mark.parametrize(("work", "in_flight", "per_namespace", "free", "start", "later"), [
+    ([], [], 2, 8, [], []),
+    ([A1, A2, A3], [], 2, 8, [A1, A2], [A3]),  # at most 2 of namespace a at once
+    ([A1, A2, A3, B1], [], 2, 8, [A1, B1, A2], [A3]),  # namespaces take turns
+    ([A1, A2, B1, B2], [A3], 2, 8, [A1, B1, B2], [A2]),  # a's running item counts against its share
+    ([A1, A2, B1, B2], [A3, ("env", "a", "9")], 2, 8, [B1, B2], [A1, A2]),  # a is full: b is not held up
+    ([A1, A2], [A1], 2, 8, [A2], []),  # an item still running is not started (or kept) twice
+    ([A1, A1, A2], [], 2, 8, [A1, A2], []),  # duplicates once
+    ([A1, B1, A2, B2], [], 2, 1, [A1], [A2, B1, B2]),  # only as many as there are free threads
+    ([A1, B1], [], 2, 0, [], [A1, B1]),
+    ([A1, A2, A3], [], 1, 8, [A1], [A2, A3]),
+])
+def test_dispatchable(work: list[tuple[str, str, str]], in_flight: list[tuple[str, str, str]], per_namespace: int,
+                      free: int, start: list[tuple[str, str, str]], later: list[tuple[str, str, str]]) -> None:
+    assert dispatchable(work, in_flight, per_namespace, free) == (start, later)

@@ -118,7 +118,7 @@ def test_admit_pod_refuses_a_pod_from_another_namespace() -> None:
     pod = {"metadata": {"name": "p", "namespace": "curated", "labels": {"envkiln.dev/environment": "train"}},
            "spec": {"containers": [{"name": "main", "image": "x"}]}}
     with pytest.raises(WorkloadError, match="the pod says namespace 'curated' but the request is for namespace"):
-        admit_pod(None, pod, "team-a", dry_run=True)  # type: ignore[arg-type]  # refused before any lookup
+        admit_pod(None, pod, "team-a")  # type: ignore[arg-type]  # refused before any lookup
 
 
 # --- inline specs are read strictly, names matched whole ----------------------------------------------

@@ -43,7 +43,10 @@ def test_register(webhook: bool) -> None:
     assert ids["indexing"] == set()  # no Kopf indexes: they cannot be combined with a worker limit
     # Only on.event handlers: Kopf writes no annotations or finalizers onto the objects.
     assert ids["changing"] == set()
-    assert ids["watching"] == {"environment_changed", "build_event", "build_job_event"}
+    # With the webhook, gated pods with inline specs are watched: the operator (never the webhook,
+    # which has no side effects) makes their anonymous Environments.
+    assert ids["watching"] == {"environment_changed", "build_event", "build_job_event"} | (
+        {"pod_event"} if webhook else set())
     assert ids["webhooks"] == ({"envkiln-environment"} if webhook else set())
     # No per-object timers or daemons: one periodic resync (start_resync) over the indexes.
     assert ids["spawning"] == set()

@@ -16,7 +16,7 @@ ClusterRole.
 - apiGroups: ["envkiln.dev"]
   resources: ["environmentbuilds"]
   verbs: ["create"]
-# The webhook creates anonymous Environments for inline definitions on pods.
+# The operator creates anonymous Environments for gated pods with inline definitions (never the webhook).
 - apiGroups: ["envkiln.dev"]
   resources: ["environments"]
   verbs: ["create"]
@@ -36,7 +36,7 @@ ClusterRole.
 # scheduling gate, or a condition saying why it failed.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["pods/status"]
   verbs: ["patch"]

@@ -267,6 +267,11 @@ class Kube:
         return [job for namespace in namespaces
                 for job in self.call(self._batch.list_namespaced_job, namespace, label_selector=label_selector).items]
 
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A pod as the JSON-ready dict the API sends (None: gone)."""
+        pod = self._absent_is_none(self._core.read_namespaced_pod, name, namespace)
+        return None if pod is None else dict(self.to_dict(pod))
+
     def list_pods(self, namespace: str, label_selector: str) -> builtins.list[Any]:
         return builtins.list(self.call(self._core.list_namespaced_pod, namespace, label_selector=label_selector).items)
 

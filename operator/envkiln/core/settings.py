@@ -126,6 +126,23 @@ class OperatorSettings(BaseModel):
         default=None, description="MutatingWebhookConfiguration whose caBundle the operator keeps current."
     )
     webhook_cert_secret: str = "envkiln-webhook-tls"
+    webhook_workers: int = Field(
+        default=8, ge=1, description="Threads that answer admission reviews, apart from the handler threads, so "
+        "that no reconcile work (a slow tenant's git or registry call) delays a pod's admission.")
+    webhook_answer_seconds: float = Field(
+        default=8.0, gt=0, description="Deadline of one admission answer; past it the pod is refused with a message "
+        "to retry (below the API server's 10 s webhook timeout, so the answer is envkiln's, not a timeout).")
+    anonymous_per_minute: int = Field(
+        default=10, ge=1, description="Anonymous Environments (pod inline specs) the operator makes per namespace "
+        "per minute; further gated pods wait their turn.")
+    resync_item_seconds: float = Field(
+        default=30.0, gt=0, description="Time budget of one object in the periodic resync: past it the resync moves "
+        "on and does not queue that object again until its call ends.")
+    resync_per_namespace: int = Field(
+        default=2, ge=1, description="Objects of one namespace the periodic resync works on at once, so that one "
+        "tenant's slow objects never hold up another's.")
+    resync_workers: int = Field(
+        default=8, ge=1, description="Threads of the periodic resync (apart from the handler threads).")
     webhook_client_ca_file: str | None = Field(
         default=None, description="PEM file of the CA that signs the API server's client certificate for webhooks "
         "(its --admission-control-config-file); when set, callers without such a certificate fail the TLS handshake."

@@ -1,4 +1,5 @@
-"""Pods that name an environment: the mutating admission webhook and the scheduling-gate release.
+"""Pods that name an environment: the mutating admission webhook (reads only), the anonymous
+Environments made for gated pods seen through the watch, and the scheduling-gate release.
 
 The reads and writes are here; what to do is decided in envkiln.core.decisions.admission.
 """
@@ -6,12 +7,22 @@ The reads and writes are here; what to do is decided in envkiln.core.decisions.a
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from envkiln.adapters.kube import ApiError
 from envkiln.core.conditions import now_iso
 from envkiln.core.decisions.admission import admit, condition_patch, refusal, release, scoped_review
+from envkiln.core.decisions.anonymous import (
+    REASON_ANONYMOUS_REFUSED,
+    anonymous_target,
+    plan_anonymous,
+    rate_limit,
+    waiting_inline_pod,
+)
 from envkiln.core.names import ENVIRONMENTS, LABEL_ENVIRONMENT
 from envkiln.core.workloads import (
     GATE,
@@ -45,10 +56,10 @@ def scoped_to_request_namespace(fn: AdmissionFn) -> AdmissionFn:
     return checked
 
 
-def admit_pod_counted(ctx: OperatorContext, pod: dict[str, Any], namespace: str, dry_run: bool) -> dict[str, Any]:
+def admit_pod_counted(ctx: OperatorContext, pod: dict[str, Any], namespace: str) -> dict[str, Any]:
     """`admit_pod`, counted in envkiln_webhook_admissions by result (image, gated, refused)."""
     try:
-        changes = admit_pod(ctx, pod, namespace, dry_run)
+        changes = admit_pod(ctx, pod, namespace)
     except WorkloadError:
         ctx.metrics.admission("refused")
         raise
@@ -57,9 +68,10 @@ def admit_pod_counted(ctx: OperatorContext, pod: dict[str, Any], namespace: str,
     return changes
 
 
-def admit_pod(ctx: OperatorContext, pod: dict[str, Any], namespace: str, dry_run: bool) -> dict[str, Any]:
+def admit_pod(ctx: OperatorContext, pod: dict[str, Any], namespace: str) -> dict[str, Any]:
     """The changes to make to a new pod: {'metadata': {...}, 'spec': {...}} pieces to patch.
 
+    Reads only: the webhook has no side effects (a dry run and a real request are answered alike).
     `namespace` is the admission request's (see scoped_to_request_namespace); a pod whose own
     metadata says another one is refused. Raises WorkloadError (the pod is refused with its message).
     """
@@ -69,20 +81,20 @@ def admit_pod(ctx: OperatorContext, pod: dict[str, Any], namespace: str, dry_run
         raise WorkloadError(f"the pod says namespace {written!r} but the request is for namespace {namespace!r}; "
                             "refused")
     request = parse_request(dict(metadata.get("labels") or {}), dict(metadata.get("annotations") or {}))
-    environment, name = _environment_for(ctx, request, namespace, dry_run)
+    environment, name = _environment_for(ctx, request, namespace)
     return admit(pod, environment, name, request)
 
 
-def _environment_for(ctx: OperatorContext, request: EnvironmentRequest, namespace: str,
-                     dry_run: bool) -> tuple[dict[str, Any], str]:
+def _environment_for(ctx: OperatorContext, request: EnvironmentRequest, namespace: str) -> tuple[dict[str, Any], str]:
     if request.inline_spec is not None:
+        # Read only: a pod whose anonymous Environment does not exist yet is gated, and the
+        # operator creates the Environment when its watch sees the pod (ensure_anonymous), in the
+        # namespace the API server admitted the pod into. A forged review changes nothing.
         body = anonymous_environment(request.inline_spec, namespace)
         name = body["metadata"]["name"]
         existing = ctx.kube.get(ENVIRONMENTS, namespace, name)
-        if existing is None and dry_run:
-            return body, name
         if existing is None:
-            existing, _ = ctx.kube.create_or_get(ENVIRONMENTS, namespace, body)
+            return body, name
         problem = anonymous_mismatch(existing, body)
         if problem is not None:
             raise WorkloadError(problem)
@@ -149,3 +161,47 @@ def _report_pod(ctx: OperatorContext, pod: dict[str, Any], reason: str, message:
     except ApiError as error:
         log.warning("could not set the condition on pod %s: %s", metadata["name"], error.reason)
     ctx.kube.event({"apiVersion": "v1", "kind": "Pod", "metadata": metadata}, "Warning", reason, message)
+
+
+class NamespaceRates:
+    """When each namespace last had anonymous Environments made (monotonic seconds), for
+    envkiln.core.decisions.anonymous.rate_limit. Thread-safe: pod events run in handler threads."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self._lock = threading.Lock()
+        self._made: dict[str, deque[float]] = {}
+
+    def check(self, namespace: str, now: float) -> tuple[bool, float]:
+        with self._lock:
+            return rate_limit(list(self._made.get(namespace, ())), now, self.limit, self.window)
+
+    def note(self, namespace: str, now: float) -> None:
+        with self._lock:
+            made = self._made.setdefault(namespace, deque(maxlen=max(1, self.limit)))
+            made.append(now)
+
+
+def ensure_anonymous(ctx: OperatorContext, rates: NamespaceRates, pod: dict[str, Any]) -> float | None:
+    """For a pod seen through the watch: create its anonymous Environment in the pod's own namespace
+    (or say on the pod why not). Returns seconds after which to look again (rate-limited), or None."""
+    metadata = pod.get("metadata") or {}
+    namespace = metadata.get("namespace") or ""
+    if not waiting_inline_pod(pod) or not namespace:
+        return None
+    reserved = {ctx.settings.operator_namespace, ctx.settings.curated_namespace}
+    wanted = anonymous_target(pod)
+    existing = ctx.kube.get(ENVIRONMENTS, namespace, wanted) if wanted else None
+    plan = plan_anonymous(pod, namespace, reserved, existing, rates.check(namespace, time.monotonic()))
+    if plan.action == "refuse":
+        _report_pod(ctx, pod, REASON_ANONYMOUS_REFUSED, plan.message)
+    elif plan.action == "wait":
+        return plan.retry_in
+    elif plan.action == "create" and plan.environment is not None:
+        rates.note(namespace, time.monotonic())
+        created, made = ctx.kube.create_or_get(ENVIRONMENTS, namespace, plan.environment)
+        if made:
+            log.info("anonymous Environment %s/%s made for pod %s", namespace, created["metadata"]["name"],
+                     metadata.get("name"))
+    return None
+

@@ -10,7 +10,7 @@ objects seen in the initial listing (the operator started, or its watch was rest
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from envkiln.core.decisions.build import TERMINAL
@@ -87,3 +87,32 @@ def follows_git_ref(spec: Mapping[str, Any]) -> bool:
 def base_moved(status: Mapping[str, Any], latest: str | None) -> bool:
     """The watcher saw a digest other than the one this Environment's image was built on."""
     return latest is not None and status.get("baseImageDigest") not in (None, latest)
+
+
+def dispatchable(work: Sequence[tuple[str, str, str]], in_flight: Collection[tuple[str, str, str]],
+                 per_namespace: int, free: int) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """(to start now, to keep for the next tick) of the resync's `work` items (kind, namespace, name).
+
+    An item already running is dropped (it is not queued twice); at most `per_namespace` items of
+    one namespace run at once, counting those in flight, so one tenant's slow items never take
+    every thread; at most `free` start in all. Items of one namespace keep their order; namespaces
+    take turns (round robin), so the first namespace in the list does not go first every time."""
+    running: dict[str, int] = {}
+    for _, namespace, _ in in_flight:
+        running[namespace] = running.get(namespace, 0) + 1
+    queues: dict[str, list[tuple[str, str, str]]] = {}
+    for item in dict.fromkeys(work):
+        if item not in in_flight:
+            queues.setdefault(item[1], []).append(item)
+    start: list[tuple[str, str, str]] = []
+    progress = True
+    while progress and len(start) < free:
+        progress = False
+        for namespace, queue in queues.items():
+            if queue and running.get(namespace, 0) < per_namespace and len(start) < free:
+                start.append(queue.pop(0))
+                running[namespace] = running.get(namespace, 0) + 1
+                progress = True
+    chosen = set(start)
+    later = [item for queue in queues.values() for item in queue if item not in chosen]
+    return start, later

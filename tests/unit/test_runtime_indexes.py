@@ -1,14 +1,16 @@
-"""The operator's in-memory indexes and retry schedule (envkiln.runtime.handlers): what the periodic resync
+"""The operator's in-memory indexes and retry schedule (envkiln.runtime.indexes, envkiln.runtime.state): what the periodic resync
 and the Environments' build lookups read instead of the API server."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
 from envkiln.core.names import ANNOTATION_SIGNATURE
-from envkiln.runtime.handlers import Indexes, Resync
+from envkiln.runtime.indexes import Indexes
+from envkiln.runtime.state import PeeringState, Resync
 
 
 def _build(phase: str | None, name: str = "envb-1") -> dict[str, Any]:
@@ -50,25 +52,37 @@ def test_environments_by_hash_and_unsettled() -> None:
 
 
 def test_indexes_are_safe_to_read_while_written() -> None:
-    indexes, stop = Indexes(), threading.Event()
+    """A writer thread moves 500 Environments between 7 hashes while this thread reads. Every read
+    is a consistent answer (sorted, no duplicates), the writer raised nothing, and at the end each
+    Environment is under exactly the hash it was last given."""
+    indexes, stop, failures = Indexes(), threading.Event(), []
+    written = [0]
 
     def write() -> None:
-        i = 0
-        while not stop.is_set():
-            indexes.note_environment("ns", f"e{i % 500}", {"hash": f"h{i % 7}", "phase": "Building"})
-            indexes.note_build("ns", f"envb-{i % 50}", _build("Building", f"envb-{i % 50}"))
-            i += 1
+        try:
+            i = 0
+            while not stop.is_set() or i < 2000:
+                indexes.note_environment("ns", f"e{i % 500}", {"hash": f"h{i % 7}", "phase": "Building"})
+                indexes.note_build("ns", f"envb-{i % 50}", _build("Building", f"envb-{i % 50}"))
+                i += 1
+            written[0] = i
+        except BaseException as error:  # reaches the test below
+            failures.append(error)
 
     writer = threading.Thread(target=write)
     writer.start()
     try:
         for _ in range(300):
-            indexes.environments_with("ns", "h1")
-            indexes.unsettled_environments()
-            indexes.unsettled_builds()
+            names = indexes.environments_with("ns", "h1")
+            assert names == sorted(set(names))
+            assert len(indexes.unsettled_builds()) <= 50
     finally:
         stop.set()
         writer.join()
+    assert failures == []
+    last = {f"e{i % 500}": f"h{i % 7}" for i in range(written[0])}
+    for value in {f"h{k}" for k in range(7)}:
+        assert indexes.environments_with("ns", value) == sorted(n for n, h in last.items() if h == value)
 
 
 def test_retries_come_due_once_earliest_first() -> None:
@@ -84,10 +98,6 @@ def test_retries_come_due_once_earliest_first() -> None:
 
 def test_the_resync_follows_kopfs_peering_pauses() -> None:
     """The periodic resync is envkiln's own task: it must stop when Kopf pauses this replica."""
-    import logging
-
-    from envkiln.runtime.handlers import PeeringState
-
     state = PeeringState.attach()
     peering = logging.getLogger("kopf._core.engines.peering")
     try:
