@@ -1,5 +1,5 @@
-"""The operator's in-memory indexes and retry schedule (envkiln.runtime.indexes, envkiln.runtime.state): what the periodic resync
-and the Environments' build lookups read instead of the API server."""
+"""The operator's in-memory indexes and retry schedule (envkiln.runtime.indexes and .state): what the
+periodic resync and the Environments' build lookups read instead of the API server."""
 
 from __future__ import annotations
 
