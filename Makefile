@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export ENVKILN_CACHE ?= $(HOME)/.cache/envkiln
 
-.PHONY: deps venv test unit integration lint crds controlplane run demo kind e2e bench clean
+.PHONY: deps venv test check unit integration lint crds controlplane run demo kind e2e bench clean
 
 $(BIN)/envkiln: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,14 +25,16 @@ lint: venv  ## ruff, the layer contracts (pyproject [tool.importlinter]) and myp
 	$(BIN)/lint-imports
 	$(BIN)/mypy --strict operator/envkiln
 
-unit: venv  ## unit tests only, in seconds
-	$(BIN)/pytest tests/unit -q
+unit: venv  ## unit tests only, on every core, in seconds
+	$(BIN)/pytest tests/unit -q -n auto
+
+check: lint unit  ## what to run before a commit (and what CI runs first): lint and unit tests, under a minute
 
 integration: deps venv
 	$(BIN)/pytest tests/integration -q
 
-test: deps venv lint  ## everything CI runs: lint, unit and integration tests
-	$(BIN)/pytest tests -q
+test: check deps  ## everything CI runs: `make check` first (fails fast), then the integration tests
+	$(BIN)/pytest tests/integration tests/e2e -q
 
 crds: venv  ## regenerate crds/ (and the chart's copy) from the models
 	$(BIN)/envkiln crds

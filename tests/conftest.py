@@ -1,14 +1,11 @@
-"""Shared pytest setup: the source root on sys.path, and the integration marker by folder."""
+"""Shared pytest setup: the integration marker by folder, and the count of integration tests that ran.
+(The source root, the harness and the helper modules are on the path by pytest's `pythonpath`.)"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests")]  # the product, and the harness
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

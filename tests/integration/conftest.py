@@ -130,7 +130,7 @@ def start_operator(control_plane: ControlPlane, api_client: client.ApiClient, re
     started: list[OperatorProcess] = []
 
     def start(namespace: str, builder: str = "kaniko", registry_host: str | None = None,
-              **settings: str) -> OperatorProcess:
+              also_watch: tuple[str, ...] = (), **settings: str) -> OperatorProcess:
         env = {
             "ENVKILN_REGISTRY": registry_host or registry.host,
             "ENVKILN_INSECURE_REGISTRY": "true",
@@ -143,7 +143,7 @@ def start_operator(control_plane: ControlPlane, api_client: client.ApiClient, re
             "ENVKILN_CACHE_TTL_SECONDS": "0",
             **{f"ENVKILN_{k.upper()}": str(v) for k, v in settings.items()},
         }
-        process = OperatorProcess(control_plane.kubeconfig, env, namespaces=[namespace],
+        process = OperatorProcess(control_plane.kubeconfig, env, namespaces=[namespace, *also_watch],
                                   log_dir=tmp_path, name=f"operator-{len(started)}").start()
         started.append(process)
         # Fail fast with the operator's own message when it cannot start.

@@ -233,9 +233,12 @@ def test_same_inline_spec_gives_one_anonymous_environment_and_one_build(
         assert [g.name for g in created.spec.scheduling_gates] == [GATE]
         variables = {e.name: e.value for e in created.spec.containers[0].env}
         assert variables["X"] == "y"
-    anonymous = envs.custom.list_namespaced_custom_object("envkiln.dev", "v1alpha1", namespace, "environments",
-                                                          label_selector="envkiln.dev/anonymous=true")["items"]
-    assert [a["metadata"]["name"] for a in anonymous] == [name]
+    # The webhook made nothing: the operator makes the Environment when its watch sees the gated pods.
+    def anonymous() -> list[str]:
+        return [a["metadata"]["name"] for a in envs.custom.list_namespaced_custom_object(
+            "envkiln.dev", "v1alpha1", namespace, "environments", label_selector="envkiln.dev/anonymous=true")["items"]]
+
+    wait_for(lambda: anonymous() == [name], what="the anonymous Environment", diagnostics=webhook_operator.log)
     wait_for(lambda: len(envs.builds()) == 1, what="one build", diagnostics=webhook_operator.log)
     wait_for(lambda: len(envs.jobs()) == 1, what="one Job", diagnostics=webhook_operator.log)
 

@@ -9,7 +9,7 @@ import yaml
 
 from envkiln.core.decisions.anonymous import anonymous_target, plan_anonymous, rate_limit, waiting_inline_pod
 from envkiln.core.models import EnvironmentSpec
-from envkiln.core.workloads import GATE, LABEL, SPEC_ANNOTATION, anonymous_environment
+from envkiln.core.workloads import ANNOTATION, GATE, LABEL, SPEC_ANNOTATION, anonymous_environment
 
 SPEC = {"image": "python:3.11-slim", "pip": ["numpy==2.1.0"]}
 BODY = anonymous_environment(EnvironmentSpec.model_validate(SPEC), "team-a")
@@ -18,8 +18,11 @@ RESERVED = {"envkiln-system", "envkiln-curated"}
 OK, LIMITED = (True, 0.0), (False, 12.5)
 
 
-def pod(spec: Any = SPEC, gated: bool = True, deleting: bool = False, label: str = "inline") -> dict[str, Any]:
+def pod(spec: Any = SPEC, gated: bool = True, deleting: bool = False, label: str = "inline",
+        reference: str | None = None) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": "p", "labels": {LABEL: label}, "annotations": {}}
+    if reference is not None:  # what the webhook records on an admitted pod
+        metadata["annotations"][ANNOTATION] = reference
     if spec is not None:
         metadata["annotations"][SPEC_ANNOTATION] = spec if isinstance(spec, str) else yaml.safe_dump(spec)
     if deleting:
@@ -34,6 +37,7 @@ def other_spec() -> dict[str, Any]:
 
 @pytest.mark.parametrize(("the_pod", "namespace", "existing", "allowed", "action", "says"), [
     (pod(), "team-a", None, OK, "create", ""),  # the first gated pod: made in its own namespace
+    (pod(label=NAME, reference=NAME), "team-a", None, OK, "create", ""),  # as admitted: label and reference set
     (pod(), "team-a", BODY, OK, "none", ""),  # already there, same spec
     (pod(), "team-a", other_spec(), OK, "refuse", "is not the pod's inline spec"),  # pre-created by someone else
     (pod(), "team-a", None, LIMITED, "wait", ""),  # the namespace's rate is used up
@@ -59,7 +63,8 @@ def test_plan_anonymous(the_pod: dict[str, Any], namespace: str, existing: dict[
 
 @pytest.mark.parametrize(("the_pod", "target"), [
     (pod(), NAME),
-    (pod(label="someone-else"), NAME),  # the name follows from the spec, never from the pod's label
+    (pod(label="someone-else"), NAME),
+    (pod(label=NAME, reference="someone-else"), NAME),  # the name follows from the spec, never from the pod's label
     (pod(gated=False), None),
     (pod(spec="image: [unclosed"), None),
     (pod(spec=None), None),

@@ -110,3 +110,36 @@ def test_the_resync_follows_kopfs_peering_pauses() -> None:
         assert state.paused
     finally:
         peering.removeFilter(state)
+
+
+def test_a_namespace_over_its_share_waits_and_others_run() -> None:
+    """Two slow syncs of namespace a hold its share (2): a third object of a waits (a retry in a
+    second), while namespace b's object runs at once; when a's syncs end, its share is free again."""
+    from types import SimpleNamespace
+
+    from envkiln.runtime.resync import _guarded
+    from envkiln.runtime.state import NamespaceShare
+
+    rt: Any = SimpleNamespace(share=NamespaceShare(2), resync=Resync(), ctx=None)
+    release, ran = threading.Event(), []
+
+    def slow() -> float | None:
+        ran.append("a")
+        release.wait(10)
+        return None
+
+    threads = [threading.Thread(target=_guarded, args=(rt, "env", "a", f"slow{i}", 1.0, slow)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while len(ran) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _guarded(rt, "env", "a", "third", 1.0, lambda: ran.append("third") or None)
+    _guarded(rt, "env", "b", "other", 1.0, lambda: ran.append("b") or None)
+    assert ran == ["a", "a", "b"]
+    assert rt.resync.take_due(time.monotonic() + 1.5) == [("env", "a", "third")]
+    release.set()
+    for thread in threads:
+        thread.join()
+    _guarded(rt, "env", "a", "third", 1.0, lambda: ran.append("third") or None)
+    assert ran[-1] == "third"

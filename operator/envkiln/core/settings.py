@@ -141,6 +141,9 @@ class OperatorSettings(BaseModel):
     resync_per_namespace: int = Field(
         default=2, ge=1, description="Objects of one namespace the periodic resync works on at once, so that one "
         "tenant's slow objects never hold up another's.")
+    namespace_share: int = Field(
+        default=10, ge=1, description="Objects of one namespace synced at once across all threads (events and "
+        "resync); the rest wait a second and try again, so one tenant's slow calls cannot take every thread.")
     resync_workers: int = Field(
         default=8, ge=1, description="Threads of the periodic resync (apart from the handler threads).")
     webhook_client_ca_file: str | None = Field(

@@ -32,7 +32,11 @@ KINDS = {"env": "Environment", "build": "EnvironmentBuild", "pod": "Pod"}
 def _guarded(rt: Runtime, kind: str, namespace: str, name: str, retry: float,
              work: Callable[[], float | None]) -> None:
     """Run `work` (which returns when to look again, or None); on a failure log it, count it and
-    retry after `retry` seconds (as Kopf retried a handler's errors)."""
+    retry after `retry` seconds (as Kopf retried a handler's errors). When the namespace already has
+    its share of objects being synced, the object waits a second instead (NamespaceShare)."""
+    if not rt.share.try_enter(namespace):
+        rt.resync.retry(kind, namespace, name, 1.0)
+        return
     try:
         again = work()
     except Exception as error:
@@ -44,6 +48,8 @@ def _guarded(rt: Runtime, kind: str, namespace: str, name: str, retry: float,
         rt.ctx.metrics.reconcile_error(what, error)
         rt.resync.retry(kind, namespace, name, retry)
         return
+    finally:
+        rt.share.leave(namespace)
     if again is not None:
         rt.resync.retry(kind, namespace, name, again)
 

@@ -70,6 +70,30 @@ class PeeringState(logging.Filter):
         return state
 
 
+class NamespaceShare:
+    """How many objects of each namespace are being synced right now, bounded per namespace."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._busy: dict[str, int] = {}
+
+    def try_enter(self, namespace: str) -> bool:
+        with self._lock:
+            if self._busy.get(namespace, 0) >= self.limit:
+                return False
+            self._busy[namespace] = self._busy.get(namespace, 0) + 1
+            return True
+
+    def leave(self, namespace: str) -> None:
+        with self._lock:
+            left = self._busy.get(namespace, 0) - 1
+            if left > 0:
+                self._busy[namespace] = left
+            else:
+                self._busy.pop(namespace, None)
+
+
 @dataclass
 class Runtime:
     """Everything the handlers share: the reconcile context, the in-memory indexes, the retry
@@ -85,6 +109,7 @@ class Runtime:
     webhook: concurrent.futures.ThreadPoolExecutor = field(init=False)
     resync_pool: concurrent.futures.ThreadPoolExecutor = field(init=False)
     rates: NamespaceRates = field(init=False)
+    share: NamespaceShare = field(init=False)
 
     def __post_init__(self) -> None:
         self.webhook = concurrent.futures.ThreadPoolExecutor(self.settings.webhook_workers,
@@ -92,6 +117,7 @@ class Runtime:
         self.resync_pool = concurrent.futures.ThreadPoolExecutor(self.settings.resync_workers,
                                                                  thread_name_prefix="envkiln-resync")
         self.rates = NamespaceRates(self.settings.anonymous_per_minute, 60.0)
+        self.share = NamespaceShare(self.settings.namespace_share)
 
     def close(self) -> None:
         self.webhook.shutdown(wait=False, cancel_futures=True)

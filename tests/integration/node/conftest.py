@@ -15,7 +15,9 @@ from kubernetes import client
 from harness.buildah import base_image_archive, push_archive
 from harness.images import builder_image_archive
 from harness.operator import OperatorProcess
+from harness.ports import free_port
 from harness.pypi import PackageIndex, make_wheel
+from harness.webhook import webhook_configuration
 from node_helpers import PROBE, PROBE_SOURCE, PROBE_VERSION
 
 
@@ -75,3 +77,15 @@ def buildah_operator(start_operator: Callable[..., OperatorProcess], cluster: An
                               build_cpu_request="100m", build_memory_request="128Mi", **settings)
 
     return start
+
+
+@pytest.fixture()
+def webhook(node_api: client.ApiClient, node_namespace: str) -> Iterator[dict[str, str]]:
+    """A MutatingWebhookConfiguration like the chart's, calling an operator on 127.0.0.1."""
+    port = free_port()
+    name = f"envkiln-{node_namespace}"
+    admission = client.AdmissionregistrationV1Api(node_api)
+    admission.create_mutating_webhook_configuration(webhook_configuration(name, port, node_namespace))
+    yield {"webhook_enabled": "true", "webhook_listen_address": "127.0.0.1", "webhook_port": str(port),
+           "webhook_hosts": "127.0.0.1", "webhook_configuration": name, "operator_namespace": node_namespace}
+    admission.delete_mutating_webhook_configuration(name)

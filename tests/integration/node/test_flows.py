@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import yaml
 from kubernetes import client
 
-from harness.ports import free_port
 from harness.pypi import PackageIndex
-from harness.webhook import webhook_configuration
 from node_helpers import PROBE, PROBE_VERSION, index_steps, registry_digest
 from operator_helpers import Envs, condition, environment, wait_for
 
@@ -54,18 +51,6 @@ def wait_job_complete(batch: client.BatchV1Api, namespace: str, name: str, timeo
         return job if "Complete" in types else None
 
     return wait_for(done, timeout=timeout, interval=0.5, what=f"Job {name} Complete", diagnostics=diagnostics)
-
-
-@pytest.fixture()
-def webhook(node_api: client.ApiClient, node_namespace: str) -> Iterator[dict[str, str]]:
-    """A MutatingWebhookConfiguration like the chart's, calling an operator on 127.0.0.1."""
-    port = free_port()
-    name = f"envkiln-{node_namespace}"
-    admission = client.AdmissionregistrationV1Api(node_api)
-    admission.create_mutating_webhook_configuration(webhook_configuration(name, port, node_namespace))
-    yield {"webhook_enabled": "true", "webhook_listen_address": "127.0.0.1", "webhook_port": str(port),
-           "webhook_hosts": "127.0.0.1", "webhook_configuration": name, "operator_namespace": node_namespace}
-    admission.delete_mutating_webhook_configuration(name)
 
 
 def test_environment_builds_in_a_real_build_job(node_api: client.ApiClient, node_namespace: str,

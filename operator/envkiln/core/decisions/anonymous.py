@@ -12,6 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from envkiln.core.models import EnvironmentSpec
 from envkiln.core.workloads import (
     GATE,
     SPEC_ANNOTATION,
@@ -19,7 +20,7 @@ from envkiln.core.workloads import (
     anonymous_environment,
     anonymous_mismatch,
     anonymous_name,
-    parse_request,
+    parse_inline_spec,
 )
 
 REASON_ANONYMOUS_REFUSED = "AnonymousEnvironmentRefused"
@@ -45,14 +46,10 @@ def anonymous_target(pod: Mapping[str, Any]) -> str | None:
     such a pod, or its annotations cannot be read; plan_anonymous then says why)."""
     if not waiting_inline_pod(pod):
         return None
-    metadata = pod.get("metadata") or {}
     try:
-        request = parse_request(dict(metadata.get("labels") or {}), dict(metadata.get("annotations") or {}))
+        return anonymous_name(_inline_spec(pod))
     except WorkloadError:
         return None
-    if request.inline_spec is None:
-        return None
-    return anonymous_name(request.inline_spec)
 
 
 def plan_anonymous(pod: Mapping[str, Any], namespace: str, reserved: Collection[str],
@@ -65,18 +62,15 @@ def plan_anonymous(pod: Mapping[str, Any], namespace: str, reserved: Collection[
     answer (see rate_limit)."""
     if not waiting_inline_pod(pod):
         return AnonymousPlan("none")
-    metadata = pod.get("metadata") or {}
     try:
-        request = parse_request(dict(metadata.get("labels") or {}), dict(metadata.get("annotations") or {}))
+        spec = _inline_spec(pod)
     except WorkloadError as error:
         return AnonymousPlan("refuse", message=str(error))
-    if request.inline_spec is None:
-        return AnonymousPlan("none")
     if namespace in reserved:
         return AnonymousPlan("refuse", message=(
             f"annotation {SPEC_ANNOTATION}: anonymous environments are not made in namespace {namespace} "
             "(it is envkiln's own or the curated one); run the pod in a tenant namespace, or name an Environment"))
-    body = anonymous_environment(request.inline_spec, namespace)
+    body = anonymous_environment(spec, namespace)
     if existing is not None:
         problem = anonymous_mismatch(dict(existing), body)
         return AnonymousPlan("none") if problem is None else AnonymousPlan("refuse", message=problem)
@@ -84,6 +78,13 @@ def plan_anonymous(pod: Mapping[str, Any], namespace: str, reserved: Collection[
     if not ok:
         return AnonymousPlan("wait", retry_in=retry_in)
     return AnonymousPlan("create", environment=body)
+
+
+def _inline_spec(pod: Mapping[str, Any]) -> EnvironmentSpec:
+    """The pod's inline spec, read from its annotation alone (after admission the pod's label and
+    reference annotation name the anonymous Environment; the spec is what decides which one)."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return parse_inline_spec(str(annotations.get(SPEC_ANNOTATION, "")))
 
 
 def rate_limit(recent: Sequence[float], now: float, limit: int, window: float) -> tuple[bool, float]:
