@@ -40,7 +40,11 @@ class OperatorProcess:
         }
         env.setdefault("ENVKILN_LOCAL_STORAGE_ROOT", str(cache_dir() / "buildah"))
         env.setdefault("ENVKILN_SIGNING_KEY", TEST_SIGNING_KEY)  # so harness.records can seed earlier builds
+        if not env["ENVKILN_SIGNING_KEY"]:  # "": the keys of the Secret envkiln-signing-key instead
+            del env["ENVKILN_SIGNING_KEY"]
         env.setdefault("ENVKILN_METRICS_PORT", "0")  # off unless a test asks: several operators run at once
+        # Test git servers and registries listen on 127.0.0.1, which namespaces may not name by default.
+        env.setdefault("ENVKILN_ALLOWED_PRIVATE_HOSTS", "127.0.0.0/8,::1")
         # Base images are resolved to digests only in the test registry: nothing is asked of docker.io.
         env.setdefault("ENVKILN_BASE_IMAGE_REGISTRIES", env.get("ENVKILN_REGISTRY", "localhost:5000").split("/")[0])
         if self.namespaces:

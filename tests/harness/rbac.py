@@ -15,6 +15,7 @@ OPERATOR_PERMISSIONS: set[tuple[str, ...]] = {
     # Kopf watches both kinds and patches its annotations onto them; the operator reads them.
     *{("envkiln.dev", r, v) for r in ("environments", "environmentbuilds") for v in ("get", "list", "watch", "patch")},
     ("envkiln.dev", "environmentbuilds", "create"),  # kube.Kube.create_or_get
+    ("envkiln.dev", "environmentbuilds", "delete"),  # envsync.collect_builds: old finished builds no Environment keeps
     ("envkiln.dev", "environments", "create"),  # anonymous Environments for gated pods (inline definitions)
     *{("envkiln.dev", f"{r}/status", v) for r in ("environments", "environmentbuilds") for v in ("get", "patch")},
     *{("batch", "jobs", v) for v in ("get", "list", "watch", "create")},  # Kaniko builder + job events

@@ -9,6 +9,9 @@ signed record through the status subresource.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +21,46 @@ from envkiln.core.definition import pull_reference
 from envkiln.core.models import EnvironmentSpec
 from envkiln.core.names import BUILDS, GROUP, VERSION
 from envkiln.core.settings import OperatorSettings
-from envkiln.core.trust import Signer
+from envkiln.core.trust import Signer, normalized_spec
 from envkiln.reconcile.envsync import build_manifest
 from harness.buildah import base_image_archive, push_archive
 
 TEST_SIGNING_KEY = "envkiln-test-signing-key-0123456789abcdef"
 
 
+class PreKeyIdSigner:
+    """The operator's signer as it was before key ids (a frozen copy of that code): signatures
+    `v1:<hex>`, with no key id. EnvironmentBuilds in existing clusters carry these, and must keep
+    verifying while the key that made them is configured."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def _sign(self, purpose: str, document: dict[str, Any]) -> str:
+        body = json.dumps({"purpose": purpose, **document}, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+        return "v1:" + hmac.new(self.key, body, hashlib.sha256).hexdigest()
+
+    def sign_build(self, namespace: str, name: str, spec: dict[str, Any]) -> str:
+        return self._sign("build", {"namespace": namespace, "name": name, "spec": normalized_spec(spec)})
+
+    def sign_record(self, namespace: str, name: str, hash_value: str, image: str, digest: str) -> str:
+        return self._sign("record", {"namespace": namespace, "name": name, "hash": hash_value, "image": image,
+                                     "digest": digest})
+
+
 def seed_build(api: client.ApiClient, namespace: str, spec: dict[str, Any], registry_host: str,
-               archive: Path | None = None, key: str = TEST_SIGNING_KEY) -> tuple[str, str]:
-    """(digest, image pushed) of a finished, signed build of `spec` in `namespace`."""
+               archive: Path | None = None, key: str = TEST_SIGNING_KEY,
+               signer: Signer | PreKeyIdSigner | None = None) -> tuple[str, str]:
+    """(digest, image pushed) of a finished, signed build of `spec` in `namespace` (signed with
+    `signer`, default: `key` with the default key id)."""
     from envkiln.core.definition import definition_hash
 
     settings = OperatorSettings(registry=registry_host, insecure_registry=True)
     model = EnvironmentSpec.model_validate(spec)
     value = definition_hash(model)
-    signer = Signer(key.encode())
-    body = build_manifest(signer, settings, namespace, model, value)
+    signer = signer or Signer(key.encode())
+    body = build_manifest(signer, settings, namespace, model, value)  # type: ignore[arg-type]  # duck-typed
     image = body["spec"]["image"]
     digest = push_archive(archive or base_image_archive(), image)
     custom = client.CustomObjectsApi(api)

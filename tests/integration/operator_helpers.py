@@ -100,9 +100,14 @@ def play_kaniko_pod(api: client.ApiClient, namespace: str, job: client.V1Job, ex
     template = job.spec.template
     pod = {
         "apiVersion": "v1", "kind": "Pod",
+        # The API server put the Job's controller-uid labels on its template; the Job controller makes
+        # each pod controlled by the Job (envkiln reads only such pods, never by job-name alone).
         "metadata": {"name": f"{job.metadata.name}-pod", "namespace": namespace,
                      "labels": {**(template.metadata.labels or {}), "job-name": job.metadata.name,
-                                "batch.kubernetes.io/job-name": job.metadata.name}},
+                                "batch.kubernetes.io/job-name": job.metadata.name},
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job.metadata.name,
+                                          "uid": job.metadata.uid, "controller": True,
+                                          "blockOwnerDeletion": True}]},
         "spec": api.sanitize_for_serialization(template.spec),
     }
     core.create_namespaced_pod(namespace, pod)

@@ -33,6 +33,7 @@ from operator_helpers import GROUP, VERSION, Envs, environment, finish_job, imag
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "envkiln"
 RELEASE_NAMESPACE = "envkiln-system"
+CURATED_NAMESPACE = "envkiln-curated"  # curated.namespace: never the release namespace (its Secrets)
 KUBE_VERSION = "1.34.4"
 
 
@@ -93,6 +94,15 @@ def test_values_schema_refuses_unknown_and_bad_values(helm: str) -> None:
     missing = subprocess.run([helm, "template", "x", str(CHART), "--kube-version", KUBE_VERSION],
                              capture_output=True, text=True)
     assert missing.returncode != 0 and "set operator.registry" in missing.stderr
+    for curated in ("curated.namespace=Not_A_Namespace", "curated.createNamespace=maybe"):
+        result = subprocess.run([helm, "template", "x", str(CHART), "--kube-version", KUBE_VERSION,
+                                 "--set", "operator.registry=r", "--set", curated], capture_output=True, text=True)
+        assert "values don't meet the specifications of the schema" in result.stderr, curated
+    # The curated namespace is never the release namespace (the signing key, the push identities).
+    same = subprocess.run([helm, "template", "x", str(CHART), "-n", "ops", "--kube-version", KUBE_VERSION,
+                           "--set", "operator.registry=r", "--set", "curated.namespace=ops"],
+                          capture_output=True, text=True)
+    assert same.returncode != 0 and 'curated.namespace "ops" is the release namespace' in same.stderr, same.stderr
 
 
 @pytest.fixture(scope="session")
@@ -120,9 +130,16 @@ def test_rendered_manifests_pass_server_side_validation(helm: str, api_client: c
     documents = render(helm, *values)
     kinds = {d["kind"] for d in documents}
     assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= kinds
+    # A namespace the chart creates (the curated one) does not exist in a dry run before the install:
+    # its objects are then validated in the release namespace.
+    existing = {n.metadata.name for n in client.CoreV1Api(api_client).list_namespace().items}
+    created = {d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"} - existing
     for document in documents:
         api = resources.get(api_version=document["apiVersion"], kind=document["kind"])
         namespace = document["metadata"].get("namespace") if api.namespaced else None
+        if namespace in created:
+            document = {**document, "metadata": {**document["metadata"], "namespace": release_namespace}}
+            namespace = release_namespace
         # The real API server validates the object (schemas, CRDs, CEL) without storing it.
         api.create(body=document, namespace=namespace, query_params=[("dryRun", "All")])
 
@@ -185,8 +202,9 @@ def test_operator_rbac_grants_exactly_what_the_operator_uses(helm: str,
             for rule in rules:
                 assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
             grants[key] = {tuple("RELEASE" if part == fullname else part for part in p) for p in permissions_of(rules)}
-        if watched:  # each Secret read by name
-            readable = [env.get("ENVKILN_REGISTRY_SECRET"), *(PUSH_IDENTITY.format(namespace=n) for n in watched)]
+        if watched:  # each Secret read by name; the curated namespace pushes with the registry Secret
+            readable = [env.get("ENVKILN_REGISTRY_SECRET"), *(PUSH_IDENTITY.format(namespace=n) for n in watched
+                                                              if n != env["ENVKILN_CURATED_NAMESPACE"])]
             own = OWN_NAMESPACE_PERMISSIONS | {("", "secrets", "get", secret) for secret in readable if secret}
         else:  # push identities of namespaces unknown: any Secret read; created under the ClusterRole
             own = {p for p in OWN_NAMESPACE_PERMISSIONS if p[2] not in ("get", "create")} | {("", "secrets", "get")}
@@ -206,9 +224,12 @@ def test_watching_given_namespaces_grants_roles_there_and_nothing_namespaced_clu
         helm: str, namespaced: dict[tuple[str, str], bool]) -> None:
     documents = render(helm, "operator.registry=r.example.com", "operator.watchNamespaces={team-a,team-b}")
     grants = operator_grants(documents, "envkiln")
-    assert {scope for scope, _ in grants} == {None, "team-a", "team-b", RELEASE_NAMESPACE}
+    # The curated namespace is watched too (and gets its Role and KopfPeering).
+    assert {scope for scope, _ in grants} == {None, "team-a", "team-b", CURATED_NAMESPACE, RELEASE_NAMESPACE}
     roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in documents if d["kind"] == "Role"}
-    assert {("team-a", "envkiln"), ("team-b", "envkiln")} <= roles
+    assert {("team-a", "envkiln"), ("team-b", "envkiln"), (CURATED_NAMESPACE, "envkiln")} <= roles
+    assert {d["metadata"]["namespace"] for d in documents if d["kind"] == "KopfPeering"} == {
+        "team-a", "team-b", CURATED_NAMESPACE}
     bound_cluster_roles = {b["roleRef"]["name"] for b in documents if b["kind"] == "ClusterRoleBinding"}
     assert bound_cluster_roles == {"envkiln"}
     for cluster_role in (d for d in documents if d["kind"] == "ClusterRole"):
@@ -219,8 +240,8 @@ def test_watching_given_namespaces_grants_roles_there_and_nothing_namespaced_clu
     # RoleBindings never reach for a ClusterRole either, and the webhook sees only watched namespaces.
     assert all(b["roleRef"]["kind"] == "Role" for b in documents if b["kind"] == "RoleBinding")
     webhook = next(d for d in documents if d["kind"] == "MutatingWebhookConfiguration")["webhooks"][0]
-    assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]} in (
-        webhook["namespaceSelector"]["matchExpressions"])
+    assert {"key": "kubernetes.io/metadata.name", "operator": "In",
+            "values": ["team-a", "team-b", CURATED_NAMESPACE]} in webhook["namespaceSelector"]["matchExpressions"]
     # Watching all namespaces is the only case with namespaced resources in the operator's ClusterRole.
     everywhere = operator_grants(render(helm, "operator.registry=r.example.com"), "envkiln")
     assert any(namespaced[(g, r)] for g, r, *_ in permissions_of(everywhere[(None, "envkiln")]))
@@ -262,14 +283,20 @@ def test_helm_install_creates_the_release(installed_release: str, api_client: cl
     deployment = apps.read_namespaced_deployment(installed_release, release_namespace)
     container = deployment.spec.template.spec.containers[0]
     env = {e.name: e.value for e in container.env}
-    assert env["ENVKILN_CURATED_NAMESPACE"] == release_namespace and env["ENVKILN_PEERING_PRIORITY"] == "random"
+    assert env["ENVKILN_CURATED_NAMESPACE"] == CURATED_NAMESPACE and env["ENVKILN_PEERING_PRIORITY"] == "random"
     assert deployment.spec.template.spec.security_context.run_as_non_root is True
     assert container.security_context.read_only_root_filesystem is True
     assert container.liveness_probe.http_get.path == "/healthz"
     curated = client.CustomObjectsApi(api_client).list_namespaced_custom_object(
-        "envkiln.dev", "v1alpha1", release_namespace, "environments", label_selector="envkiln.dev/curated=true")
+        "envkiln.dev", "v1alpha1", CURATED_NAMESPACE, "environments", label_selector="envkiln.dev/curated=true")
     names = sorted(item["metadata"]["name"] for item in curated["items"])
     assert len(names) >= 4 and all(name.startswith("azureml-") for name in names)
+    # In their own namespace (which the chart created), not in the release namespace.
+    labels = client.CoreV1Api(api_client).read_namespace(CURATED_NAMESPACE).metadata.labels
+    assert labels["envkiln.dev/curated"] == "true"
+    assert not client.CustomObjectsApi(api_client).list_namespaced_custom_object(
+        "envkiln.dev", "v1alpha1", release_namespace, "environments",
+        label_selector="envkiln.dev/curated=true")["items"]
 
 
 def _service_account_kubeconfig(api_client: client.ApiClient, control_plane: ControlPlane, namespace: str,
@@ -305,7 +332,7 @@ def test_operator_works_under_the_chart_service_account(installed_release: str, 
 
     settings = {"ENVKILN_REGISTRY": registry.host, "ENVKILN_INSECURE_REGISTRY": "true",
                 "ENVKILN_BUILD_SYNC_SECONDS": "1", "ENVKILN_ENV_SYNC_SECONDS": "2",
-                "ENVKILN_OPERATOR_NAMESPACE": release_namespace, "ENVKILN_CURATED_NAMESPACE": release_namespace}
+                "ENVKILN_OPERATOR_NAMESPACE": release_namespace, "ENVKILN_CURATED_NAMESPACE": CURATED_NAMESPACE}
     envs = Envs(api_client, namespace)
     hit = {"image": "python:3.11-slim", "pip": ["rbac-hit==1.0"]}
     seed_build(api_client, namespace, hit, registry.host)  # a cache hit is a build the operator signed
@@ -344,9 +371,12 @@ def test_reserved_names_policy(installed_release: str, api_client: client.ApiCli
     microsoft = environment("microsoft-tools", image="python:3.11-slim", pip=["six"])
     with pytest.raises(client.ApiException):
         custom.create_namespaced_custom_object("envkiln.dev", "v1alpha1", namespace, "environments", microsoft)
-    # Allowed in the curated namespace.
-    custom.create_namespaced_custom_object("envkiln.dev", "v1alpha1", release_namespace, "environments",
+    # Allowed in the curated namespace, and there only: not in the release namespace either.
+    custom.create_namespaced_custom_object("envkiln.dev", "v1alpha1", CURATED_NAMESPACE, "environments",
                                            environment("azureml-extra", image="python:3.11-slim", pip=["six"]))
+    with pytest.raises(client.ApiException):
+        custom.create_namespaced_custom_object("envkiln.dev", "v1alpha1", release_namespace, "environments",
+                                               environment("azureml-extra", image="python:3.11-slim", pip=["six"]))
     custom.create_namespaced_custom_object("envkiln.dev", "v1alpha1", namespace, "environments",
                                            environment("my-azureml-copy", image="python:3.11-slim", pip=["six"]))
 
@@ -526,7 +556,7 @@ def test_operator_works_under_namespaced_rbac(scoped_release: dict[str, Any], ap
 
     settings = {"ENVKILN_REGISTRY": registry.host, "ENVKILN_INSECURE_REGISTRY": "true",
                 "ENVKILN_BUILD_SYNC_SECONDS": "1", "ENVKILN_ENV_SYNC_SECONDS": "2",
-                "ENVKILN_OPERATOR_NAMESPACE": home, "ENVKILN_CURATED_NAMESPACE": home,
+                "ENVKILN_OPERATOR_NAMESPACE": home, "ENVKILN_CURATED_NAMESPACE": f"{home}-curated",
                 "ENVKILN_PEERING_NAME": "envkiln",
                 "ENVKILN_WEBHOOK_ENABLED": "true", "ENVKILN_WEBHOOK_LISTEN_ADDRESS": "127.0.0.1",
                 "ENVKILN_WEBHOOK_PORT": str(free_port()), "ENVKILN_WEBHOOK_SERVICE": f"{fullname}-webhook",

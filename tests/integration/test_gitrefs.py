@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from envkiln.adapters.gitrefs import GitRefError, GitResolver, list_remote_refs, resolve_git_commit
+from envkiln.core.decisions.network import NetworkPolicy
 from envkiln.core.definition import definition_hash
 from envkiln.core.models import Environment, EnvironmentSpec
 from harness.gitserver import GitServer
 from harness.ports import free_port
 
 DOCKERFILE = "FROM scratch\nCOPY app.txt /app.txt\n"
+LOCAL = NetworkPolicy.from_entries(["127.0.0.0/8"])  # the test server's address, allow-listed
 
 
 class FakeClock:
@@ -47,9 +49,9 @@ class Counting:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, url: str, timeout: float) -> Mapping[str, str]:
+    def __call__(self, url: str, timeout: float, wanted: Sequence[str] | None = None) -> Mapping[str, str]:
         self.calls += 1
-        return list_remote_refs(url, timeout)
+        return list_remote_refs(url, timeout, wanted, policy=LOCAL)
 
 
 def test_branches_and_tags_resolve_to_their_commits(server: GitServer) -> None:
@@ -60,7 +62,7 @@ def test_branches_and_tags_resolve_to_their_commits(server: GitServer) -> None:
     tag_object = server.tag("app", "v2", second, annotated=True)
     assert tag_object != second
 
-    resolver = GitResolver(timeout_seconds=5)
+    resolver = GitResolver(timeout_seconds=5, policy=LOCAL)
     assert resolver.resolve(url, "main") == first
     assert resolver.resolve(url, "dev") == second
     assert resolver.resolve(url, "v1") == first, "a lightweight tag"
@@ -68,11 +70,16 @@ def test_branches_and_tags_resolve_to_their_commits(server: GitServer) -> None:
     assert resolver.resolve(url, "refs/heads/dev") == second, "a full ref name"
     assert resolver.resolve(url, "HEAD") == first
 
-    refs = list_remote_refs(url, 5)
+    refs = list_remote_refs(url, 5, policy=LOCAL)
     assert refs["refs/tags/v2"] == tag_object and refs["refs/tags/v2^{}"] == second
+    assert set(list_remote_refs(url, 5, ["refs/heads/dev"], policy=LOCAL)) == {"refs/heads/dev"}, "v2: only those"
 
-    with pytest.raises(GitRefError, match=r"has no branch or tag named 'nope'; existing branches: dev, main;"):
+    with pytest.raises(GitRefError, match=r"has no branch or tag named 'nope'; fix spec\.build\.git\.ref") as raised:
         resolver.resolve(url, "nope")
+    assert "dev" not in str(raised.value), "no branch name the remote sent"
+
+    with pytest.raises(GitRefError, match=r"\(127\.0\.0\.1 is a loopback address; .*ENVKILN_ALLOWED_PRIVATE_HOSTS"):
+        GitResolver(timeout_seconds=5).resolve(url, "main")  # not allow-listed: refused
 
 
 def test_a_full_commit_needs_no_query(server: GitServer) -> None:
@@ -118,7 +125,7 @@ def test_an_unreachable_repository_fails_fast_and_clearly() -> None:
     url = f"git://127.0.0.1:{free_port()}/app.git"  # nothing listens there
     started = time.monotonic()
     with pytest.raises(GitRefError) as raised:
-        GitResolver(timeout_seconds=5).resolve(url, "main")
+        GitResolver(timeout_seconds=5, policy=LOCAL).resolve(url, "main")
     assert time.monotonic() - started < 2
     assert str(raised.value) == (
         f"spec.build.git: cannot reach {url} (connection refused); check the URL, or pin a commit (40 hex) in "
@@ -132,19 +139,19 @@ def test_a_silent_server_times_out() -> None:
         url = f"git://127.0.0.1:{silent.getsockname()[1]}/app.git"
         started = time.monotonic()
         with pytest.raises(GitRefError, match=r"cannot reach .* \(no answer within 0\.5s\)"):
-            GitResolver(timeout_seconds=0.5).resolve(url, "main")
+            GitResolver(timeout_seconds=0.5, policy=LOCAL).resolve(url, "main")
         assert time.monotonic() - started < 3
 
 
 def test_a_missing_repository_is_told(server: GitServer) -> None:
     with pytest.raises(GitRefError, match=r"cannot reach git://.*/absent\.git \(.*no such repository"):
-        GitResolver(timeout_seconds=5).resolve(server.url("absent"), "main")
+        GitResolver(timeout_seconds=5, policy=LOCAL).resolve(server.url("absent"), "main")
 
 
 def test_an_outage_is_an_error_then_recovers(server: GitServer) -> None:
     url = server.create_repo("app")
     first = server.commit("app", {"Dockerfile": DOCKERFILE})
-    resolver = GitResolver(ttl_seconds=0, timeout_seconds=5)
+    resolver = GitResolver(ttl_seconds=0, timeout_seconds=5, policy=LOCAL)
     assert resolver.resolve(url, "main") == first
     server.stop()
     second = server.commit("app", {"app.txt": "while down\n"})  # pushed over the file system

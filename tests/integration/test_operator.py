@@ -325,10 +325,12 @@ def test_local_builder_real_build_then_cache_hit(api_client: client.ApiClient, n
 
 def test_a_spec_at_the_crds_size_bounds_is_handled(api_client: client.ApiClient, namespace: str,
                                                    start_operator) -> None:  # type: ignore[no-untyped-def]
-    """40 docker steps of 8,000 characters (320 KB, within the CRD's bounds): more than the 256 KiB
-    all annotations of an object share, so Kopf's last-handled state must not hold the spec."""
-    steps = [f"RUN echo {i} {'x' * 7990}" for i in range(40)]
-    spec = {"image": "python:3.11-slim", "dockerSteps": steps}
+    """32 docker steps of 1,000 characters and 500 requirements of about 500 (280 KB, within the CRD's
+    bounds): more than the 256 KiB all annotations of an object share, so Kopf's last-handled state must
+    not hold the spec."""
+    steps = [f"RUN echo {i} {'x' * 990}" for i in range(32)]
+    pip = [f"package-{i}>=1.0" + ",!=1.5.*" * 60 for i in range(500)]
+    spec = {"image": "python:3.11-slim", "dockerSteps": steps, "pip": pip}
     operator = start_operator(namespace)
     envs = Envs(api_client, namespace)
     envs.create(environment("huge", **spec))

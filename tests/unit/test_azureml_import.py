@@ -30,6 +30,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "azureml"
 
 
 def outcomes_of(*relative: str, **options: object):  # type: ignore[no-untyped-def]
+    """Import fixtures with the whole fixture tree as the root (jobs/ names ../components/, ../environments/)."""
+    options.setdefault("root", FIXTURES)
     outcomes, tarballs = import_azureml([FIXTURES / r for r in relative], ImportOptions(**options))  # type: ignore[arg-type]
     return outcomes, tarballs
 
@@ -54,7 +56,7 @@ FORMS = [
     ("deployments/batch.yml", "imported", "churn-batch-env", "image + conda"),
     ("assets/sklearn-asset", "imported", "sklearn-tabular", "ConfigMap sklearn-tabular-context"),
     ("assets/conda-asset", "imported", "lightgbm-conda", "image + conda"),
-    ("assets/templated-asset", "error", None, "context/Dockerfile line 1: {{latest-image-tag}}"),
+    ("assets/templated-asset", "error", None, "context/Dockerfile line 1: Azure ML templating ({{...}})"),
 ]
 
 
@@ -244,7 +246,7 @@ CONTEXTS = [  # (files, options, kind, text)
      {"tarball_url": "https://f.example/c/", "max_configmap_bytes": 10000}, "tarball", "bytes"),
     ({"Dockerfile": b"FROM python:3.11\n", "src/a.py": b"a" * 20000}, {"max_configmap_bytes": 10000}, None,
      "--tarball-url"),
-    ({"Dockerfile": b"FROM base:{{latest-image-tag}}\n"}, {}, None, "Dockerfile line 1: {{latest-image-tag}}"),
+    ({"Dockerfile": b"FROM base:{{latest-image-tag}}\n"}, {}, None, "Dockerfile line 1: Azure ML templating"),
 ]
 
 
@@ -334,7 +336,7 @@ def test_cli_writes_the_file_and_one_stderr_line_per_definition(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "out.yaml"
     status = main(["import", "azureml", str(FIXTURES / "jobs"), str(FIXTURES / "components"), "-o", str(target),
-                   "-n", "team-a"])
+                   "-n", "team-a", "--root", str(FIXTURES)])
     err = capsys.readouterr().err.splitlines()
     assert status == 0
     assert len(err) == 9 and err[-1].startswith("import azureml: 3 imported, 3 curated, 1 reference, 1 skipped"), err
@@ -342,3 +344,116 @@ def test_cli_writes_the_file_and_one_stderr_line_per_definition(tmp_path: Path,
     assert {d["metadata"]["namespace"] for d in documents} == {"team-a"}
     assert main(["validate", str(target)]) == 0
     assert main(["import", "azureml", str(FIXTURES / "environments" / "windows.yml")]) == 1
+
+
+# --- only the imported tree is read, and no file's text is printed ---------------------------------------
+
+SECRET = "SECRET-TOKEN-1234"  # text of files the importer must not print (or pack)
+OUTSIDE = "{outside}"  # the folder beside the imported tree, where a tenant's link or '..' would point
+ENV = "env.yml"  # the definition each case imports (in the tree), unless the case names another
+
+# (case, files in the tree, symbolic links in the tree (path -> target), what is imported, field and words in
+# the error line). Every file outside the tree holds SECRET, and /etc/passwd's "root:" must not show either.
+STRICT: list[tuple[str, dict[str, str], dict[str, str], str, list[str]]] = [
+    ("conda-file-link-to-etc-passwd", {ENV: "image: python:3.11\nconda_file: conda.yml\n"},
+     {"conda.yml": "/etc/passwd"}, ENV, ["env.yml: conda_file", "conda.yml is a symbolic link"]),
+    ("conda-file-dotdot", {ENV: "image: python:3.11\nconda_file: ../outside/conda.yml\n"}, {}, ENV,
+     ["env.yml: conda_file", "'../outside/conda.yml' leaves the imported tree"]),
+    ("conda-file-absolute", {ENV: "image: python:3.11\nconda_file: /etc/passwd\n"}, {}, ENV,
+     ["env.yml: conda_file", "'/etc/passwd' is not a relative path"]),
+    ("conda-file-under-a-linked-folder", {ENV: "image: python:3.11\nconda_file: linked/conda.yml\n"},
+     {"linked": OUTSIDE}, ENV, ["env.yml: conda_file", "linked is a symbolic link"]),
+    ("requirements-dotdot", {ENV: "image: python:3.11\nconda_file:\n  dependencies: [python, {pip: ['-r ../outside/"
+                                  "r.txt']}]\n"}, {}, ENV,
+     ["env.yml: conda_file: dependencies[1].pip: -r", "leaves the imported tree"]),
+    ("requirements-absolute", {ENV: "image: python:3.11\nconda_file:\n  dependencies: [python, {pip: ['-r /etc/"
+                                    "passwd']}]\n"}, {}, ENV, ["dependencies[1].pip: -r", "is not a relative path"]),
+    ("requirements-link", {ENV: "image: python:3.11\nconda_file:\n  dependencies: [python, {pip: ['-r r.txt']}]\n"},
+     {"r.txt": OUTSIDE + "/r.txt"}, ENV, ["dependencies[1].pip: -r", "r.txt is a symbolic link"]),
+    ("requirements-line-not-quoted", {ENV: "image: python:3.11\nconda_file:\n  dependencies: [python, {pip: ['-r "
+                                           "r.txt']}]\n", "r.txt": f"six\n-c {SECRET}.txt\n"}, {}, ENV,
+     ["dependencies[1].pip (", "r.txt line 2): -c: a constraints file has no place"]),
+    ("build-path-dotdot", {ENV: "build: {path: ../outside}\n"}, {}, ENV,
+     ["env.yml: build.path", "'../outside' leaves the imported tree"]),
+    ("build-path-absolute", {ENV: "build: {path: /etc}\n"}, {}, ENV, ["env.yml: build.path", "not a relative path"]),
+    ("build-path-link", {ENV: "build: {path: ctx}\n"}, {"ctx": OUTSIDE}, ENV,
+     ["env.yml: build.path", "ctx is a symbolic link"]),
+    ("context-file-link-to-etc-passwd", {ENV: "build: {path: ctx}\n", "ctx/Dockerfile": "FROM python:3.11\n"},
+     {"ctx/passwd": "/etc/passwd"}, ENV, ["env.yml: build.path", "ctx/passwd is a symbolic link"]),
+    ("context-folder-link", {ENV: "build: {path: ctx}\n", "ctx/Dockerfile": "FROM python:3.11\n"},
+     {"ctx/src/data": OUTSIDE}, ENV, ["env.yml: build.path", "ctx/src/data is a symbolic link"]),
+    ("dockerfile-link", {ENV: "build: {path: ctx}\n", "ctx/x": "x"}, {"ctx/Dockerfile": OUTSIDE + "/Dockerfile"},
+     ENV, ["env.yml: build.dockerfile_path", "ctx/Dockerfile is a symbolic link"]),
+    ("dockerfile-dotdot", {ENV: "build: {path: ctx, dockerfile_path: ../../outside/Dockerfile}\n",
+                           "ctx/Dockerfile": "FROM python:3.11\n"}, {}, ENV,
+     ["env.yml: build.dockerfile_path", "is not inside the build context"]),
+    ("dockerfile-absolute", {ENV: "build: {path: ctx, dockerfile_path: /etc/passwd}\n",
+                             "ctx/Dockerfile": "FROM python:3.11\n"}, {}, ENV,
+     ["env.yml: build.dockerfile_path", "is not inside the build context"]),
+    ("dockerfile-line-not-quoted", {ENV: "build: {path: ctx}\n",
+                                    "ctx/Dockerfile": f"FROM python:3.11\nRUN echo {SECRET} {{{{x}}}}\n"}, {}, ENV,
+     ["ctx/Dockerfile line 2: Azure ML templating ({{...}})"]),
+    ("job-environment-dotdot", {"job.yml": "type: command\nenvironment: ../outside/env.yml\n"}, {}, "job.yml",
+     ["job.yml: environment", "leaves the imported tree"]),
+    ("job-environment-link", {"job.yml": "type: command\nenvironment: file:env2.yml\n"},
+     {"env2.yml": OUTSIDE + "/env.yml"}, "job.yml", ["job.yml: environment", "env2.yml is a symbolic link"]),
+    ("pipeline-component-absolute", {"p.yml": "type: pipeline\njobs:\n  a: {component: /etc/c.yml}\n"}, {}, "p.yml",
+     ["p.yml: jobs.a.component", "'/etc/c.yml' is not a relative path"]),
+    ("asset-spec-dotdot", {"asset/asset.yaml": "name: a\nversion: 1\nspec: ../../outside/env.yml\n"}, {}, "asset",
+     ["asset.yaml: spec", "leaves the imported tree"]),
+    ("asset-extra-config-absolute", {"asset/asset.yaml": "name: a\nversion: 1\nextra_config: /etc/passwd\n",
+                                     "asset/spec.yaml": "image: python:3.11\n"}, {}, "asset",
+     ["asset.yaml: extra_config", "is not a relative path"]),
+    ("yaml-link-in-the-tree", {}, {"stolen.yml": OUTSIDE + "/env.yml"}, ".", ["stolen.yml: a symbolic link"]),
+    ("bad-yaml-not-quoted", {ENV: f"image: python:3.11\nconda_file: [{SECRET}\n"}, {}, ENV,
+     ["env.yml: not valid YAML at line 3, column 1: expected ',' or ']', but got '<stream end>'"]),
+    ("duplicate-key-not-quoted", {ENV: f"image: python:3.11\n{SECRET}: 1\n{SECRET}: 2\n"}, {}, ENV,
+     ["env.yml: not valid YAML at line 3, column 1: found duplicate key …"]),
+    ("bad-conda-file-not-quoted", {ENV: "image: python:3.11\nconda_file: c.yml\n", "c.yml": f"a: b: {SECRET}\n"},
+     {}, ENV, ["c.yml: not valid YAML at line 1"]),
+    ("not-utf8-not-quoted", {ENV: "image: python:3.11\nconda_file: c.yml\n", "c.yml": "\udcff" + SECRET}, {}, ENV,
+     ["c.yml: not UTF-8 text"]),
+]
+
+
+def make_tree(tmp_path: Path, files: dict[str, str], links: dict[str, str]) -> Path:
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    for name in ("conda.yml", "r.txt", "Dockerfile", "env.yml", "c.yml"):  # what a link or '..' could reach
+        (outside / name).parent.mkdir(parents=True, exist_ok=True)
+        (outside / name).write_text(f"image: python:3.11\nconda_file: {SECRET}.yml\n# {SECRET}\n")
+    tree.mkdir()
+    for name, text in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(text.encode("utf-8", "surrogateescape"))
+    for name, target in links.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).symlink_to(target.replace(OUTSIDE, str(outside)))
+    return tree
+
+
+@pytest.mark.parametrize(("files", "links", "imported", "words"), [c[1:] for c in STRICT], ids=[c[0] for c in STRICT])
+def test_only_the_imported_tree_is_read_and_no_file_text_is_printed(
+        files: dict[str, str], links: dict[str, str], imported: str, words: list[str], tmp_path: Path) -> None:
+    tree = make_tree(tmp_path, files, links)
+    outcomes, tarballs = import_azureml([tree / imported], ImportOptions(tarball_dir=tmp_path / "out"))
+    errors = [o.line() for o in outcomes if o.status == "error"]
+    assert len(errors) == 1, [o.line() for o in outcomes]
+    for word in words:
+        assert word in errors[0], errors[0]
+    everything = "\n".join(o.line() for o in outcomes) + manifests_yaml(outcomes)
+    assert SECRET not in everything and "root:x" not in everything, everything
+    assert not tarballs
+
+
+def test_dotdot_inside_the_tree_is_followed_and_the_root_can_be_widened(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path, {"jobs/job.yml": "type: command\nenvironment:\n  image: python:3.11\n"
+                                                "  conda_file: ../envs/conda.yml\n",
+                                "envs/conda.yml": "dependencies: [python=3.11]\n"}, {})
+    [outcome] = import_azureml([tree])[0]
+    assert outcome.status == "imported", outcome.line()
+    [alone] = import_azureml([tree / "jobs" / "job.yml"])[0]  # the tree is the file's folder: jobs/
+    assert alone.status == "error" and "leaves the imported tree" in alone.line() and "jobs" in alone.line()
+    [widened] = import_azureml([tree / "jobs" / "job.yml"], ImportOptions(root=tree))[0]
+    assert widened.status == "imported", widened.line()
+    [outside] = import_azureml([tmp_path / "outside" / "env.yml"], ImportOptions(root=tree))[0]
+    assert outside.status == "error" and "not inside the imported tree" in outside.line()

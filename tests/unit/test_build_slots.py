@@ -1,4 +1,6 @@
-"""Build slots are counted from the builds the operator already holds (no list request), signed ones only."""
+"""Build slots: counted from the builds the operator already holds (no list request), signed ones only;
+and claimed atomically, so that syncs running at once never start more builds than the limits allow
+(issue #22: 8 Jobs started in one namespace under limits of 4 / 2 per namespace)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,15 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+from envkiln.adapters.builders import AttemptResult, AttemptState
+from envkiln.core.decisions.build import holds_slot
 from envkiln.core.names import ANNOTATION_SIGNATURE
+from envkiln.core.settings import OperatorSettings
 from envkiln.core.trust import Signer
 from envkiln.reconcile.buildsync import running_builds, sync_build
-from envkiln.reconcile.context import KeyedLocks
+from envkiln.reconcile.context import BuildSlots, KeyedLocks
 
 KEY = b"k" * 32
 SPEC = {"hash": "0" * 32, "image": "r/envkiln/a/env_x:x", "plan": {"dockerfile": "FROM x\n"}}
@@ -59,7 +66,7 @@ def test_syncs_of_one_build_are_serialized_and_of_two_builds_are_not() -> None:
     # finished Job and the build's duration was observed twice.
     for names, expected in ((["x", "x", "x"], 1), (["x", "y"], 2)):
         kube = CountingGet()
-        ctx = SimpleNamespace(kube=kube, build_locks=KeyedLocks())
+        ctx = SimpleNamespace(kube=kube, build_locks=KeyedLocks(), build_slots=BuildSlots())
         threads = [threading.Thread(target=sync_build, args=(ctx, "a", n)) for n in names]
         for thread in threads:
             thread.start()
@@ -67,3 +74,172 @@ def test_syncs_of_one_build_are_serialized_and_of_two_builds_are_not() -> None:
             thread.join()
         assert kube.most == expected, names
         assert len(ctx.build_locks) == 0  # nothing kept once no one holds a key
+
+
+# --- slots are claimed atomically -------------------------------------------------------------------
+
+SETTINGS = OperatorSettings(registry="reg.local:5000", max_concurrent_builds=4, max_concurrent_builds_per_namespace=2,
+                            build_retry_backoff_seconds=0)
+
+
+def signed_build(namespace: str, index: int) -> dict[str, Any]:
+    value = f"{namespace}-{index}".encode().hex().ljust(32, "0")[:32]
+    name = f"envb-{value}"
+    spec = {"hash": value, "image": SETTINGS.push_image(value, namespace), "plan": {"dockerfile": "FROM x\n"}}
+    return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": "1",
+                         "annotations": {ANNOTATION_SIGNATURE: Signer(KEY).sign_build(namespace, name, spec)}},
+            "spec": spec, "status": {}}
+
+
+class Store:
+    """get / patch_status / event over dicts, like the API server (a status write takes a moment: the
+    window in which the old count-then-start let every sync see the same free slots)."""
+
+    def __init__(self, builds: list[dict[str, Any]]):
+        self.objects = {(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in builds}
+        self.guard = threading.Lock()
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self.guard:
+            found = self.objects.get((namespace, name))
+            return copy.deepcopy(found) if found else None
+
+    def patch_status(self, plural: str, namespace: str, name: str, compute: Any, **_: Any) -> dict[str, Any] | None:
+        time.sleep(0.01)
+        with self.guard:
+            current = copy.deepcopy(self.objects[(namespace, name)])
+            patch = compute(current)
+            if patch is not None:
+                status = {**(current.get("status") or {}), **patch}
+                current["status"] = {k: v for k, v in status.items() if v is not None}
+                self.objects[(namespace, name)] = current
+            return copy.deepcopy(current)
+
+    def event(self, *args: Any) -> None:
+        pass
+
+    def list_in(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the builds come from the operator's index")
+
+    def finish(self, namespace: str, name: str) -> None:
+        with self.guard:
+            self.objects[(namespace, name)]["status"]["phase"] = "Succeeded"
+
+
+class Jobs:
+    """A Job builder whose Jobs run until the test says otherwise; records the most that ran at once."""
+
+    uses_cluster_slots = True
+
+    def __init__(self) -> None:
+        self.running: set[tuple[str, str]] = set()
+        self.failed: set[tuple[str, str]] = set()
+        self.most = 0
+        self.most_in: dict[str, int] = {}
+        self.guard = threading.Lock()
+
+    def start(self, build: dict[str, Any], attempt: int) -> str:
+        key = (build["metadata"]["namespace"], build["metadata"]["name"])
+        with self.guard:
+            self.running.add(key)
+            self.most = max(self.most, len(self.running))
+            for namespace in {n for n, _ in self.running}:
+                in_namespace = sum(1 for n, _ in self.running if n == namespace)
+                self.most_in[namespace] = max(self.most_in.get(namespace, 0), in_namespace)
+        return f"envkiln-{build['spec']['hash']}-{attempt}"
+
+    def observe(self, build: dict[str, Any], attempt: int) -> AttemptResult:
+        key = (build["metadata"]["namespace"], build["metadata"]["name"])
+        with self.guard:
+            if key in self.failed:
+                self.failed.discard(key)
+                return AttemptResult(AttemptState.FAILED, reason="Error", log_tail="it broke")
+            if key in self.running:
+                return AttemptResult(AttemptState.RUNNING)
+        return AttemptResult(AttemptState.MISSING)
+
+    def stop(self, key: tuple[str, str], failed: bool = False) -> None:
+        with self.guard:
+            self.running.discard(key)
+            if failed:
+                self.failed.add(key)
+
+
+def slot_ctx(store: Store, jobs: Jobs) -> SimpleNamespace:
+    return SimpleNamespace(kube=store, builder=jobs, signer=Signer(KEY), settings=SETTINGS, instance_id="i",
+                           build_locks=KeyedLocks(), build_slots=BuildSlots(),
+                           metrics=SimpleNamespace(build_progress=lambda *args: None))
+
+
+def sync_all_at_once(ctx: SimpleNamespace, keys: list[tuple[str, str]], known: Any) -> None:
+    barrier = threading.Barrier(len(keys))
+    errors: list[BaseException] = []
+
+    def sync(namespace: str, name: str) -> None:
+        barrier.wait()
+        try:
+            sync_build(ctx, namespace, name, known)  # type: ignore[arg-type]
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=sync, args=key) for key in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+
+@pytest.mark.timeout(60)
+def test_builds_synced_at_once_never_exceed_the_limits() -> None:
+    builds = [signed_build("a", i) for i in range(8)] + [signed_build(n, i) for n in ("b", "c") for i in range(4)]
+    store, jobs = Store(builds), Jobs()
+    ctx = slot_ctx(store, jobs)
+    keys = list(store.objects)
+    listed = copy.deepcopy(builds)  # the watch has not brought any status write back yet
+    sync_all_at_once(ctx, keys, lambda: listed)
+    assert jobs.most <= 4 and max(jobs.most_in.values()) <= 2, (jobs.most, jobs.most_in)
+    assert len(jobs.running) == 4, "every free slot was used"
+    # The statuses hold the slots from their first write: the Job's name is there before the Job.
+    started = [key for key, b in store.objects.items() if holds_slot(b["status"])]
+    assert sorted(started) == sorted(jobs.running)
+    queued = [key for key, b in store.objects.items() if b["status"].get("phase") == "Pending"]
+    assert len(queued) == 12
+
+    # Later syncs, with the watch caught up or not, start nothing more while all four run.
+    for known in (lambda: listed, lambda: list(store.objects.values())):
+        sync_all_at_once(ctx, keys, known)
+        assert len(jobs.running) == 4 and jobs.most == 4 and max(jobs.most_in.values()) <= 2
+
+    # Two finish: their syncs give the slots back, and exactly two queued builds take them.
+    done = sorted(jobs.running)[:2]
+    for key in done:
+        jobs.stop(key)
+        store.finish(*key)
+    sync_all_at_once(ctx, done, lambda: listed)
+    sync_all_at_once(ctx, keys, lambda: listed)
+    assert len(jobs.running) == 4 and jobs.most == 4 and max(jobs.most_in.values()) <= 2
+
+
+def test_a_retry_waits_for_a_slot_like_a_first_attempt() -> None:
+    """A failed attempt gives its slot back; when its backoff is over it needs a slot again."""
+    builds = [signed_build("a", i) for i in range(3)]
+    store, jobs = Store(builds), Jobs()
+    ctx = slot_ctx(store, jobs)
+    first, second, third = list(store.objects)
+    for key in (first, second, third):
+        sync_build(ctx, *key, lambda: list(store.objects.values()))  # type: ignore[arg-type]
+    assert jobs.running == {first, second}
+    # The first one's attempt fails (its sync reads a stale index): it will retry, no backoff here, and gives
+    # its slot back; the third takes it.
+    stale = copy.deepcopy(list(store.objects.values()))
+    jobs.stop(first, failed=True)
+    sync_build(ctx, *first, lambda: stale)  # type: ignore[arg-type]
+    assert store.objects[first]["status"]["attempts"] == 2 and "job" not in store.objects[first]["status"]
+    sync_build(ctx, *third, lambda: list(store.objects.values()))  # type: ignore[arg-type]
+    assert jobs.running == {second, third}
+    sync_build(ctx, *first, lambda: list(store.objects.values()))  # type: ignore[arg-type]
+    assert jobs.running == {second, third}, "the retry waits: the namespace's two slots are taken"
+    status = store.objects[first]["status"]
+    assert status["phase"] == "Building" and status["attempts"] == 2 and "job" not in status
+    assert status["conditions"][0]["reason"] == "Queued"

@@ -36,7 +36,11 @@ class Reads:
 
     def create_or_get_configmap(self, namespace: str, body: dict[str, Any]) -> Any:
         self.created.append(body)
-        return body
+        refs = [SimpleNamespace(api_version=r["apiVersion"], kind=r["kind"], name=r["name"], uid=r["uid"],
+                                controller=r["controller"], block_owner_deletion=r["blockOwnerDeletion"])
+                for r in body["metadata"]["ownerReferences"]]
+        return SimpleNamespace(data=body.get("data"), binary_data=body.get("binaryData"), immutable=True,
+                               metadata=SimpleNamespace(name=body["metadata"]["name"], owner_references=refs))
 
 
 def builder(objects: dict[tuple[str, str], Any], operator_credential: dict[str, str] | None,
@@ -54,7 +58,9 @@ CASES: list[tuple[str, dict[Any, Any], dict[str, str] | None, dict[str, Any], st
     ("curated-uses-the-operators", TEAM_SECRET, OPERATOR, {}, "curated", OPERATOR),
     ("none-configured-anywhere", {}, None, {}, "team", None),
     ("missing-identity-is-refused", {}, OPERATOR, {}, "team", "NoPushIdentity"),
-    ("shared-when-allowed", {}, OPERATOR, {"shared_push_credential": True}, "team", OPERATOR),
+    # The operator's own credential is never copied into a tenant's namespace (there is no shared mode).
+    ("operators-credential-is-never-shared", {("ops", "envkiln-push-curated"): SimpleNamespace(data=TEAM)}, OPERATOR,
+     {}, "team", "NoPushIdentity"),
     ("template", {("ops", "push-team"): SimpleNamespace(data=TEAM)}, OPERATOR,
      {"push_secret_template": "push-{namespace}"}, "team", TEAM),
     ("secret-without-key-is-refused", {("ops", "envkiln-push-team"): SimpleNamespace(data={"x": "y"})}, OPERATOR,
@@ -71,8 +77,8 @@ def test_push_identity(case: str, objects: dict[Any, Any], credential: dict[str,
         with pytest.raises(BuildCannotStart) as refused:
             job_builder.push_identity(namespace)
         assert refused.value.reason == expected
-        assert f"ops/envkiln-push-{namespace}" in refused.value.message and "ENVKILN_SHARED_PUSH_CREDENTIAL" in (
-            refused.value.message)
+        assert f"ops/envkiln-push-{namespace}" in refused.value.message
+        assert "never copied" in refused.value.message and "SHARED" not in refused.value.message
     else:
         assert job_builder.push_identity(namespace) == expected
 
@@ -89,17 +95,28 @@ def configmap_build() -> dict[str, Any]:
     return {"metadata": {"name": f"envb-{value}", "namespace": "team", "uid": "u"}, "spec": spec.to_kube()}
 
 
-def cm(data: dict[str, str], immutable: bool | None = None) -> SimpleNamespace:
-    return SimpleNamespace(data=data, binary_data=None, immutable=immutable)
+def owner(uid: str, controller: bool = True, block: bool | None = True) -> SimpleNamespace:
+    return SimpleNamespace(api_version="envkiln.dev/v1alpha1", kind="EnvironmentBuild", name="envb-x", uid=uid,
+                           controller=controller, block_owner_deletion=block)
+
+
+def cm(data: dict[str, str], immutable: bool | None = None, owners: list[SimpleNamespace] | None = None
+       ) -> SimpleNamespace:
+    return SimpleNamespace(data=data, binary_data=None, immutable=immutable,
+                           metadata=SimpleNamespace(name="cm", owner_references=owners))
 
 
 @pytest.mark.parametrize(("case", "user", "snapshot", "expected"), [
     ("unchanged-is-snapshotted", CONTENT, None, "created"),
     ("changed-after-hashing", {**CONTENT, "a": "evil\n"}, None, "ContextChanged"),
     ("deleted-after-hashing", None, None, "ContextChanged"),
-    ("snapshot-already-made", {"Dockerfile": "changed later"}, cm(CONTENT, True), "nothing"),
-    ("planted-snapshot", CONTENT, cm({"Dockerfile": "FROM evil"}, True), "ContextChanged"),
-    ("mutable-snapshot", CONTENT, cm(CONTENT, None), "ContextChanged"),
+    ("snapshot-already-made", {"Dockerfile": "changed later"}, cm(CONTENT, True, [owner("u")]), "nothing"),
+    ("planted-snapshot", CONTENT, cm({"Dockerfile": "FROM evil"}, True, [owner("u")]), "ContextChanged"),
+    ("mutable-snapshot", CONTENT, cm(CONTENT, None, [owner("u")]), "ContextChanged"),
+    # The right bytes are not enough: envkiln follows only a snapshot this build made.
+    ("right-bytes-but-nobodys", CONTENT, cm(CONTENT, True), "ContextChanged"),
+    ("right-bytes-earlier-build", CONTENT, cm(CONTENT, True, [owner("old")]), "ContextChanged"),
+    ("right-bytes-not-controller", CONTENT, cm(CONTENT, True, [owner("u", controller=False)]), "ContextChanged"),
 ])
 def test_configmap_context_snapshot(case: str, user: dict[str, str] | None, snapshot: Any, expected: str) -> None:
     build = configmap_build()

@@ -142,7 +142,8 @@ CURATED = [
     ("AzureML-sklearn", "team-a", "azureml-"),
     ("microsoft-pytorch", "team-a", "microsoft"),
     ("microsoftish", None, "microsoft"),
-    ("azureml-sklearn", "envkiln-system", None),  # the curated namespace may
+    ("azureml-sklearn", "envkiln-curated", None),  # the curated namespace may
+    ("azureml-sklearn", "envkiln-system", "azureml-"),  # the operator's namespace is not the curated one
     ("my-azureml-env", "team-a", None),
     ("sklearn", "team-a", None),
 ]

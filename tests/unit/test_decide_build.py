@@ -18,6 +18,7 @@ from envkiln.core.decisions.build import (
     holds_slot,
     next_step,
     refuse,
+    slots_in_use,
 )
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -43,6 +44,15 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, int, str | None, flo
      {"state": "Missing"}, "wait", 2, None, 45.0, False),
     ("backoff-over-starts", {"phase": "Building", "attempts": 2, "retryAfter": "2026-01-01T11:59:00Z"},
      {"state": "Missing"}, "start", 2, "Building", None, False),
+    # A restarted attempt needs a slot like a first one (issue #22: retries never exceed the limits).
+    ("restart-waits-at-limit", {"phase": "Building", "attempts": 2, "retryAfter": "2026-01-01T11:59:00Z"},
+     {"state": "Missing", "running": 2}, "queue", 2, "Building", 10.0, False),
+    ("restart-waits-for-namespace-share", {"phase": "Building", "attempts": 2},
+     {"state": "Missing", "running": 1, "running_in_namespace": 1}, "queue", 2, "Building", 10.0, False),
+    ("restart-with-a-free-slot", {"phase": "Building", "attempts": 2},
+     {"state": "Missing", "running": 1, "running_in_namespace": 0}, "start", 2, "Building", None, False),
+    ("in-backoff-waits-whatever-the-slots", {"phase": "Building", "attempts": 2, "retryAfter": "2026-01-01T12:00:45Z"},
+     {"state": "Missing", "running": 9}, "wait", 2, None, 45.0, False),
     ("success-is-verified", {"phase": "Building", "attempts": 1}, {"state": "Succeeded"}, "verify", 1, None,
      None, False),
     ("first-failure-retries", {"phase": "Building", "attempts": 1}, {"state": "Failed", "reason": "Error"},
@@ -164,3 +174,27 @@ def test_build_conditions_through_retries() -> None:
     assert [c["type"] for c in done] == ["Succeeded", "Ready"]
     assert get_condition(done, "Ready")["lastTransitionTime"] == "t3"
     assert build_conditions(done, "Succeeded", (True, "BuildSucceeded", "pushed"), 1, now="t4") == done
+
+
+def test_a_restart_waiting_for_a_slot_holds_none() -> None:
+    step = next_step({"phase": "Building", "attempts": 2, "job": "envkiln-x-1"}, LIMITS, NOW, "i", state="Missing",
+                     running=2, running_in_namespace=1, namespace="team")
+    assert step.changes["job"] is None and step.changes["retryAfter"] is None
+    assert not holds_slot({**{"phase": "Building", "attempts": 2}, **step.changes})
+    assert step.condition == (None, "Queued", "attempt 2: 2 builds are already running")
+
+
+A1, A2, B1 = ("a", "envb-1"), ("a", "envb-2"), ("b", "envb-1")
+
+
+@pytest.mark.parametrize(("case", "holding", "claimed", "asking", "expected"), [
+    ("none", [], [], None, {}),
+    ("from-status", [A1, B1], [], None, {"a": 1, "b": 1}),
+    ("claimed-before-the-watch-shows-it", [A1], [A2], None, {"a": 2}),
+    ("each-build-once", [A1, A2], [A1, A2], None, {"a": 2}),
+    ("the-asking-build-is-not-counted", [A1, A2], [], A1, {"a": 1}),
+    ("nor-its-claim", [], [A1, B1], A1, {"b": 1}),
+])
+def test_slots_in_use(case: str, holding: list[tuple[str, str]], claimed: list[tuple[str, str]],
+                      asking: tuple[str, str] | None, expected: dict[str, int]) -> None:
+    assert dict(slots_in_use(holding, claimed, asking)) == expected

@@ -59,10 +59,21 @@ CASES: list[tuple[str, Callable[[Metrics], None], list[Sample]]] = [
       ("envkiln_registry_lookup_duration_seconds_bucket", {"registry": "localhost:5000", "le": "0.025"}, 1)]),
     ("registry error", lambda m: m.registry_error("localhost:5000"),
      [("envkiln_registry_lookup_errors_total", {"registry": "localhost:5000"}, 1)]),
+    ("a registry the settings do not name is other", lambda m: (m.registry_lookup("evil.example:1", 0.02),
+                                                                m.registry_error("tenant.example")),
+     [("envkiln_registry_lookup_duration_seconds_count", {"registry": "other"}, 1),
+      ("envkiln_registry_lookup_errors_total", {"registry": "other"}, 1),
+      ("envkiln_registry_lookup_errors_total", {"registry": "tenant.example"}, None)]),
+    ("a public registry keeps its host", lambda m: m.registry_error("docker.io"),
+     [("envkiln_registry_lookup_errors_total", {"registry": "docker.io"}, 1)]),
+    ("an unknown builder is other", lambda m: m.build_progress(build(builder="x" * 300), "Failed", True, now=NOW),
+     [("envkiln_build_duration_seconds_count", {"builder": "other", "outcome": "failed"}, 1)]),
     ("reconcile error from the API", lambda m: m.reconcile_error("Environment", client.ApiException(status=500)),
      [("envkiln_reconcile_errors_total", {"kind": "Environment", "reason": "api_500"}, 1)]),
     ("reconcile error in the code", lambda m: m.reconcile_error("EnvironmentBuild", KeyError("x")),
      [("envkiln_reconcile_errors_total", {"kind": "EnvironmentBuild", "reason": "KeyError"}, 1)]),
+    ("an API status out of range", lambda m: m.reconcile_error("Environment", client.ApiException(status=1234)),
+     [("envkiln_reconcile_errors_total", {"kind": "Environment", "reason": "api_other"}, 1)]),
     ("webhook admissions", lambda m: (m.admission("image"), m.admission("image"), m.admission("refused")),
      [("envkiln_webhook_admissions_total", {"result": "image"}, 2),
       ("envkiln_webhook_admissions_total", {"result": "refused"}, 1),
@@ -72,6 +83,8 @@ CASES: list[tuple[str, Callable[[Metrics], None], list[Sample]]] = [
                 m.environment_phase("a", "x", "Building"), m.environment_phase("a", "y", "Ready")),
      [("envkiln_environments", {"phase": "Unknown"}, 0), ("envkiln_environments", {"phase": "Building"}, 1),
       ("envkiln_environments", {"phase": "Ready"}, 1)]),
+    ("a phase envkiln never writes is Unknown", lambda m: m.environment_phase("a", "x", "Hacked"),
+     [("envkiln_environments", {"phase": "Unknown"}, 1), ("envkiln_environments", {"phase": "Hacked"}, None)]),
     ("a deleted Environment leaves its phase",
      lambda m: (m.environment_phase("a", "x", "Ready"), m.environment_phase("a", "x", "Ready"),
                 m.environment_phase("a", "x", "Ready", deleted=True), m.environment_phase("a", "gone", None,
@@ -82,7 +95,7 @@ CASES: list[tuple[str, Callable[[Metrics], None], list[Sample]]] = [
 
 @pytest.mark.parametrize(("hook", "samples"), [(c[1], c[2]) for c in CASES], ids=[c[0] for c in CASES])
 def test_hook_moves_its_series(hook: Callable[[Metrics], None], samples: list[Sample]) -> None:
-    metrics = Metrics()
+    metrics = Metrics(registries={"localhost:5000"})  # the registry the settings name
     hook(metrics)
     for name, labels, expected in samples:
         assert metrics.registry.get_sample_value(name, labels) == expected, (name, labels)
@@ -100,14 +113,59 @@ def test_error_reason_is_bounded() -> None:
     assert error_reason(RuntimeError("anything at all")) == "RuntimeError"
 
 
-def test_registry_client_times_lookups_and_counts_errors() -> None:
-    metrics = Metrics()
+@pytest.mark.parametrize(("configured", "label"), [({"127.0.0.1:1"}, "127.0.0.1:1"), (set(), "other")])
+def test_registry_client_times_lookups_and_counts_errors(configured: set[str], label: str) -> None:
+    metrics = Metrics(registries=configured)
     registry = RegistryClient(timeout=0.5, metrics=metrics)
     with pytest.raises(RegistryUnavailable):  # nothing listens on port 1
         registry.lookup("127.0.0.1:1/x:1")
-    assert metrics.registry.get_sample_value("envkiln_registry_lookup_errors_total", {"registry": "127.0.0.1:1"}) == 1
+    assert metrics.registry.get_sample_value("envkiln_registry_lookup_errors_total", {"registry": label}) == 1
     assert metrics.registry.get_sample_value("envkiln_registry_lookup_duration_seconds_count",
-                                             {"registry": "127.0.0.1:1"}) == 1
+                                             {"registry": label}) == 1
+
+
+def series(metrics: Metrics) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Every (metric, labels) the registry exports, histogram buckets folded into their metric."""
+    return {(family.name, tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le")))
+            for family in metrics.registry.collect() for sample in family.samples}
+
+
+def test_a_thousand_hostile_values_make_a_bounded_number_of_series() -> None:
+    """Tenants choose the registry hosts of their images (and could write builders or phases where a
+    bug let them): the series that 100 distinct hostile values of every label make are all that 1,000
+    make, and no label holds what was written."""
+    metrics = Metrics(registries={"registry.internal:5000"})
+    for _, hook, _ in CASES:  # every series the hooks make, with ordinary values
+        hook(metrics)
+
+    def hostile(index: int) -> None:
+        host = f"tenant-{index}.evil.example:{index}"
+        metrics.registry_lookup(host, 0.01)
+        metrics.registry_error(host)
+        metrics.build_progress(build(name=f"b{index}", builder=f"builder-{index}"), "Failed", True, now=NOW)
+        metrics.environment_phase("ns", f"env-{index}", f"Phase{index}")
+        metrics.reconcile_error(f"Kind{index}", client.ApiException(status=index * 7))
+        metrics.admission(f"result-{index}")
+
+    errors = metrics.registry.get_sample_value("envkiln_registry_lookup_errors_total", {"registry": "other"}) or 0
+    for index in range(100):
+        hostile(index)
+    after_100 = series(metrics)
+    for index in range(100, 1000):
+        hostile(index)
+    after_1000 = series(metrics)
+    assert after_1000 == after_100
+    assert len(after_1000) < 60
+    values = {value for _, labels in after_1000 for _, value in labels}
+    assert not [v for v in values if v.startswith(("tenant-", "builder-", "Phase", "Kind", "result-"))], values
+    assert metrics.registry.get_sample_value("envkiln_registry_lookup_errors_total",
+                                             {"registry": "other"}) == errors + 1000, "all counted, as other"
+
+
+def test_error_reasons_are_a_fixed_set() -> None:
+    reasons = {error_reason(client.ApiException(status=status)) for status in range(-5, 2000)}
+    assert reasons == {f"api_{s}" for s in (400, 401, 403, 404, 409, 410, 413, 422, 429, 500, 502, 503, 504)} | {
+        "api_1xx", "api_2xx", "api_3xx", "api_4xx", "api_5xx", "api_other"}
 
 
 def test_setting_and_serving() -> None:

@@ -34,7 +34,7 @@ def test_defaults_and_round_trip() -> None:
 
 
 def test_reserved_names_allowed_in_curated_namespace() -> None:
-    doc = manifest(); doc["metadata"] = {"name": "azureml-sklearn", "namespace": "envkiln-system"}  # noqa: E702
+    doc = manifest(); doc["metadata"] = {"name": "azureml-sklearn", "namespace": "envkiln-curated"}  # noqa: E702
     assert parse_environment(doc).metadata.name == "azureml-sklearn"
     doc["metadata"]["namespace"] = "team-a"
     with pytest.raises(DefinitionError, match=r"reserved prefix 'azureml-'.*rename"):

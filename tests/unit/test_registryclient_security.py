@@ -1,24 +1,31 @@
 """The registry client against misbehaving registries on real local sockets (127.0.0.1):
-redirects to another origin are refused (and never carry our credentials there), a lookup has
-one total deadline however slowly the peer drips bytes, and lookups in flight are bounded."""
+redirects to another origin are refused (and never carry our credentials there), a token realm
+is asked only on the registry's own origin, a lookup has one total deadline however slowly the
+peer drips bytes, lookups in flight are bounded, a tenant-named registry on loopback or a name
+resolving to the metadata service is refused before any connection, and one slow host gets its
+per-host share of slots while another host's lookups stay fast."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
 from envkiln.adapters.registryclient import (
     MAX_BODY_BYTES,
     Credentials,
+    RegistryAddressRefused,
     RegistryClient,
+    RegistryRealmRefused,
     RegistryRedirectRefused,
     RegistryUnavailable,
 )
@@ -194,17 +201,37 @@ def test_a_redirected_manifest_body_is_never_hashed_into_a_digest(serve: Callabl
 def test_token_realm_redirecting_to_another_origin_is_refused(serve: Callable[[Behave], Peer]) -> None:
     elsewhere = serve(lambda h, m: h.answer(200, {}, json.dumps({"token": "stolen"}).encode(), m))
 
-    def realm(handler: Handler, method: str) -> None:
-        handler.answer(302, {"Location": f"http://{elsewhere.host}/token"}, b"", method)
-    token_server = serve(realm)
-
     def behave(handler: Handler, method: str) -> None:
-        handler.answer(401, {"WWW-Authenticate": f'Bearer realm="http://{token_server.host}/token"'}, b"", method)
+        if handler.path.startswith("/token"):  # the realm is the registry's own, but redirects away
+            handler.answer(302, {"Location": f"http://{elsewhere.host}/token"}, b"", method)
+            return
+        handler.answer(401, {"WWW-Authenticate": f'Bearer realm="http://{registry.host}/token"'}, b"", method)
     registry = serve(behave)
-    with pytest.raises(RegistryRedirectRefused):
+    with pytest.raises(RegistryRedirectRefused) as raised:
         client(registry.host, credentials={registry.host: Credentials("u", "p")}).lookup(
             f"{registry.host}/envkiln/env_x:tag")
     assert elsewhere.requests == []
+    assert elsewhere.host not in str(raised.value), "the redirect's target came from the registry: not quoted"
+
+
+@pytest.mark.parametrize("realm", [
+    pytest.param(lambda other: f"http://{other.host}/token", id="other-port"),
+    pytest.param(lambda other: f"http://localhost:{other.host.split(':')[1]}/token", id="other-host"),
+    pytest.param(lambda other: "http://169.254.169.254/latest/meta-data/", id="metadata-service"),
+    pytest.param(lambda other: "file:///etc/passwd", id="file-scheme"),
+])
+def test_a_token_realm_on_another_origin_is_refused_and_gets_no_credentials(
+        serve: Callable[[Behave], Peer], realm: Callable[[Peer], str]) -> None:
+    other = serve(lambda h, m: h.answer(200, {}, json.dumps({"token": "tok"}).encode(), m))
+    registry = serve(lambda h, m: h.answer(401, {"WWW-Authenticate": f'Bearer realm="{realm(other)}"'}, b"", m))
+    start = time.monotonic()
+    with pytest.raises(RegistryRealmRefused) as raised:
+        client(registry.host, credentials={registry.host: Credentials("u", "p")}).lookup(
+            f"{registry.host}/envkiln/env_x:tag")
+    assert isinstance(raised.value, RegistryUnavailable)
+    assert other.requests == [], "nothing (and no credential) went to the realm"
+    assert "169.254" not in str(raised.value) and other.host not in str(raised.value)
+    assert time.monotonic() - start < 1
 
 
 # --- 2. one total deadline per lookup ---------------------------------------------------------
@@ -256,14 +283,13 @@ def test_a_slow_registry_cannot_hold_a_lookup_past_its_deadline(
 
 
 def test_the_token_fetch_counts_against_the_same_deadline(serve: Callable[[Behave], Peer]) -> None:
-    def realm(handler: Handler, method: str) -> None:
-        handler.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
-        handler.drip(json.dumps({"token": "tok"}).encode(), every=0.2)
-    token_server = serve(realm)
-
     def behave(handler: Handler, method: str) -> None:
+        if handler.path.startswith("/token"):  # the registry's own token endpoint, dripping
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            handler.drip(json.dumps({"token": "tok"}).encode(), every=0.2)
+            return
         time.sleep(0.4)  # the manifest request itself takes part of the budget
-        handler.answer(401, {"WWW-Authenticate": f'Bearer realm="http://{token_server.host}/token"'}, b"", method)
+        handler.answer(401, {"WWW-Authenticate": f'Bearer realm="http://{registry.host}/token"'}, b"", method)
     registry = serve(behave)
     start = time.monotonic()
     with pytest.raises(RegistryUnavailable, match="deadline"):
@@ -327,13 +353,13 @@ def test_waiting_for_a_slot_is_bounded_by_the_deadline(serve: Callable[[Behave],
 def test_no_free_slot_is_a_clear_unavailable_error(serve: Callable[[Behave], Peer]) -> None:
     registry = serve(manifest)
     registry_client = client(registry.host, timeout=0.5, max_concurrent=1)
-    registry_client._slots.acquire()  # another lookup holds the only slot
+    registry_client._shares.slots.acquire()  # another lookup holds the only slot
     start = time.monotonic()
     with pytest.raises(RegistryUnavailable, match="1 registry lookups already in flight"):
         registry_client.lookup(f"{registry.host}/envkiln/env_x:tag")
     assert 0.4 < time.monotonic() - start < 0.5 + SLACK
     assert registry.requests == []
-    registry_client._slots.release()
+    registry_client._shares.slots.release()
     assert registry_client.lookup(f"{registry.host}/envkiln/env_x:tag").found
 
 
@@ -341,7 +367,7 @@ def test_cache_hits_need_no_slot(serve: Callable[[Behave], Peer]) -> None:
     registry = serve(manifest)
     registry_client = client(registry.host, max_concurrent=1)
     registry_client.lookup(f"{registry.host}/envkiln/env_x:tag")
-    registry_client._slots.acquire()
+    registry_client._shares.slots.acquire()
     assert registry_client.lookup(f"{registry.host}/envkiln/env_x:tag").found
 
 
@@ -349,3 +375,101 @@ def test_cache_hits_need_no_slot(serve: Callable[[Behave], Peer]) -> None:
 def test_nonsense_limits_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RegistryClient(**kwargs)  # type: ignore[arg-type]
+
+
+# --- 4. addresses a tenant may not name --------------------------------------------------------
+
+def test_a_tenant_registry_on_loopback_is_refused_before_any_connection() -> None:
+    with socket.socket() as listener:  # would accept a connection if one were made
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        host = f"127.0.0.1:{listener.getsockname()[1]}"
+        start = time.monotonic()
+        with pytest.raises(RegistryAddressRefused) as raised:
+            RegistryClient(timeout=2.0).lookup(f"{host}/team/base:1")  # a tenant's base image: not trusted
+        assert time.monotonic() - start < 0.5
+        message = str(raised.value)
+        assert "loopback" in message and "ENVKILN_ALLOWED_PRIVATE_HOSTS" in message
+        listener.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+
+
+def test_a_name_resolving_to_the_metadata_service_is_refused() -> None:
+    asked: list[str] = []
+
+    def resolver(host: str, port: int, timeout: float) -> list[tuple[int, tuple[Any, ...]]]:
+        asked.append(host)
+        return [(socket.AF_INET, ("169.254.169.254", port))]
+    with pytest.raises(RegistryAddressRefused, match="link-local"):
+        RegistryClient(timeout=2.0, resolver=resolver).lookup("registry.evil.example/team/base:1")
+    assert asked == ["registry.evil.example"], "resolved once; nothing connected"
+
+
+@pytest.mark.parametrize("reference", ["localhost:5000/x:1", "registry.kube-system.svc:5000/x:1",
+                                       "metadata.google.internal/x:1", "0.0.0.0:5000/x:1", "[::1]:5000/x:1"])
+def test_cluster_names_and_special_literals_are_refused_without_dns(reference: str) -> None:
+    def resolver(host: str, port: int, timeout: float) -> list[tuple[int, tuple[Any, ...]]]:
+        raise AssertionError("no DNS query for a name refused as such")
+    with pytest.raises(RegistryAddressRefused):
+        RegistryClient(timeout=2.0, resolver=resolver).lookup(reference)
+
+
+def test_the_operators_own_registries_are_not_checked(serve: Callable[[Behave], Peer]) -> None:
+    registry = serve(manifest)  # on loopback, as the operator's own registry may be
+    assert client(registry.host).lookup(f"{registry.host}/envkiln/env_x:tag").found
+
+
+# --- 5. a per-host share: one slow host cannot take every slot ---------------------------------
+
+def test_a_slow_host_gets_its_share_and_other_hosts_stay_fast(serve: Callable[[Behave], Peer]) -> None:
+    hostile = serve(sleep_forever)
+    victim = serve(manifest)
+    victim_host = f"localhost:{victim.host.split(':')[1]}"  # another host name for the same loopback server
+    registry_client = client(hostile.host, victim_host, timeout=3.0, max_concurrent=4, per_host=2)
+    errors: list[BaseException] = []
+
+    def hang(i: int) -> None:
+        try:
+            registry_client.lookup(f"{hostile.host}/envkiln/slow_{i}:tag")
+        except RegistryUnavailable as error:
+            errors.append(error)
+    holders = [threading.Thread(target=hang, args=(i,)) for i in range(2)]
+    for thread in holders:
+        thread.start()
+    wait_until(lambda: hostile.in_flight == 2)
+    start = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match="its share"):
+        registry_client.lookup(f"{hostile.host}/envkiln/slow_3:tag")
+    assert time.monotonic() - start < 0.3, "the hostile host's third lookup fails at once"
+    for i in range(5):
+        start = time.monotonic()
+        assert registry_client.lookup(f"{victim_host}/envkiln/env_{i}:tag").found
+        assert time.monotonic() - start < 0.5, "the victim host is not slowed"
+    assert hostile.max_in_flight == 2
+    for thread in holders:
+        thread.join()
+    assert len(errors) == 2 and all("deadline" in str(e) for e in errors)
+
+
+def test_the_operators_own_registry_has_no_per_host_share(serve: Callable[[Behave], Peer]) -> None:
+    def behave(handler: Handler, method: str) -> None:
+        time.sleep(0.3)
+        manifest(handler, method)
+    registry = serve(behave)
+    registry_client = client(registry.host, timeout=5.0, max_concurrent=4, per_host=1,
+                             trusted_registries={registry.host})
+    threads = [threading.Thread(target=registry_client.lookup, args=(f"{registry.host}/envkiln/env_{i}:tag",))
+               for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert registry.max_in_flight == 4
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not met in time"
+        time.sleep(0.01)

@@ -26,3 +26,22 @@ app.kubernetes.io/component: operator
 {{- define "envkiln.peeringKind" -}}
 {{- if .Values.operator.watchNamespaces -}}KopfPeering{{- else -}}ClusterKopfPeering{{- end -}}
 {{- end -}}
+
+{{/* The curated environments' namespace: never the release namespace, which holds the signing key
+and the push identities (docs/security.md). */}}
+{{- define "envkiln.curatedNamespace" -}}
+{{- if eq .Values.curated.namespace .Release.Namespace -}}
+{{- fail (printf "curated.namespace %q is the release namespace, which holds the signing key and the push identities; give curated environments a namespace of their own (default envkiln-curated)" .Values.curated.namespace) -}}
+{{- end -}}
+{{- .Values.curated.namespace -}}
+{{- end -}}
+
+{{/* The namespaces the operator watches, as JSON (use with fromJsonArray): [] for all namespaces;
+else operator.watchNamespaces plus the curated namespace when the chart installs curated environments. */}}
+{{- define "envkiln.watchNamespaces" -}}
+{{- $watched := .Values.operator.watchNamespaces | default list -}}
+{{- if and $watched .Values.curated.enabled -}}
+{{- $watched = append $watched (include "envkiln.curatedNamespace" .) | uniq -}}
+{{- end -}}
+{{- toJson $watched -}}
+{{- end -}}

@@ -12,10 +12,11 @@ ClusterRole.
 - apiGroups: ["envkiln.dev"]
   resources: ["environments", "environmentbuilds"]
   verbs: ["get", "list", "watch", "patch"]
-# An EnvironmentBuild per definition hash (create-or-get).
+# An EnvironmentBuild per definition hash (create-or-get); old finished ones that no Environment
+# keeps are deleted (operator.buildHistoryLimit).
 - apiGroups: ["envkiln.dev"]
   resources: ["environmentbuilds"]
-  verbs: ["create"]
+  verbs: ["create", "delete"]
 # The operator creates anonymous Environments for gated pods with inline definitions (never the webhook).
 - apiGroups: ["envkiln.dev"]
   resources: ["environments"]

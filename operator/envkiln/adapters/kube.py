@@ -144,6 +144,10 @@ class Kube:
             return self.call(create, GROUP, VERSION, namespace, plural, body), True
         return existing, False
 
+    def delete(self, plural: str, namespace: str, name: str) -> None:
+        """Delete the object if it is there (a 404 is success)."""
+        self._absent_is_none(self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+
     def patch_status(
         self, plural: str, namespace: str, name: str,
         compute: Callable[[dict[str, Any]], dict[str, Any] | None], attempts: int = 8,
@@ -201,6 +205,17 @@ class Kube:
             if error.status != 409:
                 raise
         return self.call(self._core.read_namespaced_secret, body["metadata"]["name"], namespace), False
+
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create the Secret: True, or False when one of that name exists (never read: the operator
+        reads no Secret in a build's namespace)."""
+        try:
+            self.call(self._core.create_namespaced_secret, namespace, body)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+            return False
+        return True
 
     def delete_secret(self, namespace: str, name: str) -> None:
         """Delete the Secret if it is there (a 404 is success)."""

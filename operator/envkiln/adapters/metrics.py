@@ -4,13 +4,17 @@
 context, and each test, has its own series. The reconcilers call one method where a fact is
 known; every method is O(1) and thread-safe (handler threads, the resync and the webhook call
 them concurrently).
+
+Every label takes its value from a fixed set, so the number of series is bounded whatever tenants
+write: a registry host is a label of its own only when the operator's settings name it (or it is one
+of a few public registries), else `other`; no label holds a namespace, a name or a message.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter as Tally
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,19 +29,42 @@ LOOKUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float
 BUILD_QUEUED, BUILD_RUNNING = "Pending", "Building"
 BUILD_FINISHED = frozenset({"Succeeded", "Failed"})
 NO_PHASE = "Unknown"
+# The values each label may take; anything else is counted as OTHER (or NO_PHASE).
+OTHER = "other"
+BUILDERS = frozenset({"kaniko", "buildah", "local"})
+PHASES = frozenset({"Pending", "Building", "Ready", "Failed", NO_PHASE})
+ADMISSION_RESULTS = frozenset({"image", "gated", "refused"})
+KINDS = frozenset({"Environment", "EnvironmentBuild"})
+# Registries base and bring-your-own images commonly come from: labelled by host like the configured ones.
+PUBLIC_REGISTRIES = frozenset({"docker.io", "ghcr.io", "quay.io", "mcr.microsoft.com", "gcr.io", "registry.k8s.io",
+                               "nvcr.io", "public.ecr.aws"})
+
+
+# The API server's answers a reconcile can meet; other statuses are counted by class (api_4xx...).
+API_STATUSES = frozenset({400, 401, 403, 404, 409, 410, 413, 422, 429, 500, 502, 503, 504})
 
 
 def error_reason(error: BaseException) -> str:
-    """A bounded label for an exception: the HTTP status of an API error, else the class name."""
+    """A bounded label for an exception: the HTTP status of an API error (a known one, else its class),
+    else the exception's class name (chosen by the code, never by what a tenant writes)."""
     status = getattr(error, "status", None)
     if isinstance(status, int) and type(error).__name__ == "ApiException":
-        return f"api_{status}"
+        if status in API_STATUSES:
+            return f"api_{status}"
+        return f"api_{status // 100}xx" if 100 <= status <= 599 else f"api_{OTHER}"
     return type(error).__name__
 
 
+def bounded(value: str | None, allowed: frozenset[str], otherwise: str = OTHER) -> str:
+    return value if value in allowed else otherwise
+
+
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, registries: Iterable[str] = ()) -> None:
+        """`registries`: the registry hosts the settings name (push, pull, base-image registries); they
+        and PUBLIC_REGISTRIES are labelled by host, every other host as `other`."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.registries = frozenset(registries) | PUBLIC_REGISTRIES
         r = self.registry
         self.build_duration = Histogram(
             "envkiln_build_duration_seconds", "Time from a build's start (status.startTime) to its end, by builder "
@@ -52,11 +79,12 @@ class Metrics:
             "envkiln_cache_misses", "EnvironmentBuilds created because no build of the hash existed.", registry=r)
         self.registry_lookup_duration = Histogram(
             "envkiln_registry_lookup_duration_seconds", "Registry manifest lookups that reached the registry "
-            "(answers from the cache are not timed), by registry host.", ["registry"], buckets=LOOKUP_BUCKETS,
+            "(answers from the cache are not timed), by registry host (configured or public; else other).",
+            ["registry"], buckets=LOOKUP_BUCKETS,
             registry=r)
         self.registry_lookup_errors = Counter(
             "envkiln_registry_lookup_errors", "Registry lookups that failed (registry unavailable, refused, timed "
-            "out), by registry host.", ["registry"], registry=r)
+            "out), by registry host (configured or public; else other).", ["registry"], registry=r)
         self.reconcile_errors = Counter(
             "envkiln_reconcile_errors", "Reconciles that raised and are retried, by kind (Environment, "
             "EnvironmentBuild) and reason (api_<HTTP status> or the exception's class).", ["kind", "reason"],
@@ -97,7 +125,7 @@ class Metrics:
         started = from_iso((build.get("status") or {}).get("startTime"))
         if started is None:
             return  # refused before it started (an untrusted build): nothing ran
-        builder = str((build.get("spec") or {}).get("builder") or "unknown")
+        builder = bounded(str((build.get("spec") or {}).get("builder")), BUILDERS)
         seconds = max(0.0, ((now or datetime.now(UTC)) - started).total_seconds())
         self.build_duration.labels(builder=builder, outcome=phase.lower()).observe(seconds)
 
@@ -115,7 +143,7 @@ class Metrics:
         """The phase an Environment's watch event shows (deleted: forget it). O(1): the per-phase
         gauge moves from the object's last known phase to this one."""
         key = (namespace, name)
-        new = None if deleted else (phase or NO_PHASE)
+        new = None if deleted else bounded(phase, PHASES, NO_PHASE)
         with self._lock:
             old = self._phase_of.pop(key, None)
             if new is not None:
@@ -131,14 +159,19 @@ class Metrics:
 
     # --- registry, errors, webhook -----------------------------------------------------------------
 
+    def registry_label(self, registry: str) -> str:
+        """The host itself when the settings name it or it is a public registry; else `other` (tenants
+        choose the hosts of their images, and each label value would be a series of its own)."""
+        return bounded(registry, self.registries)
+
     def registry_lookup(self, registry: str, seconds: float) -> None:
-        self.registry_lookup_duration.labels(registry=registry).observe(seconds)
+        self.registry_lookup_duration.labels(registry=self.registry_label(registry)).observe(seconds)
 
     def registry_error(self, registry: str) -> None:
-        self.registry_lookup_errors.labels(registry=registry).inc()
+        self.registry_lookup_errors.labels(registry=self.registry_label(registry)).inc()
 
     def reconcile_error(self, kind: str, error: BaseException) -> None:
-        self.reconcile_errors.labels(kind=kind, reason=error_reason(error)).inc()
+        self.reconcile_errors.labels(kind=bounded(kind, KINDS), reason=error_reason(error)).inc()
 
     def admission(self, result: str) -> None:
-        self.webhook_admissions.labels(result=result).inc()
+        self.webhook_admissions.labels(result=bounded(result, ADMISSION_RESULTS)).inc()

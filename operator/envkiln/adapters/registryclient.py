@@ -4,27 +4,36 @@ Three outcomes, kept distinct (lessons from Flyte and BinderHub): found (with di
 not found, and *unavailable* (network errors, 5xx, auth failures): unavailable is never
 treated as found or missing; callers surface it as RegistryUnavailable and retry.
 
-The registry is a network peer, not trusted to behave, so every lookup is bounded:
-- one total deadline (`timeout`) covers the wait for a slot, every request (token fetch
-  included) and every byte; a watchdog shuts the lookup's sockets down when it passes, so a
-  registry dripping a byte at a time cannot hold a handler longer than that;
-- at most `max_concurrent` lookups talk to registries at once; the wait counts against the deadline;
+The registry is a network peer, not trusted to behave, so every lookup is bounded
+(envkiln.adapters.netguard holds the mechanisms):
+- one total deadline (`timeout`) covers the wait for a slot, name resolution, every request
+  (token fetch included) and every byte; a watchdog shuts the lookup's sockets down when it
+  passes, so a registry dripping a byte at a time cannot hold a handler longer than that;
+- at most `max_concurrent` lookups talk to registries at once (the wait counts against the
+  deadline), and at most `per_host` of them to one tenant-named registry host: past that share a
+  lookup of that host fails at once, and other hosts keep their slots;
+- a registry a tenant names (a base or bring-your-own image) is connected to only at addresses
+  the network policy allows (no loopback, link-local, cluster-internal addresses unless
+  allow-listed): RegistryAddressRefused. The operator's own registries (`trusted_registries`,
+  and the insecure ones, which are always the operator's) are not checked;
 - redirects are followed only within one origin (scheme, host, port); a redirect elsewhere is
   RegistryRedirectRefused (a RegistryUnavailable), never followed with our credentials, and a
   manifest body that arrived through any redirect is never hashed into a digest;
-- answers are capped at MAX_BODY_BYTES.
+- a Bearer challenge's token realm is asked only on the registry's own origin, or at the token
+  service configured for that registry (`token_services`); elsewhere RegistryRealmRefused, and
+  no credential is sent;
+- answers are capped at MAX_BODY_BYTES;
+- error texts never quote what the registry sent (only HTTP status codes and failure kinds).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import http.client
 import io
 import json
 import re
-import socket
 import ssl
 import tarfile
 import threading
@@ -33,11 +42,27 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, TypeVar
 
+from envkiln.adapters.netguard import (
+    AddressRefused,
+    CrossOriginRedirect,
+    Deadline,
+    Dialer,
+    HostShares,
+    NoSlot,
+    Resolve,
+    ShareFull,
+    describe_error,
+    opener,
+    read_capped,
+    resolve,
+)
+from envkiln.core.decisions.network import STRICT, UNRESTRICTED, NetworkPolicy, decide_realm, origin_text, same_origin
 from envkiln.core.imageref import ImageReference, parse_image_reference
+from envkiln.core.models.hosts import DEFAULT_TOKEN_REALMS, parse_realm_entry
 
 if TYPE_CHECKING:
     from envkiln.adapters.metrics import Metrics
@@ -49,6 +74,7 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
+_T = TypeVar("_T")
 
 
 class RegistryUnavailable(RuntimeError):
@@ -61,12 +87,21 @@ class RegistryUnavailable(RuntimeError):
 
 
 class RegistryRedirectRefused(RegistryUnavailable):
-    """The registry redirected a lookup to another origin (scheme, host or port): not followed."""
+    """The registry redirected a lookup to another origin (scheme, host or port): not followed.
+    The target came from the registry: kept in `target`, never put in the message."""
 
     def __init__(self, registry: str, source: str, target: str):
-        super().__init__(registry, f"refused redirect from {_origin_text(source)} to another origin "
-                                   f"{_origin_text(target)} (redirects are followed only within the registry's origin)")
+        super().__init__(registry, f"refused a redirect from {origin_text(source)} to another origin (redirects "
+                                   "are followed only within the registry's origin)")
         self.target = target
+
+
+class RegistryAddressRefused(RegistryUnavailable):
+    """The registry's host is, or resolves only to, addresses the network policy refuses."""
+
+
+class RegistryRealmRefused(RegistryUnavailable):
+    """The registry's Bearer challenge names a token realm envkiln does not ask (another origin)."""
 
 
 @dataclass(frozen=True)
@@ -100,167 +135,21 @@ def credentials_from_docker_config(config_json: str | bytes) -> dict[str, Creden
 
 
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a manifest or token answer; registries cap manifests at 4 MiB
-MAX_REDIRECTS = 5
 DEFAULT_MAX_CONCURRENT = 8
+DEFAULT_PER_HOST = 4  # lookups one tenant-named registry host may have in flight at once
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:  # a malformed port never matches anything
-        port = -1
-    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
-
-
-def _origin_text(url: str) -> str:
-    scheme, host, port = _origin(url)
-    return f"{scheme}://{host}:{port}"
-
-
-class _CrossOriginRedirect(Exception):
-    def __init__(self, source: str, target: str):
-        super().__init__(f"redirect from {_origin_text(source)} to {_origin_text(target)}")
-        self.source = source
-        self.target = target
-
-
-class _Deadline:
-    """One lookup's total time budget. Socket timeouts alone bound each recv, not the sum of
-    them (a registry dripping a byte per second never trips one); so every socket the lookup
-    opens is registered here and a watchdog timer shuts them all down when the budget is spent."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self._end = time.monotonic() + seconds
-        self._lock = threading.Lock()
-        self._watched: list[socket.socket] = []
-        self._timer: threading.Timer | None = None
-        self.expired = False
-
-    def remaining(self) -> float:
-        return max(0.0, self._end - time.monotonic())
-
-    def passed(self) -> bool:
-        return self.expired or time.monotonic() >= self._end
-
-    def __enter__(self) -> _Deadline:
-        self._timer = threading.Timer(self.remaining(), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._timer:
-            self._timer.cancel()
-        with self._lock:
-            self.expired = True  # late connections of this lookup are refused too
-            watched, self._watched = self._watched, []
-        for sock in watched:
-            sock.close()
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            watched = list(self._watched)
-        for sock in watched:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv/send/handshake with EOF
-
-    def connect(self, address: tuple[str, int], timeout: object = None,
-                source_address: tuple[str, int] | None = None) -> socket.socket:
-        """socket.create_connection, bounded by and watched under the deadline."""
-        remaining = self.remaining()
-        if remaining <= 0:
-            raise TimeoutError("lookup deadline passed")
-        if isinstance(timeout, int | float):
-            remaining = min(remaining, timeout)
-        sock = socket.create_connection(address, remaining, source_address)
-        # A dup shares the connection but keeps its own descriptor: TLS wrapping detaches the
-        # original socket object, and shutting the dup down still ends the connection.
-        watch = sock.dup()
-        with self._lock:
-            if not self.expired:
-                self._watched.append(watch)
-                return sock
-        watch.close()
-        sock.close()
-        raise TimeoutError("lookup deadline passed")
-
-
-class _HTTPConnection(http.client.HTTPConnection):
-    _create_connection: Callable[..., socket.socket]
-
-    def __init__(self, host: str, deadline: _Deadline | None = None, **kwargs: Any):
-        super().__init__(host, **kwargs)
-        if deadline:
-            self._create_connection = deadline.connect
-
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    _create_connection: Callable[..., socket.socket]
-
-    def __init__(self, host: str, deadline: _Deadline | None = None, **kwargs: Any):
-        super().__init__(host, **kwargs)
-        if deadline:
-            self._create_connection = deadline.connect
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: _Deadline):
-        super().__init__()
-        self._deadline = deadline
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_HTTPConnection, req, deadline=self._deadline)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline, context: ssl.SSLContext | None):
-        super().__init__()
-        self._deadline = deadline
-        self._tls = context
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_HTTPSConnection, req, deadline=self._deadline, context=self._tls)
-
-
-class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only within the origin (scheme, host, port) it was asked: credentials
-    are never replayed to, and answers never taken from, a host the lookup did not address."""
-
-    max_redirections = MAX_REDIRECTS
-
-    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
-                         headers: http.client.HTTPMessage, newurl: str) -> urllib.request.Request | None:
-        if _origin(newurl) != _origin(req.full_url):
-            fp.close()
-            raise _CrossOriginRedirect(req.full_url, newurl)
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None:
-            new.method = req.get_method()  # a HEAD stays a HEAD (the stdlib turns it into a GET)
-        return new
-
-
-def _opener(deadline: _Deadline, context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
-    # Only what a lookup needs: no file:, ftp: or data: handlers for a realm URL to reach.
-    opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), _HTTPHandler(deadline),
-                    _HTTPSHandler(deadline, context), urllib.request.HTTPDefaultErrorHandler(),
-                    _SameOriginRedirects(), urllib.request.HTTPErrorProcessor()):
-        opener.add_handler(handler)
-    return opener
+def token_services(entries: Iterable[str] = DEFAULT_TOKEN_REALMS) -> dict[str, str]:
+    """registry -> `https://host:port` of its token service, from ENVKILN_REGISTRY_TOKEN_REALMS entries."""
+    return dict(parse_realm_entry(entry) for entry in entries)
 
 
 def _read_capped(response: IO[bytes]) -> bytes:
-    body = response.read(MAX_BODY_BYTES + 1)
-    if len(body) > MAX_BODY_BYTES:
-        raise ValueError(f"answer larger than {MAX_BODY_BYTES} bytes")
-    return body
+    return read_capped(response, MAX_BODY_BYTES)
 
 
 def _file_in_layer(blob: bytes, path: str) -> bytes | None:
@@ -290,7 +179,8 @@ def _file_in_layer(blob: bytes, path: str) -> bytes | None:
 class RegistryClient:
     """Thread-safe. Each lookup (the wait for a slot, every request including a token fetch,
     every byte read) finishes within `timeout` seconds in total or raises RegistryUnavailable;
-    at most `max_concurrent` lookups talk to registries at once."""
+    at most `max_concurrent` lookups talk to registries at once, at most `per_host` to one
+    tenant-named host."""
 
     insecure_registries: set[str] = field(default_factory=set)
     credentials: dict[str, Credentials] = field(default_factory=dict)
@@ -300,25 +190,32 @@ class RegistryClient:
     requests_made: int = 0
     metrics: Metrics | None = None  # lookup latency and errors (envkiln.adapters.metrics)
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    per_host: int = DEFAULT_PER_HOST
+    # The operator's own registries (host[:port] as in image references): no address check, no
+    # per-host share. Insecure registries are always the operator's own: no address check either.
+    trusted_registries: set[str] = field(default_factory=set)
+    network_policy: NetworkPolicy = STRICT  # for every other registry (envkiln.core.decisions.network)
+    token_services: dict[str, str] = field(default_factory=token_services)  # registry -> https://host:port
+    resolver: Resolve = resolve
     _cache: dict[str, tuple[float, ManifestLookup]] = field(default_factory=dict)
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _tokens: dict[tuple[str, str], str] = field(default_factory=dict)
-    _slots: threading.BoundedSemaphore = field(init=False, repr=False)
+    _shares: HostShares = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.max_concurrent < 1:
-            raise ValueError("max_concurrent must be at least 1")
+        if self.max_concurrent < 1 or self.per_host < 1:
+            raise ValueError("max_concurrent and per_host must be at least 1")
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
-        self._slots = threading.BoundedSemaphore(self.max_concurrent)
+        self._shares = HostShares(self.max_concurrent, self.per_host)
 
     def lookup(self, image: str | ImageReference, use_cache: bool = True) -> ManifestLookup:
         """Found/not found for a tag or digest reference; raises RegistryUnavailable."""
-        deadline = _Deadline(self.timeout)
         reference = parse_image_reference(image) if isinstance(image, str) else image
         key = str(reference)
         registry = reference.resolved_registry()
+        deadline = self._deadline(registry)
         # One request per image at a time: concurrent reconciles of environments with the
         # same definition wait for the first answer instead of asking again (within the deadline).
         with self._guard:
@@ -330,8 +227,13 @@ class RegistryClient:
                 self.metrics.registry_error(registry)
             raise
 
+    def _deadline(self, registry: str) -> Deadline:
+        own = registry in self.trusted_registries or registry in self.insecure_registries
+        policy = UNRESTRICTED if own else self.network_policy
+        return Deadline(self.timeout, Dialer(policy, self.resolver))
+
     def _locked_lookup(self, reference: ImageReference, key: str, registry: str, lock: threading.Lock,
-                       deadline: _Deadline, use_cache: bool) -> ManifestLookup:
+                       deadline: Deadline, use_cache: bool) -> ManifestLookup:
         if not lock.acquire(timeout=deadline.remaining()):
             raise RegistryUnavailable(registry, f"another lookup of {key} did not finish within {self.timeout:g}s")
         try:
@@ -339,17 +241,7 @@ class RegistryClient:
                 cached = self._cache.get(key)
                 if cached and self.clock() - cached[0] < self.cache_ttl:
                     return cached[1]
-            if not self._slots.acquire(timeout=deadline.remaining()):
-                raise RegistryUnavailable(registry, f"{self.max_concurrent} registry lookups already in flight; "
-                                          f"no slot within {self.timeout:g}s")
-            started = time.monotonic()
-            try:
-                with deadline:
-                    result = self._lookup(reference, deadline)
-            finally:
-                self._slots.release()
-                if self.metrics is not None:
-                    self.metrics.registry_lookup(registry, time.monotonic() - started)
+            result = self._held(registry, deadline, lambda: self._lookup(reference, deadline))
             if result.found:
                 self._cache[key] = (self.clock(), result)  # only positives: a missing image may appear any moment
             else:
@@ -358,42 +250,63 @@ class RegistryClient:
         finally:
             lock.release()
 
+    def _held(self, registry: str, deadline: Deadline, call: Callable[[], _T]) -> _T:
+        """`call()` under a slot and the host's share, within the deadline (timed for the metrics)."""
+        host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
+        try:
+            with self._shares.hold(host, deadline.remaining(), exempt=registry in self.trusted_registries):
+                started = time.monotonic()
+                try:
+                    with deadline:
+                        return call()
+                finally:
+                    if self.metrics is not None:
+                        self.metrics.registry_lookup(registry, time.monotonic() - started)
+        except ShareFull as full:
+            raise RegistryUnavailable(registry, f"{full.share} lookups of this registry host already in flight "
+                                      "(its share); retried later") from None
+        except NoSlot:
+            raise RegistryUnavailable(registry, f"{self.max_concurrent} registry lookups already in flight; "
+                                      f"no slot within {self.timeout:g}s") from None
+
     def read_last_layer_file(self, image: str, path: str) -> bytes | None:
         """The file `path` from the last layer of `image` (repository@digest), e.g. the lock a build
         wrote into its own last layer. None when that layer does not hold it. The manifest and the
         layer are each capped at MAX_BODY_BYTES, the layer is checked against its digest, and only
         a single-platform image is read. Raises RegistryUnavailable."""
-        deadline = _Deadline(self.timeout)
         reference = parse_image_reference(image)
-        registry, repository = reference.resolved_registry(), reference.resolved_repository()
-        base = f"{self._base_url(registry)}/v2/{repository}"
-        if not self._slots.acquire(timeout=deadline.remaining()):
-            raise RegistryUnavailable(registry, f"{self.max_concurrent} registry requests already in flight")
-        try:
-            with deadline:
-                status, _, body, _ = self._request("GET", f"{base}/manifests/{reference.manifest_reference()}",
-                                                   registry, repository, deadline)
-                if status != 200:
-                    raise RegistryUnavailable(registry, f"HTTP {status} for the manifest of {image}")
-                try:
-                    layers = json.loads(body).get("layers") or []
-                except (ValueError, AttributeError):
-                    raise RegistryUnavailable(registry, f"the manifest of {image} is not an image manifest") from None
-                if not layers or not isinstance(layers[-1], dict) or not str(layers[-1].get("digest", "")).startswith(
-                        "sha256:"):
-                    return None
-                layer_digest = str(layers[-1]["digest"])
-                status, _, blob, _ = self._request("GET", f"{base}/blobs/{layer_digest}", registry, repository,
-                                                   deadline)
-                if status != 200:
-                    raise RegistryUnavailable(registry, f"HTTP {status} for layer {layer_digest} of {image}")
-        except ValueError as error:  # an answer over the cap
-            raise RegistryUnavailable(registry, f"{image}: {error}") from None
-        finally:
-            self._slots.release()
+        registry = reference.resolved_registry()
+        deadline = self._deadline(registry)
+        layer = self._held(registry, deadline, lambda: self._last_layer(reference, image, deadline))
+        if layer is None:
+            return None
+        layer_digest, blob = layer
         if "sha256:" + hashlib.sha256(blob).hexdigest() != layer_digest:
             raise RegistryUnavailable(registry, f"layer {layer_digest} of {image} does not match its digest")
         return _file_in_layer(blob, path)
+
+    def _last_layer(self, reference: ImageReference, image: str, deadline: Deadline) -> tuple[str, bytes] | None:
+        """(digest, bytes) of the last layer of a single-platform image; None when it has none."""
+        registry, repository = reference.resolved_registry(), reference.resolved_repository()
+        base = f"{self._base_url(registry)}/v2/{repository}"
+        status, _, body, _ = self._request("GET", f"{base}/manifests/{reference.manifest_reference()}",
+                                           registry, repository, deadline)
+        if status != 200:
+            raise RegistryUnavailable(registry, f"HTTP {status} for the manifest of {image}")
+        try:
+            layers = json.loads(body).get("layers") or []
+        except (ValueError, AttributeError):
+            raise RegistryUnavailable(registry, f"the manifest of {image} is not an image manifest") from None
+        if not layers or not isinstance(layers[-1], dict) or not str(layers[-1].get("digest", "")).startswith(
+                "sha256:"):
+            return None
+        layer_digest = str(layers[-1]["digest"])
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", layer_digest):
+            raise RegistryUnavailable(registry, f"the manifest of {image} names a malformed layer digest")
+        status, _, blob, _ = self._request("GET", f"{base}/blobs/{layer_digest}", registry, repository, deadline)
+        if status != 200:
+            raise RegistryUnavailable(registry, f"HTTP {status} for layer {layer_digest} of {image}")
+        return layer_digest, blob
 
     def forget(self, image: str) -> None:
         self._cache.pop(str(parse_image_reference(image)), None)
@@ -403,7 +316,7 @@ class RegistryClient:
         scheme = "http" if registry in self.insecure_registries else "https"
         return f"{scheme}://{host}"
 
-    def _lookup(self, reference: ImageReference, deadline: _Deadline) -> ManifestLookup:
+    def _lookup(self, reference: ImageReference, deadline: Deadline) -> ManifestLookup:
         registry = reference.resolved_registry()
         repository = reference.resolved_repository()
         url = f"{self._base_url(registry)}/v2/{repository}/manifests/{reference.manifest_reference()}"
@@ -422,6 +335,8 @@ class RegistryClient:
                     raise RegistryUnavailable(registry, "manifest body came through a redirect; "
                                               "not hashing it into a digest")
                 digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            elif not _DIGEST.fullmatch(digest):  # it goes into status: only a digest, never other bytes
+                raise RegistryUnavailable(registry, "its Docker-Content-Digest header is not a digest")
             return ManifestLookup(found=True, digest=digest)
         if status == 401:
             # Some registries answer 401 for a repository that does not exist (BinderHub's
@@ -443,67 +358,83 @@ class RegistryClient:
     def _timed_out(self, registry: str) -> RegistryUnavailable:
         return RegistryUnavailable(registry, f"no complete answer within the {self.timeout:g}s lookup deadline")
 
-    def _request(self, method: str, url: str, registry: str, repository: str, deadline: _Deadline,
+    def _failed(self, registry: str, error: BaseException, deadline: Deadline) -> RegistryUnavailable:
+        """The exception a failed request becomes: the kind of failure, never the registry's bytes."""
+        if deadline.passed():
+            return self._timed_out(registry)
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        if isinstance(reason, AddressRefused):
+            return RegistryAddressRefused(registry, reason.reason)
+        if isinstance(reason, CrossOriginRedirect):
+            return RegistryRedirectRefused(registry, reason.source, reason.target)
+        return RegistryUnavailable(registry, describe_error(error))
+
+    def _authorization(self, registry: str, repository: str) -> dict[str, str]:
+        token = self._tokens.get((registry, repository))
+        creds = self.credentials.get(registry)
+        if token:
+            return {"Authorization": f"Bearer {token}"}
+        if creds:
+            return {"Authorization": "Basic " + base64.b64encode(
+                f"{creds.username}:{creds.password}".encode()).decode()}
+        return {}
+
+    def _request(self, method: str, url: str, registry: str, repository: str, deadline: Deadline,
                  retried: bool = False) -> tuple[int, dict[str, str], bytes, str]:
         """(status, headers, body, final URL); raises RegistryUnavailable."""
         if deadline.passed():
             raise self._timed_out(registry)
-        headers = {"Accept": ACCEPT, "User-Agent": "envkiln"}
-        token = self._tokens.get((registry, repository))
-        creds = self.credentials.get(registry)
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        elif creds:
-            headers["Authorization"] = "Basic " + base64.b64encode(
-                f"{creds.username}:{creds.password}".encode()).decode()
+        headers = {"Accept": ACCEPT, "User-Agent": "envkiln", **self._authorization(registry, repository)}
         request = urllib.request.Request(url, method=method, headers=headers)
         self.requests_made += 1
         try:
-            with _opener(deadline, self._context(registry)).open(request, timeout=deadline.remaining()) as response:
+            with opener(deadline, self._context(registry)).open(request, timeout=deadline.remaining()) as response:
                 result = (response.status, dict(response.headers),
                           _read_capped(response) if method == "GET" else b"", response.geturl())
-        except _CrossOriginRedirect as redirect:
-            raise RegistryRedirectRefused(registry, redirect.source, redirect.target) from None
         except urllib.error.HTTPError as error:
             error.close()
             if deadline.passed():
                 raise self._timed_out(registry) from None
             if error.code == 401 and not retried:
                 challenge = error.headers.get("WWW-Authenticate", "")
-                if challenge.lower().startswith("bearer") and self._fetch_token(challenge, registry, repository,
+                if challenge.lower().startswith("bearer") and self._fetch_token(challenge, url, registry, repository,
                                                                                deadline):
                     return self._request(method, url, registry, repository, deadline, retried=True)
             if error.code >= 500:
                 raise RegistryUnavailable(registry, f"HTTP {error.code}") from None
             return error.code, dict(error.headers), b"", url
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
-            if deadline.passed():
-                raise self._timed_out(registry) from None
-            reason = getattr(error, "reason", error)
-            raise RegistryUnavailable(registry, str(reason) or type(error).__name__) from None
+        except (CrossOriginRedirect, urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
+            raise self._failed(registry, error, deadline) from None
         if deadline.passed():  # an answer the watchdog cut short is no answer
             raise self._timed_out(registry)
         return result
 
-    def _fetch_token(self, challenge: str, registry: str, repository: str, deadline: _Deadline) -> bool:
+    def _fetch_token(self, challenge: str, url: str, registry: str, repository: str, deadline: Deadline) -> bool:
         params = dict(_CHALLENGE.findall(challenge))
         realm = params.pop("realm", None)
-        if not realm or urllib.parse.urlsplit(realm).scheme.lower() not in ("http", "https"):
+        if not realm:
             return False
+        refused = decide_realm(registry, url, realm, self.token_services)
+        if refused is not None:
+            raise RegistryRealmRefused(registry, refused)
         params.setdefault("scope", f"repository:{repository}:pull")
-        url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(params)
+        token_url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(params)
         headers = {"User-Agent": "envkiln"}
         creds = self.credentials.get(registry)
         if creds:
             headers["Authorization"] = "Basic " + base64.b64encode(
                 f"{creds.username}:{creds.password}".encode()).decode()
         try:
-            with _opener(deadline, None).open(urllib.request.Request(url, headers=headers),
-                                              timeout=deadline.remaining()) as response:
+            context = self._context(registry) if same_origin(url, realm) else None  # verified elsewhere
+            with opener(deadline, context).open(urllib.request.Request(token_url, headers=headers),
+                                                timeout=deadline.remaining()) as response:
                 body = json.loads(_read_capped(response))
-        except _CrossOriginRedirect as redirect:
-            raise RegistryRedirectRefused(registry, redirect.source, redirect.target) from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+        except (CrossOriginRedirect, urllib.error.URLError) as error:
+            reason = error.reason if isinstance(error, urllib.error.URLError) else error
+            if isinstance(reason, CrossOriginRedirect | AddressRefused) or deadline.passed():
+                raise self._failed(registry, error, deadline) from None
+            return False
+        except (http.client.HTTPException, OSError, ValueError):
             if deadline.passed():
                 raise self._timed_out(registry) from None
             return False

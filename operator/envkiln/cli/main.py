@@ -10,6 +10,7 @@ from typing import Any
 
 from envkiln import __version__
 from envkiln.adapters.gitrefs import GitRefError, GitResolver, resolve_git_commit
+from envkiln.core.decisions.network import UNRESTRICTED
 from envkiln.core.definition import (
     DEFAULT_IMAGE_TEMPLATE,
     MissingContextContent,
@@ -56,7 +57,7 @@ def _hash(item: LoadedEnvironment, context_dir: str | None, resolver: GitResolve
 
 def cmd_hash(args: argparse.Namespace) -> int:
     loaded, status = _load(args)
-    resolver = GitResolver()
+    resolver = GitResolver(policy=UNRESTRICTED)  # the user's own machine and network: no SSRF to guard
     for item in loaded:
         env = item.environment
         try:
@@ -91,7 +92,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     loaded, status = _load(args)
     out_root = Path(args.output)
-    resolver = GitResolver()
+    resolver = GitResolver(policy=UNRESTRICTED)  # the user's own machine and network: no SSRF to guard
     for item in loaded:
         env = item.environment
         try:
@@ -198,7 +199,8 @@ def cmd_import_azureml(args: argparse.Namespace) -> int:
 
     options = ImportOptions(namespace=args.namespace, curated_namespace=args.curated_namespace,
                             max_configmap_bytes=args.max_configmap_bytes, tarball_url=args.tarball_url,
-                            tarball_dir=Path(args.tarball_dir or (Path(args.output).parent if args.output else ".")))
+                            tarball_dir=Path(args.tarball_dir or (Path(args.output).parent if args.output else ".")),
+                            root=Path(args.root) if args.root else None)
     outcomes, tarballs = import_azureml([Path(p) for p in args.paths], options)
     for outcome in outcomes:
         print(outcome.line(), file=sys.stderr)
@@ -321,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tarball-dir", help="where to write those tarballs (default: beside -o, or .)")
     p.add_argument("--max-configmap-bytes", type=int, default=768 * 1024,
                    help="largest directory context put into a ConfigMap (default 786432)")
+    p.add_argument("--root", help="the folder no path in the YAML may leave (e.g. a repository holding jobs/ and "
+                   "components/); default: each PATH (a file's folder). Symbolic links are never followed")
     p.set_defaults(func=cmd_import_azureml)
 
     p = sub.add_parser("wait", help="wait until NAME[:VERSION] is Ready and print its image reference "

@@ -17,6 +17,13 @@ curated references (`azureml:NAME:VERSION`, `azureml:NAME@latest`,
 when there is a counterpart, and said to have none otherwise. Directory build contexts become a ConfigMap
 when they are small (top-level files as keys; subdirectories packed in the key `.envkiln-context.tar`, which
 the build unpacks), otherwise a tarball the importer writes (to be uploaded where `tarball_url` says).
+
+Only the imported tree is read: each PATH given (a file's folder), or `ImportOptions.root`. A path a
+definition names (conda_file, build.path, build.dockerfile_path, `-r` files, component, trial, environment
+files, asset spec and extra_config) must be relative and stay inside it, and no symbolic link is followed
+or packed, anywhere: each is an error naming the file and the field. Errors never quote a file's text: a
+file that is not valid YAML is named with the line and column of the problem, a Dockerfile or
+requirements file with the line.
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ import io
 import json
 import os
 import re
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 import yaml
@@ -99,6 +107,7 @@ class ImportOptions:
     max_configmap_bytes: int = DEFAULT_MAX_CONFIGMAP_BYTES
     tarball_url: str | None = None  # https base URL where written tarballs will be served
     tarball_dir: Path = Path(".")  # where tarballs are written
+    root: Path | None = None  # the tree no path may leave; None: each path given (a file's folder)
 
 
 @dataclass
@@ -126,6 +135,7 @@ class _Context:
     seen_files: set[Path] = field(default_factory=set)
     consumed: set[Path] = field(default_factory=set)  # conda files and specs read through another file
     tarballs: dict[Path, bytes] = field(default_factory=dict)
+    root: Path = Path(".")  # the imported tree (absolute, not resolved) of what is being read now
 
 
 def _at(where: str, name: str) -> str:
@@ -200,27 +210,104 @@ def _check_dockerfile_templating(path: Path, shown: str) -> None:
     except (OSError, UnicodeDecodeError):
         return
     for number, line in enumerate(text.splitlines(), start=1):
-        found = _TEMPLATE.search(line)
-        if found:
+        if _TEMPLATE.search(line):  # the line is not quoted: messages never hold a file's text
             raise ImportProblem(
-                f"{shown} line {number}: {found.group(0)} is Azure ML templating (filled by Azure's asset release "
-                "pipeline) that envkiln cannot fill; write a real value (e.g. a pinned image tag) in the Dockerfile")
+                f"{shown} line {number}: Azure ML templating ({{{{...}}}}) that envkiln cannot fill (Azure's asset "
+                "release pipeline fills it); write a real value (e.g. a pinned image tag) in the Dockerfile")
+
+
+# --- the imported tree --------------------------------------------------------------------------------
+
+
+def _absolute(path: Path) -> Path:
+    """`path` absolute and normalised ('..' taken away lexically), symbolic links not resolved."""
+    return Path(os.path.abspath(path))
+
+
+def _link_in(path: Path, root: Path) -> Path | None:
+    """The first symbolic link on the way from `root` (excluded) to `path` (included), if any."""
+    here = root
+    for part in path.relative_to(root).parts:
+        here = here / part
+        if here.is_symlink():
+            return here
+    return None
+
+
+def _confined(base: Path, written: str, where: str, ctx: _Context) -> Path:
+    """The path `written` in a definition (relative to `base`, the folder of the file that names it),
+    refused with `where` (the file and field) unless it is relative, stays in the imported tree, and
+    goes through no symbolic link. The tree's own folder may be reached through a link (the user named
+    it); nothing below it."""
+    if not written or PurePosixPath(written).is_absolute() or PureWindowsPath(written).drive or \
+            written.startswith("~"):
+        raise ImportProblem(f"{where}: {written!r} is not a relative path; write the path relative to the file, "
+                            f"inside the imported tree {ctx.root}")
+    path = _absolute(base / written)
+    if not path.is_relative_to(ctx.root):
+        raise ImportProblem(f"{where}: {written!r} leaves the imported tree {ctx.root}; keep the file inside it, "
+                            "or import a folder that holds both")
+    _no_link(path, where, ctx)
+    return Path(os.path.normpath(base / written))  # the same file, as the user's paths spell it
+
+
+def _no_link(path: Path, where: str, ctx: _Context) -> None:
+    link = _link_in(_absolute(path), ctx.root)
+    if link is not None:
+        raise ImportProblem(f"{where}: {_shown(link)} is a symbolic link; the importer reads only real files inside "
+                            "the imported tree (copy the file there)")
+    if path.exists() and not path.resolve().is_relative_to(ctx.root.resolve()):
+        raise ImportProblem(f"{where}: {_shown(path)} is outside the imported tree {ctx.root}")
+
+
+def _shown(path: Path) -> str:
+    """A path as messages show it: relative to the working folder when under it."""
+    absolute = _absolute(path)
+    here = _absolute(Path("."))
+    return str(absolute.relative_to(here)) if absolute.is_relative_to(here) else str(absolute)
 
 
 # --- reading files ------------------------------------------------------------------------------------
 
+# What a YAML problem says, without what the file holds: quoted text (a key, an alias, a tag) becomes '…';
+# grammar tokens ('<stream end>', one character such as ',') stay.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _unquoted(problem: str) -> str:
+    return _QUOTED.sub(lambda m: m.group(0) if len(m.group(0)) <= 3 or re.fullmatch(r".<[a-z ]+>.", m.group(0))
+                       else "…", problem)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(error, "problem", None)
+    return f"not valid YAML{where}" + (f": {_unquoted(problem)}" if isinstance(problem, str) else "")
+
+
+def _read_text(path: Path, where: str | None = None) -> str:
+    """The file's text; ImportProblem names `where` (the file and field that name it), the file and why,
+    never what it holds."""
+    named = f"{where}: {path}" if where else str(path)
+    try:
+        if stat.S_ISLNK(path.lstat().st_mode):
+            raise ImportProblem(f"{named}: a symbolic link; the importer reads only real files inside the tree")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ImportProblem(f"{named}: not UTF-8 text") from None
+    except OSError as error:
+        raise ImportProblem(f"{named}: cannot read: {error.strerror or type(error).__name__}") from None
+
 
 def _load_yaml(path: Path) -> list[Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ImportProblem(f"{path}: cannot read: {error}") from None
+    text = _read_text(path)
     try:
         return [d for d in yaml.load_all(text, Loader=StrictLoader) if d is not None]
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ImportProblem(f"{path}: not valid YAML{where}: {getattr(error, 'problem', None) or error}") from None
+        raise ImportProblem(f"{path}: {_yaml_problem(error)}") from None
+    except (ValueError, OverflowError):  # a scalar that resolves to a type but cannot be built (2024-13-01)
+        raise ImportProblem(f"{path}: not valid YAML: a value cannot be read (an impossible date or number)") from None
 
 
 def _one_mapping(path: Path) -> dict[str, Any]:
@@ -234,27 +321,24 @@ def _requirements_lines(path: Path, where: str, ctx: _Context, depth: int = 0) -
     """The lines of a pip requirements file, `-r` files inlined (relative to it)."""
     if depth > 10:
         raise ImportProblem(f"{where}: -r files nest more than 10 deep")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ImportProblem(f"{where}: cannot read {path}: {error}") from None
+    text = _read_text(path, where)
     ctx.consumed.add(path.resolve())
     lines: list[str] = []
-    for raw in text.splitlines():
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
         if line:
-            lines += _pip_line(line, path.parent, f"{where} ({path.name})", ctx, depth)
+            lines += _pip_line(line, path.parent, f"{where} ({path} line {number})", ctx, depth)
     return lines
 
 
 def _pip_line(line: str, base: Path, where: str, ctx: _Context, depth: int = 0) -> list[str]:
     match = re.fullmatch(r"(-r|--requirement)(\s+|=)(\S+)", line)
     if match:
-        return _requirements_lines(base / match.group(3), where, ctx, depth + 1)
+        return _requirements_lines(_confined(base, match.group(3), f"{where}: -r", ctx), where, ctx, depth + 1)
     match = re.fullmatch(r"(-c|--constraint)(\s+|=)(\S+)", line)
     if match:
         raise ImportProblem(
-            f"{where}: {line!r}: a constraints file has no place in a system-managed environment; pin the versions "
+            f"{where}: -c: a constraints file has no place in a system-managed environment; pin the versions "
             "in the pip list (e.g. 'numpy==1.26.4'), or build from a Dockerfile context that runs pip with -c")
     return [line]
 
@@ -262,7 +346,7 @@ def _pip_line(line: str, base: Path, where: str, ctx: _Context, depth: int = 0) 
 def _conda_spec(value: Any, base: Path, where: str, ctx: _Context) -> tuple[dict[str, Any], dict[str, str], list[str]]:
     """(the envkiln conda spec, environment variables from conda `variables`, ignored conda fields)."""
     if isinstance(value, str):
-        path = base / value
+        path = _confined(base, value, where, ctx)
         where = f"{where} ({value})"
         document = _one_mapping(path)
         ctx.consumed.add(path.resolve())
@@ -291,9 +375,19 @@ def _conda_spec(value: Any, base: Path, where: str, ctx: _Context) -> tuple[dict
 # --- build contexts -----------------------------------------------------------------------------------
 
 
-def _context_files(root: Path) -> list[Path]:
-    return sorted((p for p in root.rglob("*") if p.is_file() and ".git" not in p.relative_to(root).parts),
-                  key=lambda p: p.relative_to(root).as_posix())
+def _context_files(root: Path, where: str) -> list[Path]:
+    """The regular files of a build context folder (not under .git), sorted; a symbolic link anywhere in it
+    (to a file or a folder) is refused, naming it: it would pack a file from outside the tree."""
+    files = []
+    for folder, folders, names in os.walk(root, followlinks=False):
+        here = Path(folder)
+        folders[:] = [name for name in folders if name != ".git"]
+        for name in [*folders, *names]:
+            if (here / name).is_symlink():
+                raise ImportProblem(f"{where}: {_shown(here / name)} is a symbolic link; a build context is packed "
+                                    "from real files only (copy what it points to into the folder)")
+        files += [here / name for name in names if (here / name).is_file()]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
 def deterministic_tar(root: Path, files: list[Path]) -> bytes:
@@ -335,9 +429,14 @@ def _directory_context(directory: Path, dockerfile: str, name: str, where: str, 
     """(spec.build, extra documents, what was chosen) for a local build context directory."""
     if not directory.is_dir():
         raise ImportProblem(f"{_at(where, 'build.path')}: {directory} is not a directory")
-    files = _context_files(directory)
+    field_path = _at(where, "build.dockerfile_path")
+    if not _absolute(directory / dockerfile).is_relative_to(_absolute(directory)):
+        raise ImportProblem(f"{field_path}: {dockerfile!r} is not inside the build context {directory}; give its "
+                            "path relative to build.path, without '..'")
+    _confined(directory, dockerfile, field_path, ctx)
+    files = _context_files(directory, _at(where, "build.path"))
     if not (directory / dockerfile).is_file():
-        raise ImportProblem(f"{_at(where, 'build.dockerfile_path')}: {dockerfile!r} is not a file in {directory}")
+        raise ImportProblem(f"{field_path}: {dockerfile!r} is not a file in {directory}")
     for path in files:
         if path.name.startswith("Dockerfile") or path == directory / dockerfile:
             _check_dockerfile_templating(path, str(path))
@@ -524,7 +623,8 @@ def environment_manifest(definition: dict[str, Any], base: Path, where: str, def
             spec["build"] = _git_context(path, dockerfile, where)
             chosen = "build context: git"
         else:
-            spec["build"], extra, chosen = _directory_context(base / path, dockerfile, name, where, ctx)
+            directory = _confined(base, path, _at(where, "build.path"), ctx)
+            spec["build"], extra, chosen = _directory_context(directory, dockerfile, name, where, ctx)
     elif image is not None:
         spec["image"] = str(image)
         if conda is None:
@@ -599,9 +699,9 @@ def _environment_value(value: Any, base: Path, where: str, default_name: str, ct
         if reference is not None:
             ctx.outcomes.append(_reference_outcome(text, reference, where, ctx))
         elif text.removeprefix("file:").endswith(_YAML_SUFFIXES):
-            path = base / text.removeprefix("file:")
-            ctx.consumed.add(path.resolve())
             try:
+                path = _confined(base, text.removeprefix("file:"), where, ctx)
+                ctx.consumed.add(path.resolve())
                 definition = _one_mapping(path)
             except ImportProblem as problem:
                 ctx.outcomes.append(Outcome(where, "error", str(problem)))
@@ -635,7 +735,12 @@ def _walk(node: Any, base: Path, path: Path, where: str, default_name: str, ctx:
                 _environment_value(value, base, f"{path}: {here}", default_name, ctx)
             elif key in ("component", "trial") and isinstance(value, str) and \
                     value.removeprefix("file:").endswith(_YAML_SUFFIXES):
-                _import_file(base / value.removeprefix("file:"), ctx, via=f"{path}: {here}")
+                try:
+                    followed = _confined(base, value.removeprefix("file:"), f"{path}: {here}", ctx)
+                except ImportProblem as problem:
+                    ctx.outcomes.append(Outcome(f"{path}: {here}", "error", str(problem)))
+                    continue
+                _import_file(followed, ctx, via=f"{path}: {here}")
             elif key == "jobs" and isinstance(value, dict):
                 for step, job in value.items():
                     _walk(job, base, path, f"{here}.{step}", f"{default_name}-{step}", ctx)
@@ -696,11 +801,12 @@ def _import_asset(directory: Path, ctx: _Context) -> None:
                 return
             variables["asset.name"] = str(asset.get("name", directory.name))
             variables["asset.version"] = _version(asset.get("version"), str(asset_path))
-            spec_path = directory / str(asset.get("spec", "spec.yaml"))
+            spec_path = _confined(directory, str(asset.get("spec", "spec.yaml")), _at(str(asset_path), "spec"), ctx)
             extra = asset.get("extra_config")
             if extra:
-                image = (_one_mapping(directory / str(extra)).get("image") or {})
-                ctx.consumed.add((directory / str(extra)).resolve())
+                extra_path = _confined(directory, str(extra), _at(str(asset_path), "extra_config"), ctx)
+                image = (_one_mapping(extra_path).get("image") or {})
+                ctx.consumed.add(extra_path.resolve())
                 context = image.get("context") or {}
                 variables["image.context.path"] = str(context.get("dir", "context"))
                 variables["image.dockerfile.path"] = str(context.get("dockerfile", "Dockerfile"))
@@ -720,6 +826,8 @@ def _import_asset(directory: Path, ctx: _Context) -> None:
 
 
 def _paths(root: Path, ctx: _Context) -> Iterator[tuple[str, Path]]:
+    """("file" | "asset" | "link", path) for what the folder `root` holds (or the file `root` itself). Links
+    below the path given are never followed."""
     if root.is_file():
         yield "file", root
         return
@@ -727,7 +835,10 @@ def _paths(root: Path, ctx: _Context) -> Iterator[tuple[str, Path]]:
         yield "asset", root
         return
     for child in sorted(root.iterdir()):
-        if child.is_dir() and child.name != ".git":
+        if child.is_symlink():
+            if child.name != ".git" and (child.suffix in _YAML_SUFFIXES or child.is_dir()):
+                yield "link", child
+        elif child.is_dir() and child.name != ".git":
             yield from _paths(child, ctx)
         elif child.is_file() and child.suffix in _YAML_SUFFIXES:
             yield "file", child
@@ -737,23 +848,34 @@ def import_azureml(paths: list[Path], options: ImportOptions | None = None
                    ) -> tuple[list[Outcome], dict[Path, bytes]]:
     """Every outcome, in the order found, and the tarballs to write (path -> bytes)."""
     ctx = _Context(options or ImportOptions())
-    found: list[tuple[str, Path]] = []
-    for root in paths:
-        if not root.exists():
-            ctx.outcomes.append(Outcome(str(root), "error", "no such file or directory"))
+    found: list[tuple[str, Path, Path]] = []  # (kind, path, the tree it was found in)
+    for given in paths:
+        if not given.exists():
+            ctx.outcomes.append(Outcome(str(given), "error", "no such file or directory"))
             continue
-        found += list(_paths(root, ctx))
+        tree = _absolute(ctx.options.root if ctx.options.root is not None else
+                         given if given.is_dir() else given.parent)
+        if not _absolute(given).is_relative_to(tree):
+            ctx.outcomes.append(Outcome(str(given), "error", f"not inside the imported tree {tree} (the root given)"))
+            continue
+        found += [(kind, path, tree) for kind, path in _paths(given, ctx)]
     # Asset folders first, then files named on their own; files that other files read (conda files,
     # components of a pipeline) are imported through those.
-    for kind, path in sorted(found, key=lambda item: item[0] != "asset"):
+    for kind, path, _ in found:
+        if kind == "link":
+            ctx.outcomes.append(Outcome(str(path), "error", "a symbolic link; the importer reads only real files "
+                                        "and folders inside the imported tree (copy what it points to there)"))
+    for kind, path, tree in sorted(found, key=lambda item: item[0] != "asset"):
         if kind == "asset":
+            ctx.root = tree
             _import_asset(path, ctx)
     deferred = []
-    for kind, path in found:
+    for kind, path, tree in found:
         if kind == "file" and path.resolve() not in ctx.consumed:
-            deferred.append(path)
-    for path in deferred:
+            deferred.append((path, tree))
+    for path, tree in deferred:
         if path.resolve() not in ctx.consumed and not _looks_like_conda(path):
+            ctx.root = tree
             _import_file(path, ctx)
     return ctx.outcomes, ctx.tarballs
 

@@ -42,6 +42,9 @@ LABEL_ANONYMOUS: Final = f"{GROUP}/anonymous"  # on Environments created from a 
 LABEL_ENVIRONMENT: Final = f"{GROUP}/environment"
 INLINE: Final = "inline"
 JOB_NAME_LABEL: Final = "job-name"  # set by the Job controller on a Job's pods
+# Set by the Job controller on a Job's pods: the Job's UID (the first since Kubernetes 1.27, the second the
+# legacy name). With the controller ownerReference they say which pods a Job made; `job-name` alone proves nothing.
+JOB_CONTROLLER_UID_LABELS: Final = ("batch.kubernetes.io/controller-uid", "controller-uid")
 
 # --- annotations and pod fields --------------------------------------------------------------
 
@@ -80,7 +83,7 @@ CONTEXT_TREE_KEY: Final = ".envkiln-context.tar"
 # --- reserved names --------------------------------------------------------------------------
 
 RESERVED_NAME_PREFIXES: Final = ("azureml-", "microsoft")
-DEFAULT_CURATED_NAMESPACE: Final = "envkiln-system"
+DEFAULT_CURATED_NAMESPACE: Final = "envkiln-curated"  # never the operator namespace (its Secrets): settings refuse it
 
 # --- condition types and reasons -------------------------------------------------------------
 
@@ -109,6 +112,7 @@ REASON_UNTRUSTED_BUILD: Final = "UntrustedBuild"  # an EnvironmentBuild the oper
 REASON_NO_PUSH_IDENTITY: Final = "NoPushIdentity"  # no push credential for the build's namespace
 REASON_CONTEXT_CHANGED: Final = "ContextChanged"  # the ConfigMap context changed after it was hashed
 REASON_CANNOT_START: Final = "CannotStart"  # the build Job was refused (quota, admission)
+REASON_NAME_TAKEN: Final = "NameTaken"  # an object envkiln did not make holds a name reserved for a build
 REASON_READY: Final = "Ready"  # Event reason when an Environment becomes Ready
 REASON_BASE_IMAGE_UPDATED: Final = "BaseImageUpdated"  # the base moved; also the reason of a rebuild's history entry
 REASON_BASE_UP_TO_DATE: Final = "UpToDate"

@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from envkiln.core.definition import DEFAULT_IMAGE_TEMPLATE, image_name, image_repository
 from envkiln.core.errors import describe
 from envkiln.core.models import DEFAULT_CURATED_NAMESPACE
+from envkiln.core.models.hosts import DEFAULT_TOKEN_REALMS, parse_host_entry, parse_realm_entry
 from envkiln.core.render import DEFAULT_MICROMAMBA_IMAGE, DEFAULT_UV_VERSION, RenderSettings
+from envkiln.core.trust import DEFAULT_KEY_ID, Signer, SigningKeyError, parse_previous_keys
 
 # The maintained Kaniko fork (GoogleContainerTools/kaniko was archived in June 2025).
 DEFAULT_KANIKO_IMAGE = "ghcr.io/osscontainertools/kaniko:v1.28.0"
@@ -21,6 +23,15 @@ DEFAULT_SKOPEO_IMAGE = "quay.io/skopeo/stable:v1.20.0"
 PREFIX = "ENVKILN_"
 # Read by the development harness (tests/harness), not by the operator.
 DEV_TOOL_VARIABLES = {"cache", "debian_mirror", "keep_testdirs"}
+# Settings that are gone, and what to do instead: refused at start when they ask for what is gone
+# (set to their old default, they change nothing and are accepted).
+REMOVED_SETTINGS = {
+    "shared_push_credential": "removed: the operator's own credential (ENVKILN_REGISTRY_SECRET) is never copied into "
+    "a tenant's namespace, where its editors could read it and push anywhere, curated images included. Give "
+    "each namespace its own push identity instead, a dockerconfigjson Secret named by ENVKILN_PUSH_SECRET_TEMPLATE "
+    "(default envkiln-push-{namespace}) in the operator namespace that can push only under that namespace's "
+    "path (docs/security.md), and unset this variable",
+}
 
 
 class SettingsError(ValueError):
@@ -45,12 +56,15 @@ class OperatorSettings(BaseModel):
         description="dockerconfigjson Secret (operator namespace) with the push identity of one namespace; "
         "{namespace} is the namespace that builds.",
     )
-    shared_push_credential: bool = Field(
-        default=False, description="Let namespaces without a push identity of their own push with registry_secret.",
-    )
     signing_key: SecretStr | None = Field(
         default=None, description="Key that signs the operator's EnvironmentBuilds and records (default: the "
         "Secret envkiln-signing-key in the operator namespace, created when missing).",
+    )
+    signing_key_id: str | None = Field(
+        default=None, description="Key id of ENVKILN_SIGNING_KEY, written into every signature (default: key).")
+    previous_signing_keys: SecretStr | None = Field(
+        default=None, description="Keys that signed before a rotation and still verify, with ENVKILN_SIGNING_KEY: "
+        "ID=KEY entries separated by commas or spaces (with the Secret, its other entries are the previous keys).",
     )
     image_template: str = DEFAULT_IMAGE_TEMPLATE
     builder: Literal["kaniko", "buildah", "local"] = Field(
@@ -83,6 +97,9 @@ class OperatorSettings(BaseModel):
     max_concurrent_builds: int = Field(default=4, ge=1)
     max_concurrent_builds_per_namespace: int = Field(
         default=2, ge=1, description="Builds one namespace may run at once (fairness across namespaces).")
+    build_history_limit: int = Field(
+        default=5, ge=1, description="Finished EnvironmentBuilds kept per Environment (the newest), besides those "
+        "its version history points to and the one it follows; older ones are deleted.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch (empty: all).")
     curated_namespace: str = DEFAULT_CURATED_NAMESPACE
     operator_namespace: str = "envkiln-system"
@@ -105,6 +122,20 @@ class OperatorSettings(BaseModel):
         default=60.0, ge=0, description="How long a git context's branch or tag stays resolved to the same commit "
         "before it is asked again (and how often Environments following a branch are checked for new commits).")
     git_timeout_seconds: float = Field(default=10.0, gt=0, description="Deadline of one git ref query.")
+    git_max_bytes: int = Field(
+        default=1024 * 1024, ge=4096, description="What one git ref query may read in all (a larger answer is cut "
+        "off and reported).")
+    allowed_private_hosts: list[str] = Field(
+        default_factory=list, description="Hosts a namespace may name (git remotes, registries of its images) "
+        "although they are or resolve to loopback, link-local or cluster-internal addresses: addresses, CIDR "
+        "blocks, host names or *.domain (docs/security.md). The operator's own registries need no entry.")
+    registry_token_realms: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TOKEN_REALMS), description="registry=https://token-host pairs: "
+        "registries whose token service lives on another origin (any other realm must be on the registry's own "
+        "origin).")
+    per_host_concurrency: int = Field(
+        default=4, ge=1, description="Registry lookups and git queries one namespace-named host may have in flight "
+        "at once; more fail at once for that host (and are retried), so a slow host cannot take every slot.")
     workers: int = Field(default=20, ge=1, description="Kopf handler threads (and API connections, plus 4).")
     worker_limit: int = Field(
         default=40, ge=1, description="Objects whose events are processed at once (Kopf's per-object workers); "
@@ -166,6 +197,20 @@ class OperatorSettings(BaseModel):
         # Kopf peering is not leader election: replicas with equal priorities would all act.
         return secrets.randbelow(1_000_000) + 1 if self.peering_priority == "random" else int(self.peering_priority)
 
+    @field_validator("allowed_private_hosts")
+    @classmethod
+    def _allowed_hosts(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            parse_host_entry(entry)
+        return entries
+
+    @field_validator("registry_token_realms")
+    @classmethod
+    def _token_realms(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            parse_realm_entry(entry)
+        return entries
+
     @field_validator("registry", "pull_registry")
     @classmethod
     def _registry(cls, value: str | None) -> str | None:
@@ -186,7 +231,32 @@ class OperatorSettings(BaseModel):
             self.push_secret_template.format(namespace="namespace")
         except (KeyError, IndexError, ValueError):
             raise ValueError("ENVKILN_PUSH_SECRET_TEMPLATE: only the field {namespace} may be used") from None
+        if self.curated_namespace == self.operator_namespace:
+            raise ValueError(f"ENVKILN_CURATED_NAMESPACE: {self.curated_namespace!r} is the operator namespace, which "
+                             "holds the signing key and the push identities; give curated environments a namespace "
+                             f"of their own (default {DEFAULT_CURATED_NAMESPACE})")
+        self.signer_from_settings()
         return self
+
+    def signer_from_settings(self) -> Signer | None:
+        """The keys of ENVKILN_SIGNING_KEY, _ID and ENVKILN_PREVIOUS_SIGNING_KEYS (None: not set, the
+        operator reads the Secret envkiln-signing-key)."""
+        if self.signing_key is None:
+            if self.signing_key_id is not None or self.previous_signing_keys is not None:
+                raise ValueError("ENVKILN_SIGNING_KEY_ID and ENVKILN_PREVIOUS_SIGNING_KEYS go with "
+                                 "ENVKILN_SIGNING_KEY; with the Secret envkiln-signing-key, its entries are the keys "
+                                 "(docs/security.md)")
+            return None
+        try:
+            previous = parse_previous_keys(self.previous_signing_keys.get_secret_value()
+                                           if self.previous_signing_keys is not None else "")
+        except SigningKeyError as error:
+            raise ValueError(f"ENVKILN_PREVIOUS_SIGNING_KEYS: {error}") from None
+        try:
+            return Signer(self.signing_key.get_secret_value().encode("utf-8"), self.signing_key_id or DEFAULT_KEY_ID,
+                          previous)
+        except SigningKeyError as error:
+            raise ValueError(f"ENVKILN_SIGNING_KEY: {error}") from None
 
     def push_image(self, definition_hash: str, namespace: str, key: str | None = None) -> str:
         """Where a build of `definition_hash` in `namespace` pushes (repository:tag); the tag is the
@@ -230,15 +300,21 @@ class OperatorSettings(BaseModel):
             name = key[len(PREFIX):].lower()
             if name in DEV_TOOL_VARIABLES:
                 continue
+            if name in REMOVED_SETTINGS:
+                if raw.strip().lower() in ("", "false", "0", "no", "off"):  # what the removed default meant
+                    continue
+                raise SettingsError(f"{key}: {REMOVED_SETTINGS[name]}")
             if name not in known:
                 names = ", ".join(PREFIX + k.upper() for k in sorted(known))
                 raise SettingsError(f"{key}: unknown setting (a typo?); known settings: {names}")
-            if name in ("namespaces", "kaniko_extra_args", "webhook_hosts", "base_image_registries"):
+            if name in ("namespaces", "kaniko_extra_args", "webhook_hosts", "base_image_registries",
+                        "allowed_private_hosts", "registry_token_realms"):
                 values[name] = [part for part in raw.replace(",", " ").split() if part]
             else:
                 values[name] = raw
         try:
             return cls.model_validate(values)
         except ValidationError as error:
-            problems = [PREFIX + p.split(":", 1)[0].upper() + ":" + p.split(":", 1)[1] for p in describe(error)]
+            problems = [p.removeprefix("(document): ") if p.startswith("(document): ")  # names its variable
+                        else PREFIX + p.split(":", 1)[0].upper() + ":" + p.split(":", 1)[1] for p in describe(error)]
             raise SettingsError("; ".join(problems)) from None

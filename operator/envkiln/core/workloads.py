@@ -52,14 +52,18 @@ CONTAINER_ANNOTATION = ANNOTATION_CONTAINER
 SPEC_ANNOTATION = ANNOTATION_SPEC
 GATE = SCHEDULING_GATE
 ANONYMOUS_LABEL = LABEL_ANONYMOUS
-__all__ = ["ANNOTATION", "ANONYMOUS_LABEL", "CONTAINER_ANNOTATION", "GATE", "INLINE", "LABEL", "POD_CONDITION",
-           "SPEC_ANNOTATION", "VERSION_ANNOTATION", "EnvironmentRequest", "WorkloadError", "anonymous_environment",
-           "anonymous_name", "container_index", "image_for_version", "latest_version", "parse_inline_spec",
-           "parse_request", "with_environment_variables"]
+__all__ = ["ANNOTATION", "ANONYMOUS_LABEL", "CONTAINER_ANNOTATION", "GATE", "INLINE", "LABEL", "MAX_INLINE_SPEC_BYTES",
+           "POD_CONDITION", "SPEC_ANNOTATION", "VERSION_ANNOTATION", "EnvironmentRequest", "WorkloadError",
+           "anonymous_environment", "anonymous_name", "container_index", "image_for_version", "latest_version",
+           "parse_inline_spec", "parse_request", "with_environment_variables"]
 # Matched whole (re.fullmatch): `$` would also match before a trailing line feed.
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _MAX_NAME = 253
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # models' VERSION_PATTERN
+# The largest inline spec the webhook reads (UTF-8 bytes of the annotation). Reading YAML costs about 1.5 us a
+# byte and the webhook answers every pod of the namespace: 16 KiB (a few hundred requirements) is read, validated
+# and hashed in a few tens of milliseconds; a larger environment is a named Environment (docs/security.md).
+MAX_INLINE_SPEC_BYTES = 16 * 1024
 
 
 class WorkloadError(ValueError):
@@ -113,6 +117,10 @@ def parse_request(labels: dict[str, str], annotations: dict[str, str]) -> Enviro
 
 
 def parse_inline_spec(text: str) -> EnvironmentSpec:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_INLINE_SPEC_BYTES:
+        raise WorkloadError(f"annotation {SPEC_ANNOTATION} holds {size} bytes, more than the {MAX_INLINE_SPEC_BYTES} "
+                            f"an inline spec may hold; create a named Environment and label the pod {LABEL}=NAME")
     if not text.strip():
         raise WorkloadError(f"annotation {SPEC_ANNOTATION} is empty; put the environment spec there (YAML or JSON)")
     try:

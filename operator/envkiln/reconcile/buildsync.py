@@ -3,10 +3,16 @@
 Only EnvironmentBuilds the operator created are built: the signature (envkiln.core.trust) must
 verify and `spec.image` must be where this namespace's images of the hash go; anything else is
 marked Failed (UntrustedBuild) and nothing runs. Every step reads the server's state first and is
-safe to repeat: the status is written
+safe to repeat: the status (with the Job's name, which holds the build slot) is written
 before a Job is created (so a crash in between re-creates the same Job by name), and a
-Job that already exists is adopted. What to do is decided by envkiln.core.decisions.build; this
-module only reads and writes.
+Job that already exists is followed only if it is this build's (envkiln.core.decisions.adoption).
+What to do is decided by envkiln.core.decisions.build; this module only reads and writes.
+
+Build slots: counting the builds that hold one and claiming one for a build that starts happen
+under one lock (`OperatorContext.build_slots`), and a claim counts from that moment until the
+build's own sync sees it give the slot back. The watch's copy of the builds (`known_builds`)
+shows a claim only once the status write comes back; without the claims, syncs running at the
+same time all counted the same free slots and all started.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from envkiln.core.decisions.build import (
     holds_slot,
     next_step,
     refuse,
+    slots_in_use,
 )
 from envkiln.core.definition import pull_reference
 from envkiln.core.imageref import parse_image_reference
@@ -42,6 +49,7 @@ from envkiln.core.names import (
     MANAGED_BY_VALUE,
     REASON_UNTRUSTED_BUILD,
     build_key,
+    job_name,
 )
 from envkiln.reconcile.context import OperatorContext
 
@@ -64,14 +72,41 @@ def limits(ctx: OperatorContext) -> Limits:
                   retry_limit=settings.build_retry_limit, backoff_seconds=settings.build_retry_backoff_seconds)
 
 
-def running_builds(ctx: OperatorContext, builds: Iterable[dict[str, Any]] | None = None) -> Counter[str]:
+def running_builds(ctx: OperatorContext, builds: Iterable[dict[str, Any]] | None = None,
+                   claimed: Iterable[tuple[str, str]] = (), asking: tuple[str, str] | None = None) -> Counter[str]:
     """Builds holding a slot, by namespace: only the operator's own (signed) EnvironmentBuilds count,
     so Jobs or objects made to look like builds take no slot. `builds` are the ones the operator
-    already holds from its watch; without them they are listed."""
+    already holds from its watch; without them they are listed. `claimed`: builds this process just
+    gave a slot (counted even before their status shows it); `asking`: the build that wants one."""
     if builds is None:
         builds = ctx.kube.list_in(BUILDS, ctx.settings.namespaces, f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")
-    return Counter(b["metadata"]["namespace"] for b in builds
-                   if holds_slot(b.get("status") or {}) and ctx.signer.build_problem(b, ANNOTATION_SIGNATURE) is None)
+    holding = [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in builds
+               if holds_slot(b.get("status") or {}) and ctx.signer.build_problem(b, ANNOTATION_SIGNATURE) is None]
+    return slots_in_use(holding, claimed, asking)
+
+
+def _step_with_slot(ctx: OperatorContext, build: dict[str, Any], status: dict[str, Any], now: datetime,
+                    known_builds: Callable[[], Iterable[dict[str, Any]]] | None,
+                    **reported: Any) -> Step:
+    """The next step of a build that needs a slot to go on (its first attempt, or one to restart):
+    count and claim under the slot lock, so that no two syncs take the same slot. The claim is
+    recorded before anything is written; the start step also writes the Job's name, so the status
+    holds the slot from its first write on."""
+    namespace, name = build["metadata"]["namespace"], build["metadata"]["name"]
+    slots = ctx.build_slots
+    with slots.lock:
+        builds = list(known_builds()) if known_builds else None
+        if builds is None:
+            builds = ctx.kube.list_in(BUILDS, ctx.settings.namespaces, f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")
+        slots.forget_missing({(b["metadata"]["namespace"], b["metadata"]["name"]) for b in builds} | {
+            (namespace, name)})
+        counts = running_builds(ctx, builds, slots.claimed(), asking=(namespace, name))
+        step = next_step(status, limits(ctx), now, ctx.instance_id, running=sum(counts.values()),
+                         running_in_namespace=counts[namespace], namespace=namespace, **reported)
+        if step.action == "start":
+            slots.claim((namespace, name))
+            step.changes["job"] = job_name(build_key(build["spec"]), step.attempt)
+    return step
 
 
 def _write(ctx: OperatorContext, build: dict[str, Any], changes: dict[str, Any],
@@ -155,10 +190,12 @@ def _sync_build(ctx: OperatorContext, namespace: str, name: str,
                 known_builds: Callable[[], Iterable[dict[str, Any]]] | None) -> BuildSyncResult:
     build = ctx.kube.get(BUILDS, namespace, name)
     if build is None:
+        ctx.build_slots.release((namespace, name))
         return BuildSyncResult(None)
     status = build.get("status") or {}
     phase = status.get("phase")
     if phase in TERMINAL:
+        ctx.build_slots.release((namespace, name))
         return BuildSyncResult(phase)
     problem = untrusted_reason(ctx, build)
     if problem is not None:
@@ -166,18 +203,19 @@ def _sync_build(ctx: OperatorContext, namespace: str, name: str,
     attempt = int(status.get("attempts") or 0)
     builder = ctx.builder
     now = datetime.now(UTC)
+    slotted = bool(getattr(builder, "uses_cluster_slots", False))  # Job builders; the local one has its own pool
+    digest = None
     if attempt == 0:
-        if getattr(builder, "uses_cluster_slots", False):  # Job builders; the local one has its own pool
-            counts = running_builds(ctx, known_builds() if known_builds else None)
-            step = next_step(status, limits(ctx), now, ctx.instance_id, running=sum(counts.values()),
-                             running_in_namespace=counts[namespace], namespace=namespace)
+        if slotted:
+            step = _step_with_slot(ctx, build, status, now, known_builds)
         else:
             step = next_step(status, limits(ctx), now, ctx.instance_id)
-        digest = None
     else:
         result = builder.observe(build, attempt)
-        step = next_step(status, limits(ctx), now, ctx.instance_id, state=str(result.state), reason=result.reason,
-                         log_tail=result.log_tail)
+        reported: dict[str, Any] = {"state": str(result.state), "reason": result.reason, "log_tail": result.log_tail}
+        step = next_step(status, limits(ctx), now, ctx.instance_id, **reported)
+        if slotted and step.action == "start":  # a restart (backoff over, or its Job vanished): a slot first
+            step = _step_with_slot(ctx, build, status, now, known_builds, **reported)
         digest = result.digest
     if step.action == "verify":
         step = _verify(ctx, build, step.attempt, digest)
@@ -185,6 +223,8 @@ def _sync_build(ctx: OperatorContext, namespace: str, name: str,
 
 
 def _apply(ctx: OperatorContext, build: dict[str, Any], step: Step) -> BuildSyncResult:
+    if step.action not in ("start", "wait"):  # queued, retrying, finished: it holds no slot now
+        ctx.build_slots.release((build["metadata"]["namespace"], build["metadata"]["name"]))
     failed = step.event is not None and step.event[0] == "Warning"
     if failed and step.event is not None:  # a failure is told before anything else happens
         ctx.kube.event(build, *step.event)
@@ -200,7 +240,7 @@ def _apply(ctx: OperatorContext, build: dict[str, Any], step: Step) -> BuildSync
                      error.message)
             return _apply(ctx, build, after_failure(step.attempt, error.reason, error.message, limits(ctx),
                                                     datetime.now(UTC)))
-        if job:
+        if job and job != (build.get("status") or {}).get("job"):
             _write(ctx, build, {"job": job})
     phase = step.phase or (build.get("status") or {}).get("phase")
     ctx.metrics.build_progress(build, phase, step.terminal)

@@ -16,10 +16,16 @@ from envkiln.adapters.gitrefs import GitResolver
 from envkiln.adapters.kube import ApiError, Kube
 from envkiln.adapters.kubeclient import ApiClient
 from envkiln.adapters.metrics import Metrics
-from envkiln.adapters.registryclient import Credentials, RegistryClient, credentials_from_docker_config
+from envkiln.adapters.registryclient import (
+    Credentials,
+    RegistryClient,
+    credentials_from_docker_config,
+    token_services,
+)
+from envkiln.core.decisions.network import NetworkPolicy
 from envkiln.core.names import MANAGED_BY, SIGNING_KEY_SECRET
 from envkiln.core.settings import OperatorSettings
-from envkiln.core.trust import Signer
+from envkiln.core.trust import DEFAULT_KEY_ID, Signer, signer_from_secret
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,8 @@ class OperatorContext:
     # One sync of a given EnvironmentBuild at a time: its watch event, its Job's event and the
     # resync run in different threads, and two of them must not both see and act on the same step.
     build_locks: KeyedLocks = field(default_factory=lambda: KeyedLocks())
+    # The build slots this process handed out (envkiln.reconcile.buildsync): counting and claiming is one step.
+    build_slots: BuildSlots = field(default_factory=lambda: BuildSlots())
     # The digest each base image reference had at the base-update watcher's last look (in memory:
     # after a restart the watcher's first pass fills it again).
     latest_bases: LatestBases = field(default_factory=lambda: LatestBases())
@@ -63,6 +71,31 @@ class LatestBases:
             return None
         with self._lock:
             return self._digests.get(reference)
+
+
+class BuildSlots:
+    """The builds this process gave a build slot, as (namespace, name), until their sync sees them
+    give it back; and the lock under which slots are counted and claimed. The watch brings a build's
+    status write a moment later, so a count from it alone would let two syncs take the last slot;
+    one active replica at a time (Kopf peering) makes this process the only one handing out slots."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held by the caller around count + claim
+        self._claimed: set[tuple[str, str]] = set()
+
+    def claimed(self) -> frozenset[tuple[str, str]]:
+        return frozenset(self._claimed)
+
+    def claim(self, key: tuple[str, str]) -> None:
+        self._claimed.add(key)
+
+    def release(self, key: tuple[str, str]) -> None:
+        with self.lock:
+            self._claimed.discard(key)
+
+    def forget_missing(self, present: set[tuple[str, str]]) -> None:
+        """Drop the claims of builds that are gone (deleted while they held a slot); caller holds the lock."""
+        self._claimed &= present
 
 
 class KeyedLocks:
@@ -121,15 +154,19 @@ def load_registry_credentials(kube: Kube, settings: OperatorSettings) -> tuple[d
 
 
 def load_signing_key(kube: Kube, settings: OperatorSettings) -> Signer:
-    """ENVKILN_SIGNING_KEY, or the operator namespace's Secret (created with a random key by the first replica)."""
-    if settings.signing_key is not None:
-        try:
-            return Signer(settings.signing_key.get_secret_value().encode("utf-8"))
-        except ValueError as error:
-            raise RuntimeError(f"ENVKILN_SIGNING_KEY: {error}") from None
+    """ENVKILN_SIGNING_KEY (with ENVKILN_SIGNING_KEY_ID and ENVKILN_PREVIOUS_SIGNING_KEYS), or the keys of
+    the operator namespace's Secret (created with one random key by the first replica): entry `current`
+    names the key that signs, every other entry is a key named by its id (envkiln.core.trust)."""
+    signer = settings.signer_from_settings() or _secret_signer(kube, settings)
+    log.info("signing with key id %r; also verifying with %s", signer.key_id,
+             ", ".join(repr(k) for k in signer.key_ids[1:]) or "no previous key")
+    return signer
+
+
+def _secret_signer(kube: Kube, settings: OperatorSettings) -> Signer:
     namespace = settings.operator_namespace
     body = {"metadata": {"name": SIGNING_KEY_SECRET, "namespace": namespace, "labels": MANAGED_BY},
-            "type": "Opaque", "data": {"key": base64.b64encode(secrets.token_bytes(32)).decode()}}
+            "type": "Opaque", "data": {DEFAULT_KEY_ID: base64.b64encode(secrets.token_bytes(32)).decode()}}
     try:
         secret, created = kube.create_or_get_secret(namespace, body)
     except ApiError as error:
@@ -141,21 +178,24 @@ def load_signing_key(kube: Kube, settings: OperatorSettings) -> Signer:
     if created:
         log.info("created the signing key Secret %s/%s", namespace, SIGNING_KEY_SECRET)
     try:
-        return Signer(base64.b64decode((secret.data or {})["key"]))
-    except (KeyError, ValueError):
-        raise RuntimeError(f"Secret {namespace}/{SIGNING_KEY_SECRET} has no valid `key` (32 random bytes, base64); "
-                           "delete it and the operator creates a new one (existing images are then rebuilt)") from None
+        return signer_from_secret({entry: base64.b64decode(value) for entry, value in (secret.data or {}).items()})
+    except ValueError as error:  # binascii.Error too
+        raise RuntimeError(f"Secret {namespace}/{SIGNING_KEY_SECRET}: {error} (docs/security.md, \"Rotating the "
+                           "signing key\")") from None
 
 
 def make_context(api_client: ApiClient, settings: OperatorSettings,
                  on_local_build_done: Callable[[str, str], None] | None = None) -> OperatorContext:
     kube = Kube(api_client)
-    metrics = Metrics()
+    # Registry hosts the settings name are metric labels of their own; tenants' other hosts count as `other`.
+    metrics = Metrics(registries=registry_hosts(settings) | set(settings.base_image_registries))
     credentials, secret_data = load_registry_credentials(kube, settings)
+    network = NetworkPolicy.from_entries(settings.allowed_private_hosts)  # for hosts namespaces name
     registry = RegistryClient(
         insecure_registries=registry_hosts(settings) if settings.insecure_registry else set(),
         credentials=credentials, timeout=settings.registry_timeout_seconds, cache_ttl=settings.cache_ttl_seconds,
-        metrics=metrics,
+        metrics=metrics, trusted_registries=registry_hosts(settings), network_policy=network,
+        per_host=settings.per_host_concurrency, token_services=token_services(settings.registry_token_realms),
     )
     instance_id = uuid.uuid4().hex
     builder: Builder
@@ -174,4 +214,6 @@ def make_context(api_client: ApiClient, settings: OperatorSettings,
     return OperatorContext(settings=settings, kube=kube, registry=registry, builder=builder,
                            signer=load_signing_key(kube, settings), instance_id=instance_id, metrics=metrics,
                            git_resolver=GitResolver(ttl_seconds=settings.git_ref_ttl_seconds,
-                                                    timeout_seconds=settings.git_timeout_seconds))
+                                                    timeout_seconds=settings.git_timeout_seconds, policy=network,
+                                                    max_bytes=settings.git_max_bytes,
+                                                    per_host=settings.per_host_concurrency))

@@ -15,8 +15,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from envkiln.adapters.gitrefs import GitRefError
+from envkiln.adapters.kube import ApiError, api_message
 from envkiln.adapters.registryclient import RegistryUnavailable
 from envkiln.core.conditions import get_condition, now_iso
+from envkiln.core.decisions.collect import build_facts, builds_to_collect, environment_facts
 from envkiln.core.decisions.environment import Facts, Lookup, Outcome, decide, invalid, new_status
 from envkiln.core.decisions.resync import base_moved
 from envkiln.core.definition import MissingContextContent, context_digest, definition_hash
@@ -80,8 +82,8 @@ def build_problem(ctx: OperatorContext, build: dict[str, Any], push_image: str) 
     if (build.get("spec") or {}).get("image") != push_image:
         return f"it pushes to {build['spec'].get('image')}, not to {push_image} where this namespace's images go"
     status = build.get("status") or {}
-    if status.get("digest") and not ctx.signer.record_is_trusted(build):
-        return "its recorded digest was not recorded by the operator"
+    if status.get("digest"):
+        return ctx.signer.record_problem(build)
     return None
 
 
@@ -269,6 +271,7 @@ def sync_environment(ctx: OperatorContext, namespace: str, name: str, env: dict[
         new = new_status(current, outcome, value, now_iso())
         transition["old"], transition["current"] = old.get("phase"), current
         transition["conditions"] = old.get("conditions")
+        transition["moved_on"] = bool(old.get("build")) and old.get("build") != new.get("build")
         if new == old:
             return None
         return {**{k: None for k in old if k not in new}, **new}
@@ -283,12 +286,35 @@ def sync_environment(ctx: OperatorContext, namespace: str, name: str, env: dict[
         previous = get_condition(transition.get("conditions"), CONDITION_BASE_IMAGE_UPDATED) or {}
         if previous.get("reason") != reason:
             ctx.kube.event(written or transition.get("current") or env, type_, reason, message)
+    if written is not None and transition.get("moved_on"):  # it follows another build now: old ones may go
+        collect_builds(ctx, namespace)
     ctx.metrics.environment_synced(old_phase, outcome.phase.value, outcome.fields.get("cacheHit"))
     if log.isEnabledFor(logging.DEBUG):  # the per-phase cost of a reconcile (docs/benchmarks.md)
         log.debug("synced Environment %s/%s: %s -> %s; read %.1f ms, observe+decide %.1f ms, status %.1f ms, "
                   "event %.1f ms", namespace, name, old_phase, outcome.phase.value, (read - started) * 1000,
                   (decided - read) * 1000, (patched - decided) * 1000, (time.perf_counter() - patched) * 1000)
     return EnvSyncResult(outcome.phase.value, outcome.retry_in, value)
+
+
+def collect_builds(ctx: OperatorContext, namespace: str) -> list[str]:
+    """Delete the namespace's finished EnvironmentBuilds that no Environment keeps
+    (envkiln.core.decisions.collect; ENVKILN_BUILD_HISTORY_LIMIT). Only the operator's own, signed
+    builds are considered. Idempotent (a build already gone is fine); a failure is logged and left for
+    the next time an Environment of the namespace moves to another build."""
+    try:
+        builds = [b for b in ctx.kube.list(BUILDS, namespace, f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")
+                  if ctx.signer.build_problem(b, ANNOTATION_SIGNATURE) is None]
+        environments = ctx.kube.list(ENVIRONMENTS, namespace) if builds else []
+        doomed = builds_to_collect([build_facts(b) for b in builds], [environment_facts(e) for e in environments],
+                                   ctx.settings.build_history_limit)
+        for name in doomed:
+            ctx.kube.delete(BUILDS, namespace, name)
+    except ApiError as error:
+        log.warning("namespace %s: old EnvironmentBuilds not collected: %s", namespace, api_message(error))
+        return []
+    if doomed:
+        log.info("namespace %s: collected %d old EnvironmentBuild(s): %s", namespace, len(doomed), ", ".join(doomed))
+    return doomed
 
 
 def check_bases(ctx: OperatorContext, bases: dict[str, list[tuple[str, str, str | None]]]) -> list[tuple[str, str]]:

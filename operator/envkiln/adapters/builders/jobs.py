@@ -4,14 +4,20 @@ A Job builder only says what its build pod looks like (`pod_spec`); everything e
 so proving one Job builder on a real node proves the orchestration of the others:
 
 - deterministic names (`envkiln-<hash>-<attempt>`) and create-or-get, so a restarted operator
-  adopts the Job it started and concurrent reconciles never start a second one;
+  follows the Job it started and concurrent reconciles never start a second one;
+- nothing is adopted by its name alone (envkiln.core.decisions.adoption): a Job or ConfigMap under a
+  build's name is followed only when its controller is the EnvironmentBuild (by UID), pods only when
+  their controller-uid label and controller ownerReference are the Job's UID; anything else under a
+  reserved name fails the attempt (`NameTaken`, naming the object) and is never changed or deleted;
 - the rendered context as a ConfigMap owned by the EnvironmentBuild (garbage-collected with it);
 - the Job owned by the EnvironmentBuild, `backoffLimit: 0` (envkiln retries itself so each
   attempt's log tail is kept), deadline and TTL from settings;
 - the outcome: the digest from the termination message of the container that pushed, the log
   tail from the container that failed (its termination message, FallbackToLogsOnError);
-- the push credential of the build's namespace, copied for one Job, owned by it and deleted when
-  the attempt ends; the immutable snapshot of a ConfigMap context.
+- the push identity of the build's namespace (never the operator's own credential, except for the
+  curated namespace), copied for one Job into a Secret that envkiln creates (a Secret already under
+  that name is never used), owned by that Job and deleted when the attempt ends; the immutable
+  snapshot of a ConfigMap context.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 from envkiln import API_VERSION
 from envkiln.adapters.builders import AttemptResult, AttemptState, BuildCannotStart, tail
 from envkiln.adapters.kube import ApiError, Kube, V1ContainerStatus, V1Job, V1Pod, api_message
+from envkiln.core.decisions.adoption import controlled_by, foreign_object_message, is_job_pod
 from envkiln.core.definition import context_digest
 from envkiln.core.imageref import parse_image_reference
 from envkiln.core.manifests import config_map_data
@@ -31,12 +38,14 @@ from envkiln.core.models import BuildContext, EnvironmentBuildSpec
 from envkiln.core.names import (
     BUILD_COMPONENT,
     CONTEXT_TREE_KEY,
+    JOB_CONTROLLER_UID_LABELS,
     KIND_BUILD,
     LABEL_ATTEMPT,
     LABEL_BUILD,
     LABEL_HASH,
     REASON_CANNOT_START,
     REASON_CONTEXT_CHANGED,
+    REASON_NAME_TAKEN,
     REASON_NO_PUSH_IDENTITY,
     build_key,
     context_configmap_name,
@@ -115,6 +124,25 @@ def owner_reference(obj: dict[str, Any], kind: str = KIND_BUILD, api_version: st
         "apiVersion": api_version, "kind": kind, "name": obj["metadata"]["name"],
         "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
     }
+
+
+def owner_references(obj: Any) -> list[dict[str, Any]]:
+    """An API object's ownerReferences (a client model, or anything with the same attributes) as the
+    API server's JSON (envkiln.core.decisions.adoption reads them)."""
+    refs = getattr(getattr(obj, "metadata", None), "owner_references", None) or []
+    return [{"apiVersion": r.api_version, "kind": r.kind, "name": r.name, "uid": r.uid, "controller": r.controller,
+             "blockOwnerDeletion": r.block_owner_deletion} for r in refs]
+
+
+def made_for(obj: Any, build: dict[str, Any]) -> bool:
+    """Whether the Job or ConfigMap `obj` is this EnvironmentBuild's (its controller, by UID)."""
+    return controlled_by(owner_references(obj), KIND_BUILD, build["metadata"].get("uid"))
+
+
+def not_made_for(kind: str, obj: Any, build: dict[str, Any]) -> BuildCannotStart:
+    meta = build["metadata"]
+    return BuildCannotStart(REASON_NAME_TAKEN, foreign_object_message(
+        kind, meta["namespace"], obj.metadata.name, owner_references(obj), KIND_BUILD, meta["name"]))
 
 
 def rendered_files(spec: EnvironmentBuildSpec) -> dict[str, str]:
@@ -352,8 +380,8 @@ class JobBuilder:
     def push_identity(self, namespace: str) -> dict[str, str] | None:
         """The dockerconfigjson data the push container of a build in `namespace` gets (None: push
         without credentials). Each namespace has its own identity (ENVKILN_PUSH_SECRET_TEMPLATE);
-        the operator's own credential (ENVKILN_REGISTRY_SECRET) pushes only curated images, unless
-        ENVKILN_SHARED_PUSH_CREDENTIAL allows every namespace to use it."""
+        the operator's own credential (ENVKILN_REGISTRY_SECRET) pushes only curated images and is
+        never copied into any other namespace, whose editors can read Secrets."""
         settings = self.settings
         if namespace == settings.curated_namespace:
             return self.credentials_secret_data
@@ -362,14 +390,14 @@ class JobBuilder:
         data = (secret.data or {}) if secret is not None else {}
         if ".dockerconfigjson" in data:
             return {".dockerconfigjson": data[".dockerconfigjson"]}
-        if self.credentials_secret_data is None or settings.shared_push_credential:
-            return self.credentials_secret_data  # a registry without authentication, or a shared identity
+        if self.credentials_secret_data is None:
+            return None  # a registry without authentication: nothing to copy
         repository = repository_of(settings.push_image("0" * 32, namespace)).rsplit("/", 1)[0]
         raise BuildCannotStart(REASON_NO_PUSH_IDENTITY, (
             f"namespace {namespace} has no push identity: create the dockerconfigjson Secret "
             f"{settings.operator_namespace}/{name} with a registry credential that can push only under "
-            f"{repository}/ (or set ENVKILN_SHARED_PUSH_CREDENTIAL=true to let every namespace push with "
-            "ENVKILN_REGISTRY_SECRET), then delete this EnvironmentBuild to try again"))
+            f"{repository}/ (the operator's own credential is never copied into a namespace), then delete this "
+            "EnvironmentBuild to try again"))
 
     def _snapshot_context(self, build: dict[str, Any], spec: EnvironmentBuildSpec) -> None:
         """Copy the user's ConfigMap into an immutable one the operator owns, if it still holds the
@@ -381,7 +409,7 @@ class JobBuilder:
         existing = self.kube.read_configmap(namespace, name)
         if existing is not None:
             found = context_digest(config_map_data({"data": existing.data, "binaryData": existing.binary_data}))
-            if found != spec.plan.context_digest or not existing.immutable:
+            if not made_for(existing, build) or found != spec.plan.context_digest or not existing.immutable:
                 raise BuildCannotStart(REASON_CONTEXT_CHANGED, (
                     f"ConfigMap {name} does not hold the context that was hashed (envkiln did not make it); "
                     f"delete it and envkiln makes it again from spec.build.configMap {user.config_map.name}"))
@@ -394,34 +422,69 @@ class JobBuilder:
                 f"spec.build.configMap: ConfigMap {user.config_map.name} "
                 f"{'is gone' if source is None else 'changed'} after its content was hashed; envkiln builds only "
                 "the bytes it hashed. The Environment picks up the new content by itself"))
-        self.kube.create_or_get_configmap(namespace, _immutable_configmap(
+        made = self.kube.create_or_get_configmap(namespace, _immutable_configmap(
             build, name, spec.hash, {k: v for k, v in content.items() if v}))
+        if not made_for(made, build):  # someone else's, created between the read and the create
+            raise not_made_for("ConfigMap", made, build)
+
+    def _rendered_context(self, build: dict[str, Any]) -> None:
+        """Create the rendered context ConfigMap, or follow the one this build made earlier; a ConfigMap of
+        that name that is not this build's, or does not hold the plan, is refused."""
+        configmap = context_configmap(build)
+        if configmap is None:
+            return
+        existing = self.kube.create_or_get_configmap(build["metadata"]["namespace"], configmap)
+        if not made_for(existing, build):
+            raise not_made_for("ConfigMap", existing, build)
+        if dict(existing.data or {}) != configmap["data"] or not existing.immutable:
+            raise BuildCannotStart(REASON_CONTEXT_CHANGED, (
+                f"ConfigMap {existing.metadata.name} does not hold this build's rendered context; delete it and "
+                "envkiln makes it again"))
 
     def start(self, build: dict[str, Any], attempt: int) -> str:
         namespace = build["metadata"]["namespace"]
         spec = EnvironmentBuildSpec.model_validate(build["spec"])
         identity = self.push_identity(namespace)
-        configmap = context_configmap(build)
-        if configmap is not None:
-            self.kube.create_or_get_configmap(namespace, configmap)
+        self._rendered_context(build)
         self._snapshot_context(build, spec)
         name = job_name(build_key(build["spec"]), attempt)
         secret = push_secret_name(name) if identity else None
         try:
-            job, _ = self.kube.create_or_get_job(namespace, self.job(build, attempt, secret))
+            job, created = self.kube.create_or_get_job(namespace, self.job(build, attempt, secret))
         except ApiError as error:
             if error.status in (400, 403, 422):  # quota, admission, policy: say so instead of holding a slot
                 raise BuildCannotStart(REASON_CANNOT_START,
                                        f"the build Job {name} was refused: {api_message(error)}") from None
             raise
+        if not created and not made_for(job, build):  # never followed, changed or deleted
+            raise not_made_for("Job", job, build)
         if identity and secret:
-            # Owned by the Job (gone with it) and deleted as soon as the attempt ends.
+            # Created here or not at all: a Secret already under this name (envkiln cannot read Secrets in a
+            # build's namespace) is nobody's credential this Job may use. Owned by the Job (gone with it) and
+            # deleted as soon as the attempt ends.
             job_dict = {"metadata": {"name": job.metadata.name, "uid": job.metadata.uid}}
-            self.kube.create_or_get_secret(namespace, {
-                "metadata": {"name": secret, "namespace": namespace, "labels": {**MANAGED_BY, LABEL_BUILD: build[
-                    "metadata"]["name"]}, "ownerReferences": [owner_reference(job_dict, "Job", "batch/v1")]},
-                "type": "kubernetes.io/dockerconfigjson", "data": identity})
+            if not self.kube.create_secret(namespace, {
+                    "metadata": {"name": secret, "namespace": namespace, "labels": {**MANAGED_BY, LABEL_BUILD: build[
+                        "metadata"]["name"]}, "ownerReferences": [owner_reference(job_dict, "Job", "batch/v1")]},
+                    "type": "kubernetes.io/dockerconfigjson", "data": identity}):
+                self.kube.delete_job(namespace, name)  # this build's own Job: no pod of it runs with that Secret
+                raise BuildCannotStart(REASON_NAME_TAKEN, (
+                    f"Secret {namespace}/{secret} already exists and envkiln did not make it for Job {name}; envkiln "
+                    f"never uses, adopts or overwrites it. Delete it (kubectl -n {namespace} delete secret {secret}); "
+                    f"a retry of the build makes its own, and once the build has failed, delete {KIND_BUILD} "
+                    f"{build['metadata']['name']} to try again"))
         return str(job.metadata.name)
+
+    def job_pods(self, namespace: str, job: Any) -> list[V1Pod]:
+        """The pods the Job `job` made, oldest first: selected by its UID (controller-uid label, the
+        current name, else the legacy one) and controlled by it. Never by `job-name`, which anyone can set."""
+        uid = job.metadata.uid
+        for label in JOB_CONTROLLER_UID_LABELS:
+            pods = [pod for pod in self.kube.list_pods(namespace, f"{label}={uid}")
+                    if is_job_pod(pod.metadata.labels, owner_references(pod), uid)]
+            if pods:
+                return sorted(pods, key=lambda p: p.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC))
+        return []
 
     def _pods_refused(self, namespace: str, job: Any) -> str | None:
         """The Job controller's refusal to create the build pod, once it has had time to try."""
@@ -431,7 +494,7 @@ class JobBuilder:
         created = job.metadata.creation_timestamp
         if created is None or (datetime.now(UTC) - created).total_seconds() < POD_REFUSAL_GRACE_SECONDS:
             return None
-        if self.kube.job_pods(namespace, job.metadata.name):
+        if self.job_pods(namespace, job):
             return None
         refusals = self.kube.job_pod_refusals(namespace, job.metadata.name)
         return refusals[-1] if refusals else None
@@ -442,6 +505,9 @@ class JobBuilder:
         job = self.kube.read_job(namespace, name)
         if job is None:
             return AttemptResult(AttemptState.MISSING, name=name)
+        if not made_for(job, build):  # someone's Job under this attempt's name: not followed, not touched
+            problem = not_made_for("Job", job, build)
+            return AttemptResult(AttemptState.FAILED, name=name, reason=problem.reason, log_tail=problem.message)
         finished = job_finished(job)
         if finished is None:
             refused = self._pods_refused(namespace, job)
@@ -454,7 +520,7 @@ class JobBuilder:
                                  log_tail=f"the build pod cannot be created: {refused}")
         self.kube.delete_secret(namespace, push_secret_name(name))  # the credential lives no longer than needed
         succeeded, job_reason, job_message = finished
-        pods = self.kube.job_pods(namespace, name)
+        pods = self.job_pods(namespace, job)
         if succeeded:
             message, _ = termination(pods, self.digest_container)
             match = _DIGEST.search(message or "")

@@ -11,6 +11,8 @@ condition list: Succeeded, plus Ready and kstatus's Reconciling/Stalled, so that
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -72,6 +74,39 @@ def holds_slot(status: dict[str, Any]) -> bool:
     return status.get("phase") == BuildPhase.BUILDING.value and bool(status.get("job"))
 
 
+def slots_in_use(holding: Iterable[tuple[str, str]], claimed: Iterable[tuple[str, str]],
+                 asking: tuple[str, str] | None = None) -> Counter[str]:
+    """Build slots taken, by namespace. `holding`: the (namespace, name) of builds whose status, as
+    last seen, holds a slot (`holds_slot`); `claimed`: builds this process has just given a slot,
+    whose status write the watch may not show yet. Each build counts once; `asking`, the build that
+    wants a slot, not at all (a restart of its own attempt takes the slot it holds)."""
+    taken = (set(holding) | set(claimed)) - ({asking} if asking else set())
+    return Counter(namespace for namespace, _ in taken)
+
+
+def _queued(attempt: int, limits: Limits, running: int | None, running_in_namespace: int,
+            namespace: str) -> Step | None:
+    """Wait for a slot (None: one is free, or the builder has no shared limit). Before the first
+    attempt the build is Pending; a retry waiting for its slot stays Building, holding none."""
+    if running is None:
+        return None
+    if running >= limits.max_concurrent:
+        message, why = "waiting for a free build slot", f"{limits.max_concurrent} builds are already running"
+    elif running_in_namespace >= limits.max_per_namespace:
+        message = "waiting for a free build slot in the namespace"
+        why = (f"namespace {namespace} already runs {running_in_namespace} builds, its share "
+               f"(ENVKILN_MAX_CONCURRENT_BUILDS_PER_NAMESPACE={limits.max_per_namespace})")
+    else:
+        return None
+    if attempt == 0:
+        return Step("queue", 0, BuildPhase.PENDING.value, {"phase": BuildPhase.PENDING.value, "message": message},
+                    (None, REASON_QUEUED, why), retry_in=QUEUE_RETRY_SECONDS)
+    return Step("queue", attempt, BuildPhase.BUILDING.value,
+                {"phase": BuildPhase.BUILDING.value, "job": None, "retryAfter": None,
+                 "message": f"attempt {attempt} is {message}"},
+                (None, REASON_QUEUED, f"attempt {attempt}: {why}"), retry_in=QUEUE_RETRY_SECONDS)
+
+
 def next_step(status: dict[str, Any], limits: Limits, now: datetime, instance: str,
               running: int | None = None, state: str | None = None, reason: str | None = None,
               log_tail: str | None = None, running_in_namespace: int = 0, namespace: str = "") -> Step:
@@ -80,24 +115,16 @@ def next_step(status: dict[str, Any], limits: Limits, now: datetime, instance: s
     Before the first attempt, `running` is how many builds run now (None: the builder has no
     shared limit) and `running_in_namespace` how many of them in this build's namespace. After
     it, `state` (and `reason`, `log_tail` on failure) is what the builder
-    reports for the current attempt.
+    reports for the current attempt; an attempt that must be (re)started (Missing) waits for a
+    slot like a first one, so retries never exceed the limits either.
     """
     if status.get("phase") in TERMINAL:
         return Step("none")
     attempt = int(status.get("attempts") or 0)
     if attempt == 0:
-        if running is not None and running >= limits.max_concurrent:
-            return Step("queue", 0, BuildPhase.PENDING.value,
-                        {"phase": BuildPhase.PENDING.value, "message": "waiting for a free build slot"},
-                        (None, REASON_QUEUED, f"{limits.max_concurrent} builds are already running"),
-                        retry_in=QUEUE_RETRY_SECONDS)
-        if running is not None and running_in_namespace >= limits.max_per_namespace:
-            message = (f"namespace {namespace} already runs {running_in_namespace} builds, its share "
-                       f"(ENVKILN_MAX_CONCURRENT_BUILDS_PER_NAMESPACE={limits.max_per_namespace})")
-            return Step("queue", 0, BuildPhase.PENDING.value,
-                        {"phase": BuildPhase.PENDING.value,
-                         "message": "waiting for a free build slot in the namespace"},
-                        (None, REASON_QUEUED, message), retry_in=QUEUE_RETRY_SECONDS)
+        queued = _queued(0, limits, running, running_in_namespace, namespace)
+        if queued is not None:
+            return queued
         return Step("start", 1, BuildPhase.BUILDING.value,
                     {"phase": BuildPhase.BUILDING.value, "attempts": 1, "startTime": to_iso(now),
                      "builderInstance": instance, "message": "attempt 1 started"},
@@ -110,6 +137,9 @@ def next_step(status: dict[str, Any], limits: Limits, now: datetime, instance: s
         if wait > 0:
             return Step("wait", attempt, retry_in=wait)
         # Never started (crash after the status write, or backoff over), or its runner died.
+        queued = _queued(attempt, limits, running, running_in_namespace, namespace)
+        if queued is not None:
+            return queued
         return Step("start", attempt, BuildPhase.BUILDING.value,
                     {"phase": BuildPhase.BUILDING.value, "retryAfter": None, "builderInstance": instance,
                      "message": f"attempt {attempt} started"},

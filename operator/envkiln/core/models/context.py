@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from envkiln.core.models.base import DNS_SUBDOMAIN, KubeModel
+from envkiln.core.models.hosts import is_hostname, is_ip_literal
 from envkiln.core.models.lines import SHELL_META, check_line
 
 
@@ -22,6 +23,84 @@ class ConfigMapContext(KubeModel):
         if not DNS_SUBDOMAIN.fullmatch(name):
             raise ValueError(f"{name!r} is not a ConfigMap name (lowercase letters, digits, '-' and '.')")
         return name
+
+
+# Characters a git URL may hold: RFC 3986's unreserved ones, '%' escapes, and the delimiters of
+# user@host:port/path ('[' and ']' around an IPv6 address). No '#', '?', quotes, '\\' or shell syntax.
+_GIT_URL_CHARS = re.compile(r"[A-Za-z0-9._~%+=,:/@\[\]-]+")
+_USER = re.compile(r"[A-Za-z0-9._~%+=,-]+")
+_GIT_URL_FORMS = "https://host/org/repo.git, git://host/repo.git, ssh://git@host/org/repo.git or git@host:org/repo.git"
+
+
+def check_git_url(url: str) -> None:
+    """A git URL that git, ssh and the builders read the same way; ValueError says what is wrong.
+    Refused: other schemes, a fragment or a query (builders read `#ref:dir` from it), characters
+    outside a plain URL, and a host, user or scp-like path starting with '-' (an ssh or git option)."""
+    if "#" in url:
+        raise ValueError(f"{url!r} has a fragment ('#...'); give the ref in spec.build.git.ref and the directory "
+                         "in spec.build.git.path")
+    if "?" in url:
+        raise ValueError(f"{url!r} has a query ('?...'), which a git URL does not have; remove it")
+    if not _GIT_URL_CHARS.fullmatch(url):
+        raise ValueError(f"{url!r} is not a git URL: only letters, digits and . _ ~ % + = , : / @ - are allowed; "
+                         f"use {_GIT_URL_FORMS}")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        if not url.startswith("git@"):
+            raise ValueError(f"{url!r} is not a git URL; use {_GIT_URL_FORMS}")
+        _check_scp_like(url, url[len("git@"):])
+    elif scheme in ("https", "git", "ssh"):
+        _check_authority(url, rest)
+    else:
+        raise ValueError(f"{url!r} is not a git URL (scheme {scheme}://); use {_GIT_URL_FORMS}")
+
+
+def _check_host(url: str, host: str) -> None:
+    if host.startswith("-"):
+        raise ValueError(f"{url!r}: the host starts with '-', which ssh and git would read as an option")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else None
+    if bare is not None and is_ip_literal(bare) and ":" in bare:
+        return
+    if not host or not is_hostname(host):
+        raise ValueError(f"{url!r} names no valid host (letters, digits, '.', '-', or [IPv6]); use {_GIT_URL_FORMS}")
+
+
+def _check_user(url: str, user: str) -> None:
+    if user.startswith("-"):
+        raise ValueError(f"{url!r}: the user starts with '-', which ssh would read as an option")
+    name, _, secret = user.partition(":")
+    if not _USER.fullmatch(name) or (secret and not _USER.fullmatch(secret)) or "@" in user:
+        raise ValueError(f"{url!r} has a malformed user part; percent-encode special characters")
+
+
+def _check_authority(url: str, rest: str) -> None:
+    authority, slash, path = rest.partition("/")
+    if not slash or not path.strip("/"):
+        raise ValueError(f"{url!r} names no repository path; use {_GIT_URL_FORMS}")
+    user, at, hostport = authority.rpartition("@")
+    if at:
+        _check_user(url, user)
+    host, port = hostport, ""
+    if hostport.startswith("["):
+        host, _, after = hostport.partition("]")
+        host += "]"
+        port = after[1:] if after.startswith(":") else after
+        if after and not after.startswith(":"):
+            raise ValueError(f"{url!r} names no valid host; use {_GIT_URL_FORMS}")
+    elif ":" in hostport:
+        host, _, port = hostport.partition(":")
+    _check_host(url, host)
+    if (port and (not port.isdigit() or not 0 < int(port) < 65536)) or (not port and hostport.endswith(":")):
+        raise ValueError(f"{url!r} has an invalid port; give a number from 1 to 65535")
+
+
+def _check_scp_like(url: str, rest: str) -> None:
+    host, colon, path = rest.partition(":")
+    _check_host(url, host)
+    if not colon or not path.strip("/"):
+        raise ValueError(f"{url!r} names no repository path; use git@host:org/repo.git")
+    if path.startswith("-"):
+        raise ValueError(f"{url!r}: the path starts with '-', which git would read as an option")
 
 
 class GitContext(KubeModel):
@@ -39,8 +118,7 @@ class GitContext(KubeModel):
     @classmethod
     def _url(cls, url: str) -> str:
         check_line(url, "url")
-        if not re.fullmatch(r"(https://|git://|ssh://|git@)[^\s]+", url):
-            raise ValueError(f"{url!r} is not a git URL; use https://host/org/repo.git")
+        check_git_url(url)
         return url
 
     @field_validator("ref")

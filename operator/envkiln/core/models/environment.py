@@ -13,7 +13,6 @@ from envkiln.core.models.base import KubeModel, ObjectMeta
 from envkiln.core.models.context import BuildContext
 from envkiln.core.models.lines import (
     ENV_VAR_NAME,
-    MAX_LINE,
     MAX_PACKAGES,
     MAX_STEPS,
     VERSION_PATTERN,
@@ -41,7 +40,13 @@ class BaseImageUpdates(StrEnum):
     IGNORE = "Ignore"
 
 
-MAX_LOCK = 262144  # bytes of a pinned lock (spec.lock); a few thousand packages
+# Size caps (docs/security.md, "Size caps"); the others are in envkiln.core.models.lines.
+MAX_LOCK = 131072  # characters of a pinned lock (spec.lock): about a thousand packages
+MAX_TAGS = 50
+MAX_TAG = 256  # a tag's key or value
+MAX_ENV_VARS = 64
+MAX_ENV_VALUE = 2048
+MAX_ENV_NAME = 256
 
 
 class EnvironmentKind(StrEnum):
@@ -61,8 +66,10 @@ class EnvironmentSpec(KubeModel):
     description: Annotated[str, StringConstraints(max_length=4096)] | None = Field(
         default=None, description="Free text about the environment; may change at any time and never causes a build."
     )
-    tags: dict[str, Annotated[str, StringConstraints(max_length=256)]] | None = Field(
-        default=None, max_length=50, description="Free key/value labels (at most 50); never cause a build."
+    tags: dict[Annotated[str, StringConstraints(max_length=MAX_TAG)],
+               Annotated[str, StringConstraints(max_length=MAX_TAG)]] | None = Field(
+        default=None, max_length=MAX_TAGS, description=f"Free key/value labels (at most {MAX_TAGS}); never cause a "
+        "build."
     )
     image: Annotated[str, StringConstraints(max_length=512)] | None = Field(
         default=None, description="Base image (system-managed) or the image to run as is (userManaged)."
@@ -94,9 +101,10 @@ class EnvironmentSpec(KubeModel):
     lock: Annotated[str, StringConstraints(max_length=MAX_LOCK)] | None = Field(
         default=None, description="A package lock as `envkiln lock` prints it: the build installs exactly these "
         "packages and fails, naming the packages that differ, when it cannot reproduce them. Part of the hash.")
-    environment_variables: dict[str, Annotated[str, StringConstraints(max_length=MAX_LINE * 4)]] | None = Field(
-        default=None, max_length=200, description="Variables added to the workload's container (its own values win); "
-        "may change at any time and never cause a build."
+    environment_variables: dict[Annotated[str, StringConstraints(max_length=MAX_ENV_NAME)],
+                                Annotated[str, StringConstraints(max_length=MAX_ENV_VALUE)]] | None = Field(
+        default=None, max_length=MAX_ENV_VARS, description="Variables added to the workload's container (its own "
+        "values win); may change at any time and never cause a build."
     )
     inference: InferenceConfig | None = Field(
         default=None, description="Runtime metadata for serving; may change at any time and never causes a build."

@@ -1,7 +1,9 @@
 """Validated text: the lines users write (requirements, channels, dependencies, docker steps).
 
-Bounds keep specs small enough for etcd and keep the CRD's CEL rules within the API server's
-cost budget.
+Bounds keep specs small enough for etcd, keep the CRD's CEL rules within the API server's
+cost budget, and keep reading the largest definition fast: every sync validates and hashes it
+(docs/security.md, "Size caps"; tests/unit/test_size_caps.py). Every check here takes time
+linear in the text (the regular expressions read each character once).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from pydantic import AfterValidator, StringConstraints
 
 from envkiln.core.models import buildkit
 
-MAX_LINE = 1024
-MAX_PACKAGES = 500
-MAX_STEPS = 100
-MAX_STEP_LENGTH = 8192
+# Size caps (docs/security.md, "Size caps", says why each is what it is).
+MAX_LINE = 512  # a requirement, conda dependency or channel: a wheel URL with its #sha256= fits
+MAX_PACKAGES = 500  # entries of spec.pip, of conda dependencies, and of the conda pip block
+MAX_CHANNELS = 20
+MAX_STEPS = 32
+MAX_STEP_LENGTH = 1024  # BuildKit's parser takes time growing faster than a line's length
 
 # Patterns are written with ^...$ for the CRD schema (Go's `$` is the end of the text); Python's
 # `$` also matches before a trailing line feed, so Python code must use re.fullmatch with them.
@@ -37,9 +41,12 @@ _REQUIREMENT = re.compile(
     r"(\s*(===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+(\s*,\s*(===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?"
     r"\s*$"
 )
-_CONDA_DEP = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9._/:+-]*(\[[^\]\n]*\])?(\s*(==|=|>=|<=|>|<|!=|~=)?\s*[A-Za-z0-9.*+!_,|<>=-]*)*$"
-)
+# A conda package spec: a name (channel::name, channel/subdir::name), an optional [key=value] selector, then
+# version constraints: blanks, '~=' and the characters of versions and operators (==, >=, <, !=, ',', '|'...).
+# Each character is read once (possessive runs, one way to read each character): the nested form this
+# replaces, (\s*(==|=|...)?\s*[...]*)*, could split a text in exponentially many ways, and 23 characters such
+# as 'a=1=1=1=1=1=1=1=1=1=1=~' took 19 seconds to refuse.
+_CONDA_DEP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:+-]*+(\[[^\]\n]*\])?(?:[\sA-Za-z0-9.*+!_,|<>=-]++|~=)*+$")
 # The instructions a docker step may be. FROM/COPY/ADD reach outside the image (another
 # base, the build context); ONBUILD defers an instruction to images built FROM this one, where
 # no check runs.
@@ -61,11 +68,16 @@ _CONTINUED = re.compile(r"^(?P<content>.*[^\\])?\\[ \t]*$")
 Line = Annotated[str, StringConstraints(max_length=MAX_LINE)]
 
 
+# One regular-expression scan (C speed) finds whether a line holds any of SHELL_META; the characters
+# are listed for the message only when one is there.
+_SHELL_META_CHARACTER = re.compile("[" + re.escape("".join(sorted(SHELL_META))) + "]")
+
+
 def check_line(text: str, what: str) -> str:
     if not text.strip():
         raise ValueError(f"{what} is empty; remove the entry")
-    bad = sorted({repr(ch) for ch in text if ch in SHELL_META})
-    if bad:
+    if _SHELL_META_CHARACTER.search(text):
+        bad = sorted({repr(ch) for ch in text if ch in SHELL_META})
         raise ValueError(
             f"{what} {text!r} contains {', '.join(bad)}; line breaks and shell metacharacters are not "
             "allowed (put build commands in spec.dockerSteps)"
@@ -76,8 +88,12 @@ def check_line(text: str, what: str) -> str:
 
 
 # A URL's fragment (`#egg=name&subdirectory=dir`, `#sha256=...`): pip reads it, and it may hold '&'.
+# The definition; `_url_fragments` finds the same matches (a unit test compares them), in linear time: this
+# regular expression tries every start again and takes quadratic time on lines such as 'a-a-a-...://'.
 _URL_FRAGMENT = re.compile(r"(?P<url>\b[a-z][a-z0-9+.-]*://[^\s#]+)#(?P<fragment>\S*)")
 _FRAGMENT_CHARS = re.compile(r"[A-Za-z0-9_.=&/+-]*")
+_URL_BACKWARDS = re.compile(r"#[^\s#]+//:[a-z0-9+.-]*[a-z](?!\w)")  # _URL_FRAGMENT's URL, reversed
+_BLANK = re.compile(r"\s")
 # URLs pip may fetch in a build: https archives and wheels, git over https; file:// (a path in the image)
 # only after a name.
 _DIRECT_URL = re.compile(r"(git\+https|https)://[^\s#;]+(#\S*)?")
@@ -113,6 +129,38 @@ _FILE_OPTIONS["--constraint"] = _FILE_OPTIONS["-c"]
 _FILE_OPTIONS["--editable"] = _FILE_OPTIONS["-e"]
 
 
+def _url_fragments(text: str) -> list[tuple[int, int, int]]:
+    """What `_URL_FRAGMENT.finditer(text)` finds, as (URL start, the '#', end) spans, in linear time.
+
+    The URL of a match holds no blank and no '#', so it lies between a '#' and the blank or '#' before it.
+    Read from the right (the text reversed), each '#' is tried once: _URL_BACKWARDS takes the leftmost '://'
+    of that piece whose scheme has a letter after a non-word character, and the leftmost such letter, which
+    is where _URL_FRAGMENT's leftmost match starts. A match's fragment runs to the next blank, so later '#'s
+    of that token are not tried again, as in _URL_FRAGMENT.finditer."""
+    if "#" not in text or "://" not in text:
+        return []
+    size = len(text)
+    found: list[tuple[int, int, int]] = []
+    end = 0
+    for match in reversed(list(_URL_BACKWARDS.finditer(text[::-1]))):
+        mark = size - 1 - match.start()
+        if mark < end:
+            continue  # in the fragment of the URL before it
+        blank = _BLANK.search(text, mark)
+        end = blank.start() if blank is not None else size
+        found.append((size - match.end(), mark, end))
+    return found
+
+
+def _without_fragments(text: str, spans: list[tuple[int, int, int]]) -> str:
+    """`_URL_FRAGMENT.sub(lambda m: m.group("url") + "#x", text)`: each URL's fragment becomes 'x'."""
+    kept, last = [], 0
+    for _, mark, end in spans:
+        kept += [text[last:mark], "#x"]
+        last = end
+    return "".join([*kept, text[last:]])
+
+
 def _check_url(url: str, what: str, text: str, named: bool) -> None:
     for scheme, instead in _REFUSED_URL_SCHEMES.items():
         if url.startswith(scheme):
@@ -126,8 +174,8 @@ def check_pip_requirement(text: str, what: str = "requirement") -> str:
     """Validate one pip requirement line: a PEP 508 requirement (`name[extras] specifiers ; marker`,
     `name @ https|git+https|file://...`), a direct `https://` or `git+https://` URL, or one of a few
     index options. Options naming files (-r, -c, -e) are refused with what to write instead."""
-    fragments = [m.group("fragment") for m in _URL_FRAGMENT.finditer(text)]
-    for fragment in fragments:
+    spans = _url_fragments(text)
+    for fragment in (text[mark + 1:end] for _, mark, end in spans):
         if not _FRAGMENT_CHARS.fullmatch(fragment):
             raise ValueError(
                 f"{what} {text!r}: the URL fragment #{fragment} has characters pip does not need there; "
@@ -135,7 +183,7 @@ def check_pip_requirement(text: str, what: str = "requirement") -> str:
             )
     # '&' is fine inside a URL fragment (the line goes into requirements.txt, never onto a shell line).
     try:
-        check_line(_URL_FRAGMENT.sub(lambda m: m.group("url") + "#x", text), what)
+        check_line(_without_fragments(text, spans), what)
     except ValueError:
         check_line(text, what)  # the same problem, told about the text as written
         raise
@@ -201,8 +249,13 @@ PipLine = Annotated[str, StringConstraints(max_length=MAX_LINE), AfterValidator(
 ChannelLine = Annotated[str, StringConstraints(max_length=MAX_LINE), AfterValidator(_channel_item)]
 CondaDependency = Annotated[str, StringConstraints(max_length=MAX_LINE), AfterValidator(_conda_dep_item)]
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def _control_characters(text: str) -> list[str]:
     # Besides the line feed and tab: \r, \v, \f and \x1c-\x1e (str.splitlines breaks), NUL, ESC, DEL...
+    if not _CONTROL_CHARACTER.search(text):  # one scan at C speed; the list only for the message
+        return []
     return sorted({repr(ch) for ch in text if (ord(ch) < 0x20 and ch not in "\t\n") or ord(ch) == 0x7F})
 
 
@@ -220,6 +273,19 @@ _AFTER = "ENV ENVKILN_NEXT_LINE=1"
 def _context_identities() -> tuple[tuple[object, ...], tuple[object, ...]]:
     before, after = (buildkit.parse(line)[0].identity for line in (_BEFORE, _AFTER))
     return before, after
+
+
+def _read_in_context(text: str) -> buildkit.Instruction | None:
+    """The one instruction BuildKit reads in the step between _BEFORE and _AFTER, when it reads those two
+    lines back unchanged around it; None otherwise."""
+    before, after = _context_identities()
+    try:
+        read = buildkit.parse(f"{_BEFORE}\n{text}\n{_AFTER}\n")
+    except buildkit.DockerfileSyntaxError:
+        return None
+    if len(read) == 3 and read[0].identity == before and read[2].identity == after:
+        return read[1]
+    return None
 
 
 def _parse_step(text: str) -> buildkit.Instruction:
@@ -277,7 +343,12 @@ def check_docker_step(step: str) -> str:
                 "lines inside an instruction (and read them as directives at the top), so docker steps cannot "
                 "hold comments"
             )
-    instruction = _parse_step(text)
+    # BuildKit reads the step once, between two other lines, as the rendered Dockerfile holds it. When that
+    # gives the two lines back around one instruction, that instruction is the step (a step read alone differs
+    # only where a parser directive could stand, and comments are refused above); otherwise the step is read
+    # alone, to say what is wrong with it. Parsing costs grow faster than the step's length: once, not twice.
+    middle = _read_in_context(text)
+    instruction = middle if middle is not None else _parse_step(text)
     keyword = instruction.keyword
     if keyword in _REFUSED_INSTRUCTIONS:
         raise ValueError(
@@ -317,12 +388,7 @@ def check_docker_step(step: str) -> str:
             content = line.strip()
         if number > 1 and not content:
             raise ValueError(f"line {number} of the step is empty; remove the empty continuation line")
-    before, after = _context_identities()
-    try:
-        in_context = [i.identity for i in buildkit.parse(f"{_BEFORE}\n{text}\n{_AFTER}\n")]
-    except buildkit.DockerfileSyntaxError:
-        in_context = []
-    if in_context != [before, instruction.identity, after]:
+    if middle is None:
         raise ValueError(
             "the step changes how the Dockerfile lines after it are read (BuildKit reads it differently "
             "between two other lines); write it as one self-contained instruction"

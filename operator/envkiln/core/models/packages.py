@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from envkiln.core.models.base import KubeModel
-from envkiln.core.models.lines import MAX_PACKAGES, ChannelLine, CondaDependency, PipLine
+from envkiln.core.models.lines import MAX_CHANNELS, MAX_PACKAGES, ChannelLine, CondaDependency, PipLine
 
 
 class CondaPipBlock(KubeModel):
@@ -25,7 +25,8 @@ class CondaSpec(KubeModel):
         default=None, description="Ignored for the build (the prefix is fixed); kept for round-tripping."
     )
     channels: list[ChannelLine] = Field(
-        default_factory=list, max_length=50, description="Conda channels, highest priority first (e.g. conda-forge)."
+        default_factory=list, max_length=MAX_CHANNELS,
+        description="Conda channels, highest priority first (e.g. conda-forge)."
     )
     dependencies: list[CondaDependency | CondaPipBlock] = Field(
         max_length=MAX_PACKAGES, description="Conda packages (e.g. python=3.11), and at most one entry "
