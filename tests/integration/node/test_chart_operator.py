@@ -19,9 +19,8 @@ from harness.buildah import push_archive
 from harness.controlplane import REPO_ROOT, cache_dir
 from harness.operator_image import operator_image_archive
 from harness.pypi import PackageIndex
-from node_helpers import PROBE_VERSION
+from node_helpers import PROBE_VERSION, job_pod, probe_spec, registry_digest, training_job, wait_job_complete
 from operator_helpers import Envs, environment, wait_for
-from test_flows import job_pod, probe_spec, registry_digest, training_job, wait_job_complete
 
 RELEASE = "envkiln"
 

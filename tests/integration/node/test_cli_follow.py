@@ -23,8 +23,8 @@ from kubernetes import client
 from envkiln.core.conditions import kstatus
 from harness.controlplane import kubectl as pinned_kubectl
 from harness.pypi import PackageIndex
+from node_helpers import probe_spec
 from operator_helpers import Envs, environment, wait_for
-from test_flows import probe_spec
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -7,50 +7,14 @@ containerd do."""
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 import yaml
 from kubernetes import client
 
 from harness.pypi import PackageIndex
-from node_helpers import PROBE, PROBE_VERSION, index_steps, registry_digest
+from node_helpers import PROBE, PROBE_VERSION, job_pod, probe_spec, registry_digest, training_job, wait_job_complete
 from operator_helpers import Envs, condition, environment, wait_for
-
-PRINT_PROBE = ["python", "-c", "import envkiln_probe; print('probe', envkiln_probe.VERSION)"]
-
-
-def probe_spec(base: str, index: PackageIndex, *extra_steps: str, pip: list[str] | None = None) -> dict[str, Any]:
-    """A definition of its own (a unique step), so no other test's image is a cache hit for it."""
-    unique = f"ENV ENVKILN_TEST_DEFINITION={uuid.uuid4().hex[:12]}"
-    return {"image": base, "dockerSteps": [*index_steps(index), unique, *extra_steps],
-            "pip": pip or [f"{PROBE}=={PROBE_VERSION}"]}
-
-
-def training_job(name: str, labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 600, "template": {
-                "metadata": {"labels": labels, "annotations": annotations},
-                "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
-                         "containers": [{"name": "trainer", "image": "placeholder", "command": PRINT_PROBE}]}}}}
-
-
-def job_pod(core: client.CoreV1Api, namespace: str, job: str) -> client.V1Pod | None:
-    pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
-    return pods[0] if pods else None
-
-
-def wait_job_complete(batch: client.BatchV1Api, namespace: str, name: str, timeout: float,
-                      diagnostics: Callable[[], str]) -> client.V1Job:
-    def done() -> client.V1Job | None:
-        job = batch.read_namespaced_job(name, namespace)
-        types = {c.type for c in job.status.conditions or [] if c.status == "True"}
-        if "Failed" in types:
-            raise AssertionError(f"Job {name} failed: {job.status}\n{diagnostics()}")
-        return job if "Complete" in types else None
-
-    return wait_for(done, timeout=timeout, interval=0.5, what=f"Job {name} Complete", diagnostics=diagnostics)
 
 
 def test_environment_builds_in_a_real_build_job(node_api: client.ApiClient, node_namespace: str,

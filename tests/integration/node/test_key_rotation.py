@@ -29,8 +29,8 @@ from envkiln.core.trust import signature_key_id
 from harness.controlplane import kubectl
 from harness.pypi import PackageIndex
 from harness.records import PreKeyIdSigner, seed_build
+from node_helpers import probe_spec
 from operator_helpers import Envs, condition, environment, wait_for
-from test_flows import probe_spec
 
 
 @pytest.fixture()
@@ -78,17 +78,18 @@ def test_rotating_the_signing_key_rebuilds_nothing(node_api: client.ApiClient, n
     assert key_ids(built) == ("key", "key")
 
     legacy_spec = {"image": node_base_image, "pip": [f"legacy-seeded=={uuid.uuid4().int % 1000}.0"]}
-    seed_build(node_api, node_namespace, legacy_spec, node_registry_host, signer=PreKeyIdSigner(old_key))
+    legacy_digest, _ = seed_build(node_api, node_namespace, legacy_spec, node_registry_host,
+                                  signer=PreKeyIdSigner(old_key))
     envs.create(environment("legacy", **legacy_spec))
     status = envs.wait_phase("legacy", "Ready", timeout=60, diagnostics=first.log)
-    assert status["cacheHit"] is True, status
     [legacy] = [b for b in envs.builds() if b["metadata"]["name"] != built["metadata"]["name"]]
+    assert status["build"] == legacy["metadata"]["name"] and status["imageDigest"] == legacy_digest, status
     assert legacy["metadata"]["annotations"][ANNOTATION_SIGNATURE].startswith("v1:")
     assert key_ids(legacy) == (None, None), "signed before key ids"
 
     builds = {b["metadata"]["name"]: b["metadata"]["uid"] for b in envs.builds()}
     jobs = {j.metadata.name: j.metadata.uid for j in envs.jobs()}
-    assert len(builds) == 2 and len(jobs) == 1
+    assert len(builds) == 2 and len(jobs) == 1, "the seeded build is used as it is"
     ready_since = {name: condition(envs.status(name), "Ready")["lastTransitionTime"] for name in ("built", "legacy")}
 
     # --- rotate, exactly as docs/security.md says, and restart the operator ------------------------------
