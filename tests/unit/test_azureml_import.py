@@ -361,6 +361,8 @@ STRICT: list[tuple[str, dict[str, str], dict[str, str], str, list[str]]] = [
      ["env.yml: conda_file", "'../outside/conda.yml' leaves the imported tree"]),
     ("conda-file-absolute", {ENV: "image: python:3.11\nconda_file: /etc/passwd\n"}, {}, ENV,
      ["env.yml: conda_file", "'/etc/passwd' is not a relative path"]),
+    ("conda-file-nul", {ENV: 'image: python:3.11\nconda_file: "conda.yml\\0"\n'}, {}, ENV,
+     ["env.yml: conda_file", "the path holds a NUL character"]),
     ("conda-file-under-a-linked-folder", {ENV: "image: python:3.11\nconda_file: linked/conda.yml\n"},
      {"linked": OUTSIDE}, ENV, ["env.yml: conda_file", "linked is a symbolic link"]),
     ("requirements-dotdot", {ENV: "image: python:3.11\nconda_file:\n  dependencies: [python, {pip: ['-r ../outside/"

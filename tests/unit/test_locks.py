@@ -1,17 +1,25 @@
-"""Package locks (envkiln lock v1): reading, differences, `envkiln diff`'s text, and the build's lock script."""
+"""Package locks (envkiln lock v1): reading, differences, `envkiln diff`'s text, and the build's lock program
+(envkiln.core.envkiln_lock: imported here, and run as the build runs it, by this and any other Python found)."""
 
 from __future__ import annotations
 
+import ast
+import functools
+import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from envkiln.core import envkiln_lock, locks
 from envkiln.core.locks import (
     LOCK_HEADER,
     LOCK_SCRIPT,
+    LOCK_SCRIPT_NAME,
     CondaPackage,
     Lock,
     LockDiff,
@@ -116,7 +124,7 @@ def test_pip_lines_read_as_freeze_writes_them(body: str, pip: dict[str, str]) ->
 def test_line_endings_and_trailing_blanks_do_not_matter() -> None:
     assert parse_lock(FULL.replace("\n", "\r\n")) == parse_lock(FULL)
     assert parse_lock(FULL.replace("\n", "  \n")) == parse_lock(FULL)
-    assert parse_lock(LOCK_HEADER) == Lock()
+    assert parse_lock(LOCK_HEADER) == Lock(conda={}, pip={}, sections=())
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -256,95 +264,286 @@ def test_format_lock_diff_leaves_out_sections_neither_lock_has() -> None:
     assert format_lock_diff(diff_locks(lock_of(pip={}), lock_of(pip={}))) == ["pip packages: unchanged"]
 
 
-# --- the build's lock script ---------------------------------------------------------------------------
+# --- the build's lock program: envkiln_lock.py ---------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("lock") / "envkiln_lock.py"
-    path.write_text(LOCK_SCRIPT)
-    return path
+SCRIPT_FILE = Path(envkiln_lock.__file__)
+OLDEST = (3, 6)  # the oldest Python the program promises to run on (its docstring says why)
 
 
-def script_namespace() -> dict[str, Any]:
-    namespace: dict[str, Any] = {"__name__": "envkiln_lock"}
-    exec(compile(LOCK_SCRIPT, "envkiln_lock.py", "exec"), namespace)
-    return namespace
+def test_the_build_runs_the_shipped_file_and_the_operator_reads_with_its_functions() -> None:
+    """One program: render writes envkiln_lock.py's bytes into the build context, and envkiln.core.locks
+    reads and compares locks with that file's functions, not copies of them."""
+    assert SCRIPT_FILE.name == LOCK_SCRIPT_NAME
+    assert LOCK_SCRIPT.encode("utf-8") == SCRIPT_FILE.read_bytes()
+    shared = ["LOCK_HEADER", "LockError", "CondaPackage", "Lock", "parse_lock", "parse_pip_line", "conda_package",
+              "pip_line", "conda_lines", "pip_lines", "format_lock", "check_reproduced", "entry_line", "conda_labels"]
+    assert [name for name in shared if getattr(locks, name) is not getattr(envkiln_lock, name)] == []
 
 
-@pytest.mark.parametrize(("pinned", "built", "expected"), REPRODUCED_CASES.values(), ids=REPRODUCED_CASES.keys())
-def test_the_script_says_what_check_reproduced_says(pinned: Lock, built: Lock, expected: list[str]) -> None:
-    ns = script_namespace()
-    pinned_conda, pinned_pip = ns["parse"](format_lock(pinned))
-    built_conda, built_pip = ns["parse"](format_lock(built))
-    assert ns["differences"](pinned_conda, pinned_pip, built_conda, built_pip) == expected
+# typing's names that Python 3.6.1 has (Final, Literal, Protocol and TypedDict came in 3.8).
+TYPING_36 = frozenset({"Any", "Callable", "Dict", "FrozenSet", "IO", "Iterable", "Iterator", "List", "Mapping",
+                       "NamedTuple", "NoReturn", "Optional", "Sequence", "Set", "TextIO", "Tuple", "TYPE_CHECKING",
+                       "Union", "cast"})
+NEWER_MODULES = frozenset({"dataclasses", "contextvars", "importlib.resources", "importlib.metadata", "graphlib",
+                           "zoneinfo", "tomllib"})
+BUILTIN_GENERICS = frozenset({"dict", "list", "tuple", "set", "frozenset", "type"})
 
 
-def test_the_script_reads_what_parse_lock_reads() -> None:
-    ns = script_namespace()
-    conda, pip = ns["parse"](FULL)
-    lock = parse_lock(FULL)
-    assert conda == {name: package.label for name, package in lock.conda.items()}
-    assert pip == lock.pip
-    export = ("# This file may be used to create an environment using:\n# platform: linux-64\n@EXPLICIT\n"
-              + "\n".join(reversed([line for line in FULL.splitlines() if line.startswith("https://")])) + "\n")
-    pip = {"zope-interface": "7.0", "numpy": "2.1.0", "somepkg": "@ https://host/somepkg-1.0-py3-none-any.whl"}
-    written = ns["lock_text"](ns["conda_lines"](export), pip)
-    assert written == FULL.replace("pyyaml==6.0.2\n", "") + "zope-interface==7.0\n"
+def _evaluated_annotations(tree: ast.Module) -> Iterator[ast.expr]:
+    """The annotations Python 3.6 evaluates when it runs the file: signatures, and names at module and
+    class level (a function's local annotations are never evaluated)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            arguments = node.args
+            for arg in [*arguments.args, *arguments.kwonlyargs, arguments.vararg, arguments.kwarg]:
+                if arg is not None and arg.annotation is not None:
+                    yield arg.annotation
+            if node.returns is not None:
+                yield node.returns
+    for body in [tree.body, *(node.body for node in ast.walk(tree) if isinstance(node, ast.ClassDef))]:
+        yield from (statement.annotation for statement in body if isinstance(statement, ast.AnnAssign))
+
+
+def compat_problems(source: str) -> list[str]:
+    """Why `source` would not run on Python 3.6 with the standard library alone (empty: it would)."""
+    try:
+        tree = ast.parse(source, feature_version=OLDEST)  # 3.6's grammar: no walrus, positional-only, match
+    except SyntaxError as error:
+        return [f"syntax: {error.msg}"]
+    problems: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules, names = [alias.name for alias in node.names], []
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                problems.append("a relative import: the build runs the file alone")
+                continue
+            modules, names = [node.module or ""], [alias.name for alias in node.names]
+        else:
+            continue
+        for module in modules:
+            if module.partition(".")[0] not in sys.stdlib_module_names:
+                problems.append(f"import {module}: not the standard library")
+            if module in NEWER_MODULES:
+                problems.append(f"import {module}: newer than Python 3.6")
+        if modules == ["__future__"] and "annotations" in names:
+            problems.append("from __future__ import annotations: Python 3.7")
+        if modules == ["typing"]:
+            problems += [f"typing.{name}: newer than Python 3.6" for name in names if name not in TYPING_36]
+    for annotation in _evaluated_annotations(tree):
+        for part in ast.walk(annotation):
+            if isinstance(part, ast.BinOp) and isinstance(part.op, ast.BitOr):
+                problems.append(f"{ast.unparse(annotation)}: `X | Y` is evaluated (Python 3.10)")
+            if (isinstance(part, ast.Subscript) and isinstance(part.value, ast.Name)
+                    and part.value.id in BUILTIN_GENERICS):
+                problems.append(f"{ast.unparse(annotation)}: {part.value.id}[...] is evaluated (Python 3.9)")
+    return problems
+
+
+@pytest.mark.parametrize(("source", "problem"), [
+    ("import os\nfrom typing import Dict, Optional\n\ndef f(x: Optional[Dict[str, str]]) -> None:\n"
+     "    y: dict[str, int | None] = {}\n", None),
+    ("import yaml\n", "import yaml: not the standard library"),
+    ("from envkiln.core import names\n", "import envkiln.core: not the standard library"),
+    ("from . import x\n", "a relative import"),
+    ("import dataclasses\n", "import dataclasses: newer than Python 3.6"),
+    ("from __future__ import annotations\n", "from __future__ import annotations: Python 3.7"),
+    ("from typing import Final\n", "typing.Final: newer than Python 3.6"),
+    ("def f(x: str | None) -> None: ...\n", "str | None: `X | Y` is evaluated"),
+    ("class C:\n    x: list[str] = []\n", "list[str]: list[...] is evaluated"),
+    ("def f() -> tuple[int, ...]: ...\n", "tuple[int, ...]: tuple[...] is evaluated"),
+    ("if (n := 1): pass\n", "syntax: Assignment expressions are only supported in Python 3.8"),
+    ("def f(a, /): pass\n", "syntax: Positional-only parameters"),
+], ids=["fine", "third-party", "envkiln", "relative", "dataclasses", "lazy-annotations", "typing-final", "union",
+        "class-level-generic", "return-generic", "walrus", "positional-only"])
+def test_compat_problems_finds_what_an_old_or_bare_python_cannot_run(source: str, problem: str | None) -> None:
+    problems = compat_problems(source)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_the_program_runs_on_python_3_6_with_the_standard_library_alone() -> None:
+    assert compat_problems(LOCK_SCRIPT) == []
+
+
+BZIP2_URL = f"{CF}/linux-64/bzip2-1.0.8-h4bc722e_7.conda"
+EXPORT = ("# This file may be used to create an environment using:\n# platform: linux-64\n@EXPLICIT\n"
+          + "".join(f"{line}\n" for line in reversed(FULL.splitlines()) if line.startswith("https://"))
+          + f"{BZIP2_URL}#\n")  # recorded without a hash: written without '#'
+
+
+def with_bzip2(lock_text: str) -> str:
+    """FULL's [conda] lines (sorted) with EXPORT's extra package in its place."""
+    return lock_text.replace(f"{CF}/linux-64/ca-", f"{BZIP2_URL}\n{CF}/linux-64/ca-")
+
+
+def test_write_puts_the_environment_into_the_canonical_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(envkiln_lock, "freeze", lambda uv=None: {
+        "zope-interface": "7.0", "numpy": "2.1.0", "somepkg": "@ https://host/somepkg-1.0-py3-none-any.whl"})
+    export, output = tmp_path / "conda-explicit.txt", tmp_path / "lock" / "envkiln-lock.txt"
+    export.write_text(EXPORT)
+    assert envkiln_lock.main(["write", str(output), "--conda", str(export), "--pip", "--uv", "/nowhere/uv"]) == 0
+    written = output.read_text()
+    assert written == with_bzip2(FULL).replace("pyyaml==6.0.2\n", "") + "zope-interface==7.0\n"
     assert format_lock(parse_lock(written)) == written
+    assert capsys.readouterr().out == f"envkiln: wrote the lock to {output} (5 conda, 3 pip packages)\n"
 
 
-def test_the_script_writes_a_lock_of_this_python(script: Path, tmp_path: Path) -> None:
-    """`write --pip` run by a Python (here the test's own) writes a lock parse_lock reads, with this
-    environment's packages in its [pip] section."""
-    output = tmp_path / "out" / "envkiln-lock.txt"
-    done = subprocess.run([sys.executable, str(script), "write", str(output), "--pip", "--uv", "/nonexistent/uv"],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    text = output.read_text()
-    lock = parse_lock(text)
-    assert lock.sections == ("pip",) and format_lock(lock) == text
-    assert lock.pip["pytest"] == pytest.__version__ and "pip" in lock.pip
-    # Pinned to what it wrote, it reproduces it; pinned to something else, it names the package and fails.
-    assert subprocess.run([sys.executable, str(script), "compare", str(output), str(output)],
-                          capture_output=True, timeout=30, check=False).returncode == 0
-    other = tmp_path / "other.txt"
-    other.write_text(text.replace(f"pytest=={pytest.__version__}", "pytest==0.0.1"))
-    failed = subprocess.run([sys.executable, str(script), "compare", str(other), str(output)],
-                            capture_output=True, text=True, timeout=30, check=False)
-    assert failed.returncode == 1
-    assert failed.stderr == (f"envkiln: the build did not reproduce spec.lock: pytest 0.0.1 -> {pytest.__version__}\n")
+def test_write_without_pip_leaves_the_section_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(envkiln_lock, "freeze", lambda uv=None: pytest.fail("pip is not asked without --pip"))
+    export, output = tmp_path / "conda-explicit.txt", tmp_path / "lock.txt"
+    export.write_text(EXPORT)
+    assert envkiln_lock.main(["write", str(output), "--conda", str(export)]) == 0
+    assert parse_lock(output.read_text()).sections == ("conda",)
 
 
-def test_the_script_installs_only_the_pinned_packages_not_installed(tmp_path: Path,
+def test_the_script_installs_only_the_pinned_packages_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    ns = script_namespace()
-    ns["freeze"] = lambda uv=None: {"numpy": "2.1.0", "torch": "2.3.0+cu121", "pkg": "@ https://h/pkg-1.whl"}
+    monkeypatch.setattr(envkiln_lock, "freeze",
+                        lambda uv=None: {"numpy": "2.1.0", "torch": "2.3.0+cu121", "pkg": "@ https://h/pkg-1.whl"})
     pinned, wanted = tmp_path / "pip-lock.txt", tmp_path / "pip-install.txt"
     pinned.write_text("--index-url https://idx/simple\nnumpy==2.1.0\ntorch==2.3.0+cu121\npkg @ https://h/pkg-1.whl\n"
                       "six==1.16.0\nNumPy_Extra==1.0\n")
-    assert ns["main"](["pip-install-list", str(pinned), str(wanted)]) == 0
+    assert envkiln_lock.main(["pip-install-list", str(pinned), str(wanted)]) == 0
     assert wanted.read_text() == "--index-url https://idx/simple\nsix==1.16.0\nnumpy-extra==1.0\n"
     pinned.write_text("--index-url https://idx/simple\nnumpy==2.1.0\n")
-    assert ns["main"](["pip-install-list", str(pinned), str(wanted)]) == 0
+    assert envkiln_lock.main(["pip-install-list", str(pinned), str(wanted)]) == 0
     assert not wanted.exists(), "nothing to install: no file, and the build skips the install"
     assert "installed already" in capsys.readouterr().out
+    pinned.write_text("numpy==2.1.0\nnumpy>=2\n")
+    with pytest.raises(SystemExit, match=r"pip-lock.txt line 2: 'numpy>=2' is not NAME==VERSION or NAME @ URL"):
+        envkiln_lock.main(["pip-install-list", str(pinned), str(wanted)])
 
 
-def test_the_script_write_checks_the_pinned_sections(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ns = script_namespace()
-    ns["freeze"] = lambda uv=None: {"numpy": "2.1.1", "bar": "2.0"}
+def test_the_script_write_checks_the_pinned_sections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(envkiln_lock, "freeze", lambda uv=None: {"numpy": "2.1.1", "bar": "2.0"})
     export = tmp_path / "conda-explicit.txt"
     export.write_text(f"# platform: linux-64\n@EXPLICIT\n{PYTHON_URL}#{MD5}\n")
     conda_lock, pip_lock = tmp_path / "conda-lock.txt", tmp_path / "pip-lock.txt"
     conda_lock.write_text(f"@EXPLICIT\n{PYTHON_URL}#{MD5}\n")
     pip_lock.write_text("--extra-index-url https://idx/simple\nnumpy==2.1.0\nfoo==1.0\n")
     output = tmp_path / "lock.txt"
-    code = ns["main"](["write", str(output), "--conda", str(export), "--pip", "--pinned-conda", str(conda_lock),
-                       "--pinned-pip", str(pip_lock)])
-    assert code == 1
+    write = ["write", str(output), "--conda", str(export), "--pip", "--pinned-conda", str(conda_lock),
+             "--pinned-pip", str(pip_lock)]
+    assert envkiln_lock.main(write) == 1
     assert capsys.readouterr().err == ("envkiln: the build did not reproduce spec.lock: numpy 2.1.0 -> 2.1.1; "
                                        "missing: foo==1.0; extra: bar==2.0\n")
-    assert parse_lock(output.read_text()).pip == {"numpy": "2.1.1", "bar": "2.0"}
+    assert parse_lock(output.read_text()).pip == {"numpy": "2.1.1", "bar": "2.0"}, "written even when it differs"
     pip_lock.write_text("numpy==2.1.1\nbar==2.0\n")
-    assert ns["main"](["write", str(output), "--conda", str(export), "--pip", "--pinned-conda", str(conda_lock),
-                       "--pinned-pip", str(pip_lock)]) == 0
+    assert envkiln_lock.main(write) == 0
+    assert capsys.readouterr().out.endswith("envkiln: the build reproduced spec.lock\n")
+
+
+@pytest.mark.parametrize(("pinned", "built", "expected"), REPRODUCED_CASES.values(), ids=REPRODUCED_CASES.keys())
+def test_compare_says_what_check_reproduced_says(pinned: Lock, built: Lock, expected: list[str], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "pinned.txt").write_text(format_lock(pinned))
+    (tmp_path / "built.txt").write_text(format_lock(built))
+    code = envkiln_lock.main(["compare", str(tmp_path / "pinned.txt"), str(tmp_path / "built.txt")])
+    err = capsys.readouterr().err
+    assert (code, err) == ((1, f"envkiln: the build did not reproduce spec.lock: {'; '.join(expected)}\n")
+                           if expected else (0, ""))
+
+
+def test_compare_refuses_what_is_not_a_lock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "lock.txt").write_text(FULL)
+    (tmp_path / "pinned.txt").write_text("numpy==2.1.0\n")
+    assert envkiln_lock.main(["compare", str(tmp_path / "pinned.txt"), str(tmp_path / "lock.txt")]) == 2
+    assert capsys.readouterr().err == (f"envkiln: {tmp_path / 'pinned.txt'}: line 1: a lock starts with the line "
+                                       f"'{LOCK_HEADER}', as `envkiln lock` prints it; found 'numpy==2.1.0'\n")
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    """The program as the build gets it: LOCK_SCRIPT, alone in a directory."""
+    path = tmp_path / "context" / LOCK_SCRIPT_NAME
+    path.parent.mkdir()
+    path.write_text(LOCK_SCRIPT)
+    return path
+
+
+def run_script(python: str, script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # -I -S: no site-packages, no PYTHONPATH, not the script's directory: the standard library alone, as in a
+    # bare image (pip, which `write --pip` asks, runs as a process of its own).
+    return subprocess.run([python, "-I", "-S", str(script), *args], capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def test_the_script_writes_a_lock_of_this_python(script: Path, tmp_path: Path) -> None:
+    """`write --pip` run by a Python (here the test's own) writes a lock parse_lock reads, with this
+    environment's packages in its [pip] section."""
+    output = tmp_path / "out" / "envkiln-lock.txt"
+    done = run_script(sys.executable, script, "write", str(output), "--pip", "--uv", "/nonexistent/uv")
+    assert done.returncode == 0, done.stderr
+    text = output.read_text()
+    lock = parse_lock(text)
+    assert lock.sections == ("pip",) and format_lock(lock) == text
+    assert lock.pip["pytest"] == pytest.__version__ and "pip" in lock.pip
+    # Pinned to what it wrote, it reproduces it; pinned to something else, it names the package and fails.
+    assert run_script(sys.executable, script, "compare", str(output), str(output)).returncode == 0
+    other = tmp_path / "other.txt"
+    other.write_text(text.replace(f"pytest=={pytest.__version__}", "pytest==0.0.1"))
+    failed = run_script(sys.executable, script, "compare", str(other), str(output))
+    assert failed.returncode == 1
+    assert failed.stderr == f"envkiln: the build did not reproduce spec.lock: pytest 0.0.1 -> {pytest.__version__}\n"
+
+
+@functools.cache
+def other_pythons() -> dict[str, str]:
+    """{"3.N": path} of the CPythons 3.6 and newer on this machine besides the one running the tests: on PATH
+    as python3.N, or installed by pyenv. None found: the test below has no cases (CI runs one Python)."""
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(OLDEST[1], 20)]
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    candidates += sorted(str(path) for path in pyenv.glob("versions/3.*/bin/python3"))
+    found: dict[str, str] = {}
+    for path in filter(None, candidates):
+        try:
+            probe = subprocess.run([path, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True,
+                                   text=True, timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue  # e.g. a pyenv shim for a version not selected
+        parts = probe.stdout.split()
+        if probe.returncode != 0 or len(parts) != 2:
+            continue
+        version = (int(parts[0]), int(parts[1]))
+        if version >= OLDEST and version != sys.version_info[:2]:
+            found.setdefault(f"{version[0]}.{version[1]}", path)
+    return dict(sorted(found.items(), key=lambda item: tuple(map(int, item[0].split(".")))))
+
+
+@pytest.mark.parametrize("version", sorted({*list(other_pythons())[:1], *list(other_pythons())[-1:]}))
+def test_the_script_runs_on_the_oldest_and_newest_python_found(version: str, script: Path, tmp_path: Path) -> None:
+    """What the build runs, run by another Python (the environment's may be 3.6; the oldest and the newest
+    found, to keep the suite quick): the conda lock and its check, compare, and with pip the [pip] section
+    and the pinned packages to install."""
+    python = other_pythons()[version]
+    export, output = tmp_path / "conda-explicit.txt", tmp_path / "out" / "lock.txt"
+    export.write_text(EXPORT)
+    conda_pinned = tmp_path / "conda-lock.txt"
+    conda_pinned.write_text(EXPORT)
+    done = run_script(python, script, "write", str(output), "--conda", str(export), "--pinned-conda", str(conda_pinned))
+    assert (done.returncode, done.stderr) == (0, "")
+    expected = format_lock(Lock(conda=parse_lock(FULL).conda, pip={}, sections=("conda",)))
+    assert output.read_text() == with_bzip2(expected)
+    conda_pinned.write_text(EXPORT.replace("hb806964_0_cpython", "hb806964_1_cpython"))
+    failed = run_script(python, script, "write", str(output), "--conda", str(export), "--pinned-conda",
+                        str(conda_pinned))
+    assert (failed.returncode, failed.stderr) == (1, "envkiln: the build did not reproduce spec.lock: python "
+                                                     "3.11.9=hb806964_1_cpython -> 3.11.9=hb806964_0_cpython\n")
+    assert run_script(python, script, "compare", str(output), str(output)).returncode == 0
+    assert run_script(python, script, "compare", str(export), str(output)).returncode == 2
+    pip_output = tmp_path / "pip-lock-written.txt"
+    done = run_script(python, script, "write", str(pip_output), "--pip")
+    if done.returncode != 0:  # a Python without pip: the build says so
+        assert done.stderr.startswith(f"envkiln: cannot list the pip packages of {python}"), done.stderr
+        return
+    installed = parse_lock(pip_output.read_text()).pip
+    pinned, wanted = tmp_path / "pip-lock.txt", tmp_path / "pip-install.txt"
+    pinned.write_text(f"--index-url https://idx/simple\npip=={installed['pip']}\nsix==0.0.1\n")
+    done = run_script(python, script, "pip-install-list", str(pinned), str(wanted))
+    assert done.returncode == 0, done.stderr
+    assert wanted.read_text() == "--index-url https://idx/simple\nsix==0.0.1\n"

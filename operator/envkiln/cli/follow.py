@@ -7,9 +7,14 @@ EnvironmentBuild and attempt a log request means (`log_target`, `latest_attempt`
 following ends (`after_attempt`). tests/unit/test_follow.py has their tables. The loops
 (`wait`, `logs`) only read the cluster through `Cluster` and print.
 
-Exit codes: 0 Ready (or the log was shown; with -f, the build succeeded), 1 failed or not
-found (with -f, the build failed), 3 not Ready when --timeout ran out (as `envkiln image` says
-"not Ready").
+Exit codes (envkiln.cli.errors): 0 Ready (or the log was shown; with -f, the build succeeded),
+1 failed (with -f, the build failed), 3 not Ready when --timeout ran out (as `envkiln image` says
+"not Ready"), 4 the API server could not be reached for the whole --timeout, 5 not found (the
+Environment, the version, its build, the attempt or its log).
+
+`wait` owns its retries: the API client under it retries nothing and no request outlives the
+deadline (envkiln.adapters.kubeclient.Timeouts), so `--timeout 3s` ends after about 3 s, whatever
+the API server does; a refused connection, a 5xx or a 429 is retried until then.
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 from envkiln.adapters.kube import ApiError, Kube
-from envkiln.adapters.kubeclient import api_client_from_kubeconfig
+from envkiln.adapters.kubeclient import API_FAILURES, describe_failure
+from envkiln.cli.errors import Exit
+from envkiln.cli.output import dump
 from envkiln.core.decisions.build import TERMINAL
+from envkiln.core.decisions.retry import is_retryable
 from envkiln.core.names import BUILDS, ENVIRONMENTS, REASON_BASE_IMAGE_UPDATED, build_key, build_name, job_name
 from envkiln.core.workloads import WorkloadError, image_for_version
 
-EXIT_OK, EXIT_FAILED, EXIT_NOT_READY = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_NOT_READY = Exit.OK, Exit.FAILED, Exit.NOT_READY
+EXIT_CLUSTER, EXIT_NOT_FOUND = Exit.CLUSTER, Exit.NOT_FOUND
 POD_DONE = ("Succeeded", "Failed")  # pod phases after which no container starts any more
 POLL_SECONDS = 1.0
 
@@ -63,13 +72,14 @@ def wait_verdict(env: dict[str, Any] | None, version: str | None, name: str, nam
     it is not the current spec.version, is looked up in status.versions.
     """
     if env is None:
-        return Verdict(True, EXIT_FAILED, message=f"Environment {name} not found in namespace {namespace}")
+        return Verdict(True, EXIT_NOT_FOUND, message=f"Environment {name} not found in namespace {namespace}")
     spec, status = env.get("spec") or {}, env.get("status") or {}
     if version is not None and version != spec.get("version", "1"):
+        known = any(record.get("version") == version for record in status.get("versions") or [])
         try:
             reference = image_for_version(env, version)
-        except WorkloadError as error:
-            return Verdict(True, EXIT_FAILED, message=str(error))
+        except WorkloadError as error:  # no such version (not found), or it was never built (failed)
+            return Verdict(True, EXIT_FAILED if known else EXIT_NOT_FOUND, message=str(error))
         if reference is not None:  # an older version: built, or it never will be (WorkloadError)
             return Verdict(True, image_ref=reference, message=f"Environment {name}:{version} is Ready")
     generation = env["metadata"].get("generation")
@@ -90,6 +100,7 @@ class Target:
     build: str | None
     problem: str = ""
     retry: bool = False
+    code: int = EXIT_NOT_FOUND  # the exit code of the problem, when it ends the command
 
 
 def log_target(env: dict[str, Any] | None, version: str | None, name: str, namespace: str,
@@ -107,13 +118,15 @@ def log_target(env: dict[str, Any] | None, version: str | None, name: str, names
         known = sorted({str(r.get("version")) for r in status.get("versions") or []} | {spec.get("version", "1")})
         return Target(None, f"Environment {name} has no version {version!r}; known versions: {', '.join(known)}")
     if follow and status.get("observedGeneration") != env["metadata"].get("generation"):
-        return Target(None, "waiting for the operator to observe the latest spec", retry=True)
+        return Target(None, "waiting for the operator to observe the latest spec", retry=True, code=EXIT_NOT_READY)
     if status.get("hash"):
         return Target(status.get("build") or build_name(status["hash"]))
     phase = status.get("phase") or "Pending"
     if phase == "Failed":
-        return Target(None, f"Environment {name} failed before any build: {status.get('message', '')}")
-    return Target(None, f"Environment {name} has no build yet ({phase}: {status.get('message', '')})", retry=True)
+        return Target(None, f"Environment {name} failed before any build: {status.get('message', '')}",
+                      code=EXIT_FAILED)
+    return Target(None, f"Environment {name} has no build yet ({phase}: {status.get('message', '')})", retry=True,
+                  code=EXIT_NOT_READY)
 
 
 def latest_attempt(status: dict[str, Any]) -> int:
@@ -197,13 +210,9 @@ def after_attempt(build: dict[str, Any], attempt: int) -> tuple[Literal["next", 
 class Cluster:
     """What `wait` and `logs` read, through Kube (its retries, its API objects)."""
 
-    def __init__(self, kube: Kube):
+    def __init__(self, kube: Kube, server: str = ""):
         self.kube = kube
-
-    @classmethod
-    def from_kubeconfig(cls) -> Cluster:
-        """The user's kubeconfig ($KUBECONFIG or ~/.kube/config), its current context."""
-        return cls(Kube(api_client_from_kubeconfig()))
+        self.server = server  # the API server's URL, for messages
 
     def environment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.kube.get(ENVIRONMENTS, namespace, name)
@@ -233,22 +242,38 @@ def _say(stream: TextIO, text: str) -> None:
 
 def wait(cluster: Cluster, namespace: str, name: str, version: str | None, timeout: float, out: TextIO,
          err: TextIO, poll: float = POLL_SECONDS, clock: Callable[[], float] = time.monotonic,
-         sleep: Callable[[float], None] = time.sleep) -> int:
-    """Poll the Environment until `wait_verdict` is done or `timeout` seconds have passed."""
-    deadline, said = clock() + timeout, ""
+         sleep: Callable[[float], None] = time.sleep, deadline: float | None = None,
+         output: str | None = None) -> int:
+    """Poll the Environment until `wait_verdict` is done or `timeout` seconds have passed (until
+    `deadline`, a `clock()` value, when given). A refused connection, a 5xx or a 429 is retried
+    until then; when the last poll still failed, the exit code says the cluster (4), not "not Ready".
+    Ready prints the image reference, or with `output` (json, yaml) the Environment."""
+    deadline, said, unreachable = clock() + timeout if deadline is None else deadline, "", ""
     while True:
-        verdict = wait_verdict(cluster.environment(namespace, name), version, name, namespace)
-        if verdict.done:
-            if verdict.image_ref:
-                _say(out, verdict.image_ref)
-            if verdict.exit_code != EXIT_OK:
-                _say(err, f"error: {verdict.message}")
-            return verdict.exit_code
+        try:
+            environment = cluster.environment(namespace, name)
+        except API_FAILURES as error:
+            failure = describe_failure(error, cluster.server)
+            if failure is None or not is_retryable(failure.status):
+                raise
+            unreachable, verdict = failure.message, Verdict(False, message=f"{failure.message}; retrying")
+        else:
+            unreachable, verdict = "", wait_verdict(environment, version, name, namespace)
+            if verdict.done:
+                if verdict.image_ref:
+                    out.write(dump(environment, output) if output else verdict.image_ref + "\n")
+                    out.flush()
+                if verdict.exit_code != EXIT_OK:
+                    _say(err, f"error: {verdict.message}")
+                return verdict.exit_code
         if verdict.message != said:
             _say(err, f"waiting: {verdict.message}")
             said = verdict.message
         left = deadline - clock()
         if left <= 0:
+            if unreachable:
+                _say(err, f"error: timed out after {timeout:g}s: {unreachable}")
+                return EXIT_CLUSTER
             _say(err, f"error: timed out after {timeout:g}s: Environment {name} is not Ready ({verdict.message})")
             return EXIT_NOT_READY
         sleep(min(poll, left))
@@ -331,7 +356,7 @@ def logs(cluster: Cluster, namespace: str, name: str, version: str | None, attem
         problem = target.problem or f"EnvironmentBuild {target.build} not found in namespace {namespace}"
         if not follow or not (target.retry or target.build):
             _say(err, f"error: {problem}")
-            return EXIT_FAILED
+            return target.code if target.problem else EXIT_NOT_FOUND
         note(f"waiting: {problem}")
         sleep(poll)
     build_ref = build["metadata"]["name"]
@@ -344,7 +369,7 @@ def logs(cluster: Cluster, namespace: str, name: str, version: str | None, attem
         number = attempt or latest_attempt(status)
         if attempt is not None and attempt > int(status.get("attempts") or 0):
             _say(err, f"error: attempt {attempt} has not started (attempts so far: {status.get('attempts') or 0})")
-            return EXIT_FAILED
+            return EXIT_NOT_FOUND
         if number == 0 and status.get("phase") == "Failed":
             _say(err, f"error: EnvironmentBuild {build_ref} failed before any attempt: {status.get('message', '')}")
             return EXIT_FAILED
@@ -355,7 +380,7 @@ def logs(cluster: Cluster, namespace: str, name: str, version: str | None, attem
             source, why = _show_attempt(cluster, namespace, build, number, follow, out, err, poll, sleep)
         if source == "none":
             _say(err, f"error: {why}")
-            return EXIT_FAILED
+            return EXIT_NOT_FOUND
         if source == "wait" and not follow:
             _say(err, why)
             return EXIT_OK

@@ -239,6 +239,8 @@ def _confined(base: Path, written: str, where: str, ctx: _Context) -> Path:
     refused with `where` (the file and field) unless it is relative, stays in the imported tree, and
     goes through no symbolic link. The tree's own folder may be reached through a link (the user named
     it); nothing below it."""
+    if "\0" in written:
+        raise ImportProblem(f"{where}: the path holds a NUL character; write a plain relative path")
     if not written or PurePosixPath(written).is_absolute() or PureWindowsPath(written).drive or \
             written.startswith("~"):
         raise ImportProblem(f"{where}: {written!r} is not a relative path; write the path relative to the file, "
@@ -246,7 +248,7 @@ def _confined(base: Path, written: str, where: str, ctx: _Context) -> Path:
     path = _absolute(base / written)
     if not path.is_relative_to(ctx.root):
         raise ImportProblem(f"{where}: {written!r} leaves the imported tree {ctx.root}; keep the file inside it, "
-                            "or import a folder that holds both")
+                            "or import from a root that holds both (envkiln import azureml --root DIR)")
     _no_link(path, where, ctx)
     return Path(os.path.normpath(base / written))  # the same file, as the user's paths spell it
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,15 +139,17 @@ def parse_environment(
 
 
 def load_environments(
-    paths: Iterable[str | Path], curated_namespace: str = DEFAULT_CURATED_NAMESPACE
+    paths: Iterable[str | Path], curated_namespace: str = DEFAULT_CURATED_NAMESPACE,
+    texts: Mapping[str, str] | None = None,
 ) -> tuple[list[LoadedEnvironment], list[LoadProblem]]:
-    """Every Environment in the files, and every problem found (nothing stops at the first)."""
+    """Every Environment in the files, and every problem found (nothing stops at the first).
+    `texts`: contents already read, by the name in `paths` (the CLI's standard input, `<stdin>`)."""
     loaded: list[LoadedEnvironment] = []
     problems: list[LoadProblem] = []
     for path in paths:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = texts[str(path)] if texts is not None and str(path) in texts else path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             problems.append(LoadProblem(str(path), [f"cannot read: {error}"]))
             continue

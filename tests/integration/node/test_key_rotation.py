@@ -1,9 +1,9 @@
 """Rotating the signing key rebuilds nothing (docs/security.md, "Rotating the signing key").
 
 The operator keeps its keys in the Secret envkiln-signing-key of its own namespace, as the chart
-installs it: the first operator creates it with one key (id `key`). The test builds an Environment
-for real on the node, seeds a build signed the way operators wrote before key ids (`v1:`, no key
-id), rotates the key with the documented kubectl command and restarts the operator. Nothing is
+installs it. The test starts from what an operator before key ids left (that Secret with its one
+key, id `key`, and a build signed `v1:`, without a key id), builds an Environment for real on the
+node, rotates the key with the documented kubectl command and restarts the operator. Nothing is
 built again, the old builds are still trusted (new Environments of the same definitions are Ready
 from them), and a new build is signed with the new key id. Retiring the old key then makes the old
 builds untrusted, which shows the checks above could fail.
@@ -66,30 +66,34 @@ def test_rotating_the_signing_key_rebuilds_nothing(node_api: client.ApiClient, n
     settings = {"operator_namespace": operator_namespace, "signing_key": ""}
     envs = Envs(node_api, node_namespace)
 
-    # --- before: a real build, and a build from before key ids ---------------------------------------
-    first = buildah_operator(node_namespace, **settings)
-    built_spec = probe_spec(node_base_image, probe_index)
-    envs.create(environment("built", **built_spec))
-    envs.wait_phase("built", "Ready", timeout=300, diagnostics=first.log)
-    secret = core.read_namespaced_secret(SIGNING_KEY_SECRET, operator_namespace)
-    assert set(secret.data) == {"key"}, "the operator created the Secret with one key, id `key`"
-    old_key = base64.b64decode(secret.data["key"])
-    [built] = envs.builds()
-    assert key_ids(built) == ("key", "key")
-
+    # --- before: an existing cluster (its Secret and a build from before key ids), then a real build ---
+    # What operators before key ids left: the Secret with one key (`key`, as the operator still creates
+    # it) and builds signed `v1:<hex>`. Seeded while no operator runs, as they were finished then.
+    old_key = secrets.token_bytes(32)
+    core.create_namespaced_secret(operator_namespace, {"metadata": {"name": SIGNING_KEY_SECRET},
+                                                       "data": {"key": base64.b64encode(old_key).decode()}})
     legacy_spec = {"image": node_base_image, "pip": [f"legacy-seeded=={uuid.uuid4().int % 1000}.0"]}
     legacy_digest, _ = seed_build(node_api, node_namespace, legacy_spec, node_registry_host,
                                   signer=PreKeyIdSigner(old_key))
-    envs.create(environment("legacy", **legacy_spec))
-    status = envs.wait_phase("legacy", "Ready", timeout=60, diagnostics=first.log)
-    [legacy] = [b for b in envs.builds() if b["metadata"]["name"] != built["metadata"]["name"]]
-    assert status["build"] == legacy["metadata"]["name"] and status["imageDigest"] == legacy_digest, status
+    [legacy] = envs.builds()
     assert legacy["metadata"]["annotations"][ANNOTATION_SIGNATURE].startswith("v1:")
     assert key_ids(legacy) == (None, None), "signed before key ids"
 
+    first = buildah_operator(node_namespace, **settings)
+    envs.create(environment("legacy", **legacy_spec))
+    status = envs.wait_phase("legacy", "Ready", timeout=60, diagnostics=first.log)
+    assert status["cacheHit"] is True and status["build"] == legacy["metadata"]["name"], status
+    assert status["imageDigest"] == legacy_digest
+    built_spec = probe_spec(node_base_image, probe_index)
+    envs.create(environment("built", **built_spec))
+    envs.wait_phase("built", "Ready", timeout=300, diagnostics=first.log)
+    [built] = [b for b in envs.builds() if b["metadata"]["name"] != legacy["metadata"]["name"]]
+    assert key_ids(built) == ("key", "key"), "signed with the Secret's one key, id `key`"
+    assert set(core.read_namespaced_secret(SIGNING_KEY_SECRET, operator_namespace).data) == {"key"}, "left as it was"
+
     builds = {b["metadata"]["name"]: b["metadata"]["uid"] for b in envs.builds()}
     jobs = {j.metadata.name: j.metadata.uid for j in envs.jobs()}
-    assert len(builds) == 2 and len(jobs) == 1, "the seeded build is used as it is"
+    assert len(builds) == 2 and len(jobs) == 1, "one Job: the real build's"
     ready_since = {name: condition(envs.status(name), "Ready")["lastTransitionTime"] for name in ("built", "legacy")}
 
     # --- rotate, exactly as docs/security.md says, and restart the operator ------------------------------

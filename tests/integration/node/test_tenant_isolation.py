@@ -30,7 +30,8 @@ GATE = "envkiln.dev/environment"
 
 class HostileServer:
     """A TCP server on 127.0.0.1 that reads a request and then answers in one hostile way:
-    `drip` (one byte a second, forever), `hang` (nothing, connection open), `flood` (endless bytes)."""
+    `drip` (one byte a second, forever), `hang` (nothing, connection open), `flood` (endless bytes).
+    The bytes are git pkt-lines, so a git client keeps reading until its deadline or byte cap."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -66,15 +67,12 @@ class HostileServer:
             connection.settimeout(1)
             with contextlib.suppress(OSError):
                 connection.recv(65536)
-            if self.mode == "drip":
-                for byte in b"HTTP/1.1 200 OK\r\n" * 1000:
-                    if self.stop.wait(1):
-                        return
-                    connection.sendall(bytes([byte]))
-            elif self.mode == "flood":
-                connection.sendall(b"HTTP/1.1 200 OK\r\n"
-                                   b"Content-Type: application/x-git-upload-pack-advertisement\r\n\r\n")
-                chunk = b"x" * 65536
+            if self.mode == "drip":  # a git pkt-line header announcing 65520 bytes, then one byte a second
+                connection.sendall(b"fff0")
+                while not self.stop.wait(1):
+                    connection.sendall(b"x")
+            elif self.mode == "flood":  # git pkt-lines (or an HTTP body) without end
+                chunk = b"fff0" + b"x" * (0xFFF0 - 4)
                 while not self.stop.is_set():
                     connection.sendall(chunk)
             else:
@@ -120,12 +118,12 @@ def test_hostile_servers_freeze_neither_admission_nor_another_tenant(
         servers = [drip, hang, flood]
         for i in range(20):
             port = servers[i % 3].port
-            hostile.create(environment(f"git-{i}", build={"git": {"url": f"http://127.0.0.1:{port}/r{i}.git",
+            hostile.create(environment(f"git-{i}", build={"git": {"url": f"git://127.0.0.1:{port}/r{i}.git",
                                                                   "ref": "main"}}))
         for i in range(10):
             hostile.create(environment(f"reg-{i}", image=f"127.0.0.1:{hang.port}/hostile/base{i}:latest",
                                        pip=["anything==1.0"]))
-        wait_for(lambda: drip.connections + hang.connections + flood.connections >= 10,
+        wait_for(lambda: drip.connections + hang.connections + flood.connections >= 6,
                  what="the hostile servers to be called", diagnostics=operator.log)
 
         victim = Envs(node_api, node_namespace)
