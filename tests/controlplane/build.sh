@@ -4,7 +4,9 @@
 # distinct pin: the cache key is a hash of each module's go.mod, go.sum and
 # sources, so a warm cache rebuilds nothing.
 #
-# Usage: build.sh [apiserver|etcd|helm|kubectl|node ...]   (default: all)
+# Usage: build.sh [apiserver|etcd|helm|kubectl|node|kstatus ...]   (default: all)
+# "kstatus" is a small program around sigs.k8s.io/cli-utils' kstatus (what Flux waits on),
+# run by the integration tests on objects read from the API server.
 # "node" builds kubelet, kube-controller-manager, kube-scheduler and kube-proxy
 # (one module, node/cmd/*) for the one-node test cluster.
 # Prints the cache directory holding bin/ on the last line.
@@ -56,7 +58,7 @@ vflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
 vflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$kube_version"
 
 want=("$@")
-[[ ${#want[@]} -eq 0 ]] && want=(etcd apiserver helm kubectl node)
+[[ ${#want[@]} -eq 0 ]] && want=(etcd apiserver helm kubectl node kstatus)
 for w in "${want[@]}"; do
   case "$w" in
     etcd) build_one etcd etcd . ;;
@@ -64,6 +66,7 @@ for w in "${want[@]}"; do
     node) build_node "$vflags" ;;
     helm) build_one helm helm helm.sh/helm/v3/cmd/helm ;;
     kubectl) build_one kubectl kubectl . "$vflags" ;;
+    kstatus) build_one kstatus kstatus . ;;
     *) echo "unknown binary: $w" >&2; exit 2 ;;
   esac
 done

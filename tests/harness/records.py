@@ -17,12 +17,12 @@ from typing import Any
 
 from kubernetes import client
 
+from envkiln.core.buildspec import build_manifest
 from envkiln.core.definition import pull_reference
 from envkiln.core.models import EnvironmentSpec
 from envkiln.core.names import BUILDS, GROUP, VERSION
 from envkiln.core.settings import OperatorSettings
 from envkiln.core.trust import Signer, normalized_spec
-from envkiln.reconcile.envsync import build_manifest
 from harness.buildah import base_image_archive, push_archive
 
 TEST_SIGNING_KEY = "envkiln-test-signing-key-0123456789abcdef"

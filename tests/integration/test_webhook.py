@@ -279,7 +279,7 @@ def test_cli_image_and_list(api_client: client.ApiClient, namespace: str, regist
     assert cli("image", "named", "-n", namespace).stdout.strip() == status["imageRef"]
     assert cli("image", "named:1", "-n", namespace).stdout.strip() == status["imageRef"]
     missing = cli("image", "named:4", "-n", namespace)
-    assert missing.returncode == 1 and "no version '4'" in missing.stderr
+    assert missing.returncode == 5 and "no version '4'" in missing.stderr  # not found (envkiln.cli.errors)
     listing = cli("list", "-n", namespace).stdout
     assert "named" in listing and "anonymous-" not in listing
     anonymous = f"anonymous-{hash_of(anon_spec)}"

@@ -14,6 +14,7 @@ import pytest
 
 from envkiln.cli.follow import (
     EXIT_FAILED,
+    EXIT_NOT_FOUND,
     EXIT_NOT_READY,
     EXIT_OK,
     after_attempt,
@@ -65,7 +66,7 @@ def test_parse_duration_refuses(text: str) -> None:
 
 # (id, environment, version, done, exit code, image reference printed, words in the message)
 WAIT_CASES: list[tuple[str, dict[str, Any] | None, str | None, bool, int, str, str]] = [
-    ("not-found", None, None, True, EXIT_FAILED, "", "not found in namespace ns"),
+    ("not-found", None, None, True, EXIT_NOT_FOUND, "", "not found in namespace ns"),
     ("no-status-yet", env(), None, False, EXIT_OK, "", "observe generation 1"),
     ("ready", env("Ready", imageRef=REF), None, True, EXIT_OK, REF, "is Ready"),
     ("ready-current-version-named", env("Ready", imageRef=REF), "2", True, EXIT_OK, REF, "is Ready"),
@@ -82,7 +83,7 @@ WAIT_CASES: list[tuple[str, dict[str, Any] | None, str | None, bool, int, str, s
     ("ready-without-image-ref-waits", env("Ready"), None, False, EXIT_OK, "", "Ready"),
     ("older-version-from-history", env("Building"), "1", True, EXIT_OK, OLD_REF, "torch:1 is Ready"),
     ("older-version-never-built", env("Building"), "0", True, EXIT_FAILED, "", "version 0 was never built"),
-    ("unknown-version", env("Ready", imageRef=REF), "7", True, EXIT_FAILED, "", "has no version '7'"),
+    ("unknown-version", env("Ready", imageRef=REF), "7", True, EXIT_NOT_FOUND, "", "has no version '7'"),
 ]
 
 
@@ -354,14 +355,14 @@ def test_logs_of_a_past_attempt_from_the_log_tail() -> None:
     code, out, err = run_logs(cluster, attempt=2)
     assert (code, out) == (EXIT_OK, "pip: no match") and "build pod is gone" in err
     code, out, err = run_logs(cluster, attempt=1)
-    assert (code, out) == (EXIT_FAILED, "") and "holds attempt 2's" in err
+    assert (code, out) == (EXIT_NOT_FOUND, "") and "holds attempt 2's" in err
     code, _, err = run_logs(cluster, attempt=5)
-    assert code == EXIT_FAILED and "attempt 5 has not started (attempts so far: 2)" in err
+    assert code == EXIT_NOT_FOUND and "attempt 5 has not started (attempts so far: 2)" in err
 
 
 @pytest.mark.parametrize(("cluster", "code", "words"), [
-    (FakeCluster(envs=[None]), EXIT_FAILED, "not found"),
-    (FakeCluster(envs=[BUILDING]), EXIT_FAILED, f"EnvironmentBuild {BUILD} not found"),
+    (FakeCluster(envs=[None]), EXIT_NOT_FOUND, "not found"),
+    (FakeCluster(envs=[BUILDING]), EXIT_NOT_FOUND, f"EnvironmentBuild {BUILD} not found"),
     (FakeCluster(envs=[BUILDING], builds=[build("Pending", message="waiting for a free build slot")]), EXIT_OK,
      "no attempt has started yet (Pending: waiting for a free build slot)"),
     (FakeCluster(envs=[BUILDING], builds=[build("Failed", message="not built: unsigned")]), EXIT_FAILED,

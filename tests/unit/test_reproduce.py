@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from envkiln.cli.errors import Exit, NotReady
 from envkiln.cli.reproduce import NotFound, diff, docker_steps, lock, version_build
 from envkiln.core.definition import definition_hash
 from envkiln.core.names import build_name
@@ -53,7 +54,7 @@ def test_which_build_a_version_names(environment: dict[str, Any], version: str |
 ])
 def test_a_version_that_names_no_build_says_what_exists(environment: dict[str, Any], version: str | None,
                                                         message: str) -> None:
-    with pytest.raises(NotFound, match=message):
+    with pytest.raises((NotFound, NotReady), match=message):
         version_build(environment, version)
 
 
@@ -97,7 +98,7 @@ def test_diff_of_two_cluster_versions_names_base_steps_and_packages() -> None:
     cluster = Cluster([env(versions=HISTORY[:2])],
                       [built(H1, LOCK_A, ["ENV A=1"], digest1), built(H2, LOCK_B, ["ENV A=2"], BASE2)])
     code, out, err = run(diff, lambda: cluster, "ns", "train:1", "train:2")
-    assert (code, err) == (0, "")
+    assert (code, err) == (Exit.FAILED, "")  # they differ
     assert out.splitlines()[:2] == [f"--- train:1 (hash {H1[:12]}, base {digest1[:19]})",
                                     f"+++ train:2 (hash {H2[:12]}, base {BASE2[:19]})"]
     assert f"{digest1} -> {BASE2}" in out
@@ -117,20 +118,20 @@ def test_diff_of_files_and_what_is_not_compared(tmp_path: Path) -> None:
         raise AssertionError("files never ask the cluster")
 
     code, out, _ = run(diff, nothing, "ns", str(tmp_path / "a.lock"), str(tmp_path / "b.lock"))
-    assert code == 0 and "~ numpy 2.1.3 -> 2.2.0" in out and "docker steps" not in out
+    assert code == Exit.FAILED and "~ numpy 2.1.3 -> 2.2.0" in out and "docker steps" not in out
     code, out, err = run(diff, nothing, "ns", str(tmp_path / "env.yaml"), str(tmp_path / "b.lock"))
     assert code == 0 and "has no lock; packages are not compared" in err
     code, _, err = run(diff, nothing, "ns", str(tmp_path / "two.yaml"), str(tmp_path / "a.lock"))
-    assert code == 1 and "holds 2 Environments; give a file with one" in err
+    assert code == Exit.USAGE and "holds 2 Environments; give a file with one" in err
     code, _, err = run(diff, nothing, "ns", str(tmp_path / "bad.lock"), str(tmp_path / "a.lock"))
-    assert code == 1 and err.startswith("error: ")
+    assert code == Exit.USAGE and err.startswith("error: ")
 
 
 @pytest.mark.parametrize(("cluster", "reference", "code", "expected"), [
     (Cluster([env()], [built(H2, LOCK_B, [], BASE2)]), "train", 0, LOCK_B),
-    (Cluster([env()], [built(H2, None, [], BASE2)]), "train", 1, "train:2 has no lock"),
-    (Cluster([env()], []), "train:2", 1, f"EnvironmentBuild {build_name(H2)} of train:2 is gone"),
-    (Cluster([], []), "nope", 1, "Environment 'nope' not found in namespace ns"),
+    (Cluster([env()], [built(H2, None, [], BASE2)]), "train", Exit.NOT_FOUND, "train:2 has no lock"),
+    (Cluster([env()], []), "train:2", Exit.NOT_FOUND, f"EnvironmentBuild {build_name(H2)} of train:2 is gone"),
+    (Cluster([], []), "nope", Exit.NOT_FOUND, "Environment 'nope' not found in namespace ns"),
 ], ids=["printed", "no-lock", "build-gone", "no-environment"])
 def test_lock_prints_the_lock_or_says_why_not(cluster: Cluster, reference: str, code: int, expected: str) -> None:
     got, out, err = run(lock, cluster, "ns", reference)

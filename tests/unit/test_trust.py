@@ -15,6 +15,7 @@ from envkiln.core.trust import (
     parse_previous_keys,
     signature_key_id,
     signer_from_secret,
+    untrusted_build,
 )
 from harness.records import PreKeyIdSigner  # what operators before key ids wrote (a frozen copy)
 
@@ -263,3 +264,26 @@ def test_curated_namespace_is_not_the_operators(case: str, environ: dict[str, st
         return
     settings = OperatorSettings.from_env(environ)
     assert (settings.curated_namespace, settings.operator_namespace) == expected
+
+
+# (id, how the build is changed, the image the namespace expects, check the record?, what the problem says)
+UNTRUSTED = [
+    ("trusted", lambda b: None, IMAGE, True, None),
+    ("unsigned", lambda b: b["metadata"]["annotations"].clear(), IMAGE, True, "signature"),
+    ("another-namespace-s-image", lambda b: None, "reg:5000/envkiln/other/x:1", True, "not to reg:5000/envkiln/other"),
+    ("record-forged", _set("status.digest", "sha256:" + "b" * 64), IMAGE, True, "record"),
+    ("record-not-checked", _set("status.digest", "sha256:" + "b" * 64), IMAGE, False, None),  # the build's own sync
+    ("no-digest-yet", lambda b: b["status"].pop("digest"), IMAGE, True, None),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "image", "record", "says"), UNTRUSTED, ids=[c[0] for c in UNTRUSTED])
+def test_untrusted_build(case: str, change: Any, image: str, record: bool, says: str | None) -> None:
+    """The one trust check of a build (envsync for the Environment, buildsync for the build itself)."""
+    build = signed_build()
+    change(build)
+    problem = untrusted_build(Signer(KEY), build, ANNOTATION_SIGNATURE, image, check_record=record)
+    if says is None:
+        assert problem is None
+    else:
+        assert problem is not None and says in problem, problem

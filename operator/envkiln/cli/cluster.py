@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from envkiln.adapters.kube import ApiError
@@ -124,7 +125,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
         raise UsageError(f"--timeout: {error}") from None
     from envkiln.cli.follow import wait
 
-    deadline = process_started() + timeout  # counted from the start, as `timeout 3s envkiln wait` would
+    # From the process's start when run as a command (as `timeout 3s envkiln wait` would count), else from now.
+    deadline = (process_started() if getattr(args, "from_process_start", False) else time.monotonic()) + timeout
     session = Session.from_args(args)
     cluster = session.cluster(deadline)  # every request ends by the deadline
     name, _, version = args.reference.partition(":")

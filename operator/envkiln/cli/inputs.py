@@ -15,20 +15,28 @@ STDIN_LABEL = "<stdin>"  # how standard input is named in messages
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
+class NotText(ValueError):
+    """The file was read, and it is not UTF-8 text: a problem of its content (as an invalid manifest)."""
+
+
 def read_text(path: str, stdin: TextIO | None = None) -> str:
-    """The text of `path` (`-`: standard input); UsageError naming the path when it cannot be read."""
-    if path == STDIN:
-        return (stdin or sys.stdin).read()
+    """The text of `path` (`-`: standard input); UsageError naming the path when it cannot be read,
+    NotText when it is not UTF-8."""
+    label = STDIN_LABEL if path == STDIN else path
     try:
+        if path == STDIN:
+            source = stdin or sys.stdin
+            buffer = getattr(source, "buffer", None)
+            return buffer.read().decode("utf-8") if buffer is not None else source.read()
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{path} is a directory; give a file") from None
     except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text") from None
+        raise NotText(f"{label}: not UTF-8 text") from None
     except OSError as error:
-        raise UsageError(f"{path}: cannot read it ({error.strerror or error})") from None
+        raise UsageError(f"{label}: cannot read it ({error.strerror or error})") from None
 
 
 def expand(paths: Iterable[str]) -> list[str]:
@@ -48,7 +56,14 @@ def expand(paths: Iterable[str]) -> list[str]:
     return files
 
 
-def read_all(paths: Iterable[str], stdin: TextIO | None = None) -> dict[str, str]:
-    """{label: text} of every file, in order (standard input labelled STDIN_LABEL); UsageError at the
-    first that cannot be read."""
-    return {(STDIN_LABEL if path == STDIN else path): read_text(path, stdin) for path in expand(paths)}
+def read_all(paths: Iterable[str], stdin: TextIO | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """({label: text} of every file, in order (standard input labelled STDIN_LABEL), {label: why} of
+    those that are not text); UsageError at the first that cannot be read."""
+    texts, problems = {}, {}
+    for path in expand(paths):
+        label = STDIN_LABEL if path == STDIN else path
+        try:
+            texts[label] = read_text(path, stdin)
+        except NotText as error:
+            problems[label] = str(error)
+    return texts, problems

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from envkiln import __version__
 from envkiln.cli.errors import CliError, Exit, UsageError, exit_codes_text, exit_for_status
@@ -31,6 +32,13 @@ global flags (before or after the command):
 {exit_codes_text()}
 
 docs/cli.md has every command, its flags and examples."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (exit 2): `error: envkiln wait: ...; see envkiln wait --help`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(Exit.USAGE, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
@@ -68,7 +76,8 @@ def _cluster_flags(parser: argparse.ArgumentParser) -> None:
     _namespace_flag(parser, "namespace (default: the context's namespace, else default)")
     parser.add_argument("--request-timeout", dest="request_timeout_seconds", metavar="DURATION", type=_duration,
                         default=argparse.SUPPRESS,
-                        help="time limit of each API request, e.g. 30s (default: 10s to connect, no read limit)")
+                        help="time limit of each API request, e.g. 30s (default: 10s to connect, 60s for the "
+                        "answer; a followed log has none)")
 
 
 def _namespace_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -80,8 +89,8 @@ def _output_flag(parser: argparse.ArgumentParser, formats: tuple[str, ...] = ("j
 
 
 def build_parser(prog: str = "envkiln") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"envkiln {__version__}")
     _cluster_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -243,6 +252,7 @@ def main(argv: list[str] | None = None, prog: str = "envkiln") -> int:
         args = parser.parse_args(arguments)
     except SystemExit as stop:  # argparse: --help and --version (0), usage errors (2)
         return int(stop.code or 0)
+    args.from_process_start = argv is None  # the command line's own process: time limits count from its start
     try:
         return int(args.func(args))
     except CliError as error:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from envkiln.adapters.gitrefs import GitRefError, GitResolver, resolve_git_commit
-from envkiln.cli.errors import Exit, UsageError
-from envkiln.cli.inputs import STDIN, STDIN_LABEL, read_all, read_text
+from envkiln.cli.errors import CliError, Exit, UsageError
+from envkiln.cli.inputs import STDIN, STDIN_LABEL, NotText, read_all, read_text
 from envkiln.cli.output import dump_items
 from envkiln.core.decisions.network import UNRESTRICTED
 from envkiln.core.definition import MissingContextContent, definition_document, definition_hash, image_name
@@ -35,8 +35,9 @@ def _print_problems(problems: list[LoadProblem]) -> None:
 def load(args: argparse.Namespace) -> tuple[list[LoadedEnvironment], int]:
     """The Environments of args.files; exit 2 (UsageError) when a file cannot be read, status 1 when a
     manifest is invalid (each problem on stderr)."""
-    texts = read_all(args.files)
+    texts, not_text = read_all(args.files)
     loaded, problems = load_environments(list(texts), args.curated_namespace, texts=texts)
+    problems = [LoadProblem(label, [why.removeprefix(f"{label}: ")]) for label, why in not_text.items()] + problems
     _print_problems(problems)
     return loaded, (Exit.FAILED if problems else Exit.OK)
 
@@ -147,7 +148,10 @@ def cmd_import_azureml(args: argparse.Namespace) -> int:
             raise UsageError(f"{path}: no such file or directory")
     if STDIN not in args.paths:
         return _import_azureml(args, [Path(p) for p in args.paths])
-    text = read_text(STDIN)
+    try:
+        text = read_text(STDIN)
+    except NotText as error:
+        raise CliError(str(error)) from None  # a content problem, as an invalid file's (exit 1)
     with tempfile.TemporaryDirectory(prefix="envkiln-stdin-") as directory:  # the importer reads files
         stdin_file = Path(directory) / "stdin.yml"
         stdin_file.write_text(text)

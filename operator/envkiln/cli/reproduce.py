@@ -32,7 +32,7 @@ import yaml
 
 from envkiln.cli.errors import Exit, NotFound, NotReady, UsageError
 from envkiln.cli.follow import Cluster
-from envkiln.cli.inputs import STDIN, STDIN_LABEL, read_text
+from envkiln.cli.inputs import STDIN, STDIN_LABEL, NotText, read_text
 from envkiln.cli.output import dump
 from envkiln.core.definition import MissingContextContent, content_digests, definition_hash
 from envkiln.core.locks import (
@@ -307,7 +307,11 @@ def is_file_reference(reference: str) -> bool:
 def side(cluster: Callable[[], Cluster], namespace: Callable[[], str], reference: str,
          stdin: TextIO | None = None) -> Side:
     if is_file_reference(reference):
-        return text_side(STDIN_LABEL if reference == STDIN else reference, read_text(reference, stdin))
+        try:
+            text = read_text(reference, stdin)
+        except NotText as error:
+            raise UsageError(str(error)) from None
+        return text_side(STDIN_LABEL if reference == STDIN else reference, text)
     return cluster_side(cluster(), namespace(), reference)
 
 
@@ -410,8 +414,9 @@ def comparison_document(found: Comparison) -> dict[str, Any]:
     if found.left.declared is not None and found.right.declared is not None:
         declared_parts = {key: _section_json(part)
                           for key, part in diff_declared(found.left.declared, found.right.declared).items()}
-        declared_parts["channels"] = {"from": list(found.left.declared.channels),
-                                      "to": list(found.right.declared.channels)}
+        if found.left.declared.channels or found.right.declared.channels:
+            declared_parts["channels"] = {"from": list(found.left.declared.channels),
+                                          "to": list(found.right.declared.channels)}
     locks = None
     if found.locks is not None:
         locks = {name: _section_json(part) for name, part in (("conda", found.locks.conda), ("pip", found.locks.pip))

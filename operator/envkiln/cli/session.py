@@ -1,9 +1,10 @@
 """The cluster as the `envkiln` command reaches it: the global flags (`--kubeconfig`, `--context`,
 `-n`, `--request-timeout`), the connection made from them at first use, and the namespace.
 
-Commands other than `wait` read through Kube with a short retry policy (a few seconds of retries
-on 429, 5xx and broken connections, then exit 4): a person at a terminal hears at once that the
-API server is away. `wait` retries by itself, until its own --timeout.
+Commands other than `wait` read through Kube with a short retry policy (three tries over a few
+seconds on 429, 5xx and broken connections, then exit 4): a person at a terminal hears at once that
+the API server is away. `wait` retries by itself, until its own --timeout. Every request has a time
+limit: 10 s to connect and 60 s for an answer (a followed log: none), or --request-timeout.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from envkiln.cli.follow import Cluster
 from envkiln.core.decisions.retry import RetryPolicy
 
 # A few seconds of retries (a restarting API server), then the error.
-CLI_RETRIES = RetryPolicy(attempts=4, base_seconds=0.2, cap_seconds=2.0, max_retry_after_seconds=5.0,
+CLI_RETRIES = RetryPolicy(attempts=3, base_seconds=0.25, cap_seconds=2.0, max_retry_after_seconds=5.0,
                           deadline_seconds=5.0)
+CONNECT_SECONDS, READ_SECONDS = 10.0, 60.0
 NO_RETRIES = RetryPolicy(attempts=1)
 
 
@@ -39,6 +41,16 @@ def process_started(clock: float | None = None) -> float:
     return now - elapsed if 0 <= elapsed < 60 else now
 
 
+def request_timeouts(limit: float | None, deadline: float | None = None) -> Timeouts:
+    """The time limits of each request: --request-timeout (0: no limit on answers, as kubectl's), else
+    the defaults; never beyond `deadline`."""
+    if limit is None:
+        return Timeouts(connect=CONNECT_SECONDS, read=READ_SECONDS, deadline=deadline)
+    if limit == 0:
+        return Timeouts(connect=CONNECT_SECONDS, read=None, deadline=deadline)
+    return Timeouts(connect=min(CONNECT_SECONDS, limit), read=limit, deadline=deadline)
+
+
 @dataclass
 class Session:
     """The global flags of one command, and the connection made from them at first use."""
@@ -46,7 +58,7 @@ class Session:
     kubeconfig: str | None = None
     context: str | None = None
     namespace_flag: str | None = None
-    request_timeout: float | None = None  # seconds for each answer (--request-timeout; None: no limit)
+    request_timeout: float | None = None  # seconds for each request (--request-timeout; None: the defaults)
     _connection: Connection | None = field(default=None, repr=False)
 
     @classmethod
@@ -64,10 +76,7 @@ class Session:
     def connect(self, deadline: float | None = None) -> Connection:
         """The connection (made once); `deadline` bounds every request made on it."""
         if self._connection is None:
-            timeouts = Timeouts(read=self.request_timeout, deadline=deadline)
-            if self.request_timeout is not None:
-                timeouts = Timeouts(connect=min(10.0, self.request_timeout), read=self.request_timeout,
-                                    deadline=deadline)
+            timeouts = request_timeouts(self.request_timeout, deadline)
             try:
                 self._connection = connect(self.kubeconfig, self.context, timeouts)
             except KubeconfigError as error:

@@ -71,9 +71,6 @@ _YAML_SUFFIXES = (".yml", ".yaml")
 # Azure ML environment fields envkiln maps; every other field is reported as ignored.
 _ENV_FIELDS = {"name", "version", "description", "tags", "image", "conda_file", "build", "inference_config",
                "os_type", "$schema"}
-# Fields that have no counterpart in envkiln, with why (recorded in the ignored annotation).
-_ENV_IGNORED = {"properties", "datastore", "intellectual_property", "stage", "auto_increment_version",
-                "display_name", "type"}
 
 # envkiln's curated environments (charts/envkiln/templates/curated.yaml, docs/curated-environments.md),
 # by the Azure ML curated names they stand in for (lowercased, without the `azureml-` prefix).

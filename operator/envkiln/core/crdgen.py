@@ -5,7 +5,8 @@ inlined, `Optional` unions collapse to their type, mixed unions become
 `x-kubernetes-preserve-unknown-fields` (validated by the operator instead), and the
 Kubernetes extensions (list-map conditions, CEL immutability rule) are added. Every field
 carries its model's description (`kubectl explain`); the printer columns are for `kubectl get`
-(priority 1: only with `-o wide`).
+(priority 1: only with `-o wide`). `status` has a default (UNRECONCILED_STATUS) so that an object
+the operator has not written yet reads as InProgress to kstatus, never as Current.
 """
 
 from __future__ import annotations
@@ -111,12 +112,22 @@ def immutability_rule() -> dict[str, str]:
     }
 
 
+# What the API server fills in as `status` while the operator has not written one (an operator
+# that is down, a namespace it does not watch). Structural-schema defaulting applies it on every
+# read from etcd, so every GET, LIST and watch event carries it. metadata.generation starts at 1,
+# so observedGeneration 0 is behind it: kstatus (Flux's `wait: true`, `kubectl wait`-style gates)
+# says InProgress ("generation is 1, but latest observed generation is 0") instead of Current, the
+# verdict of an object without status. The operator reads it as "generation not observed yet" too.
+UNRECONCILED_STATUS: dict[str, Any] = {"observedGeneration": 0}
+
+
 def _with_conditions(status: dict[str, Any]) -> dict[str, Any]:
     conditions = status["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
     conditions["maxItems"] = 16
     conditions["items"]["required"] = ["type", "status", "reason", "lastTransitionTime"]
+    status["default"] = dict(UNRECONCILED_STATUS)
     return status
 
 
@@ -178,6 +189,9 @@ def _column(name: str, type_: str, path: str, description: str, wide: bool = Fal
 
 # The Ready condition's reason: one CamelCase word, a short printable "why" next to the phase.
 _READY_REASON = '.status.conditions[?(@.type=="Ready")].reason'
+# The Ready condition's status (True, False, Unknown): what kstatus and `kubectl wait` read; empty
+# until the operator has written a status.
+_READY = '.status.conditions[?(@.type=="Ready")].status'
 
 
 def environment_crd() -> dict[str, Any]:
@@ -192,13 +206,14 @@ def environment_crd() -> dict[str, Any]:
         _column("Version", "string", ".spec.version", "spec.version: the definition's label"),
         _column("Hash", "string", ".status.shortHash", "The definition hash (first 12 characters)"),
         _column("Phase", "string", ".status.phase", "Pending, Building, Ready or Failed"),
+        _column("Ready", "string", _READY, "The Ready condition: True, False or Unknown (empty: not reconciled yet)"),
         _column("Image", "string", ".status.image", "The image built for the definition (repository:tag)"),
         _column("Age", "date", ".metadata.creationTimestamp", "Time since creation"),
+        _column("Message", "string", ".status.message", "The phase in words; on failure, why and what to do"),
         _column("Kind", "string", ".status.kind", "SystemManaged, BuildContext or BringYourOwnContainer", wide=True),
         _column("Reason", "string", _READY_REASON, "Why it is (not) Ready, in one word", wide=True),
         _column("Cache Hit", "boolean", ".status.cacheHit", "true when this Environment caused no build", wide=True),
         _column("Image Ref", "string", ".status.imageRef", "The digest reference workloads run", wide=True),
-        _column("Message", "string", ".status.message", "The phase in words", wide=True),
     ]
     return _crd("Environment", "environments", "env", spec, status, columns,
                 "An Azure ML-style environment: a versioned, reproducible definition of where training runs, built "
@@ -223,13 +238,14 @@ def environment_build_crd() -> dict[str, Any]:
         _column("Hash", "string", ".spec.hash", "The definition hash this build makes the image of"),
         _column("Builder", "string", ".spec.builder", "kaniko, buildah or local"),
         _column("Phase", "string", ".status.phase", "Pending, Building, Succeeded or Failed"),
+        _column("Ready", "string", _READY, "The Ready condition: True once Succeeded (empty: not reconciled yet)"),
         _column("Attempts", "integer", ".status.attempts", "Attempts started so far"),
         _column("Age", "date", ".metadata.creationTimestamp", "Time since creation"),
+        _column("Message", "string", ".status.message", "The phase in words; on failure, why"),
         _column("Reason", "string", '.status.conditions[?(@.type=="Succeeded")].reason',
                 "Why it has (not) succeeded, in one word", wide=True),
         _column("Job", "string", ".status.job", "The Job of the current attempt", wide=True),
         _column("Image Ref", "string", ".status.imageRef", "The pushed image (repository@sha256:...)", wide=True),
-        _column("Message", "string", ".status.message", "The phase in words", wide=True),
     ]
     return _crd("EnvironmentBuild", "environmentbuilds", "envbuild", spec, status, columns,
                 "One build of one Environment definition hash in a namespace, created and signed by the envkiln "

@@ -23,7 +23,6 @@ COMPONENT: Final = "envkiln"  # Event source / reporting component
 # --- Kopf's own bookkeeping (annotations, finalizer) -----------------------------------------
 
 KOPF_PREFIX: Final = GROUP
-KOPF_DIFFBASE_KEY: Final = "last-handled-configuration"
 FINALIZER: Final = f"{GROUP}/finalizer"
 
 # --- labels ----------------------------------------------------------------------------------

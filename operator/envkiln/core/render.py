@@ -36,9 +36,6 @@ from envkiln.core.names import IMAGE_LABEL_BASE as LABEL_BASE
 from envkiln.core.names import IMAGE_LABEL_BASE_DIGEST, LOCK_FILE
 from envkiln.core.names import IMAGE_LABEL_HASH as LABEL_HASH
 
-# The base image's digest, when the build is pinned to one (OCI annotation names). To move to envkiln.core.names.
-LABEL_BASE_DIGEST = IMAGE_LABEL_BASE_DIGEST
-
 # Pinned so that renders (and therefore builds) are reproducible; both are settings.
 DEFAULT_MICROMAMBA_IMAGE = "docker.io/mambaorg/micromamba:2.3.3"
 DEFAULT_UV_VERSION = "0.9.18"
@@ -303,7 +300,7 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
     lines.append(f"FROM {base} AS {BASE_STAGE}")
     label = f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}"
     if digest is not None:
-        label += f" {LABEL_BASE_DIGEST}={_quote(digest)}"
+        label += f" {IMAGE_LABEL_BASE_DIGEST}={_quote(digest)}"
     lines.append(label)
     for step in spec.docker_steps or []:
         lines.append(step.strip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from envkiln.core.definition import DEFAULT_IMAGE_TEMPLATE, image_name, image_re
 from envkiln.core.errors import describe
 from envkiln.core.models import DEFAULT_CURATED_NAMESPACE
 from envkiln.core.models.hosts import DEFAULT_TOKEN_REALMS, parse_host_entry, parse_realm_entry
+from envkiln.core.placement import BuildPlacement, effective_placement
 from envkiln.core.render import DEFAULT_MICROMAMBA_IMAGE, DEFAULT_UV_VERSION, RenderSettings
 from envkiln.core.trust import DEFAULT_KEY_ID, Signer, SigningKeyError, parse_previous_keys
 
@@ -36,6 +38,27 @@ REMOVED_SETTINGS = {
 
 class SettingsError(ValueError):
     pass
+
+
+# Settings given as JSON (the chart writes them with toJson); ENVKILN_BUILD_NODE_SELECTOR also as key=value,...
+JSON_SETTINGS = {"build_resources", "build_node_selector", "build_tolerations", "build_affinity", "build_env",
+                 "build_namespaces"}
+
+
+def _json_setting(key: str, raw: str, key_values: bool) -> object:
+    """The value of a JSON setting; "" is unset. Errors never quote the value (it may hold credentials)."""
+    if not raw.strip():
+        return None if key == PREFIX + "BUILD_AFFINITY" else ({} if not key.endswith("TOLERATIONS") else [])
+    if key_values and not raw.lstrip().startswith("{"):
+        pairs = [part.strip() for part in raw.split(",") if part.strip()]
+        if not all("=" in pair for pair in pairs):
+            raise SettingsError(f"{key}: give a JSON object or key=value pairs separated by commas")
+        return dict(pair.split("=", 1) for pair in pairs)
+    try:
+        return json.loads(raw)
+    except ValueError as error:
+        raise SettingsError(f"{key}: not valid JSON (line {getattr(error, 'lineno', '?')}, column "
+                            f"{getattr(error, 'colno', '?')}); the chart writes it from values with toJson") from None
 
 
 class OperatorSettings(BaseModel):
@@ -90,6 +113,27 @@ class OperatorSettings(BaseModel):
     build_memory_limit: str = "8Gi"
     build_ephemeral_storage_request: str = "1Gi"
     build_ephemeral_storage_limit: str = "20Gi"
+    build_resources: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="JSON {requests: {...}, limits: {...}} of the build container, over the "
+        "ENVKILN_BUILD_*_REQUEST/_LIMIT values (any resource, e.g. nvidia.com/gpu).")
+    build_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="nodeSelector of build pods: JSON, or key=value pairs separated by commas.")
+    build_tolerations: list[dict[str, object]] = Field(
+        default_factory=list, description="tolerations of build pods (JSON list).")
+    build_affinity: dict[str, object] | None = Field(default=None, description="affinity of build pods (JSON).")
+    build_priority_class_name: str | None = Field(default=None, description="priorityClassName of build pods.")
+    build_runtime_class_name: str | None = Field(default=None, description="runtimeClassName of build pods.")
+    build_env: dict[str, str] = Field(
+        default_factory=dict, description="JSON object of environment variables of the build (proxies, package "
+        "indexes: HTTP_PROXY, NO_PROXY, PIP_INDEX_URL, CONDA_CHANNEL_ALIAS...): the build container and its RUN "
+        "steps get them, never the image, the definition hash or the EnvironmentBuild (docs/registries.md).")
+    build_pull_secrets: list[str] = Field(
+        default_factory=list, description="imagePullSecrets of build pods (Secrets in the build's namespace), for "
+        "the kubelet pulling the builder images.")
+    build_namespaces: dict[str, BuildPlacement] = Field(
+        default_factory=dict, description="Per-namespace overrides of the build pod settings above: JSON "
+        "{namespace: {nodeSelector, tolerations, affinity, priorityClassName, runtimeClassName, env, pullSecrets, "
+        "resources}} (docs/registries.md says how they merge).")
     build_deadline_seconds: int = Field(default=3600, ge=60)
     build_ttl_seconds: int = Field(default=86400, ge=0)
     build_retry_limit: int = Field(default=2, ge=0, le=20, description="Retries after the first failed attempt.")
@@ -211,6 +255,13 @@ class OperatorSettings(BaseModel):
             parse_realm_entry(entry)
         return entries
 
+    @field_validator("build_resources")
+    @classmethod
+    def _build_resources(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        if set(value) - {"requests", "limits"}:
+            raise ValueError("give only requests and limits, e.g. {\"limits\": {\"nvidia.com/gpu\": \"1\"}}")
+        return value
+
     @field_validator("registry", "pull_registry")
     @classmethod
     def _registry(cls, value: str | None) -> str | None:
@@ -236,6 +287,10 @@ class OperatorSettings(BaseModel):
                              "holds the signing key and the push identities; give curated environments a namespace "
                              f"of their own (default {DEFAULT_CURATED_NAMESPACE})")
         self.signer_from_settings()
+        try:
+            self.default_build_placement()
+        except ValidationError as error:  # the messages name the field, never a value
+            raise ValueError("ENVKILN_BUILD_ENV / ENVKILN_BUILD_RESOURCES: " + "; ".join(describe(error))) from None
         return self
 
     def signer_from_settings(self) -> Signer | None:
@@ -270,6 +325,23 @@ class OperatorSettings(BaseModel):
             return image_name(definition_hash, self.effective_pull_registry, self.image_template, namespace)
         repository = image_repository(definition_hash, self.effective_pull_registry, self.image_template, namespace)
         return f"{repository}:{key}"
+
+    def build_placement(self, namespace: str) -> BuildPlacement:
+        """The placement and environment of build pods in `namespace` (core.placement merges)."""
+        return effective_placement(self.default_build_placement(), self.build_namespaces, namespace)
+
+    def default_build_placement(self) -> BuildPlacement:
+        return BuildPlacement(
+            node_selector=self.build_node_selector, tolerations=[dict(t) for t in self.build_tolerations],
+            affinity=dict(self.build_affinity) if self.build_affinity is not None else None,
+            priority_class_name=self.build_priority_class_name, runtime_class_name=self.build_runtime_class_name,
+            env=self.build_env, pull_secrets=self.build_pull_secrets, resources={
+                "requests": {"cpu": self.build_cpu_request, "memory": self.build_memory_request,
+                             "ephemeral-storage": self.build_ephemeral_storage_request,
+                             **self.build_resources.get("requests", {})},
+                "limits": {"cpu": self.build_cpu_limit, "memory": self.build_memory_limit,
+                           "ephemeral-storage": self.build_ephemeral_storage_limit,
+                           **self.build_resources.get("limits", {})}})
 
     def resolves_base(self, registry: str) -> bool:
         """Whether base images of `registry` (a resolved host, e.g. docker.io) are resolved to digests."""
@@ -309,6 +381,10 @@ class OperatorSettings(BaseModel):
                 raise SettingsError(f"{key}: unknown setting (a typo?); known settings: {names}")
             if name in ("namespaces", "kaniko_extra_args", "webhook_hosts", "base_image_registries",
                         "allowed_private_hosts", "registry_token_realms"):
+                values[name] = [part for part in raw.replace(",", " ").split() if part]
+            elif name in JSON_SETTINGS:
+                values[name] = _json_setting(key, raw, name == "build_node_selector")
+            elif name == "build_pull_secrets":
                 values[name] = [part for part in raw.replace(",", " ").split() if part]
             else:
                 values[name] = raw

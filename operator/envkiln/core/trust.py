@@ -185,6 +185,25 @@ class Signer:
 
 # --- where the keys come from -------------------------------------------------------------------
 
+def untrusted_build(signer: Signer, build: dict[str, Any], signature_annotation: str, push_image: str,
+                    check_record: bool = True) -> str | None:
+    """Why an EnvironmentBuild must not be trusted (None: the operator created it for this namespace).
+
+    The one trust check of a build, for the Environment that would follow it and for the build's own
+    sync: the operator's signature over its spec, the image it pushes to being `push_image` (the
+    namespace's image of that hash), and, when it records a digest and `check_record`, the
+    operator's signature over that record."""
+    problem = signer.build_problem(build, signature_annotation)
+    if problem is not None:
+        return problem
+    image = (build.get("spec") or {}).get("image")
+    if image != push_image:
+        return f"it pushes to {image}, not to {push_image} where this namespace's images go"
+    if check_record and (build.get("status") or {}).get("digest"):
+        return signer.record_problem(build)
+    return None
+
+
 def signer_from_secret(data: Mapping[str, bytes]) -> Signer:
     """The keys of the Secret envkiln-signing-key (its data, decoded): entry `current` is the id of
     the key that signs, every other entry a key named by its id. One key needs no `current`."""

@@ -51,6 +51,7 @@ from envkiln.core.names import (
     build_key,
     job_name,
 )
+from envkiln.core.trust import untrusted_build
 from envkiln.reconcile.context import OperatorContext
 
 __all__ = ["TERMINAL", "BuildSyncResult", "sync_build"]
@@ -167,14 +168,10 @@ def _read_lock(ctx: OperatorContext, build: dict[str, Any], image: str) -> dict[
 
 def untrusted_reason(ctx: OperatorContext, build: dict[str, Any]) -> str | None:
     """Why this EnvironmentBuild must not be built (None: the operator created it, for this namespace)."""
-    problem = ctx.signer.build_problem(build, ANNOTATION_SIGNATURE)
-    if problem is not None:
-        return problem
     spec, namespace = build["spec"], build["metadata"]["namespace"]
     expected = ctx.settings.push_image(spec["hash"], namespace, build_key(spec))
-    if spec.get("image") != expected:
-        return f"spec.image is {spec.get('image')}, but this namespace's image of the hash is {expected}"
-    return None
+    # Its record is what this sync writes: the build itself is checked, not a record it may not have yet.
+    return untrusted_build(ctx.signer, build, ANNOTATION_SIGNATURE, expected, check_record=False)
 
 
 def sync_build(ctx: OperatorContext, namespace: str, name: str,

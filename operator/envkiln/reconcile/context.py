@@ -42,8 +42,7 @@ class OperatorContext:
     signer: Signer
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     environments_by_hash: EnvironmentsByHash | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    metrics: Metrics = field(default_factory=Metrics)  # its own registry; served by handlers.configure
+    metrics: Metrics = field(default_factory=Metrics)  # its own registry; served by runtime/handlers.configure
     # One sync of a given EnvironmentBuild at a time: its watch event, its Job's event and the
     # resync run in different threads, and two of them must not both see and act on the same step.
     build_locks: KeyedLocks = field(default_factory=lambda: KeyedLocks())

@@ -17,6 +17,7 @@ from typing import Any
 from envkiln.adapters.gitrefs import GitRefError
 from envkiln.adapters.kube import ApiError, api_message
 from envkiln.adapters.registryclient import RegistryUnavailable
+from envkiln.core.buildspec import build_manifest
 from envkiln.core.conditions import get_condition, now_iso
 from envkiln.core.decisions.collect import build_facts, builds_to_collect, environment_facts
 from envkiln.core.decisions.environment import Facts, Lookup, Outcome, decide, invalid, new_status
@@ -25,23 +26,19 @@ from envkiln.core.definition import MissingContextContent, context_digest, defin
 from envkiln.core.errors import DefinitionError
 from envkiln.core.imageref import parse_image_reference
 from envkiln.core.manifests import config_map_data, parse_environment
-from envkiln.core.models import BaseImageUpdates, BuildReason, EnvironmentBuildSpec, EnvironmentKind, EnvironmentSpec
+from envkiln.core.models import BaseImageUpdates, EnvironmentKind, EnvironmentSpec
 from envkiln.core.names import (
     ANNOTATION_SIGNATURE,
-    API_VERSION,
     BUILDS,
     CONDITION_BASE_IMAGE_UPDATED,
     ENVIRONMENTS,
-    KIND_BUILD,
-    LABEL_HASH,
     LABEL_MANAGED_BY,
     MANAGED_BY_VALUE,
     build_name,
     image_key,
 )
-from envkiln.core.render import RenderError, render
-from envkiln.core.settings import OperatorSettings
-from envkiln.core.trust import Signer
+from envkiln.core.render import RenderError
+from envkiln.core.trust import untrusted_build
 from envkiln.reconcile.context import OperatorContext
 
 log = logging.getLogger(__name__)
@@ -76,15 +73,7 @@ def _context_data(ctx: OperatorContext, namespace: str, spec: EnvironmentSpec) -
 def build_problem(ctx: OperatorContext, build: dict[str, Any], push_image: str) -> str | None:
     """Why the EnvironmentBuild for a hash cannot be trusted (None: the operator created it, and any
     digest it records was recorded by the operator)."""
-    problem = ctx.signer.build_problem(build, ANNOTATION_SIGNATURE)
-    if problem is not None:
-        return problem
-    if (build.get("spec") or {}).get("image") != push_image:
-        return f"it pushes to {build['spec'].get('image')}, not to {push_image} where this namespace's images go"
-    status = build.get("status") or {}
-    if status.get("digest"):
-        return ctx.signer.record_problem(build)
-    return None
+    return untrusted_build(ctx.signer, build, ANNOTATION_SIGNATURE, push_image)
 
 
 def observe(ctx: OperatorContext, env: dict[str, Any], find_build: FindBuild | None = None) -> Facts:
@@ -162,35 +151,6 @@ def _resolve_git(ctx: OperatorContext, spec: EnvironmentSpec, previous: dict[str
 
 def _get_build(ctx: OperatorContext) -> FindBuild:
     return lambda namespace, name: ctx.kube.get(BUILDS, namespace, name)
-
-
-def build_manifest(signer: Signer, settings: OperatorSettings, namespace: str, spec: EnvironmentSpec,
-                   hash_value: str, digest_of_context: str | None = None, base_digest: str | None = None,
-                   rebuild: bool = False, commit: str | None = None) -> dict[str, Any]:
-    """The EnvironmentBuild for a definition in a namespace, signed (envkiln.core.trust). Pure.
-
-    `base_digest`: the base image's digest the FROM is pinned to; `rebuild`: this is the rebuild
-    on that (newer) base, named and tagged `<hash>-b<digest>`; `commit`: a git context's ref
-    resolved, which the builder fetches instead of the ref."""
-    if commit is not None and spec.build is not None and spec.build.git is not None:
-        pinned = spec.build.model_copy(update={"git": spec.build.git.model_copy(update={"ref": commit})})
-        spec = spec.model_copy(update={"build": pinned})
-    plan = render(spec, hash_value, settings.render_settings(), base_digest=base_digest)
-    if digest_of_context is not None:  # the build checks it gets the bytes that were hashed
-        plan = plan.model_copy(update={"context_digest": digest_of_context})
-    name = build_name(hash_value, base_digest if rebuild else None)
-    key = image_key(hash_value, base_digest if rebuild else None)
-    build_spec = EnvironmentBuildSpec(
-        hash=hash_value, image=settings.push_image(hash_value, namespace, key), builder=settings.builder, plan=plan,
-        reason=BuildReason.BASE_IMAGE_UPDATED if rebuild else BuildReason.IMAGE_MISSING,
-        base_image_digest=base_digest).to_kube()
-    return {
-        "apiVersion": API_VERSION, "kind": KIND_BUILD,
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": {LABEL_HASH: hash_value, LABEL_MANAGED_BY: MANAGED_BY_VALUE},
-                     "annotations": {ANNOTATION_SIGNATURE: signer.sign_build(namespace, name, build_spec)}},
-        "spec": build_spec,
-    }
 
 
 def base_digest(ctx: OperatorContext, spec: EnvironmentSpec) -> str | None:

@@ -157,7 +157,7 @@ def test_base_update_notify_rebuild_lock_and_diff(node_api: client.ApiClient, no
     assert two["baseImageDigest"] == second_digest, "a new definition is built on the base's current digest"
     diff = envkiln(cluster.kubeconfig, "diff", "watches:1", "follows:2", "-n", node_namespace)
     print(diff.stdout)  # the closing note of issue #15 quotes it
-    assert diff.returncode == 0, diff.stderr
+    assert diff.returncode == 1, diff.stderr  # they differ (as diff(1)); envkiln.cli.errors
     assert f"{first_digest[:19]}" in diff.stdout and f"{second_digest[:19]}" in diff.stdout
     assert "ENV DRIFT_STAGE=2" in diff.stdout
     assert f"{DRIFT_B}==1.0" in diff.stdout and "1.0 -> 2.0" in diff.stdout

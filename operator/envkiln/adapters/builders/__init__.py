@@ -1,7 +1,8 @@
 """Builders turn an EnvironmentBuild's plan into a pushed image. One attempt at a time.
 
-Both builders answer the same two questions, idempotently: `start(build, attempt)` (safe
-to call again for the same attempt) and `observe(build, attempt)`.
+Every builder (Kaniko and buildah Jobs, the local builder) answers the same two questions,
+idempotently: `start(build, attempt)` (safe to call again for the same attempt) and
+`observe(build, attempt)`.
 """
 
 from __future__ import annotations
