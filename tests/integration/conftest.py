@@ -78,6 +78,19 @@ def bare_api_client(bare_control_plane: ControlPlane) -> Iterator[client.ApiClie
 
 
 @pytest.fixture()
+def operator_namespace(api_client: client.ApiClient) -> Iterator[str]:
+    """The operator's own namespace (the chart's release namespace), apart from the tenants': its
+    credential, the namespaces' push identities, its signing key and webhook certificates live there,
+    and no anonymous Environment is ever made there."""
+    name = f"ops-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    with contextlib.suppress(client.ApiException):
+        core.delete_namespace(name)
+
+
+@pytest.fixture()
 def namespace(api_client: client.ApiClient, control_plane: ControlPlane) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     core = client.CoreV1Api(api_client)

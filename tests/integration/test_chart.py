@@ -568,15 +568,17 @@ def test_operator_works_under_namespaced_rbac(scoped_release: dict[str, Any], ap
     with OperatorProcess(kubeconfig, settings, namespaces=watched, log_dir=tmp_path, standalone=False) as operator:
         inside.create(environment("scoped", **spec))
         wait_for(inside.jobs, timeout=60, what="a build Job in the watched namespace", diagnostics=operator.log)
-        status = wait_for(lambda: inside.get("scoped").get("status"), what="the Environment's status",
-                          diagnostics=operator.log)
+        status = wait_for(lambda: (written := inside.status("scoped")).get("phase") and written,
+                          what="the Environment's status", diagnostics=operator.log)
         assert status.get("build"), status
         # The webhook's start-up: its TLS Secret in the release namespace, the caBundle patched in.
         core, admission = client.CoreV1Api(api_client), client.AdmissionregistrationV1Api(api_client)
         assert core.read_namespaced_secret("envkiln-webhook-tls", home).data["tls.crt"]
         wait_for(lambda: admission.read_mutating_webhook_configuration(fullname).webhooks[0].client_config.ca_bundle,
                  what="the caBundle patched in", diagnostics=operator.log)
-        assert not outside.get("unwatched").get("status") and not outside.jobs(), "the unwatched namespace"
+        # Untouched: only the CRD's default status, which the API server shows for every Environment.
+        assert outside.get("unwatched").get("status") == {"observedGeneration": 0} and not outside.jobs(), \
+            "the unwatched namespace"
         log = operator.log()
         # API refusals read "... is forbidden: User ... cannot ..."; Kopf's read "Not enough permissions".
         assert "forbidden" not in log.lower() and "not enough permissions" not in log.lower(), log[-3000:]

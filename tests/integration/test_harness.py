@@ -37,7 +37,8 @@ def test_custom_resource_and_status_subresource(api_client: client.ApiClient, na
     # A status written through the main resource is ignored; through /status it sticks.
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "environments", "py",
                                           {"status": {"phase": "Ready"}})
-    assert "status" not in custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "environments", "py")
+    unwritten = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "environments", "py")
+    assert unwritten["status"] == {"observedGeneration": 0}, "only the CRD's default status (kstatus: InProgress)"
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "environments", "py",
                                                  {"status": {"phase": "Building", "hash": "ab" * 16}})
     read = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "environments", "py")

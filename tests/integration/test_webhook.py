@@ -48,7 +48,8 @@ def api_client(bare_api_client: client.ApiClient) -> client.ApiClient:
 
 
 @pytest.fixture()
-def webhook_operator(api_client: client.ApiClient, namespace: str, start_operator) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+def webhook_operator(api_client: client.ApiClient, namespace: str, operator_namespace: str,
+                     start_operator) -> Iterator[Any]:  # type: ignore[no-untyped-def]
     """The operator with its webhook on 127.0.0.1, and a MutatingWebhookConfiguration like the chart's."""
     port = free_port()
     admission = client.AdmissionregistrationV1Api(api_client)
@@ -56,7 +57,7 @@ def webhook_operator(api_client: client.ApiClient, namespace: str, start_operato
     admission.create_mutating_webhook_configuration(webhook_configuration(name, port, namespace))
     operator = start_operator(namespace, webhook_enabled="true", webhook_listen_address="127.0.0.1",
                               webhook_port=str(port), webhook_hosts="127.0.0.1", webhook_configuration=name,
-                              operator_namespace=namespace, max_concurrent_builds="20")
+                              operator_namespace=operator_namespace, max_concurrent_builds="20")
     wait_until_serving(client.CoreV1Api(api_client), namespace, 60, operator.log)
     yield operator
     admission.delete_mutating_webhook_configuration(name)

@@ -6,6 +6,7 @@ tests/integration/node/test_tenant_builds.py)."""
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from envkiln.core.definition import definition_hash, image_name
 from envkiln.core.models import EnvironmentBuildSpec
 from envkiln.core.render import render
 from envkiln.core.settings import OperatorSettings
+from fakes import FakeKube
 from helpers import PIP_ENV, spec_of
 
 BUILD_UID, JOB_UID = "build-uid", "job-uid"
@@ -125,70 +127,30 @@ def pushed_pod(name: str, labels: dict[str, str], refs: list[dict[str, Any]] | N
                                                      restart_count=0, state=state)]))
 
 
-class Cluster:
-    """What a namespace holds, by (kind, name); records the operator's writes. Creates answer like the API
-    server: a taken name is a 409 (create_or_get_* then return what is there; create_secret says False)."""
-
-    def __init__(self, objects: dict[tuple[str, str], Any] | None = None, pods: list[client.V1Pod] | None = None):
-        self.objects = dict(objects or {})
-        self.pods = pods or []
-        self.writes: list[tuple[str, str]] = []
-
-    def read_secret(self, namespace: str, name: str) -> Any:
-        if namespace == "ops" and name == "envkiln-push-team":
-            return client.V1Secret(data=IDENTITY)
-        raise AssertionError("the operator reads no Secret in a build's namespace")
-
-    def read_configmap(self, namespace: str, name: str) -> Any:
-        return self.objects.get(("ConfigMap", name))
-
-    def create_or_get_configmap(self, namespace: str, body: dict[str, Any]) -> Any:
-        name = body["metadata"]["name"]
-        if ("ConfigMap", name) not in self.objects:
-            self.writes.append(("create ConfigMap", name))
-            self.objects[("ConfigMap", name)] = client.V1ConfigMap(
-                metadata=meta(name, f"cm-{name}", body["metadata"]["ownerReferences"]), data=body.get("data"),
-                immutable=body.get("immutable"))
-        return self.objects[("ConfigMap", name)]
-
-    def create_or_get_job(self, namespace: str, body: dict[str, Any]) -> tuple[Any, bool]:
-        name = body["metadata"]["name"]
-        if ("Job", name) in self.objects:
-            return self.objects[("Job", name)], False
-        self.writes.append(("create Job", name))
-        job = client.V1Job(metadata=meta(name, JOB_UID, body["metadata"]["ownerReferences"]))
-        self.objects[("Job", name)] = job
-        return job, True
-
-    def create_secret(self, namespace: str, body: dict[str, Any]) -> bool:
-        name = body["metadata"]["name"]
-        if ("Secret", name) in self.objects:
-            return False
-        self.writes.append(("create Secret", name))
-        self.objects[("Secret", name)] = body
-        return True
-
-    def delete_job(self, namespace: str, name: str) -> None:
-        self.writes.append(("delete Job", name))
-        self.objects.pop(("Job", name), None)
-
-    def delete_secret(self, namespace: str, name: str) -> None:
-        self.writes.append(("delete Secret", name))
-        self.objects.pop(("Secret", name), None)
-
-    def read_job(self, namespace: str, name: str) -> Any:
-        return self.objects.get(("Job", name))
-
-    def list_pods(self, namespace: str, label_selector: str) -> list[client.V1Pod]:
-        key, value = label_selector.split("=", 1)
-        return [p for p in self.pods if (p.metadata.labels or {}).get(key) == value]
-
-    def job_pod_refusals(self, namespace: str, job_name: str) -> list[str]:
-        return []
+PUSH_CREDENTIAL = ("ops", "envkiln-push-team")  # the operator's Secret for namespace team, in its own namespace
 
 
-def builder(cluster: Cluster) -> BuildahJobBuilder:
-    return BuildahJobBuilder(cluster, SETTINGS, {".dockerconfigjson": "b3BlcmF0b3I="})  # type: ignore[arg-type]
+def cluster(*objects: tuple[str, Any]) -> FakeKube:
+    """A cluster holding the operator's push credential and these (kind, object) in namespace team. Reading
+    any other Secret fails the test: the operator reads no Secret in a build's namespace."""
+    kube = FakeKube()
+    kube.put("Secret", PUSH_CREDENTIAL[0], {"metadata": {"name": PUSH_CREDENTIAL[1]}, "data": IDENTITY})
+    for kind, obj in objects:
+        kube.put(kind, "team", obj)
+
+    def no_secret_reads(verb: str, kind: str, namespace: str, name: str) -> None:
+        if (verb, kind) == ("get", "Secret") and (namespace, name) != PUSH_CREDENTIAL:
+            raise AssertionError("the operator reads no Secret in a build's namespace")
+    kube.intercept = no_secret_reads
+    return kube
+
+
+def builder(kube: FakeKube) -> BuildahJobBuilder:
+    return BuildahJobBuilder(kube, SETTINGS, {".dockerconfigjson": "b3BlcmF0b3I="})
+
+
+def stored(kube: FakeKube, kind: str, name: str) -> dict[str, Any]:
+    return kube.objects[(kind, "team", name)]
 
 
 def names(build: dict[str, Any]) -> tuple[str, str, str]:
@@ -199,23 +161,23 @@ def names(build: dict[str, Any]) -> tuple[str, str, str]:
 def test_a_fresh_start_creates_everything_and_copies_the_namespaces_identity() -> None:
     build = the_build()
     job, secret, context = names(build)
-    cluster = Cluster()
-    assert builder(cluster).start(build, 1) == job
-    assert cluster.writes == [("create ConfigMap", context), ("create Job", job), ("create Secret", secret)]
-    body = cluster.objects[("Secret", secret)]
+    kube = cluster()
+    assert builder(kube).start(build, 1) == job
+    assert kube.writes == [("create", "ConfigMap", context), ("create", "Job", job), ("create", "Secret", secret)]
+    body = stored(kube, "Secret", secret)
     assert body["data"] == IDENTITY  # the namespace's own identity, never the operator's credential
     assert body["metadata"]["ownerReferences"] == [{
-        "apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": JOB_UID, "controller": True,
-        "blockOwnerDeletion": True}]
+        "apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": stored(kube, "Job", job)["metadata"]["uid"],
+        "controller": True, "blockOwnerDeletion": True}]
 
 
 def test_a_job_the_operator_made_before_is_followed() -> None:
     build = the_build()
     job, secret, _ = names(build)
     ours = client.V1Job(metadata=meta(job, JOB_UID, [ref(name=build["metadata"]["name"])]))
-    cluster = Cluster({("Job", job): ours})
-    assert builder(cluster).start(build, 1) == job
-    assert ("create Secret", secret) in cluster.writes and ("delete Job", job) not in cluster.writes
+    kube = cluster(("Job", ours))
+    assert builder(kube).start(build, 1) == job
+    assert ("create", "Secret", secret) in kube.writes and ("delete", "Job", job) not in kube.writes
 
 
 @pytest.mark.parametrize(("case", "refs"), [
@@ -228,27 +190,29 @@ def test_a_job_someone_else_made_is_never_adopted(case: str, refs: list[dict[str
     build = the_build()
     job, _, _ = names(build)
     planted = client.V1Job(metadata=meta(job, "tenant-job", refs))
-    cluster = Cluster({("Job", job): planted})
+    kube = cluster(("Job", planted))
+    before = copy.deepcopy(stored(kube, "Job", job))
     with pytest.raises(BuildCannotStart) as refused:
-        builder(cluster).start(build, 1)
+        builder(kube).start(build, 1)
     assert refused.value.reason == "NameTaken"
     assert f"Job team/{job} already exists and envkiln did not make it" in refused.value.message
     assert f"kubectl -n team delete job {job}" in refused.value.message
     # No credential for it, and it is neither deleted nor changed.
-    assert [w for w in cluster.writes if w[0] != "create ConfigMap"] == []
-    assert cluster.objects[("Job", job)] is planted
+    assert [w for w in kube.writes if w[:2] != ("create", "ConfigMap")] == []
+    assert stored(kube, "Job", job) == before
 
 
 def test_a_secret_under_the_push_name_is_never_used() -> None:
     build = the_build()
     job, secret, _ = names(build)
-    cluster = Cluster({("Secret", secret): {"data": {".dockerconfigjson": "dGVuYW50"}}})
+    kube = cluster(("Secret", {"metadata": {"name": secret}, "data": {".dockerconfigjson": "dGVuYW50"}}))
+    before = copy.deepcopy(stored(kube, "Secret", secret))
     with pytest.raises(BuildCannotStart) as refused:
-        builder(cluster).start(build, 1)
+        builder(kube).start(build, 1)
     assert refused.value.reason == "NameTaken" and f"Secret team/{secret} already exists" in refused.value.message
     # The operator's own Job is deleted at once: no pod of it runs with a Secret envkiln did not make.
-    assert cluster.writes[-2:] == [("create Job", job), ("delete Job", job)]
-    assert cluster.objects[("Secret", secret)] == {"data": {".dockerconfigjson": "dGVuYW50"}}
+    assert kube.writes[-2:] == [("create", "Job", job), ("delete", "Job", job)]
+    assert stored(kube, "Secret", secret) == before
 
 
 @pytest.mark.parametrize(("case", "refs", "data", "reason"), [
@@ -260,26 +224,28 @@ def test_a_context_configmap_someone_else_made_is_refused_before_any_job(
         case: str, refs: list[dict[str, Any]] | None, data: dict[str, str] | None, reason: str) -> None:
     build = the_build()
     _, _, context = names(build)
+    rendered = context_configmap(build)
+    assert rendered is not None, "the build renders its own context"
     planted = client.V1ConfigMap(metadata=meta(context, "tenant-cm", refs), immutable=True,
-                                 data=data or context_configmap(build)["data"])  # type: ignore[index]
-    cluster = Cluster({("ConfigMap", context): planted})
+                                 data=data or rendered["data"])
+    kube = cluster(("ConfigMap", planted))
     with pytest.raises(BuildCannotStart) as refused:
-        builder(cluster).start(build, 1)
+        builder(kube).start(build, 1)
     assert refused.value.reason == reason and f"ConfigMap {'team/' if reason == 'NameTaken' else ''}{context}" in (
         refused.value.message)
-    assert cluster.writes == []
+    assert kube.writes == []
 
 
 def test_observe_never_follows_a_job_someone_else_made() -> None:
     build = the_build()
     job, _, _ = names(build)
     planted = finished_job(job, "tenant-job", None)
-    cluster = Cluster({("Job", job): planted}, pods=[pushed_pod(
-        "fake", {"job-name": job, NEW: "tenant-job"}, [ref("Job", "tenant-job")], DIGEST, datetime.now(UTC))])
-    result = builder(cluster).observe(build, 1)
+    kube = cluster(("Job", planted), ("Pod", pushed_pod(
+        "fake", {"job-name": job, NEW: "tenant-job"}, [ref("Job", "tenant-job")], DIGEST, datetime.now(UTC))))
+    result = builder(kube).observe(build, 1)
     assert (result.state, result.reason, result.digest) == (AttemptState.FAILED, "NameTaken", None)
     assert result.log_tail is not None and f"Job team/{job} already exists" in result.log_tail
-    assert cluster.writes == []  # nothing of it deleted, not even a Secret by its name
+    assert kube.writes == []  # nothing of it deleted, not even a Secret by its name
 
 
 def test_the_digest_comes_only_from_the_jobs_own_pods() -> None:
@@ -294,10 +260,12 @@ def test_the_digest_comes_only_from_the_jobs_own_pods() -> None:
     fakes = [pushed_pod("by-name", {"job-name": job}, None, evil, datetime(2026, 1, 2, tzinfo=UTC)),
              pushed_pod("by-label", {"job-name": job, NEW: JOB_UID}, None, evil, datetime(2026, 1, 3, tzinfo=UTC)),
              pushed_pod("by-owner", {"job-name": job}, [ref("Job", JOB_UID)], evil, datetime(2026, 1, 4, tzinfo=UTC))]
-    cluster = Cluster({("Job", job): ours}, pods=[own_pod, *fakes])
-    result = builder(cluster).observe(build, 1)
+    push_secret = {"metadata": {"name": secret, "ownerReferences": [ref("Job", JOB_UID, name=job)]}, "data": IDENTITY}
+    kube = cluster(("Job", ours), ("Secret", push_secret), *[("Pod", p) for p in [own_pod, *fakes]])
+    result = builder(kube).observe(build, 1)
     assert (result.state, result.digest) == (AttemptState.SUCCEEDED, DIGEST)
-    assert ("delete Secret", secret) in cluster.writes  # its own credential, removed once the attempt ended
+    # Its own credential, removed once the attempt ended.
+    assert ("delete", "Secret", secret) in kube.writes and ("Secret", "team", secret) not in kube.objects
     # Without the Job's own pod, the fakes give nothing.
-    alone = builder(Cluster({("Job", job): ours}, pods=fakes)).observe(build, 1)
+    alone = builder(cluster(("Job", ours), *[("Pod", p) for p in fakes])).observe(build, 1)
     assert (alone.state, alone.reason, alone.digest) == (AttemptState.FAILED, "NoDigest", None)

@@ -84,7 +84,8 @@ def test_a_build_plan_declares_what_its_definition_did() -> None:
         plan = render(spec, definition_hash(spec))
         files = [{"path": f.path, "content": f.content} for f in plan.files]
         assert declared_from_plan(files) == declared(spec.to_kube())
-    assert declared_from_plan([]) is None
+    assert declared_from_plan([]) == Declared()  # a plan that installs no packages
+    assert declared_from_plan([{"path": "pip-lock.txt", "content": "numpy==2.1.0\n"}]) is None  # pinned: unknown
 
 
 def environment(**spec: Any) -> str:
@@ -113,7 +114,8 @@ DIFF_CASES: list[tuple[str, dict[str, Any], int, list[str]]] = [
     ("base-image", {"image": "python:3.12-slim"}, Exit.FAILED, ["base image: python:3.11-slim -> python:3.12-slim"]),
     ("docker-steps", {"dockerSteps": ["ENV A=2"]}, Exit.FAILED, ["docker steps:", "  - ENV A=1", "  + ENV A=2"]),
     ("build-context", {"image": None, "pip": None, "dockerSteps": None, "build": GIT}, Exit.FAILED,
-     ['build: (none) -> {"dockerfilePath":"Dockerfile","git":{"path":".","ref":"' + "a" * 40]),
+     ['build: (none) -> {"dockerfilePath":"Dockerfile","git":{"path":"","ref":"' + "a" * 40,
+      "pip requirements: 0 added, 2 removed, 0 changed"]),
     ("metadata-only", {"description": "other words", "environmentVariables": {"A": "1"}}, Exit.OK,
      ["no differences"]),
 ]

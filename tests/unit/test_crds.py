@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from envkiln.core.crdgen import all_crds, render_crds
+from envkiln.core.conditions import kstatus
+from envkiln.core.crdgen import UNRECONCILED_STATUS, all_crds, render_crds
+from envkiln.core.models import EnvironmentBuildStatus, EnvironmentStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIRS = [ROOT / "crds", ROOT / "charts" / "envkiln" / "crds"]
@@ -60,9 +62,10 @@ def test_environment_crd_shape() -> None:
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = version["additionalPrinterColumns"]
-    assert [c["name"] for c in columns if not c.get("priority")] == ["Version", "Hash", "Phase", "Image", "Age"]
+    assert [c["name"] for c in columns if not c.get("priority")] == [
+        "Version", "Hash", "Phase", "Ready", "Image", "Age", "Message"]
     assert [c["name"] for c in columns if c.get("priority") == 1] == [
-        "Kind", "Reason", "Cache Hit", "Image Ref", "Message"]  # `kubectl get -o wide`
+        "Kind", "Reason", "Cache Hit", "Image Ref"]  # `kubectl get -o wide`
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     rule = spec["x-kubernetes-validations"][0]["rule"]
     for field in ("image", "userManaged", "conda", "pip", "dockerSteps", "build"):
@@ -75,6 +78,10 @@ def test_environment_crd_shape() -> None:
 def test_build_crd_shape() -> None:
     crd = all_crds()["envkiln.dev_environmentbuilds.yaml"]
     assert crd["spec"]["names"]["shortNames"] == ["envbuild"]
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert [c["name"] for c in columns if not c.get("priority")] == [
+        "Hash", "Builder", "Phase", "Ready", "Attempts", "Age", "Message"]
+    assert [c["name"] for c in columns if c.get("priority") == 1] == ["Reason", "Job", "Image Ref"]
     assert yaml.safe_dump(crd)  # serialisable
 
 
@@ -124,4 +131,29 @@ def test_printer_columns(name: str) -> None:
         assert _resolves(schema, column["jsonPath"]), column
         assert column["description"] and column.get("priority", 0) in (0, 1)
         assert column["type"] in ("string", "integer", "boolean", "date")
-    assert version["additionalPrinterColumns"][4]["name"] == "Age"  # the default view ends with Age, as kubectl's do
+    default_view = [c for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    # Ready and its words in the default view, as Flux's own resources show them; the message, the
+    # one long cell, last (after Age) so that it pushes no other column aside.
+    assert default_view[-2]["name"] == "Age" and default_view[-1]["name"] == "Message"
+    ready = next(c for c in default_view if c["name"] == "Ready")
+    assert ready["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+
+
+@pytest.mark.parametrize("name", sorted(all_crds()))
+def test_status_defaults_to_not_reconciled(name: str) -> None:
+    """The API server fills in this status on an object the operator has not written yet: it must be
+    a valid status (the API server refuses a CRD whose default does not validate, and the operator
+    reads it), and kstatus must read it as InProgress at every generation, never Current."""
+    schema = all_crds()[name]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    status = schema["properties"]["status"]
+    assert status["default"] == UNRECONCILED_STATUS == {"observedGeneration": 0}
+    assert "required" not in status and set(UNRECONCILED_STATUS) <= set(status["properties"])
+    assert status["properties"]["observedGeneration"]["type"] == "integer"
+    model = EnvironmentStatus if name == "envkiln.dev_environments.yaml" else EnvironmentBuildStatus
+    assert model.model_validate(UNRECONCILED_STATUS).model_dump(by_alias=True, exclude_none=True) == UNRECONCILED_STATUS
+    kind = all_crds()[name]["spec"]["names"]["kind"]
+    for generation in (1, 2, 7):
+        obj = {"kind": kind, "metadata": {"name": "x", "generation": generation}, "status": dict(UNRECONCILED_STATUS)}
+        assert kstatus(obj) == ("InProgress", f"{kind} generation is {generation}, but latest observed "
+                                              "generation is 0")
+    assert kstatus({"kind": kind, "metadata": {"name": "x", "generation": 1}})[0] == "Current"  # without it

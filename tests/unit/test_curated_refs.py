@@ -11,8 +11,10 @@ import pytest
 from kubernetes import client
 
 from envkiln.core.decisions.admission import admit
+from envkiln.core.names import ENVIRONMENTS
 from envkiln.core.workloads import EnvironmentRequest, WorkloadError, latest_version, parse_request
 from envkiln.reconcile.webhook import admit_pod
+from fakes import FakeKube
 
 REF1 = "reg/envkiln/envkiln-system/env_1@sha256:" + "1" * 64
 REF2 = "reg/envkiln/envkiln-system/env_2@sha256:" + "2" * 64
@@ -158,21 +160,19 @@ def test_local_latest_resolves_or_waits_for_the_current_version() -> None:
 
 # --- the webhook reads curated environments from the curated namespace only ---------------------------------------
 
-class FakeKube:
-    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]], forbidden: set[str] | None = None):
-        self.objects, self.forbidden, self.reads = objects, forbidden or set(), []  # type: list[tuple[str, str]]
-
-    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        self.reads.append((namespace, name))
-        if namespace in self.forbidden:
-            raise client.ApiException(status=403, reason="Forbidden")
-        return self.objects.get((namespace, name))
-
-
 def ctx_with(objects: dict[tuple[str, str], dict[str, Any]], curated_namespace: str = "envkiln-system",
              forbidden: set[str] | None = None) -> Any:
-    return SimpleNamespace(kube=FakeKube(objects, forbidden),
-                           settings=SimpleNamespace(curated_namespace=curated_namespace))
+    """What admit_pod reads: a cluster holding these Environments, where reading in a `forbidden`
+    namespace is refused (403) as for an operator that does not watch it."""
+    kube = FakeKube()
+    for (namespace, name), env in objects.items():
+        kube.put(ENVIRONMENTS, namespace, {**env, "metadata": {**env["metadata"], "name": name}})
+
+    def refuse(verb: str, kind: str, namespace: str, name: str) -> None:
+        if namespace in (forbidden or set()):
+            raise client.ApiException(status=403, reason="Forbidden")
+    kube.intercept = refuse
+    return SimpleNamespace(kube=kube, settings=SimpleNamespace(curated_namespace=curated_namespace))
 
 
 def test_webhook_reads_the_curated_namespace_never_the_pods() -> None:
@@ -183,7 +183,7 @@ def test_webhook_reads_the_curated_namespace_never_the_pods() -> None:
                    curated_namespace="ml-curated")
     changes = admit_pod(ctx, pod("curated", {ANNOTATION: f"curated/{NAME}@latest"}), "team-a")
     assert changes["spec"]["containers"][0]["image"] == REF3
-    assert ctx.kube.reads == [("ml-curated", NAME)]
+    assert ctx.kube.calls == [("get", ENVIRONMENTS, "ml-curated", NAME)]
     # The plain name is the namespace's own.
     local = admit_pod(ctx, pod(NAME), "team-a")
     assert local["spec"]["containers"][0]["image"] == TENANT_REF

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from envkiln.core.conditions import get_condition, kstatus
+from envkiln.core.crdgen import UNRECONCILED_STATUS
 from envkiln.core.decisions.environment import Facts, Lookup, decide, from_build, new_status
 from envkiln.core.models import Phase
 from helpers import CONDA_ENV, PIP_ENV, spec_of
@@ -102,6 +103,7 @@ def test_untrusted_build_says_what_to_do() -> None:
     ({}, True),  # found a finished build at first sight: nothing was built for this Environment
     ({"hash": HASH, "cacheHit": False}, False),  # it waited for the build
     ({"hash": "f" * 32, "cacheHit": False}, True),  # waited for another definition's build
+    (UNRECONCILED_STATUS, True),  # the API server's default: as good as no status
 ])
 def test_adoption_cache_hit(previous: dict[str, Any], cache_hit: bool) -> None:
     outcome = decide(facts(build=SUCCEEDED, previous_status=previous))
@@ -132,6 +134,10 @@ def test_new_status_history_and_conditions() -> None:
     assert again == status  # idempotent: nothing to write the second time
     missing = new_status({**env, "status": status}, decide(facts(missing_context="c")), None, "t")
     assert "ImageAvailable" not in {c["type"] for c in missing["conditions"]}
+    # The first status over the API server's default is the same as over no status at all.
+    first = new_status({**env, "status": dict(UNRECONCILED_STATUS)}, ready, HASH, "2026-01-01T00:00:00Z")
+    assert first == new_status({**env, "status": {}}, ready, HASH, "2026-01-01T00:00:00Z")
+    assert first["observedGeneration"] == 3
 
 
 # What Flux (kstatus) and `kubectl wait --for=condition=...` read from each phase.
@@ -157,7 +163,9 @@ def test_kstatus_reads_every_outcome(case: str, given: Facts, phase: Phase) -> N
 
 
 def test_kstatus_follows_an_environment_through_its_life() -> None:
-    env: dict[str, Any] = {"kind": "Environment", "metadata": {"generation": 1}, "spec": PIP_ENV["spec"]}
+    env: dict[str, Any] = {"kind": "Environment", "metadata": {"generation": 1}, "spec": PIP_ENV["spec"],
+                           "status": dict(UNRECONCILED_STATUS)}  # as the API server shows it before the operator
+    assert kstatus(env)[0] == "InProgress"
     steps = [(decide(facts()), "InProgress"), (decide(facts(build=build("Building"))), "InProgress"),
              (decide(facts(build=FAILED)), "Failed"), (decide(facts(build=SUCCEEDED)), "Current")]
     for number, (outcome, expected) in enumerate(steps):

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from envkiln.core.crdgen import UNRECONCILED_STATUS
 from envkiln.core.decisions.resync import (
     build_finished_event,
     build_needs_sync,
@@ -21,11 +22,16 @@ DELETING = {**META, "deletionTimestamp": "2026-01-01T00:00:00Z"}
 OBSERVED_READY = {"phase": "Ready", "observedGeneration": 2}
 OBSERVED_BUILDING = {"phase": "Building", "observedGeneration": 2}
 OLD_GENERATION = {"phase": "Ready", "observedGeneration": 1}
+# The status the API server fills in (the CRD's default) until the operator writes one.
+UNRECONCILED = UNRECONCILED_STATUS
 
 
 @pytest.mark.parametrize(("event", "meta", "status", "expected"), [
     ("ADDED", META, {}, True),  # new: no status yet
+    ("ADDED", META, UNRECONCILED, True),  # new, as the API server shows it: the defaulted status
     (None, META, {}, True),  # listed at start, never reconciled
+    (None, META, UNRECONCILED, True),
+    ("MODIFIED", META, UNRECONCILED, True),  # e.g. labelled before the operator saw it
     (None, META, OBSERVED_READY, True),  # listed at start: checked once (from memory, no write if unchanged)
     ("MODIFIED", META, OLD_GENERATION, True),  # the spec changed
     ("MODIFIED", META, OBSERVED_READY, False),  # its own status write
@@ -41,7 +47,7 @@ def test_environment_needs_sync(event: str | None, meta: dict[str, Any], status:
 
 
 @pytest.mark.parametrize(("status", "expected"), [
-    ({}, True), ({"phase": "Pending"}, True), ({"phase": "Building"}, True),
+    ({}, True), (UNRECONCILED, True), ({"phase": "Pending"}, True), ({"phase": "Building"}, True),
     ({"phase": "Ready"}, False), ({"phase": "Failed"}, False),
 ])
 def test_environment_unsettled(status: dict[str, Any], expected: bool) -> None:
@@ -50,7 +56,10 @@ def test_environment_unsettled(status: dict[str, Any], expected: bool) -> None:
 
 @pytest.mark.parametrize(("event", "meta", "status", "expected"), [
     ("ADDED", META, {}, True),  # created by an Environment: start it
+    ("ADDED", META, UNRECONCILED, True),  # the same, with the API server's defaulted status
     (None, META, {}, True),
+    (None, META, UNRECONCILED, True),
+    ("MODIFIED", META, UNRECONCILED, True),
     (None, META, {"phase": "Building", "observedGeneration": 2}, True),  # resume after a restart
     ("MODIFIED", META, {"phase": "Building", "observedGeneration": 2}, False),  # its own write: Job events follow
     ("MODIFIED", META, {"phase": "Building", "observedGeneration": 1}, True),  # its spec was edited
@@ -77,7 +86,7 @@ def test_build_finished_event(event: str | None, status: dict[str, Any], expecte
 
 
 @pytest.mark.parametrize(("status", "expected"), [
-    ({}, True), ({"phase": "Pending"}, True), ({"phase": "Building"}, True),
+    ({}, True), (UNRECONCILED, True), ({"phase": "Pending"}, True), ({"phase": "Building"}, True),
     ({"phase": "Succeeded"}, False), ({"phase": "Failed"}, False),
 ])
 def test_build_unsettled(status: dict[str, Any], expected: bool) -> None:

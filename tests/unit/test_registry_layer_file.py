@@ -9,13 +9,11 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from envkiln.adapters.registryclient import RegistryClient, RegistryUnavailable
+from fakes import Behave, RegistryHandler, ServeRegistry
 
 LOCK = b"# envkiln lock v1\n[pip]\nnumpy==2.1.0\n"
 
@@ -31,43 +29,22 @@ def layer(files: dict[str, bytes], compress: bool = True) -> bytes:
     return gzip.compress(data, mtime=0) if compress else data
 
 
-class Registry:
-    blobs: dict[str, bytes] = {}
-    manifest: bytes = b""
-    tamper = False
-
-
-def serve(layers: list[bytes], tamper: bool = False) -> None:
-    Registry.blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in layers}
-    Registry.manifest = json.dumps({"schemaVersion": 2, "config": {"digest": "sha256:" + "0" * 64}, "layers": [
+def image_registry(layers: list[bytes], tamper: bool = False) -> Behave:
+    """A registry holding one image of these layers; `tamper`: each blob it serves has a byte added."""
+    blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in layers}
+    manifest = json.dumps({"schemaVersion": 2, "config": {"digest": "sha256:" + "0" * 64}, "layers": [
         {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": len(b)}
-        for d, b in Registry.blobs.items()]}).encode()
-    Registry.tamper = tamper
+        for d, b in blobs.items()]}).encode()
 
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        if "/manifests/" in self.path:
-            body = Registry.manifest
+    def behave(handler: RegistryHandler, method: str) -> None:
+        if "/manifests/" in handler.path:
+            body = manifest
         else:
-            body = Registry.blobs.get(self.path.rsplit("/", 1)[-1], b"")
-            if Registry.tamper:
+            body = blobs.get(handler.path.rsplit("/", 1)[-1], b"")
+            if tamper:
                 body = body + b"x"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@pytest.fixture()
-def registry() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+        handler.answer(200, body=body, method=method)
+    return behave
 
 
 def client_for(host: str) -> RegistryClient:
@@ -81,22 +58,22 @@ def client_for(host: str) -> RegistryClient:
     ("not-a-tar", [gzip.compress(b"not a tar at all", mtime=0)], None),
     ("no-layers", [], None),
 ])
-def test_reads_the_file_from_the_last_layer(registry: str, case: str, layers: list[bytes],
+def test_reads_the_file_from_the_last_layer(fake_registry: ServeRegistry, case: str, layers: list[bytes],
                                             expected: bytes | None) -> None:
-    serve(layers)
+    registry = fake_registry(image_registry(layers)).host
     assert client_for(registry).read_last_layer_file(f"{registry}/envkiln/x@sha256:{'1' * 64}",
                                                      "/opt/envkiln/envkiln-lock.txt") == expected
 
 
-def test_a_layer_that_does_not_match_its_digest_is_refused(registry: str) -> None:
-    serve([layer({"opt/envkiln/envkiln-lock.txt": LOCK})], tamper=True)
+def test_a_layer_that_does_not_match_its_digest_is_refused(fake_registry: ServeRegistry) -> None:
+    registry = fake_registry(image_registry([layer({"opt/envkiln/envkiln-lock.txt": LOCK})], tamper=True)).host
     with pytest.raises(RegistryUnavailable, match="does not match its digest"):
         client_for(registry).read_last_layer_file(f"{registry}/envkiln/x@sha256:{'1' * 64}",
                                                   "/opt/envkiln/envkiln-lock.txt")
 
 
-def test_a_layer_that_inflates_without_bound_is_not_read(registry: str) -> None:
+def test_a_layer_that_inflates_without_bound_is_not_read(fake_registry: ServeRegistry) -> None:
     bomb = gzip.compress(b"\0" * (20 * 1024 * 1024), mtime=0)  # 20 MiB of zeros in a few KiB
-    serve([bomb])
+    registry = fake_registry(image_registry([bomb])).host
     assert client_for(registry).read_last_layer_file(f"{registry}/envkiln/x@sha256:{'1' * 64}",
                                                      "/opt/envkiln/envkiln-lock.txt") is None

@@ -13,9 +13,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,98 +27,15 @@ from envkiln.adapters.registryclient import (
     RegistryRedirectRefused,
     RegistryUnavailable,
 )
+from fakes import Behave, ServeRegistry
+from fakes import RegistryHandler as Handler
+from fakes import RegistryPeer as Peer
 
 MANIFEST = json.dumps({"schemaVersion": 2, "layers": []}).encode()
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 OTHER = json.dumps({"schemaVersion": 2, "layers": [], "evil": True}).encode()
 BASIC = "Basic " + base64.b64encode(b"u:p").decode()
 SLACK = 0.7  # scheduling slack allowed past the deadline
-
-Behave = Callable[["Handler", str], None]
-
-
-@dataclass
-class Peer:
-    """One local HTTP server; `behave(handler, method)` answers every request."""
-
-    behave: Behave
-    host: str = ""
-    requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, Authorization)
-    in_flight: int = 0
-    max_in_flight: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _handle(self, method: str) -> None:
-        peer = self.server.peer
-        with peer.lock:
-            peer.requests.append((method, self.path, self.headers.get("Authorization", "")))
-            peer.in_flight += 1
-            peer.max_in_flight = max(peer.max_in_flight, peer.in_flight)
-        try:
-            peer.behave(self, method)
-        except OSError:  # the client hung up (deadline watchdog): expected
-            pass
-        finally:
-            with peer.lock:
-                peer.in_flight -= 1
-        self.close_connection = True
-
-    def do_HEAD(self) -> None:
-        self._handle("HEAD")
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def answer(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"",
-               method: str = "GET") -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if method == "GET":
-            self.wfile.write(body)
-
-    def drip(self, data: bytes, every: float) -> None:
-        for byte in data:
-            if self.server.peer.stop.wait(every):
-                return
-            self.wfile.write(bytes([byte]))
-            self.wfile.flush()
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    peer: Peer
-
-
-@pytest.fixture()
-def serve() -> Iterator[Callable[[Behave], Peer]]:
-    servers: list[_Server] = []
-
-    def start(behave: Behave) -> Peer:
-        httpd = _Server(("127.0.0.1", 0), Handler)
-        httpd.peer = Peer(behave, host=f"127.0.0.1:{httpd.server_address[1]}")
-        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(httpd)
-        return httpd.peer
-
-    yield start
-    for httpd in servers:
-        httpd.peer.stop.set()
-        httpd.shutdown()
-        httpd.server_close()
-
 
 def manifest(handler: Handler, method: str, digest: bool = True, body: bytes = MANIFEST) -> None:
     headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
@@ -129,8 +44,8 @@ def manifest(handler: Handler, method: str, digest: bool = True, body: bytes = M
     handler.answer(200, headers, body, method)
 
 
-def client(*hosts: str, timeout: float = 2.0, **kwargs: object) -> RegistryClient:
-    return RegistryClient(insecure_registries=set(hosts), timeout=timeout, **kwargs)  # type: ignore[arg-type]
+def client(*hosts: str, timeout: float = 2.0, **kwargs: Any) -> RegistryClient:
+    return RegistryClient(insecure_registries=set(hosts), timeout=timeout, **kwargs)
 
 
 # --- 1. redirects ------------------------------------------------------------------------------
@@ -159,9 +74,9 @@ CROSS_ORIGIN = [
 
 @pytest.mark.parametrize("redirecting", CROSS_ORIGIN)
 def test_redirect_to_another_origin_is_refused_and_never_reaches_it(
-        serve: Callable[[Behave], Peer], redirecting: Callable[[Peer], Behave]) -> None:
-    target = serve(lambda h, m: manifest(h, m, body=OTHER))  # would answer "found" with another body
-    registry = serve(lambda h, m: None)
+        fake_registry: ServeRegistry, redirecting: Callable[[Peer], Behave]) -> None:
+    target = fake_registry(lambda h, m: manifest(h, m, body=OTHER))  # would answer "found" with another body
+    registry = fake_registry(lambda h, m: None)
     registry.behave = redirecting(target)
     credentials = {registry.host: Credentials("u", "p")}
     start = time.monotonic()
@@ -173,40 +88,40 @@ def test_redirect_to_another_origin_is_refused_and_never_reaches_it(
     assert time.monotonic() - start < 1
 
 
-def test_redirect_within_the_origin_is_followed_and_keeps_the_method(serve: Callable[[Behave], Peer]) -> None:
+def test_redirect_within_the_origin_is_followed_and_keeps_the_method(fake_registry: ServeRegistry) -> None:
     def behave(handler: Handler, method: str) -> None:
         if "/old/" in handler.path:
             handler.answer(301, {"Location": handler.path.replace("/old/", "/new/")}, b"", method)
         else:
             manifest(handler, method)
-    registry = serve(behave)
+    registry = fake_registry(behave)
     found = client(registry.host).lookup(f"{registry.host}/old/env_x:tag")
     assert found.found and found.digest == DIGEST
     assert [(m, p) for m, p, _ in registry.requests] == [
         ("HEAD", "/v2/old/env_x/manifests/tag"), ("HEAD", "/v2/new/env_x/manifests/tag")]
 
 
-def test_a_redirected_manifest_body_is_never_hashed_into_a_digest(serve: Callable[[Behave], Peer]) -> None:
+def test_a_redirected_manifest_body_is_never_hashed_into_a_digest(fake_registry: ServeRegistry) -> None:
     # HEAD says 200 without a digest; the GET is redirected within the origin to another document.
     def behave(handler: Handler, method: str) -> None:
         if method == "GET" and "/elsewhere/" not in handler.path:
             handler.answer(302, {"Location": "/v2/elsewhere/manifests/x"}, b"", method)
         else:
             manifest(handler, method, digest=False, body=OTHER)
-    registry = serve(behave)
+    registry = fake_registry(behave)
     with pytest.raises(RegistryUnavailable, match="redirect"):
         client(registry.host).lookup(f"{registry.host}/envkiln/env_x:tag")
 
 
-def test_token_realm_redirecting_to_another_origin_is_refused(serve: Callable[[Behave], Peer]) -> None:
-    elsewhere = serve(lambda h, m: h.answer(200, {}, json.dumps({"token": "stolen"}).encode(), m))
+def test_token_realm_redirecting_to_another_origin_is_refused(fake_registry: ServeRegistry) -> None:
+    elsewhere = fake_registry(lambda h, m: h.answer(200, {}, json.dumps({"token": "stolen"}).encode(), m))
 
     def behave(handler: Handler, method: str) -> None:
         if handler.path.startswith("/token"):  # the realm is the registry's own, but redirects away
             handler.answer(302, {"Location": f"http://{elsewhere.host}/token"}, b"", method)
             return
         handler.answer(401, {"WWW-Authenticate": f'Bearer realm="http://{registry.host}/token"'}, b"", method)
-    registry = serve(behave)
+    registry = fake_registry(behave)
     with pytest.raises(RegistryRedirectRefused) as raised:
         client(registry.host, credentials={registry.host: Credentials("u", "p")}).lookup(
             f"{registry.host}/envkiln/env_x:tag")
@@ -221,9 +136,9 @@ def test_token_realm_redirecting_to_another_origin_is_refused(serve: Callable[[B
     pytest.param(lambda other: "file:///etc/passwd", id="file-scheme"),
 ])
 def test_a_token_realm_on_another_origin_is_refused_and_gets_no_credentials(
-        serve: Callable[[Behave], Peer], realm: Callable[[Peer], str]) -> None:
-    other = serve(lambda h, m: h.answer(200, {}, json.dumps({"token": "tok"}).encode(), m))
-    registry = serve(lambda h, m: h.answer(401, {"WWW-Authenticate": f'Bearer realm="{realm(other)}"'}, b"", m))
+        fake_registry: ServeRegistry, realm: Callable[[Peer], str]) -> None:
+    other = fake_registry(lambda h, m: h.answer(200, {}, json.dumps({"token": "tok"}).encode(), m))
+    registry = fake_registry(lambda h, m: h.answer(401, {"WWW-Authenticate": f'Bearer realm="{realm(other)}"'}, b"", m))
     start = time.monotonic()
     with pytest.raises(RegistryRealmRefused) as raised:
         client(registry.host, credentials={registry.host: Credentials("u", "p")}).lookup(
@@ -274,15 +189,15 @@ SLOW = [
 
 @pytest.mark.parametrize("behave", SLOW)
 def test_a_slow_registry_cannot_hold_a_lookup_past_its_deadline(
-        serve: Callable[[Behave], Peer], behave: Behave) -> None:
-    registry = serve(behave)
+        fake_registry: ServeRegistry, behave: Behave) -> None:
+    registry = fake_registry(behave)
     start = time.monotonic()
     with pytest.raises(RegistryUnavailable, match="lookup deadline"):
         client(registry.host, timeout=1.0).lookup(f"{registry.host}/envkiln/env_x:tag")
     assert time.monotonic() - start < 1.0 + SLACK
 
 
-def test_the_token_fetch_counts_against_the_same_deadline(serve: Callable[[Behave], Peer]) -> None:
+def test_the_token_fetch_counts_against_the_same_deadline(fake_registry: ServeRegistry) -> None:
     def behave(handler: Handler, method: str) -> None:
         if handler.path.startswith("/token"):  # the registry's own token endpoint, dripping
             handler.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
@@ -290,34 +205,34 @@ def test_the_token_fetch_counts_against_the_same_deadline(serve: Callable[[Behav
             return
         time.sleep(0.4)  # the manifest request itself takes part of the budget
         handler.answer(401, {"WWW-Authenticate": f'Bearer realm="http://{registry.host}/token"'}, b"", method)
-    registry = serve(behave)
+    registry = fake_registry(behave)
     start = time.monotonic()
     with pytest.raises(RegistryUnavailable, match="deadline"):
         client(registry.host, timeout=1.0).lookup(f"{registry.host}/envkiln/env_x:tag")
     assert time.monotonic() - start < 1.0 + SLACK
 
 
-def test_a_slow_but_timely_answer_still_counts(serve: Callable[[Behave], Peer]) -> None:
+def test_a_slow_but_timely_answer_still_counts(fake_registry: ServeRegistry) -> None:
     def behave(handler: Handler, method: str) -> None:
         time.sleep(0.3)
         manifest(handler, method)
-    registry = serve(behave)
+    registry = fake_registry(behave)
     assert client(registry.host, timeout=2.0).lookup(f"{registry.host}/envkiln/env_x:tag").digest == DIGEST
 
 
-def test_an_oversized_manifest_is_not_read_into_memory(serve: Callable[[Behave], Peer]) -> None:
-    registry = serve(lambda h, m: manifest(h, m, digest=False, body=b" " * (MAX_BODY_BYTES + 1)))
+def test_an_oversized_manifest_is_not_read_into_memory(fake_registry: ServeRegistry) -> None:
+    registry = fake_registry(lambda h, m: manifest(h, m, digest=False, body=b" " * (MAX_BODY_BYTES + 1)))
     with pytest.raises(RegistryUnavailable, match="larger than"):
         client(registry.host, timeout=5.0).lookup(f"{registry.host}/envkiln/env_x:tag")
 
 
 # --- 3. bounded concurrency --------------------------------------------------------------------
 
-def test_at_most_max_concurrent_lookups_are_in_flight(serve: Callable[[Behave], Peer]) -> None:
+def test_at_most_max_concurrent_lookups_are_in_flight(fake_registry: ServeRegistry) -> None:
     def behave(handler: Handler, method: str) -> None:
         time.sleep(0.2)
         manifest(handler, method)
-    registry = serve(behave)
+    registry = fake_registry(behave)
     registry_client = client(registry.host, timeout=5.0, max_concurrent=2)
     results: list[object] = []
     threads = [threading.Thread(target=lambda i=i: results.append(
@@ -329,8 +244,8 @@ def test_at_most_max_concurrent_lookups_are_in_flight(serve: Callable[[Behave], 
     assert len(results) == 6 and registry.max_in_flight == 2
 
 
-def test_waiting_for_a_slot_is_bounded_by_the_deadline(serve: Callable[[Behave], Peer]) -> None:
-    registry = serve(sleep_forever)
+def test_waiting_for_a_slot_is_bounded_by_the_deadline(fake_registry: ServeRegistry) -> None:
+    registry = fake_registry(sleep_forever)
     registry_client = client(registry.host, timeout=1.0, max_concurrent=1)
     holder_error: list[BaseException] = []
 
@@ -350,8 +265,8 @@ def test_waiting_for_a_slot_is_bounded_by_the_deadline(serve: Callable[[Behave],
     assert holder_error  # the holder hit its own deadline: nobody starves forever
 
 
-def test_no_free_slot_is_a_clear_unavailable_error(serve: Callable[[Behave], Peer]) -> None:
-    registry = serve(manifest)
+def test_no_free_slot_is_a_clear_unavailable_error(fake_registry: ServeRegistry) -> None:
+    registry = fake_registry(manifest)
     registry_client = client(registry.host, timeout=0.5, max_concurrent=1)
     registry_client._shares.slots.acquire()  # another lookup holds the only slot
     start = time.monotonic()
@@ -363,8 +278,8 @@ def test_no_free_slot_is_a_clear_unavailable_error(serve: Callable[[Behave], Pee
     assert registry_client.lookup(f"{registry.host}/envkiln/env_x:tag").found
 
 
-def test_cache_hits_need_no_slot(serve: Callable[[Behave], Peer]) -> None:
-    registry = serve(manifest)
+def test_cache_hits_need_no_slot(fake_registry: ServeRegistry) -> None:
+    registry = fake_registry(manifest)
     registry_client = client(registry.host, max_concurrent=1)
     registry_client.lookup(f"{registry.host}/envkiln/env_x:tag")
     registry_client._shares.slots.acquire()
@@ -372,9 +287,9 @@ def test_cache_hits_need_no_slot(serve: Callable[[Behave], Peer]) -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"max_concurrent": 0}, {"timeout": 0}])
-def test_nonsense_limits_are_refused(kwargs: dict[str, float]) -> None:
+def test_nonsense_limits_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        RegistryClient(**kwargs)  # type: ignore[arg-type]
+        RegistryClient(**kwargs)
 
 
 # --- 4. addresses a tenant may not name --------------------------------------------------------
@@ -415,16 +330,16 @@ def test_cluster_names_and_special_literals_are_refused_without_dns(reference: s
         RegistryClient(timeout=2.0, resolver=resolver).lookup(reference)
 
 
-def test_the_operators_own_registries_are_not_checked(serve: Callable[[Behave], Peer]) -> None:
-    registry = serve(manifest)  # on loopback, as the operator's own registry may be
+def test_the_operators_own_registries_are_not_checked(fake_registry: ServeRegistry) -> None:
+    registry = fake_registry(manifest)  # on loopback, as the operator's own registry may be
     assert client(registry.host).lookup(f"{registry.host}/envkiln/env_x:tag").found
 
 
 # --- 5. a per-host share: one slow host cannot take every slot ---------------------------------
 
-def test_a_slow_host_gets_its_share_and_other_hosts_stay_fast(serve: Callable[[Behave], Peer]) -> None:
-    hostile = serve(sleep_forever)
-    victim = serve(manifest)
+def test_a_slow_host_gets_its_share_and_other_hosts_stay_fast(fake_registry: ServeRegistry) -> None:
+    hostile = fake_registry(sleep_forever)
+    victim = fake_registry(manifest)
     victim_host = f"localhost:{victim.host.split(':')[1]}"  # another host name for the same loopback server
     registry_client = client(hostile.host, victim_host, timeout=3.0, max_concurrent=4, per_host=2)
     errors: list[BaseException] = []
@@ -452,11 +367,11 @@ def test_a_slow_host_gets_its_share_and_other_hosts_stay_fast(serve: Callable[[B
     assert len(errors) == 2 and all("deadline" in str(e) for e in errors)
 
 
-def test_the_operators_own_registry_has_no_per_host_share(serve: Callable[[Behave], Peer]) -> None:
+def test_the_operators_own_registry_has_no_per_host_share(fake_registry: ServeRegistry) -> None:
     def behave(handler: Handler, method: str) -> None:
         time.sleep(0.3)
         manifest(handler, method)
-    registry = serve(behave)
+    registry = fake_registry(behave)
     registry_client = client(registry.host, timeout=5.0, max_concurrent=4, per_host=1,
                              trusted_registries={registry.host})
     threads = [threading.Thread(target=registry_client.lookup, args=(f"{registry.host}/envkiln/env_{i}:tag",))

@@ -8,7 +8,7 @@ import asyncio
 import base64
 import copy
 import datetime
-from types import SimpleNamespace
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from envkiln.core.decisions.admission import (
 )
 from envkiln.core.workloads import WorkloadError, parse_inline_spec, parse_request
 from envkiln.reconcile.webhook import admit_pod, scoped_to_request_namespace
+from fakes import FakeKube
 
 # --- the namespace is the request's ---------------------------------------------------------------
 
@@ -103,7 +104,12 @@ def test_the_server_check_runs_before_the_handler(case: str, given: dict[str, An
         seen.append((request, kwargs))
         return {"response": {"allowed": True}}
 
-    answer = asyncio.run(scoped_to_request_namespace(handler)(given, webhook="envkiln-environment", sslpeer={}))
+    async def review_it() -> dict[str, Any]:
+        answered: dict[str, Any] = await scoped_to_request_namespace(handler)(
+            given, webhook="envkiln-environment", sslpeer={})
+        return answered
+
+    answer = asyncio.run(review_it())
     if reaches:
         (request, kwargs), = seen
         assert request["request"]["object"]["metadata"]["namespace"] == "team-a"
@@ -248,68 +254,43 @@ def test_certificate_action(case: str, given: StoredCertificates, now: datetime.
 # --- certificates: kept in Secrets, shared by replicas (a stand-in for Kube) -----------------------------
 
 
-class FakeKube:
-    """The Secret and webhook-configuration calls webhookcert makes, in memory, with resourceVersions."""
+NS, CA_SECRET, TLS_SECRET, CONFIGURATION = "envkiln-system", "envkiln-webhook-tls-ca", "envkiln-webhook-tls", "envkiln"
+WRITES = ("create", "update", "patch", "delete")
 
-    def __init__(self) -> None:
-        self.secrets: dict[str, dict[str, Any]] = {}
-        self.version = 0
-        self.writes: list[str] = []
-        self.before_write: Any = None  # called once before the next write: another replica's turn
-        self.ca_bundle: str | None = None
 
-    def _secret(self, name: str) -> Any:
-        body = self.secrets[name]
-        return SimpleNamespace(data=dict(body["data"]), type=body["type"],
-                               metadata=SimpleNamespace(name=name, resource_version=body["rv"]))
+def webhook_kube() -> FakeKube:
+    """A cluster holding the webhook's MutatingWebhookConfiguration (no caBundle yet) and no Secrets."""
+    kube = FakeKube()
+    kube.put("MutatingWebhookConfiguration", "", {"metadata": {"name": CONFIGURATION}, "webhooks": [
+        {"name": "pods.envkiln.dev", "clientConfig": {"url": "https://x"}, "admissionReviewVersions": ["v1"],
+         "sideEffects": "None"}]})
+    return kube
 
-    def _store(self, body: dict[str, Any]) -> Any:
-        self.version += 1
-        name = body["metadata"]["name"]
-        self.secrets[name] = {"data": dict(body["data"]), "type": body["type"], "rv": str(self.version)}
-        self.writes.append(name)
-        return self._secret(name)
 
-    def _other_replica(self) -> None:
-        hook, self.before_write = self.before_write, None
-        if hook is not None:
+def secret(kube: FakeKube, name: str) -> dict[str, Any]:
+    return kube.objects[("Secret", NS, name)]
+
+
+def ca_bundle(kube: FakeKube) -> str | None:
+    webhook = kube.objects[("MutatingWebhookConfiguration", "", CONFIGURATION)]["webhooks"][0]
+    bundle: str | None = webhook["clientConfig"].get("caBundle")
+    return bundle
+
+
+def before_next_write(kube: FakeKube, hook: Callable[[], None]) -> None:
+    """Run `hook` once, just before the next write reaches the store: another replica's turn."""
+    def intercept(verb: str, kind: str, namespace: str, name: str) -> None:
+        if verb in WRITES:
+            kube.intercept = None
             hook()
-
-    def read_secret(self, namespace: str, name: str) -> Any:
-        return self._secret(name) if name in self.secrets else None
-
-    def create_or_get_secret(self, namespace: str, body: dict[str, Any]) -> tuple[Any, bool]:
-        self._other_replica()
-        name = body["metadata"]["name"]
-        if name in self.secrets:
-            return self._secret(name), False
-        return self._store(body), True
-
-    def replace_secret_if_unchanged(self, namespace: str, body: dict[str, Any], rv: str) -> tuple[Any, bool]:
-        self._other_replica()
-        name = body["metadata"]["name"]
-        if self.secrets[name]["rv"] != rv:
-            return self._secret(name), False
-        return self._store(body), True
-
-    def read_mutating_webhook_configuration(self, name: str) -> Any:
-        webhook = {"name": "w", "clientConfig": {"url": "https://x", "caBundle": self.ca_bundle}}
-        return SimpleNamespace(webhooks=[webhook])
-
-    def to_dict(self, obj: Any) -> Any:
-        return obj
-
-    def patch_mutating_webhook_configuration(self, name: str, body: dict[str, Any]) -> None:
-        self.ca_bundle = body["webhooks"][0]["clientConfig"]["caBundle"]
-        self.writes.append("caBundle")
+    kube.intercept = intercept
 
 
 HOSTS = ["envkiln-webhook.envkiln-system.svc", "envkiln-webhook", "127.0.0.1"]
 
 
 def ensure(kube: FakeKube, now: datetime.datetime, hosts: list[str] = HOSTS) -> webhookcert.WebhookCertificate:
-    return webhookcert.ensure_certificate(kube, "envkiln-system", "envkiln-webhook-tls", hosts,  # type: ignore[arg-type]
-                                          clock=lambda: now)
+    return webhookcert.ensure_certificate(kube, NS, TLS_SECRET, hosts, clock=lambda: now)
 
 
 def certs(pem: bytes) -> list[x509.Certificate]:
@@ -317,10 +298,10 @@ def certs(pem: bytes) -> list[x509.Certificate]:
 
 
 def test_first_start_keeps_the_ca_and_issues_a_short_serving_certificate() -> None:
-    kube = FakeKube()
+    kube = webhook_kube()
     first = ensure(kube, T0)
-    assert kube.writes == ["envkiln-webhook-tls-ca", "envkiln-webhook-tls"]
-    ca_secret = kube.secrets["envkiln-webhook-tls-ca"]
+    assert kube.writes == [("create", "Secret", CA_SECRET), ("create", "Secret", TLS_SECRET)]
+    ca_secret = secret(kube, CA_SECRET)
     assert set(ca_secret["data"]) == {"ca.crt", "ca.key"} and ca_secret["type"] == "Opaque"
     (ca,) = certs(first.ca_pem)
     serving = x509.load_pem_x509_certificate(first.cert_pem)
@@ -329,86 +310,89 @@ def test_first_start_keeps_the_ca_and_issues_a_short_serving_certificate() -> No
     assert ca.not_valid_after_utc - T0 == datetime.timedelta(days=3650)
     san = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(san.get_values_for_type(x509.DNSName)) == set(HOSTS[:2])
-    assert base64.b64decode(kube.secrets["envkiln-webhook-tls"]["data"]["ca.crt"]) == first.ca_pem
+    assert base64.b64decode(secret(kube, TLS_SECRET)["data"]["ca.crt"]) == first.ca_pem
     # Another replica, or a restart: the same certificates, nothing written.
     assert ensure(kube, T0 + 10 * DAY) == first and len(kube.writes) == 2
 
 
 def test_serving_certificate_is_reissued_from_the_same_ca_when_due() -> None:
-    kube = FakeKube()
+    kube = webhook_kube()
     first = ensure(kube, T0)
     assert ensure(kube, T0 + 59 * DAY) == first
     renewed = ensure(kube, T0 + 61 * DAY)
     assert renewed.ca_pem == first.ca_pem and renewed.cert_pem != first.cert_pem
-    assert kube.writes[2:] == ["envkiln-webhook-tls"]
+    assert kube.writes[2:] == [("update", "Secret", TLS_SECRET)]
     assert x509.load_pem_x509_certificate(renewed.cert_pem).not_valid_after_utc == T0 + 151 * DAY
 
 
 def test_other_names_get_a_new_serving_certificate() -> None:
-    kube = FakeKube()
+    kube = webhook_kube()
     first = ensure(kube, T0)
     moved = ensure(kube, T0 + DAY, hosts=["envkiln-webhook.other.svc"])
     assert moved.ca_pem == first.ca_pem and moved.cert_pem != first.cert_pem
 
 
 def test_ca_rotation_keeps_the_old_ca_in_the_bundle_until_it_expires() -> None:
-    kube = FakeKube()
+    kube = webhook_kube()
     first = ensure(kube, T0)
     (old_ca,) = certs(first.ca_pem)
     later = T0 + 7 * 365 * DAY
     rotated = ensure(kube, later)
-    assert kube.writes[2:] == ["envkiln-webhook-tls-ca", "envkiln-webhook-tls"]
+    assert kube.writes[2:] == [("update", "Secret", CA_SECRET), ("update", "Secret", TLS_SECRET)]
     new_ca, kept = certs(rotated.ca_pem)
     assert kept == old_ca and new_ca != old_ca and new_ca.subject != old_ca.subject
     x509.load_pem_x509_certificate(rotated.cert_pem).verify_directly_issued_by(new_ca)
-    assert "previous-ca.crt" in kube.secrets["envkiln-webhook-tls-ca"]["data"]
+    assert "previous-ca.crt" in secret(kube, CA_SECRET)["data"]
     # Once the old CA has expired it leaves the bundle.
     after = ensure(kube, old_ca.not_valid_after_utc + DAY)
     assert certs(after.ca_pem) == [new_ca]
 
 
 def test_old_format_secret_is_replaced_by_one_from_a_kept_ca() -> None:
-    kube = FakeKube()
+    kube = webhook_kube()
     legacy = webhookcert.generate(HOSTS)  # what envkiln wrote before: its CA key was thrown away
     kube.create_or_get_secret("envkiln-system", webhookcert._secret_body(
         "envkiln-system", "envkiln-webhook-tls", "kubernetes.io/tls",
         {"ca.crt": legacy.ca_pem, "tls.crt": legacy.cert_pem, "tls.key": legacy.key_pem}))
     current = ensure(kube, datetime.datetime.now(datetime.UTC))
     assert current.cert_pem != legacy.cert_pem and current.ca_pem != legacy.ca_pem
-    assert kube.writes == ["envkiln-webhook-tls", "envkiln-webhook-tls-ca", "envkiln-webhook-tls"]
+    assert kube.writes == [("create", "Secret", TLS_SECRET), ("create", "Secret", CA_SECRET),
+                           ("update", "Secret", TLS_SECRET)]
 
 
 def test_another_replicas_write_wins() -> None:
-    kube = FakeKube()
-    other = FakeKube()
+    kube = webhook_kube()
+    other = webhook_kube()
     theirs = ensure(other, T0)  # the other replica's certificates, written just before ours
-    kube.before_write = lambda: kube.secrets.update(
-        {name: {**body, "rv": "theirs-" + name} for name, body in other.secrets.items()})
+    before_next_write(kube, lambda: kube.objects.update(
+        {key: {**body, "metadata": {**body["metadata"], "resourceVersion": "theirs-" + key[2]}}
+         for key, body in other.objects.items() if key[0] == "Secret"}))
     ours = ensure(kube, T0)
     assert ours == theirs
     assert kube.writes == [], "our CA lost to theirs; their serving certificate was then kept as it is"
 
 
 def test_patch_ca_bundle_writes_only_changes() -> None:
-    kube = FakeKube()
-    assert webhookcert.patch_ca_bundle(kube, "envkiln", b"PEM") is True  # type: ignore[arg-type]
-    assert webhookcert.patch_ca_bundle(kube, "envkiln", b"PEM") is False  # type: ignore[arg-type]
-    assert kube.writes == ["caBundle"]
+    kube = webhook_kube()
+    assert webhookcert.patch_ca_bundle(kube, CONFIGURATION, b"PEM") is True
+    assert ca_bundle(kube) == base64.b64encode(b"PEM").decode()
+    assert webhookcert.patch_ca_bundle(kube, CONFIGURATION, b"PEM") is False
+    assert kube.writes == [("patch", "MutatingWebhookConfiguration", CONFIGURATION)]
 
 
 def test_webhook_tls_file_changes_only_with_the_certificate(tmp_path: Any) -> None:
     from envkiln.core.settings import OperatorSettings
 
-    kube = FakeKube()
+    kube = webhook_kube()
     now = [T0]
-    settings = OperatorSettings(operator_namespace="envkiln-system", webhook_configuration="envkiln",
+    settings = OperatorSettings(operator_namespace=NS, webhook_configuration=CONFIGURATION,
                                 webhook_hosts=HOSTS)
-    tls = webhookcert.WebhookTLS(kube, settings, directory=tmp_path, clock=lambda: now[0])  # type: ignore[arg-type]
+    tls = webhookcert.WebhookTLS(kube, settings, directory=tmp_path, clock=lambda: now[0])
     assert tls.refresh() is True
     assert oct(tls.pem_file.stat().st_mode & 0o777) == "0o600"
     content = tls.pem_file.read_bytes()
     assert b"PRIVATE KEY" in content and b"CERTIFICATE" in content
-    assert kube.ca_bundle == base64.b64encode(tls.ca_bundle).decode()
+    assert ca_bundle(kube) == base64.b64encode(tls.ca_bundle).decode()
     now[0] = T0 + 30 * DAY
     assert tls.refresh() is False and tls.pem_file.read_bytes() == content
     now[0] = T0 + 61 * DAY
@@ -420,19 +404,19 @@ def test_renewal_loop_outlives_failures(tmp_path: Any) -> None:
 
     from envkiln.core.settings import OperatorSettings
 
-    kube = FakeKube()
+    kube = webhook_kube()
     reads: list[str] = []
-    read = kube.read_secret
 
-    def flaky(namespace: str, name: str) -> Any:
+    def flaky(verb: str, kind: str, namespace: str, name: str) -> None:
+        if (verb, kind) != ("get", "Secret"):
+            return
         reads.append(name)
         if len(reads) == 7:  # the start took 6 reads (new CA, new serving certificate, kept); the next check fails
             raise ConnectionError("the API server went away")
-        return read(namespace, name)
 
-    kube.read_secret = flaky  # type: ignore[method-assign]
-    settings = OperatorSettings(operator_namespace="envkiln-system", webhook_hosts=HOSTS)
-    tls = webhookcert.WebhookTLS(kube, settings, directory=tmp_path, clock=lambda: T0)  # type: ignore[arg-type]
+    kube.intercept = flaky
+    settings = OperatorSettings(operator_namespace=NS, webhook_hosts=HOSTS)
+    tls = webhookcert.WebhookTLS(kube, settings, directory=tmp_path, clock=lambda: T0)
     tls.start(interval=0.01)
     try:
         deadline = time.monotonic() + 10

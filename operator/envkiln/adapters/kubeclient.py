@@ -9,6 +9,7 @@ that failed) into one line for a user.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 import urllib3
 from kubernetes import client, config
+from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
 
 from envkiln.adapters.kube import api_message
 
@@ -84,7 +86,7 @@ class Timeouts:
 
 
 def _kubeconfig_files(kubeconfig: str | None) -> str:
-    """The file(s) read, as a user would name them."""
+    """The file(s) to read, as a user names them (`:`-separated; `~` is the home)."""
     if kubeconfig:
         return kubeconfig
     return os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
@@ -118,41 +120,64 @@ def _in_cluster(timeouts: Timeouts) -> Connection | None:
 
 def connect(kubeconfig: str | None = None, context: str | None = None,
             timeouts: Timeouts | None = None) -> Connection:
-    """An API client from the kubeconfig (`kubeconfig`, else $KUBECONFIG, else ~/.kube/config) and
-    `context` (else its current context); in a pod without a kubeconfig, the pod's service account.
-    urllib3 retries nothing (the caller's retries, and its deadline, are the only ones); every
-    request has `timeouts`. Raises KubeconfigError, naming the file, when there is nothing usable."""
+    """An API client from the kubeconfig (`kubeconfig`, else $KUBECONFIG (several files, `:`-separated,
+    merged), else ~/.kube/config) and `context` (else its current context); in a pod without a
+    kubeconfig, the pod's service account. urllib3 retries nothing (the caller's retries, and its
+    deadline, are the only ones); every request has `timeouts`. Raises KubeconfigError, naming the
+    file and what to do, when there is nothing usable."""
     timeouts = timeouts or Timeouts()
     files = _kubeconfig_files(kubeconfig)
     try:
-        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
-    except config.ConfigException as error:
-        if "No configuration found" in str(error):
-            found = None if kubeconfig or context else _in_cluster(timeouts)
-            if found is not None:
-                return found
-            raise _no_kubeconfig(kubeconfig) from None
-        raise KubeconfigError(f"kubeconfig {files}: {_config_message(error)}") from None
-    except Exception as error:  # a file that is not a kubeconfig: the loader fails in many ways
-        raise KubeconfigError(f"kubeconfig {files} is not a kubeconfig ({type(error).__name__}: {error})") from None
-    if context is not None:
-        chosen = next((c for c in contexts or [] if c.get("name") == context), None)
-        if chosen is None:
-            names = ", ".join(sorted(str(c.get("name")) for c in contexts or [])) or "none"
-            raise KubeconfigError(f"kubeconfig {files} has no context {context!r} (--context); its contexts: {names}")
-    else:
-        chosen = active
-    configuration = client.Configuration()
+        merged = KubeConfigMerger(files).config
+    except Exception as error:  # unreadable, not YAML, not a mapping: the merger fails in many ways
+        raise KubeconfigError(f"kubeconfig {files} is not a kubeconfig ({type(error).__name__}: "
+                              f"{' '.join(str(error).split())[:300]})") from None
+    if merged is None:
+        found = None if kubeconfig or context else _in_cluster(timeouts)
+        if found is not None:
+            return found
+        raise _no_kubeconfig(kubeconfig)
+    entries = [getattr(c, "value", c) for c in (merged.safe_get("contexts") or [])]
+    names = sorted(str(c.get("name")) for c in entries if isinstance(c, dict))
+    logged = _Logged()  # the loader logs (and then ignores) an exec credential plugin that fails
+    logging.getLogger().addHandler(logged)
     try:
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration,
-                                persist_config=False)
+        loader = KubeConfigLoader(config_dict=merged, config_base_path=None, active_context=context)
+        configuration = client.Configuration()
+        loader.load_and_set(configuration)
+        chosen = loader.current_context
+        if logged.messages:
+            raise KubeconfigError(f"kubeconfig {files}: context {context or '(current)'}: its credentials cannot "
+                                  f"be had: {logged.messages[0][:300]}")
     except config.ConfigException as error:
+        text = str(error)
+        if context is not None and f"Expected object with name {context} in" in text and "contexts" in text:
+            raise KubeconfigError(f"kubeconfig {files} has no context {context!r} (--context); its contexts: "
+                                  f"{', '.join(names) or 'none'}") from None
+        if context is None and "Expected key current-context" in text:
+            raise KubeconfigError(f"kubeconfig {files} has no current context: pass --context NAME (its contexts: "
+                                  f"{', '.join(names) or 'none'}) or run kubectl config use-context NAME") from None
         raise KubeconfigError(f"kubeconfig {files}: {_config_message(error)}") from None
-    except Exception as error:
-        raise KubeconfigError(f"kubeconfig {files}: context {(chosen or {}).get('name')!r} cannot be used "
-                              f"({type(error).__name__}: {error})") from None
+    except KubeconfigError:
+        raise
+    except Exception as error:  # a certificate file that is not there, an exec plugin's answer...
+        raise KubeconfigError(f"kubeconfig {files}: context {context or '(current)'} cannot be used "
+                              f"({type(error).__name__}: {' '.join(str(error).split())[:300]})") from None
+    finally:
+        logging.getLogger().removeHandler(logged)
     namespace = ((chosen or {}).get("context") or {}).get("namespace")
     return Connection(_timed_client(configuration, timeouts), str(namespace or "default"), str(configuration.host))
+
+
+class _Logged(logging.Handler):
+    """The errors logged meanwhile (kubernetes.config logs a failing exec plugin to the root logger)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().split()))
 
 
 def _config_message(error: Exception) -> str:

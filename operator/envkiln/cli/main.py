@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -260,8 +261,9 @@ def main(argv: list[str] | None = None, prog: str = "envkiln") -> int:
         return int(error.code)
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
-    except BrokenPipeError:  # `envkiln logs x | head`: the reader left; say nothing
-        sys.stderr.close()
+    except BrokenPipeError:  # `envkiln logs x | head`: the reader left; say nothing (Python's own advice)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return Exit.OK
     except Exception as error:
         session = getattr(args, "session", None)  # the cluster commands' (envkiln.cli.session)

@@ -34,6 +34,7 @@ from envkiln.cli.errors import Exit, NotFound, NotReady, UsageError
 from envkiln.cli.follow import Cluster
 from envkiln.cli.inputs import STDIN, STDIN_LABEL, NotText, read_text
 from envkiln.cli.output import dump
+from envkiln.core.decisions.build import TERMINAL
 from envkiln.core.definition import MissingContextContent, content_digests, definition_hash
 from envkiln.core.locks import (
     LOCK_HEADER_PREFIX,
@@ -50,7 +51,7 @@ from envkiln.core.locks import (
 from envkiln.core.manifests import load_environments
 from envkiln.core.models import DEFAULT_CURATED_NAMESPACE
 from envkiln.core.names import REASON_BASE_IMAGE_UPDATED, build_name
-from envkiln.core.render import BASE_STAGE
+from envkiln.core.render import BASE_STAGE, CONDA_LOCK, PIP_LOCK
 
 MANIFEST_HINT = re.compile(r".*\.(ya?ml|json|lock|txt)$")
 
@@ -67,6 +68,7 @@ class Side:
     lock: str | None = None
     has_definition: bool = True  # False for a bare lock file: base and steps are not compared
     declared: Declared | None = None  # the packages as written (None: not known)
+    build_phase: str | None = None  # a cluster side's EnvironmentBuild phase
     other: dict[str, Any] | None = None  # userManaged, build context (manifests)
 
     def header(self) -> str:
@@ -143,8 +145,11 @@ def declared(spec: Mapping[str, Any]) -> Declared | None:
 
 
 def declared_from_plan(files: Sequence[Mapping[str, Any]]) -> Declared | None:
-    """What a build plan's conda.yaml and requirements.txt declare (a pinned build has neither)."""
+    """What a build plan's conda.yaml and requirements.txt declare; None when that is not known (a
+    build pinned to a lock installs the lock's packages: its plan does not hold what was declared)."""
     contents = {str(f.get("path")): str(f.get("content") or "") for f in files}
+    if CONDA_LOCK in contents or PIP_LOCK in contents:
+        return None
     spec: dict[str, Any] = {}
     if "conda.yaml" in contents:
         try:
@@ -156,7 +161,7 @@ def declared_from_plan(files: Sequence[Mapping[str, Any]]) -> Declared | None:
                              "dependencies": document.get("dependencies") or []}
     if "requirements.txt" in contents:
         spec["pip"] = [line for line in contents["requirements.txt"].splitlines() if line.strip()]
-    return declared(spec)
+    return declared(spec) or Declared()
 
 
 def _section(a: Mapping[str, str], b: Mapping[str, str]) -> SectionDiff:
@@ -269,12 +274,17 @@ def cluster_side(cluster: Cluster, namespace: str, reference: str) -> Side:
     lock = (status.get("lock") or {}).get("text")
     return Side(title, hash=spec.get("hash"), base_image=base or (environment.get("spec") or {}).get("image"),
                 base_image_digest=spec.get("baseImageDigest") or status.get("baseImageDigest"),
-                docker_steps=steps, lock=lock, declared=declared_from_plan(plan.get("files") or []))
+                docker_steps=steps, lock=lock, declared=declared_from_plan(plan.get("files") or []),
+                build_phase=status.get("phase") or "Pending")
 
 
 def text_side(label: str, text: str) -> Side:
     """A lock file or a manifest file, from its text."""
     if text.startswith(LOCK_HEADER_PREFIX):
+        try:
+            parse_lock(text)
+        except LockError as error:
+            raise UsageError(f"{label}: {error}") from None
         return Side(label, lock=text, has_definition=False)
     loaded, problems = load_environments([label], DEFAULT_CURATED_NAMESPACE, texts={label: text})
     if problems:
@@ -294,7 +304,7 @@ def text_side(label: str, text: str) -> Side:
         other["build context files"] = content_digests(context)
     return Side(f"{label} ({item.environment.metadata.name}:{spec.version})", hash=value, base_image=spec.image,
                 docker_steps=[s.strip() for s in spec.docker_steps or []], lock=spec.lock,
-                declared=declared(kube), other=other)
+                declared=declared(kube) or Declared(), other=other)
 
 
 def is_file_reference(reference: str) -> bool:
@@ -320,12 +330,17 @@ def side(cluster: Callable[[], Cluster], namespace: Callable[[], str], reference
 
 def lock(cluster: Cluster, namespace: str, reference: str, out: TextIO, err: TextIO,
          output: str | None = None) -> int:
-    """Print the lock of NAME[:VERSION] (with `output`, parsed: json or yaml); 5 when it has none."""
+    """Print the lock of NAME[:VERSION] (with `output`, parsed: json or yaml); 3 while its build runs,
+    5 when it has none."""
     try:
         found = cluster_side(cluster, namespace, reference)
     except (NotFound, NotReady) as error:
         print(f"error: {error}", file=err)
         return error.code
+    if found.lock is None and found.build_phase not in TERMINAL:
+        print(f"error: {found.title} has no lock yet: its build is {found.build_phase}; the lock is recorded once "
+              "it succeeds", file=err)
+        return Exit.NOT_READY
     if found.lock is None:
         print(f"error: {found.title} has no lock: only system-managed environments with conda or pip packages "
               "record one, once their build succeeded", file=err)

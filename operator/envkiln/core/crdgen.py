@@ -201,7 +201,8 @@ def environment_crd() -> dict[str, Any]:
                            "while spec.version stays the same.")
     spec["x-kubernetes-validations"] = [immutability_rule()]
     status = _with_conditions(model_schema(EnvironmentStatus, mode="serialization"))
-    status["description"] = "What the operator made of the definition: phase, hash, image, conditions, history."
+    status["description"] = ("What the operator made of the definition: phase, hash, image, conditions, history. "
+                             "Until the operator has written it: {observedGeneration: 0}, from the API server.")
     columns = [
         _column("Version", "string", ".spec.version", "spec.version: the definition's label"),
         _column("Hash", "string", ".status.shortHash", "The definition hash (first 12 characters)"),
@@ -233,7 +234,8 @@ def environment_build_crd() -> dict[str, Any]:
     spec["description"] = ("What to build, rendered by the operator from an Environment's definition (immutable; "
                            "signed by the operator).")
     status = _with_conditions(model_schema(EnvironmentBuildStatus, mode="serialization"))
-    status["description"] = "The build's attempts and result."
+    status["description"] = ("The build's attempts and result. Until the operator has written it: "
+                             "{observedGeneration: 0}, from the API server.")
     columns = [
         _column("Hash", "string", ".spec.hash", "The definition hash this build makes the image of"),
         _column("Builder", "string", ".spec.builder", "kaniko, buildah or local"),

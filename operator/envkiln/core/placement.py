@@ -52,6 +52,8 @@ class BuildPlacement(BaseModel):
                 raise ValueError(f"{name!r} is not an environment variable name (letters, digits, _)")
             if name.upper().startswith(RESERVED_ENV_PREFIX):
                 raise ValueError(f"{name!r}: names starting with {RESERVED_ENV_PREFIX} are envkiln's own")
+            if any(ord(char) < 32 or ord(char) == 127 for char in env[name]):
+                raise ValueError(f"{name!r}: the value has a control character (a newline?)")
         return env
 
     @field_validator("resources")

@@ -80,12 +80,12 @@ def buildah_operator(start_operator: Callable[..., OperatorProcess], cluster: An
 
 
 @pytest.fixture()
-def webhook(node_api: client.ApiClient, node_namespace: str) -> Iterator[dict[str, str]]:
+def webhook(node_api: client.ApiClient, node_namespace: str, operator_namespace: str) -> Iterator[dict[str, str]]:
     """A MutatingWebhookConfiguration like the chart's, calling an operator on 127.0.0.1."""
     port = free_port()
     name = f"envkiln-{node_namespace}"
     admission = client.AdmissionregistrationV1Api(node_api)
     admission.create_mutating_webhook_configuration(webhook_configuration(name, port, node_namespace))
     yield {"webhook_enabled": "true", "webhook_listen_address": "127.0.0.1", "webhook_port": str(port),
-           "webhook_hosts": "127.0.0.1", "webhook_configuration": name, "operator_namespace": node_namespace}
+           "webhook_hosts": "127.0.0.1", "webhook_configuration": name, "operator_namespace": operator_namespace}
     admission.delete_mutating_webhook_configuration(name)

@@ -12,13 +12,11 @@ builds untrusted, which shows the checks above could fail.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import secrets
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,17 +29,6 @@ from harness.pypi import PackageIndex
 from harness.records import PreKeyIdSigner, seed_build
 from node_helpers import probe_spec
 from operator_helpers import Envs, condition, environment, wait_for
-
-
-@pytest.fixture()
-def operator_namespace(node_api: client.ApiClient) -> Iterator[str]:
-    """The operator's own namespace (the chart's release namespace), apart from the tenant's."""
-    name = f"ops-{uuid.uuid4().hex[:10]}"
-    core = client.CoreV1Api(node_api)
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    with contextlib.suppress(client.ApiException):
-        core.delete_namespace(name)
 
 
 def key_ids(build: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -11,10 +11,8 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,17 +28,6 @@ pytestmark = pytest.mark.timeout(600)
 def unique_steps(*steps: str) -> list[str]:
     """A definition of its own, so no other test's build is a cache hit for it."""
     return [f"ENV ENVKILN_TEST_DEFINITION={uuid.uuid4().hex[:12]}", *steps]
-
-
-@pytest.fixture()
-def operator_namespace(node_api: client.ApiClient) -> Iterator[str]:
-    """The operator's own namespace: where its credential and the namespaces' push identities live."""
-    name = f"ops-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(node_api)
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    with contextlib.suppress(client.ApiException):
-        core.delete_namespace(name)
 
 
 def docker_config(registry: str, marker: str) -> dict[str, str]:

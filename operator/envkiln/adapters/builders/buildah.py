@@ -27,7 +27,6 @@ from envkiln.adapters.builders.jobs import (
     OUT,
     JobBuilder,
     build_job,
-    build_resources,
     job_pod_spec,
 )
 from envkiln.core.imageref import parse_image_reference
@@ -37,8 +36,23 @@ from envkiln.core.settings import OperatorSettings
 __all__ = ["BuildahJobBuilder", "buildah_job", "buildah_pod_spec"]
 
 # Values reach the script as environment variables, always quoted: nothing from a spec is ever
-# part of the script text.
+# part of the script text. The build env (ENVKILN_BUILD_ENV_NAMES: the names of the build env
+# variables, envkiln.core.placement) reaches RUN steps through a containers.conf drop-in of this
+# container, whose `env` buildah gives every RUN container: neither the image's config nor its
+# history records them (buildah's own proxy passing, --http-proxy, does the same for *_PROXY).
 BUILD_SCRIPT = """set -eu
+if [ -n "${ENVKILN_BUILD_ENV_NAMES:-}" ]; then
+  mkdir -p /etc/containers/containers.conf.d
+  {
+    printf '[containers]\\nenv = [\\n  "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",\\n'
+    printf '  "TERM=xterm",\\n'
+    for name in $ENVKILN_BUILD_ENV_NAMES; do
+      value=$(printenv "$name" | sed -e 's/\\\\/\\\\\\\\/g' -e 's/"/\\\\"/g')
+      printf '  "%s=%s",\\n' "$name" "$value"
+    done
+    printf ']\\n'
+  } > /etc/containers/containers.conf.d/50-envkiln-build-env.conf
+fi
 if [ -n "${ENVKILN_INSECURE_REGISTRY:-}" ]; then
   mkdir -p /etc/containers/registries.conf.d
   printf '[[registry]]\\nlocation = "%s"\\ninsecure = true\\n' "$ENVKILN_INSECURE_REGISTRY" \\
@@ -52,7 +66,8 @@ echo "built $ENVKILN_IMAGE"
 
 
 def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, context_dir: str | None,
-                      dockerfile: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                      dockerfile: str, build_env: dict[str, str] | None = None
+                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     mounts: list[dict[str, Any]] = [{"name": "out", "mountPath": OUT},
                                     {"name": "storage", "mountPath": "/var/lib/containers"}]
     if context_dir is not None:
@@ -78,10 +93,11 @@ def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, co
                 {"name": "ENVKILN_HASH", "value": spec.hash},
                 {"name": "ENVKILN_DOCKERFILE", "value": dockerfile},
                 {"name": "ENVKILN_CONTEXT", "value": context},
+                {"name": "ENVKILN_BUILD_ENV_NAMES", "value": " ".join(sorted(build_env or {}))},
                 {"name": "BUILDAH_ISOLATION", "value": "chroot"},
                 {"name": "STORAGE_DRIVER", "value": "vfs"}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": build_resources(settings),
+        "resources": {},  # the namespace's build placement (envkiln.adapters.builders.jobs.job_pod_spec)
         "securityContext": {
             "runAsUser": 0,
             "allowPrivilegeEscalation": False,

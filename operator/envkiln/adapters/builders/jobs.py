@@ -53,6 +53,7 @@ from envkiln.core.names import (
     job_name,
     push_secret_name,
 )
+from envkiln.core.placement import BuildPlacement, mask_credentials
 from envkiln.core.settings import OperatorSettings
 
 __all__ = ["JobBuilder", "build_job", "context_configmap", "context_configmap_name", "job_name"]
@@ -110,6 +111,11 @@ if [ -f /creds/config.json ]; then set -- "$@" --dest-authfile /creds/config.jso
 skopeo copy --quiet "$@" --digestfile /dev/termination-log "$ENVKILN_ARCHIVE" "docker://$ENVKILN_IMAGE"
 skopeo copy --quiet "$@" "$ENVKILN_ARCHIVE" "docker://$ENVKILN_LATEST"
 """
+
+# Build env variables the `context` and `push` containers get too (they fetch a tarball and push
+# through the same proxy); every other one reaches only the build container.
+PROXY_VARIABLES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+                             "http_proxy", "https_proxy", "no_proxy", "all_proxy"})
 
 NON_ROOT = {
     "runAsUser": PUSH_USER, "runAsGroup": PUSH_USER, "runAsNonRoot": True,
@@ -250,6 +256,30 @@ def push_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, archi
     return container, volumes
 
 
+def env_entries(env: dict[str, str], only_proxies: bool = False) -> list[dict[str, Any]]:
+    """Container env entries of a build env (sorted: the same settings give the same manifest)."""
+    return [{"name": name, "value": value} for name, value in sorted(env.items())
+            if not only_proxies or name in PROXY_VARIABLES]
+
+
+def placed_pod_fields(placement: BuildPlacement) -> dict[str, Any]:
+    """The pod-level fields of a build pod's placement (only those that are set)."""
+    fields: dict[str, Any] = {}
+    if placement.node_selector:
+        fields["nodeSelector"] = dict(placement.node_selector)
+    if placement.tolerations:
+        fields["tolerations"] = [dict(t) for t in placement.tolerations]
+    if placement.affinity:
+        fields["affinity"] = dict(placement.affinity)
+    if placement.priority_class_name:
+        fields["priorityClassName"] = placement.priority_class_name
+    if placement.runtime_class_name:
+        fields["runtimeClassName"] = placement.runtime_class_name
+    if placement.pull_secrets:
+        fields["imagePullSecrets"] = [{"name": name} for name in placement.pull_secrets]
+    return fields
+
+
 def build_resources(settings: OperatorSettings) -> dict[str, Any]:
     return {
         "requests": {"cpu": settings.build_cpu_request, "memory": settings.build_memory_request,
@@ -271,6 +301,7 @@ def build_job(build: dict[str, Any], attempt: int, settings: OperatorSettings,
     spec = EnvironmentBuildSpec.model_validate(build["spec"])
     labels = {**MANAGED_BY, LABEL_BUILD: build["metadata"]["name"], LABEL_HASH: spec.hash,
               LABEL_ATTEMPT: str(attempt)}
+    placement = settings.build_placement(build["metadata"]["namespace"])
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
@@ -287,6 +318,7 @@ def build_job(build: dict[str, Any], attempt: int, settings: OperatorSettings,
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    **placed_pod_fields(placement),
                     **pod_spec,
                 },
             },
@@ -338,7 +370,8 @@ def job_is_running(job: V1Job) -> bool:
     return not any(c.status == "True" and c.type in ("Complete", "Failed") for c in status.conditions or [])
 
 
-BuildContainer = Callable[[EnvironmentBuildSpec, OperatorSettings, "str | None", str],
+# (spec, settings, context directory or None, Dockerfile path, build env) -> (container, volumes)
+BuildContainer = Callable[[EnvironmentBuildSpec, OperatorSettings, "str | None", str, dict[str, str]],
                           tuple[dict[str, Any], list[dict[str, Any]]]]
 
 
@@ -346,11 +379,23 @@ def job_pod_spec(build: dict[str, Any], settings: OperatorSettings, build_contai
                  archive_format: str, with_credentials: str | None) -> dict[str, Any]:
     """The build pod: `context` (verifies the context, when there is one to verify), the builder's
     container (builds into ARCHIVE; called with the context directory, None when it fetches a git
-    context itself, and the Dockerfile path), then `push`. Pure."""
+    context itself, and the Dockerfile path), then `push`. Pure.
+
+    The namespace's placement (settings.build_placement) gives the build container its resources
+    and the build env (which the builder passes on to RUN steps, never into the image); the
+    `context` and `push` containers get only its proxy variables."""
     spec = EnvironmentBuildSpec.model_validate(build["spec"])
+    placement = settings.build_placement(build["metadata"]["namespace"])
     context, context_volumes, dockerfile = context_init(spec, settings)
-    builder, builder_volumes = build_container(spec, settings, CONTEXT_MOUNT if context else None, dockerfile)
+    builder, builder_volumes = build_container(spec, settings, CONTEXT_MOUNT if context else None, dockerfile,
+                                               placement.env)
+    builder = {**builder, "resources": {key: dict(value) for key, value in placement.resources.items()}}
+    if placement.env:
+        builder["env"] = [*builder.get("env", []), *env_entries(placement.env)]
     push, push_volumes = push_container(spec, settings, f"{archive_format}:{ARCHIVE}", with_credentials)
+    push["env"] = [*push["env"], *env_entries(placement.env, only_proxies=True)]
+    if context is not None:
+        context["env"] = [*context["env"], *env_entries(placement.env, only_proxies=True)]
     return {
         "initContainers": [*([context] if context else []), builder],
         "containers": [push],
@@ -532,4 +577,6 @@ class JobBuilder:
         log_tail = tail(message or "") or job_message or "the build pod left no log"
         if container is not None:
             log_tail = f"[{container}] {log_tail}"
+        # A build env value with a password (an index URL with user:password@) never reaches the status.
+        log_tail = mask_credentials(log_tail, list(self.settings.build_placement(namespace).env.values()))
         return AttemptResult(AttemptState.FAILED, name=name, reason=reason or job_reason, log_tail=log_tail)

@@ -23,7 +23,6 @@ from envkiln.adapters.builders.jobs import (
     OUT,
     JobBuilder,
     build_job,
-    build_resources,
     context_configmap,
     job_name,
     job_pod_spec,
@@ -43,7 +42,12 @@ def _git_context(url: str, ref: str) -> str:
 
 
 def kaniko_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, context_dir: str | None,
-                     dockerfile: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                     dockerfile: str, build_env: dict[str, str] | None = None
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The executor. The build env (envkiln.core.placement) is in its environment (Kaniko pulls the base
+    through its proxy) and passed to RUN steps as build args, `--build-arg=NAME=$(NAME)`, which the kubelet
+    expands from that environment: a value never stands in the Job. Kaniko's RUN steps get a build arg
+    only where the Dockerfile declares it (ARG) or it is one of the predefined proxy args."""
     registry_host = parse_image_reference(spec.image).registry
     mounts: list[dict[str, Any]] = [{"name": "out", "mountPath": OUT}]
     if context_dir is not None:
@@ -70,13 +74,14 @@ def kaniko_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, con
     if settings.insecure_registry and registry_host:
         # Base images are pulled from our registry without TLS, scoped to it rather than --insecure.
         args += [f"--insecure-registry={registry_host}", f"--skip-tls-verify-registry={registry_host}"]
+    args += [f"--build-arg={name}=$({name})" for name in sorted(build_env or {})]
     args += settings.kaniko_extra_args
     return {
         "name": "build",
         "image": settings.kaniko_image,
         "args": args,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": build_resources(settings),
+        "resources": {},  # the namespace's build placement (envkiln.adapters.builders.jobs.job_pod_spec)
         "securityContext": {"privileged": False, "allowPrivilegeEscalation": False,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "volumeMounts": mounts,
