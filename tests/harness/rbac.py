@@ -1,6 +1,6 @@
 """The Kubernetes permissions the operator's code uses, declared next to the code.
 
-The chart must grant exactly these (tests/integration/test_chart.py): watching all namespaces in
+The chart must grant exactly these (tests/integration/bare/test_chart.py): watching all namespaces in
 one ClusterRole; watching given namespaces (watchNamespaces) those on namespaced resources in a
 Role per watched namespace and those on cluster-scoped ones in a ClusterRole, less
 ALL_NAMESPACES_ONLY; and OWN_NAMESPACE_PERMISSIONS in a Role in the release namespace. The

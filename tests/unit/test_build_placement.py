@@ -4,18 +4,22 @@ make from them; and that a build env value with a password never reaches a statu
 
 from __future__ import annotations
 
+import configparser
 import json
+import os
+import subprocess
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 from test_build_jobs import build_for
 
 from envkiln.adapters.builders import AttemptState
 from envkiln.adapters.builders.buildah import buildah_job
-from envkiln.adapters.builders.jobs import JobBuilder
-from envkiln.adapters.builders.kaniko import kaniko_job
+from envkiln.adapters.builders.jobs import JobBuilder, build_env_files
+from envkiln.adapters.builders.kaniko import BUILD_ENV_SCRIPT, kaniko_job
 from envkiln.core.definition import definition_hash
 from envkiln.core.placement import BuildPlacement, effective_placement, mask_credentials
 from envkiln.core.settings import OperatorSettings, SettingsError
@@ -139,7 +143,9 @@ def test_every_build_pod_gets_its_namespaces_placement(builder: str) -> None:
     assert pod["affinity"] == AFFINITY, "the namespace's override"
     assert pod["priorityClassName"] == "low" and pod["runtimeClassName"] == "kata"
     assert pod["imagePullSecrets"] == [{"name": "mirror"}]
-    context, build_container = pod["initContainers"]
+    names = [c["name"] for c in pod["initContainers"]]
+    assert names == (["context", "build-env", "build"] if builder == "kaniko" else ["context", "build"])
+    context, build_container = pod["initContainers"][0], pod["initContainers"][-1]
     [push] = pod["containers"]
     env = {e["name"]: e["value"] for e in build_container["env"]}
     assert env["PIP_INDEX_URL"] == SECRET_INDEX and env["NO_PROXY"] == ".svc" and env["HTTPS_PROXY"]
@@ -153,13 +159,44 @@ def test_every_build_pod_gets_its_namespaces_placement(builder: str) -> None:
     # No value is written into the Job's args or scripts, only into the build container's env.
     if builder == "kaniko":
         args = build_container["args"]
-        assert "--build-arg=PIP_INDEX_URL=$(PIP_INDEX_URL)" in args
-        assert not any("s3cret" in a for a in args)
+        assert "--build-arg=HTTPS_PROXY=$(HTTPS_PROXY)" in args, "proxies as predefined build args"
+        assert not [a for a in args if "PIP_INDEX_URL" in a or "s3cret" in a], "an ARG would be in the history"
+        writer = pod["initContainers"][1]
+        assert {e["name"]: e["value"] for e in writer["env"]} == {
+            "ENVKILN_BUILD_ENV_NAMES": "PIP_INDEX_URL", "PIP_INDEX_URL": SECRET_INDEX}
+        assert writer["securityContext"]["runAsNonRoot"] is True and "docker-config" not in json.dumps(writer)
+        assert {"name": "build-env", "mountPath": "/etc/pip.conf", "subPath": "pip.conf",
+                "readOnly": True} in build_container["volumeMounts"]
     else:
         assert env["ENVKILN_BUILD_ENV_NAMES"] == "HTTPS_PROXY NO_PROXY PIP_INDEX_URL"
         assert "s3cret" not in build_container["command"][-1]
     assert SECRET_INDEX not in json.dumps(job["metadata"]) + json.dumps(pod["containers"])
     assert json.dumps(build, sort_keys=True) == before, "the EnvironmentBuild is not touched"
+
+
+# (id, build env, expected pip.conf [global], expected .condarc)
+ENV_FILES: list[tuple[str, dict[str, str], dict[str, str], dict[str, str]]] = [
+    ("pip-options-as-pip-maps-them", {"PIP_INDEX_URL": "https://u:p%w@x/simple", "PIP_TRUSTED_HOST": "x",
+                                      "PIP_EXTRA_INDEX_URL": "https://a/simple https://b/simple"},
+     {"index-url": "https://u:p%w@x/simple", "trusted-host": "x",
+      "extra-index-url": "https://a/simple https://b/simple"}, {}),
+    ("conda-and-mamba-aliases", {"CONDA_CHANNEL_ALIAS": 'https://c"q\\z', "MAMBA_SSL_VERIFY": "false"},
+     {}, {"channel_alias": 'https://c"q\\z', "ssl_verify": "false"}),
+    ("other-variables-write-nothing", {"HTTPS_PROXY": "http://p:3128"}, {}, {}),
+]
+
+
+@pytest.mark.parametrize(("case", "env", "pip", "condarc"), ENV_FILES, ids=[c[0] for c in ENV_FILES])
+def test_build_env_files_script(case: str, env: dict[str, str], pip: dict[str, str], condarc: dict[str, str],
+                                tmp_path: Any) -> None:
+    script = BUILD_ENV_SCRIPT.replace("/build-env", str(tmp_path))
+    subprocess.run(["sh", "-c", script], check=True, env={
+        "PATH": os.environ["PATH"], "ENVKILN_BUILD_ENV_NAMES": " ".join(sorted(env)), **env})
+    parser = configparser.RawConfigParser()  # as pip reads it
+    parser.read(tmp_path / "pip.conf")
+    assert dict(parser["global"]) == pip
+    assert (yaml.safe_load((tmp_path / "condarc").read_text()) or {}) == condarc
+    assert set(build_env_files(env)) == {name for name, found in (("pip.conf", pip), ("condarc", condarc)) if found}
 
 
 def test_the_build_env_is_not_part_of_the_definition() -> None:

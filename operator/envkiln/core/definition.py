@@ -27,7 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+import string
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from envkiln.core.models import CondaPipBlock, EnvironmentSpec
@@ -171,6 +172,35 @@ def image_repository(definition_hash_value: str, registry: str, template: str = 
     if "{hash}" not in template:
         raise ValueError(f"image template {template!r} must contain {{hash}} so each definition gets its own image")
     return name.lstrip("/")
+
+
+def envkiln_image_namespace(image: str, registries: Iterable[str],
+                            template: str = DEFAULT_IMAGE_TEMPLATE) -> str | None:
+    """The namespace whose envkiln image `image` is (repository:tag or @digest), when it lies under
+    the image template in one of envkiln's own `registries`; None otherwise (or when the template
+    has no {namespace}: images are not kept apart by namespace then)."""
+    if "{namespace}" not in template:
+        return None
+    repository = image.split("@", 1)[0]
+    last = repository.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository = repository[: len(repository) - len(last)] + last.split(":", 1)[0]
+    for registry in registries:
+        pattern = ""
+        for literal, field, _, _ in string.Formatter().parse(template):
+            pattern += re.escape(literal)
+            if field == "registry":
+                pattern += re.escape(registry.rstrip("/"))
+            elif field == "namespace":
+                pattern += "(?P<namespace>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
+            elif field == "hash":
+                pattern += "[0-9a-f]{32}"
+            elif field is not None:
+                return None
+        found = re.fullmatch(pattern, repository.lstrip("/"))
+        if found is not None:
+            return found.group("namespace")
+    return None
 
 
 def image_name(definition_hash_value: str, registry: str, template: str = DEFAULT_IMAGE_TEMPLATE,

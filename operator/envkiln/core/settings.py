@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from envkiln.core.definition import DEFAULT_IMAGE_TEMPLATE, image_name, image_repository
+from envkiln.core.definition import DEFAULT_IMAGE_TEMPLATE, envkiln_image_namespace, image_name, image_repository
 from envkiln.core.errors import describe
 from envkiln.core.models import DEFAULT_CURATED_NAMESPACE
 from envkiln.core.models.hosts import DEFAULT_TOKEN_REALMS, parse_host_entry, parse_realm_entry
@@ -125,8 +125,9 @@ class OperatorSettings(BaseModel):
     build_runtime_class_name: str | None = Field(default=None, description="runtimeClassName of build pods.")
     build_env: dict[str, str] = Field(
         default_factory=dict, description="JSON object of environment variables of the build (proxies, package "
-        "indexes: HTTP_PROXY, NO_PROXY, PIP_INDEX_URL, CONDA_CHANNEL_ALIAS...): the build container and its RUN "
-        "steps get them, never the image, the definition hash or the EnvironmentBuild (docs/registries.md).")
+        "indexes: HTTP_PROXY, NO_PROXY, PIP_INDEX_URL, CONDA_CHANNEL_ALIAS...): the build container gets them, its "
+        "RUN steps the proxies, PIP_* and CONDA_*/MAMBA_* ones; never the image, the definition hash or the "
+        "EnvironmentBuild (docs/registries.md).")
     build_pull_secrets: list[str] = Field(
         default_factory=list, description="imagePullSecrets of build pods (Secrets in the build's namespace), for "
         "the kubelet pulling the builder images.")
@@ -312,6 +313,20 @@ class OperatorSettings(BaseModel):
                           previous)
         except SigningKeyError as error:
             raise ValueError(f"ENVKILN_SIGNING_KEY: {error}") from None
+
+    def foreign_image_problem(self, image: str | None, namespace: str) -> str | None:
+        """Why `image` (spec.image of an Environment in `namespace`) may not be used: it is another
+        namespace's envkiln image (a lookup with the operator's credential would tell its digest).
+        The curated namespace's images are for everyone. None: it may be used."""
+        if image is None:
+            owner = None
+        else:
+            owner = envkiln_image_namespace(image, {self.registry, self.effective_pull_registry}, self.image_template)
+        if owner is None or owner in (namespace, self.curated_namespace):
+            return None
+        return (f"spec.image: {image} is an envkiln image of namespace {owner}; an Environment may use only its own "
+                f"namespace's envkiln images (or the curated ones): name the image by its Environment in {owner}, "
+                "or define the environment here")
 
     def push_image(self, definition_hash: str, namespace: str, key: str | None = None) -> str:
         """Where a build of `definition_hash` in `namespace` pushes (repository:tag); the tag is the

@@ -90,6 +90,9 @@ def observe(ctx: OperatorContext, env: dict[str, Any], find_build: FindBuild | N
         spec = parse_environment(env, f"Environment {env['metadata']['name']}", settings.curated_namespace).spec
     except DefinitionError as error:
         return replace(base, problems=tuple(error.problems))
+    foreign = settings.foreign_image_problem(spec.image, namespace)
+    if foreign is not None:  # never looked up: the answer would tell another namespace's digest
+        return replace(base, problems=(foreign,))
     if spec.kind is EnvironmentKind.BRING_YOUR_OWN:
         assert spec.image is not None
         return replace(base, spec=spec, hash=definition_hash(spec), lookup=_lookup(ctx, spec.image))

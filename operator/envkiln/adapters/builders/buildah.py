@@ -24,6 +24,7 @@ from typing import Any
 
 from envkiln.adapters.builders.jobs import (
     ARCHIVE,
+    BUILD_ENV_FILES,
     OUT,
     JobBuilder,
     build_job,
@@ -36,33 +37,34 @@ from envkiln.core.settings import OperatorSettings
 __all__ = ["BuildahJobBuilder", "buildah_job", "buildah_pod_spec"]
 
 # Values reach the script as environment variables, always quoted: nothing from a spec is ever
-# part of the script text. The build env (ENVKILN_BUILD_ENV_NAMES: the names of the build env
-# variables, envkiln.core.placement) reaches RUN steps through a containers.conf drop-in of this
-# container, whose `env` buildah gives every RUN container: neither the image's config nor its
-# history records them (buildah's own proxy passing, --http-proxy, does the same for *_PROXY).
+# part of the script text.
+#
+# The build env (envkiln.core.placement; ENVKILN_BUILD_ENV_NAMES names its variables) reaches RUN
+# steps without entering the image: proxy variables through buildah's own --http-proxy (on by
+# default: RUN containers get the *_PROXY variables of this container, and the image's config and
+# history do not); PIP_* variables as the [global] section of a pip.conf (PIP_INDEX_URL ->
+# index-url, as pip maps them) and CONDA_* / MAMBA_* variables as a .condarc (CONDA_CHANNEL_ALIAS
+# -> channel_alias), both bind-mounted into RUN containers only (`--volume`), never committed: the
+# image keeps at most an empty mount point file. A build arg would be recorded in the image's
+# history, a containers.conf `env` is not given to RUN steps by buildah build.
 BUILD_SCRIPT = """set -eu
+set --
 if [ -n "${ENVKILN_BUILD_ENV_NAMES:-}" ]; then
-  mkdir -p /etc/containers/containers.conf.d
-  {
-    printf '[containers]\\nenv = [\\n  "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",\\n'
-    printf '  "TERM=xterm",\\n'
-    for name in $ENVKILN_BUILD_ENV_NAMES; do
-      value=$(printenv "$name" | sed -e 's/\\\\/\\\\\\\\/g' -e 's/"/\\\\"/g')
-      printf '  "%s=%s",\\n' "$name" "$value"
-    done
-    printf ']\\n'
-  } > /etc/containers/containers.conf.d/50-envkiln-build-env.conf
+  mkdir -p /var/tmp/envkiln-build-env
+  pip=/var/tmp/envkiln-build-env/pip.conf condarc=/var/tmp/envkiln-build-env/condarc
+@BUILD_ENV_FILES@  if [ "$(wc -l < "$pip")" -gt 1 ]; then set -- "$@" --volume "$pip:/etc/pip.conf:ro"; fi
+  if [ -s "$condarc" ]; then set -- "$@" --volume "$condarc:/etc/conda/.condarc:ro"; fi
 fi
 if [ -n "${ENVKILN_INSECURE_REGISTRY:-}" ]; then
   mkdir -p /etc/containers/registries.conf.d
   printf '[[registry]]\\nlocation = "%s"\\ninsecure = true\\n' "$ENVKILN_INSECURE_REGISTRY" \\
     > /etc/containers/registries.conf.d/50-envkiln.conf
 fi
-buildah --storage-driver vfs build --isolation chroot --layers=false \\
+buildah --storage-driver vfs build --isolation chroot --layers=false "$@" \\
   --label "dev.envkiln.definition-hash=$ENVKILN_HASH" -f "$ENVKILN_DOCKERFILE" -t "$ENVKILN_IMAGE" "$ENVKILN_CONTEXT"
 buildah --storage-driver vfs push --quiet "$ENVKILN_IMAGE" "oci-archive:$ENVKILN_ARCHIVE"
 echo "built $ENVKILN_IMAGE"
-"""
+""".replace("@BUILD_ENV_FILES@", BUILD_ENV_FILES)
 
 
 def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, context_dir: str | None,

@@ -117,6 +117,36 @@ skopeo copy --quiet "$@" "$ENVKILN_ARCHIVE" "docker://$ENVKILN_LATEST"
 PROXY_VARIABLES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
                              "http_proxy", "https_proxy", "no_proxy", "all_proxy"})
 
+# Shell lines that write the build env's package-manager configuration, for RUN steps to read
+# from bind mounts that are never committed to the image: PIP_* as the [global] section of the
+# pip.conf "$pip" (PIP_INDEX_URL -> index-url, pip's own mapping; pip reads it without
+# interpolation) and CONDA_* / MAMBA_* as the .condarc "$condarc" (CONDA_CHANNEL_ALIAS ->
+# channel_alias, quoted). Values come from the environment, named by ENVKILN_BUILD_ENV_NAMES
+# (names are checked, values hold no control character: envkiln.core.placement).
+BUILD_ENV_FILES = """  printf '[global]\\n' > "$pip"
+  : > "$condarc"
+  for name in $ENVKILN_BUILD_ENV_NAMES; do
+    case "$name" in
+      PIP_*) printf '%s = %s\\n' "$(printf '%s' "${name#PIP_}" | tr 'A-Z_' 'a-z-')" "$(printenv "$name")" >> "$pip" ;;
+      CONDA_*|MAMBA_*) key=${name#CONDA_}; key=${key#MAMBA_}
+        printf '%s: "%s"\\n' "$(printf '%s' "$key" | tr 'A-Z' 'a-z')" \\
+          "$(printenv "$name" | sed -e 's/\\\\/\\\\\\\\/g' -e 's/"/\\\\"/g')" >> "$condarc" ;;
+    esac
+  done
+"""
+PIP_CONF, CONDARC = "/etc/pip.conf", "/etc/conda/.condarc"  # where RUN steps find them
+
+
+def build_env_files(env: dict[str, str]) -> dict[str, str]:
+    """{file name under the build-env directory: where RUN steps find it} for the build env `env`."""
+    files = {}
+    if any(name.startswith("PIP_") for name in env):
+        files["pip.conf"] = PIP_CONF
+    if any(name.startswith(("CONDA_", "MAMBA_")) for name in env):
+        files["condarc"] = CONDARC
+    return files
+
+
 NON_ROOT = {
     "runAsUser": PUSH_USER, "runAsGroup": PUSH_USER, "runAsNonRoot": True,
     "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,

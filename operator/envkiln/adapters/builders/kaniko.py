@@ -20,10 +20,15 @@ from typing import Any
 
 from envkiln.adapters.builders.jobs import (
     ARCHIVE,
+    BUILD_ENV_FILES,
+    NON_ROOT,
     OUT,
+    PROXY_VARIABLES,
     JobBuilder,
+    build_env_files,
     build_job,
     context_configmap,
+    env_entries,
     job_name,
     job_pod_spec,
 )
@@ -45,9 +50,11 @@ def kaniko_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, con
                      dockerfile: str, build_env: dict[str, str] | None = None
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The executor. The build env (envkiln.core.placement) is in its environment (Kaniko pulls the base
-    through its proxy) and passed to RUN steps as build args, `--build-arg=NAME=$(NAME)`, which the kubelet
-    expands from that environment: a value never stands in the Job. Kaniko's RUN steps get a build arg
-    only where the Dockerfile declares it (ARG) or it is one of the predefined proxy args."""
+    through its proxy). RUN steps get the proxy variables as build args, `--build-arg=NAME=$(NAME)`, which
+    the kubelet expands from that environment (a value never stands in the Job; Kaniko gives RUN steps the
+    predefined proxy args); PIP_* / CONDA_* / MAMBA_* as the pip.conf and .condarc the `build-env` init
+    container writes (`kaniko_pod_spec`), mounted at /etc/pip.conf and /etc/conda/.condarc: Kaniko runs
+    RUN steps in its own root and never snapshots a mount point."""
     registry_host = parse_image_reference(spec.image).registry
     mounts: list[dict[str, Any]] = [{"name": "out", "mountPath": OUT}]
     if context_dir is not None:
@@ -74,7 +81,9 @@ def kaniko_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, con
     if settings.insecure_registry and registry_host:
         # Base images are pulled from our registry without TLS, scoped to it rather than --insecure.
         args += [f"--insecure-registry={registry_host}", f"--skip-tls-verify-registry={registry_host}"]
-    args += [f"--build-arg={name}=$({name})" for name in sorted(build_env or {})]
+    args += [f"--build-arg={name}=$({name})" for name in sorted(build_env or {}) if name in PROXY_VARIABLES]
+    mounts += [{"name": "build-env", "mountPath": path, "subPath": name, "readOnly": True}
+               for name, path in build_env_files(build_env or {}).items()]
     args += settings.kaniko_extra_args
     return {
         "name": "build",
@@ -94,9 +103,32 @@ def kaniko_job(build: dict[str, Any], attempt: int, settings: OperatorSettings,
     return build_job(build, attempt, settings, kaniko_pod_spec(build, settings, with_credentials))
 
 
+# The `build-env` init container: writes the build env's pip.conf and .condarc (jobs.BUILD_ENV_FILES).
+BUILD_ENV_SCRIPT = """set -eu
+pip=/build-env/pip.conf condarc=/build-env/condarc
+""" + BUILD_ENV_FILES
+
+
 def kaniko_pod_spec(build: dict[str, Any], settings: OperatorSettings, with_credentials: str | None) -> dict[str, Any]:
     # --tar-path writes a docker-archive tarball.
-    return job_pod_spec(build, settings, kaniko_container, "docker-archive", with_credentials)
+    pod = job_pod_spec(build, settings, kaniko_container, "docker-archive", with_credentials)
+    env = settings.build_placement(build["metadata"]["namespace"]).env
+    if not build_env_files(env):
+        return pod
+    wanted = {name: value for name, value in env.items() if name.startswith(("PIP_", "CONDA_", "MAMBA_"))}
+    writer = {
+        "name": "build-env",
+        "image": settings.buildah_push_image,
+        "command": ["/bin/sh", "-c", BUILD_ENV_SCRIPT],
+        "env": [{"name": "ENVKILN_BUILD_ENV_NAMES", "value": " ".join(sorted(wanted))}, *env_entries(wanted)],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": NON_ROOT,
+        "volumeMounts": [{"name": "build-env", "mountPath": "/build-env"}],
+    }
+    init = pod["initContainers"]
+    return {**pod, "initContainers": [*init[:-1], writer, init[-1]],
+            "volumes": [*pod["volumes"], {"name": "build-env", "emptyDir": {}}]}
 
 
 class KanikoBuilder(JobBuilder):

@@ -35,18 +35,6 @@ from operator_helpers import Envs, environment, finish_job, hash_of, image_for, 
 GATE = "envkiln.dev/environment"
 
 
-# These tests play the Kaniko executor's part (it cannot run here), writing its pod's and Job's
-# status: they run on the bare control plane, where no Job controller or kubelet writes them too.
-@pytest.fixture(scope="session")
-def control_plane(bare_control_plane: ControlPlane) -> ControlPlane:
-    return bare_control_plane
-
-
-@pytest.fixture(scope="session")
-def api_client(bare_api_client: client.ApiClient) -> client.ApiClient:
-    return bare_api_client
-
-
 @pytest.fixture()
 def webhook_operator(api_client: client.ApiClient, namespace: str, operator_namespace: str,
                      start_operator) -> Iterator[Any]:  # type: ignore[no-untyped-def]

@@ -30,23 +30,11 @@ from harness.records import seed_build
 from harness.registry import Registry
 from operator_helpers import GROUP, VERSION, Envs, environment, finish_job, image_for, play_kaniko_pod, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "envkiln"
 RELEASE_NAMESPACE = "envkiln-system"
 CURATED_NAMESPACE = "envkiln-curated"  # curated.namespace: never the release namespace (its Secrets)
 KUBE_VERSION = "1.34.4"
-
-
-# These tests play the Kaniko executor's part (it cannot run here), writing its pod's and Job's
-# status: they run on the bare control plane, where no Job controller or kubelet writes them too.
-@pytest.fixture(scope="session")
-def control_plane(bare_control_plane: ControlPlane) -> ControlPlane:
-    return bare_control_plane
-
-
-@pytest.fixture(scope="session")
-def api_client(bare_api_client: client.ApiClient) -> client.ApiClient:
-    return bare_api_client
 
 
 @pytest.fixture(scope="session")

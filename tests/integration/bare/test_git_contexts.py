@@ -7,24 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from kubernetes import client
 
-from harness.controlplane import ControlPlane
 from harness.gitserver import GitServer
 from operator_helpers import Envs, condition, environment, wait_for
-
-
-# The Kaniko builder's Jobs are only created here, never run: no kubelet (the bare control plane).
-@pytest.fixture(scope="module")
-def control_plane(bare_control_plane: ControlPlane) -> ControlPlane:
-    return bare_control_plane
-
-
-@pytest.fixture(scope="module")
-def api_client(bare_api_client: client.ApiClient) -> client.ApiClient:
-    return bare_api_client
-
 
 DOCKERFILE = "FROM scratch\nCOPY app.txt /app.txt\n"
 

@@ -9,7 +9,6 @@ import pytest
 from kubernetes import client
 
 from harness.buildah import base_image_archive, push_archive
-from harness.controlplane import ControlPlane
 from harness.records import seed_build
 from harness.registry import Registry
 from operator_helpers import (
@@ -24,18 +23,6 @@ from operator_helpers import (
 )
 
 PIP_SPEC = {"image": "python:3.11-slim", "pip": ["numpy==2.1.3"]}
-
-
-# These tests play the Kaniko executor's part (it cannot run here), writing its pod's and Job's
-# status: they run on the bare control plane, where no Job controller or kubelet writes them too.
-@pytest.fixture(scope="session")
-def control_plane(bare_control_plane: ControlPlane) -> ControlPlane:
-    return bare_control_plane
-
-
-@pytest.fixture(scope="session")
-def api_client(bare_api_client: client.ApiClient) -> client.ApiClient:
-    return bare_api_client
 
 
 def test_cache_hit_from_the_operators_record_needs_no_build(api_client: client.ApiClient, namespace: str,
@@ -299,6 +286,16 @@ def test_bring_your_own_container_resolves_digest(api_client: client.ApiClient, 
     envs.create(environment("byoc-missing", image=f"{registry.host}/nothing/here:1", userManaged=True))
     status = envs.wait_phase("byoc-missing", "Failed", diagnostics=operator.log)
     assert condition(status, "Ready")["reason"] == "ImageNotFound"
+
+    # Another namespace's envkiln image, really in the registry: never looked up with the operator's
+    # credential (its digest would be told here), refused naming the field and that namespace.
+    theirs = f"{registry.host}/envkiln/victim-ns/env_{'0' * 32}:{'0' * 32}"
+    push_archive(base_image_archive(), theirs)
+    envs.create(environment("borrowed", image=theirs, userManaged=True))
+    status = envs.wait_phase("borrowed", "Failed", diagnostics=operator.log)
+    message = condition(status, "Ready")["message"]
+    assert "spec.image" in message and "envkiln image of namespace victim-ns" in message, message
+    assert not status.get("imageDigest") and not status.get("imageRef"), status
 
 
 @pytest.mark.timeout(900)

@@ -1,0 +1,21 @@
+"""Tests on kube-apiserver + etcd alone: no controllers, no kubelet. Only for tests that play the
+part of the Kaniko executor (which cannot be had on this machine), writing its Job's and pod's
+status, or that need no node at all; nothing else may write those Jobs' and pods' status. Every
+test module in this folder runs on the bare control plane."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+
+from harness.controlplane import ControlPlane
+
+
+@pytest.fixture(scope="session")
+def control_plane(bare_control_plane: ControlPlane) -> ControlPlane:
+    return bare_control_plane
+
+
+@pytest.fixture(scope="session")
+def api_client(bare_api_client: client.ApiClient) -> client.ApiClient:
+    return bare_api_client
