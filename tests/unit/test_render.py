@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -424,3 +426,63 @@ def test_pinned_renders_read_back_and_are_deterministic(document: dict, base_dig
     stages = [i.value for i in instructions if i.keyword == "FROM"]
     assert stages[-3:] == [("envkiln-base", "AS", "envkiln-install"), ("envkiln-base", "AS", "envkiln-image"),
                            ("envkiln-image",)]
+
+
+# --- golden renders: the Dockerfile and files, byte for byte -----------------------------------------
+# tests/unit/golden/render/<case>.txt were written once from the render before its stages were split
+# (issue #21); any change to what a definition renders changes its image, so it must show up here.
+# ENVKILN_UPDATE_GOLDEN=1 rewrites them, for a change of the render that is meant.
+
+GOLDEN = Path(__file__).parent / "golden" / "render"
+STEPS = ["RUN apt-get update && apt-get install -y git", "USER 1000", "WORKDIR /work"]
+PIP_OPTIONS = ["--index-url https://idx/simple", "--extra-index-url https://extra/simple", "numpy==2.1.3",
+               " pandas==2.2.3 ", "--index-url https://idx/simple"]
+CONDA_NO_PIP = {"channels": ["conda-forge"], "dependencies": ["nodejs=22", "zlib"]}
+CONDA_PIP_BLOCK = {"channels": ["conda-forge"],
+                   "dependencies": ["python=3.11", {"pip": ["--index-url https://idx/simple", "six==1.16.0"]}]}
+CONDA_ONLY_LOCK = CONDA_LOCK_TEXT.split("[pip]")[0]
+GOLDEN_CASES: dict[str, tuple[dict[str, Any], str | None, RenderSettings | None]] = {
+    "pip-only": (PIP_ENV, None, None),
+    "pip-only-digest": (PIP_ENV, DIGEST, None),
+    "pip-options-steps": (manifest(pip=PIP_OPTIONS, dockerSteps=STEPS), None, None),
+    "pip-multiline-step": (manifest(dockerSteps=["RUN apt-get update \\\n && apt-get install -y git"]), None, None),
+    "conda-only": (manifest(CONDA_ENV, pip=None, conda=CONDA_NO_PIP), None, None),
+    "conda-only-digest-steps": (manifest(CONDA_ENV, pip=None, conda=CONDA_NO_PIP, dockerSteps=STEPS), DIGEST, None),
+    "conda-pip-block": (manifest(CONDA_ENV, pip=None, conda=CONDA_PIP_BLOCK), None, None),
+    "conda-and-pip": (CONDA_ENV, None, None),
+    "conda-and-pip-digest": (CONDA_ENV, DIGEST, None),
+    "conda-and-pip-settings": (CONDA_ENV, None, RenderSettings(micromamba_image="registry.local/mm:2",
+                                                               uv_version="1.0")),
+    "image-with-digest": (manifest(CONDA_ENV, image=f"debian@{OTHER}"), DIGEST, None),
+    "pinned-pip": (manifest(lock=PIP_LOCK_TEXT), None, None),
+    "pinned-pip-options-digest": (manifest(pip=PIP_OPTIONS, lock=PIP_LOCK_TEXT, dockerSteps=STEPS), DIGEST, None),
+    "pinned-conda-and-pip": (manifest(CONDA_ENV, lock=CONDA_LOCK_TEXT), None, None),
+    "pinned-conda-and-pip-digest": (manifest(CONDA_ENV, lock=CONDA_LOCK_TEXT), DIGEST, None),
+    "pinned-conda-pip-block": (manifest(CONDA_ENV, pip=None, conda=CONDA_PIP_BLOCK, lock=CONDA_LOCK_TEXT), None, None),
+    "pinned-conda-only": (manifest(CONDA_ENV, pip=None, conda=CONDA_NO_PIP, lock=CONDA_ONLY_LOCK), None, None),
+    "pinned-conda-only-lock-with-pip": (manifest(CONDA_ENV, pip=None, conda=CONDA_NO_PIP, lock=CONDA_LOCK_TEXT),
+                                        None, None),
+    "no-packages": (manifest(pip=None, dockerSteps=["RUN true"]), None, None),
+    "no-packages-steps-digest": (manifest(pip=None, dockerSteps=STEPS), DIGEST, None),
+}
+
+
+def golden_text(spec_document: dict[str, Any], base_digest: str | None, settings: RenderSettings | None) -> str:
+    """The plan as one text: the Dockerfile, then each file in order, each headed by its length (so the
+    text reads back unambiguously). The lock script is envkiln.core.locks' own: named, not copied."""
+    plan = render(spec_of(spec_document), "0" * 32, settings, base_digest=base_digest)
+    parts = [f"=== Dockerfile ({len(plan.dockerfile)} chars)\n{plan.dockerfile}"]
+    for file in plan.files:
+        content = "<envkiln.core.locks.LOCK_SCRIPT>\n" if file.content == LOCK_SCRIPT else file.content
+        parts.append(f"=== file {file.path} ({len(content)} chars)\n{content}")
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_the_render_is_the_golden_one(case: str) -> None:
+    text = golden_text(*GOLDEN_CASES[case])
+    path = GOLDEN / f"{case}.txt"
+    if os.environ.get("ENVKILN_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode())
+    assert path.read_bytes().decode() == text

@@ -267,6 +267,161 @@ def _conda_lock_in_shell(pinned: bool) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Part:
+    """A piece of the render: Dockerfile instructions (one entry each) and the context files they copy,
+    in order. `_system_managed` joins the parts; none of them sees or changes another."""
+
+    lines: tuple[str, ...] = ()
+    files: tuple[ContextFile, ...] = ()
+
+
+def _joined(parts: list[Part]) -> Part:
+    return Part(lines=tuple(line for part in parts for line in part.lines),
+                files=tuple(file for part in parts for file in part.files))
+
+
+def _pins_pip(pinned: Lock | None) -> bool:
+    """Whether the install is of a lock's [pip] section (then the lock script is copied before it)."""
+    return pinned is not None and pinned.has_pip
+
+
+def _python(spec: EnvironmentSpec) -> str:
+    """The Python pip installs with and the lock script runs with: the conda environment's, else the venv's."""
+    return f"{CONDA_PREFIX}/bin/python" if spec.conda is not None else f"{VENV_PREFIX}/bin/python"
+
+
+def _base_part(spec: EnvironmentSpec, definition_hash: str, base_digest: str | None) -> Part:
+    """Stage envkiln-base: FROM the base (at its digest when known), the labels, the docker steps."""
+    assert spec.image is not None
+    base, digest = base_reference(spec.image, base_digest)
+    label = f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}"
+    if digest is not None:
+        label += f" {IMAGE_LABEL_BASE_DIGEST}={_quote(digest)}"
+    return Part(lines=(f"FROM {base} AS {BASE_STAGE}", label, *(step.strip() for step in spec.docker_steps or [])))
+
+
+def _install_from_part(spec: EnvironmentSpec, settings: RenderSettings) -> Part:
+    """The micromamba stage (for conda), then stage envkiln-install FROM envkiln-base, as root."""
+    micromamba = [f"FROM {settings.micromamba_image} AS {MICROMAMBA_STAGE}"] if spec.conda is not None else []
+    return Part(lines=(*micromamba, f"FROM {BASE_STAGE} AS {INSTALL_STAGE}", "USER 0:0"))
+
+
+def _conda_part(spec: EnvironmentSpec, pinned: Lock | None) -> Part:
+    """The conda environment, from conda.yaml or (pinned) the lock's explicit [conda] file; exported
+    for the lock. Nothing without spec.conda."""
+    if spec.conda is None:
+        return Part()
+    if pinned is not None:
+        environment = ContextFile(path=CONDA_LOCK, content=_lock_file(conda_lines(pinned)))
+    else:
+        environment = ContextFile(path="conda.yaml", content=conda_file(spec))
+    mamba = f"MAMBA_ROOT_PREFIX={STAGING_DIR}/mamba micromamba"
+    staged = f"{STAGING_DIR}/{environment.path}"
+    return Part(lines=(
+        f"COPY --from={MICROMAMBA_STAGE} /bin/micromamba /usr/local/bin/micromamba",
+        f"COPY {environment.path} {staged}",
+        f"RUN {mamba} create --yes --prefix {CONDA_PREFIX} --file {staged} \\\n"
+        f" && {mamba} env export --prefix {CONDA_PREFIX} --explicit --md5 > {CONDA_EXPORT} \\\n"
+        f" && {mamba} clean --all --yes \\\n"
+        f" && rm -rf {STAGING_DIR}/mamba",
+    ), files=(environment,))
+
+
+def _prepare_python(spec: EnvironmentSpec) -> str:
+    """The shell that readies the Python pip installs into: the conda environment's (checked to have pip),
+    else a venv made by the base's own Python, seeing the base's packages."""
+    if spec.conda is not None:
+        return f"{_python(spec)} -m pip --version >/dev/null"
+    return (
+        f"base_python=\"$(command -v python3 || command -v python)\" \\\n"
+        f" || {{ echo \"{NO_PYTHON}\" >&2; exit 1; }}; \\\n"
+        f" \"$base_python\" -m venv --system-site-packages {VENV_PREFIX}"
+    )
+
+
+_SCRIPT_PART = Part(lines=(f"COPY {LOCK_SCRIPT_NAME} {LOCK_SCRIPT_PATH}",),
+                    files=(ContextFile(path=LOCK_SCRIPT_NAME, content=LOCK_SCRIPT),))
+
+
+def _pip_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSettings) -> Part:
+    """The pip install: of the lock's [pip] lines not installed already, without dependencies (the lock
+    script, copied first, lists them); else of spec.pip; else nothing (a conda pip block is in conda.yaml)."""
+    python, prepare = _python(spec), _prepare_python(spec)
+    if pinned is not None and _pins_pip(pinned):
+        lock = ContextFile(path=PIP_LOCK, content=_lock_file(_pip_options(spec) + pip_lines(pinned)))
+        copy = Part(lines=(f"COPY {PIP_LOCK} {STAGING_DIR}/{PIP_LOCK}",), files=(lock,))
+        install = Part(lines=(
+            f"RUN {prepare} \\\n"
+            f" && {python} {LOCK_SCRIPT_PATH} pip-install-list {STAGING_DIR}/{PIP_LOCK} {PIP_INSTALL} \\\n"
+            f" && if [ -f {PIP_INSTALL} ]; then \\\n"
+            f"    {_pip_install(python, settings, PIP_INSTALL, no_deps=True)}; \\\n"
+            f"  fi",
+        ))
+        return _joined([copy, _SCRIPT_PART, install])
+    if pinned is None and spec.pip:
+        requirements = f"{STAGING_DIR}/requirements.txt"
+        return Part(lines=(f"COPY requirements.txt {requirements}",
+                           f"RUN {prepare} \\\n && " + _pip_install(python, settings, requirements)),
+                    files=(ContextFile(path="requirements.txt", content=requirements_file(spec.pip)),))
+    return Part()
+
+
+def _lock_write_command(spec: EnvironmentSpec, pinned: Lock | None, pip_section: bool) -> str:
+    """The lock script's arguments: write the lock from what was installed, and compare it with spec.lock."""
+    write = f"{LOCK_SCRIPT_PATH} write {LOCK_STAGED}"
+    if spec.conda is not None:
+        write += f" --conda {CONDA_EXPORT}"
+    if pip_section:
+        write += f" --pip --uv {UV}"
+    if pinned is not None and pinned.has_conda:
+        write += f" --pinned-conda {STAGING_DIR}/{CONDA_LOCK}"
+    if pinned is not None and pinned.has_pip:
+        write += f" --pinned-pip {STAGING_DIR}/{PIP_LOCK}"
+    return write
+
+
+def _lock_write_part(spec: EnvironmentSpec, pinned: Lock | None) -> Part:
+    """The lock script (unless the pinned pip install copied it already), then the lock written to
+    /envkiln-lock and the staging directory removed."""
+    python = _python(spec)
+    pip_section = pinned.has_pip if pinned is not None else installs_pip(spec)
+    write = _lock_write_command(spec, pinned, pip_section)
+    if pip_section:
+        run = f"RUN {python} {write} \\\n && rm -rf {STAGING_DIR}"
+    else:
+        # conda without pip packages: the environment may have no Python; then the base's python3 runs
+        # the script, and without one the shell writes the [conda] section itself.
+        run = (
+            f"RUN if lock_python=\"$(command -v {python} || command -v python3)\"; then \\\n"
+            f"      \"$lock_python\" {write}; \\\n"
+            f"    else \\\n"
+            f"      {_conda_lock_in_shell(pinned is not None)}; \\\n"
+            f"    fi \\\n"
+            f" && rm -rf {STAGING_DIR}"
+        )
+    return _joined([Part() if _pins_pip(pinned) else _SCRIPT_PART, Part(lines=(run,))])
+
+
+def _image_part(spec: EnvironmentSpec) -> Part:
+    """Stage envkiln-image: FROM envkiln-base again, /opt/envkiln copied in, the environment variables."""
+    path = f"{CONDA_PREFIX}/bin" if spec.conda is not None else f"{VENV_PREFIX}/bin"
+    # As Azure ML sets them, without an empty LD_LIBRARY_PATH entry (the current directory) when it
+    # was unset. One instruction: the layout of the rendered file is pinned by tests.
+    conda = [
+        f"ENV CONDA_PREFIX={CONDA_PREFIX} AZUREML_CONDA_ENVIRONMENT_PATH={CONDA_PREFIX} "
+        f"LD_LIBRARY_PATH={CONDA_PREFIX}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"
+    ] if spec.conda is not None else []
+    return Part(lines=(f"FROM {BASE_STAGE} AS {IMAGE_STAGE}",
+                       f"COPY --from={INSTALL_STAGE} {ENVKILN_ROOT} {ENVKILN_ROOT}", f"ENV PATH={path}:$PATH", *conda))
+
+
+# Last, alone in the image's last layer: the lock the operator reads from the registry. A stage of
+# its own, because buildah without --layers commits a whole stage as one layer (Kaniko: one per
+# instruction); a stage FROM the image stage adds exactly this one layer with either.
+_LOCK_LAYER_PART = Part(lines=(f"FROM {IMAGE_STAGE}", f"COPY --from={INSTALL_STAGE} {LOCK_STAGED} {LOCK_FILE}"))
+
+
 def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings,
                     base_digest: str | None) -> BuildPlan:
     """A multi-stage Dockerfile, as Azure ML builds:
@@ -292,117 +447,16 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
     already: the base's own packages stay as they are); the lock script then writes the lock again and
     fails the build, naming the packages, when it differs from spec.lock.
     """
-    assert spec.image is not None
     pinned = pinned_lock(spec)
-    base, digest = base_reference(spec.image, base_digest)
-    files: list[ContextFile] = []
-    lines: list[str] = ["# Rendered by envkiln; do not edit. Definition hash " + definition_hash]
-    lines.append(f"FROM {base} AS {BASE_STAGE}")
-    label = f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}"
-    if digest is not None:
-        label += f" {IMAGE_LABEL_BASE_DIGEST}={_quote(digest)}"
-    lines.append(label)
-    for step in spec.docker_steps or []:
-        lines.append(step.strip())
-    if spec.conda is None and not spec.pip:
-        dockerfile = "\n".join(lines) + "\n"
-        check_round_trip(dockerfile, lines[1:])
-        return BuildPlan(dockerfile=dockerfile, files=files)
-    pip_section = pinned.has_pip if pinned is not None else installs_pip(spec)
-    if spec.conda is not None:
-        lines.append(f"FROM {settings.micromamba_image} AS {MICROMAMBA_STAGE}")
-    lines += [f"FROM {BASE_STAGE} AS {INSTALL_STAGE}", "USER 0:0"]
-    script = ContextFile(path=LOCK_SCRIPT_NAME, content=LOCK_SCRIPT)
-
-    def copy_script() -> None:
-        if script not in files:
-            files.append(script)
-            lines.append(f"COPY {LOCK_SCRIPT_NAME} {LOCK_SCRIPT_PATH}")
-
-    path_entries: list[str] = []
-    if spec.conda is not None:
-        if pinned is not None:
-            files.append(ContextFile(path=CONDA_LOCK, content=_lock_file(conda_lines(pinned))))
-            environment_file = CONDA_LOCK
-        else:
-            files.append(ContextFile(path="conda.yaml", content=conda_file(spec)))
-            environment_file = "conda.yaml"
-        mamba = f"MAMBA_ROOT_PREFIX={STAGING_DIR}/mamba micromamba"
-        lines += [
-            f"COPY --from={MICROMAMBA_STAGE} /bin/micromamba /usr/local/bin/micromamba",
-            f"COPY {environment_file} {STAGING_DIR}/{environment_file}",
-            f"RUN {mamba} create --yes --prefix {CONDA_PREFIX} --file {STAGING_DIR}/{environment_file} \\\n"
-            f" && {mamba} env export --prefix {CONDA_PREFIX} --explicit --md5 > {CONDA_EXPORT} \\\n"
-            f" && {mamba} clean --all --yes \\\n"
-            f" && rm -rf {STAGING_DIR}/mamba",
-        ]
-        path_entries.append(f"{CONDA_PREFIX}/bin")
-    python = f"{CONDA_PREFIX}/bin/python" if spec.conda is not None else f"{VENV_PREFIX}/bin/python"
-    if spec.conda is not None:
-        # pip requirements go into the conda environment, next to its Python.
-        prepare = f"{python} -m pip --version >/dev/null"
-    else:
-        prepare = (
-            f"base_python=\"$(command -v python3 || command -v python)\" \\\n"
-            f" || {{ echo \"{NO_PYTHON}\" >&2; exit 1; }}; \\\n"
-            f" \"$base_python\" -m venv --system-site-packages {VENV_PREFIX}"
-        )
-        path_entries.insert(0, f"{VENV_PREFIX}/bin")
-    if pinned is not None and pinned.has_pip:
-        files.append(ContextFile(path=PIP_LOCK, content=_lock_file(_pip_options(spec) + pip_lines(pinned))))
-        lines.append(f"COPY {PIP_LOCK} {STAGING_DIR}/{PIP_LOCK}")
-        copy_script()
-        lines.append(
-            f"RUN {prepare} \\\n"
-            f" && {python} {LOCK_SCRIPT_PATH} pip-install-list {STAGING_DIR}/{PIP_LOCK} {PIP_INSTALL} \\\n"
-            f" && if [ -f {PIP_INSTALL} ]; then \\\n"
-            f"    {_pip_install(python, settings, PIP_INSTALL, no_deps=True)}; \\\n"
-            f"  fi"
-        )
-    elif pinned is None and spec.pip:
-        files.append(ContextFile(path="requirements.txt", content=requirements_file(spec.pip)))
-        lines.append(f"COPY requirements.txt {STAGING_DIR}/requirements.txt")
-        lines.append(f"RUN {prepare} \\\n && " + _pip_install(python, settings, f"{STAGING_DIR}/requirements.txt"))
-    copy_script()
-    write = f"{LOCK_SCRIPT_PATH} write {LOCK_STAGED}"
-    if spec.conda is not None:
-        write += f" --conda {CONDA_EXPORT}"
-    if pip_section:
-        write += f" --pip --uv {UV}"
-    if pinned is not None:
-        if pinned.has_conda:
-            write += f" --pinned-conda {STAGING_DIR}/{CONDA_LOCK}"
-        if pinned.has_pip:
-            write += f" --pinned-pip {STAGING_DIR}/{PIP_LOCK}"
-    if pip_section:
-        lines.append(f"RUN {python} {write} \\\n && rm -rf {STAGING_DIR}")
-    else:
-        # conda without pip packages: the environment may have no Python; then the base's python3 runs
-        # the script, and without one the shell writes the [conda] section itself.
-        lines.append(
-            f"RUN if lock_python=\"$(command -v {python} || command -v python3)\"; then \\\n"
-            f"      \"$lock_python\" {write}; \\\n"
-            f"    else \\\n"
-            f"      {_conda_lock_in_shell(pinned is not None)}; \\\n"
-            f"    fi \\\n"
-            f" && rm -rf {STAGING_DIR}"
-        )
-    lines += [f"FROM {BASE_STAGE} AS {IMAGE_STAGE}", f"COPY --from={INSTALL_STAGE} {ENVKILN_ROOT} {ENVKILN_ROOT}"]
-    lines.append(f"ENV PATH={':'.join(path_entries)}:$PATH")
-    if spec.conda is not None:
-        # As Azure ML sets them, without an empty LD_LIBRARY_PATH entry (the current directory) when it
-        # was unset. One instruction: the layout of the rendered file is pinned by tests.
-        lines.append(
-            f"ENV CONDA_PREFIX={CONDA_PREFIX} AZUREML_CONDA_ENVIRONMENT_PATH={CONDA_PREFIX} "
-            f"LD_LIBRARY_PATH={CONDA_PREFIX}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"
-        )
-    # Last, alone in the image's last layer: the lock the operator reads from the registry. A stage of
-    # its own, because buildah without --layers commits a whole stage as one layer (Kaniko: one per
-    # instruction); a stage FROM the image stage adds exactly this one layer with either.
-    lines += [f"FROM {IMAGE_STAGE}", f"COPY --from={INSTALL_STAGE} {LOCK_STAGED} {LOCK_FILE}"]
-    dockerfile = "\n".join(lines) + "\n"
-    check_round_trip(dockerfile, lines[1:])  # lines[0] is the comment; every other entry is one instruction
-    return BuildPlan(dockerfile=dockerfile, files=files)
+    parts = [_base_part(spec, definition_hash, base_digest)]
+    if spec.conda is not None or spec.pip:
+        parts += [_install_from_part(spec, settings), _conda_part(spec, pinned), _pip_part(spec, pinned, settings),
+                  _lock_write_part(spec, pinned), _image_part(spec), _LOCK_LAYER_PART]
+    plan = _joined(parts)
+    header = "# Rendered by envkiln; do not edit. Definition hash " + definition_hash
+    dockerfile = "\n".join([header, *plan.lines]) + "\n"
+    check_round_trip(dockerfile, list(plan.lines))  # every line but the comment is one instruction
+    return BuildPlan(dockerfile=dockerfile, files=list(plan.files))
 
 
 def render(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings | None = None,
