@@ -24,7 +24,7 @@ from envkiln.core.names import BUILDS, ENVIRONMENTS, GROUP, VERSION
 from envkiln.core.settings import OperatorSettings
 from envkiln.core.trust import Signer
 from harness.buildah import base_image_archive, push_archive
-from harness.controlplane import ControlPlane, ensure_binaries
+from harness.controlplane import ensure_binaries
 from harness.records import TEST_SIGNING_KEY
 from harness.registry import Registry
 from operator_helpers import (
@@ -37,16 +37,6 @@ from operator_helpers import (
     play_kaniko_pod,
     wait_for,
 )
-
-
-@pytest.fixture(scope="session")
-def control_plane(bare_control_plane: ControlPlane) -> ControlPlane:
-    return bare_control_plane
-
-
-@pytest.fixture(scope="session")
-def api_client(bare_api_client: client.ApiClient) -> client.ApiClient:
-    return bare_api_client
 
 
 @pytest.fixture(scope="module")
