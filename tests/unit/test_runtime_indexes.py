@@ -143,3 +143,28 @@ def test_a_namespace_over_its_share_waits_and_others_run() -> None:
         thread.join()
     _guarded(rt, "env", "a", "third", 1.0, lambda: ran.append("third") or None)
     assert ran[-1] == "third"
+
+
+def test_builds_are_kept_without_their_plan_and_with_the_verdict_on_their_whole_spec() -> None:
+    """The index keeps no rendered Dockerfile or files (up to hundreds of KiB a build): each build is
+    verified whole when it arrives, and the trust check of the kept copy answers that verdict."""
+    from envkiln.core.trust import Signer, untrusted_build
+
+    signer = Signer(b"k" * 32)
+    spec = {"hash": "0" * 32, "image": "reg/envkiln/ns/env_x:1", "builder": "buildah",
+            "plan": {"dockerfile": "FROM x\n" + "RUN true\n" * 1000, "files": [{"path": "a", "content": "b" * 5000}]}}
+    signed = {**_build("Building"), "spec": spec}
+    signed["metadata"]["annotations"] = {ANNOTATION_SIGNATURE: signer.sign_build("ns", "envb-1", spec)}
+    forged = {**signed, "spec": {**spec, "plan": {"dockerfile": "FROM evil\n"}}}
+    indexes = Indexes(verify=lambda build: signer.build_problem(dict(build), ANNOTATION_SIGNATURE))
+    indexes.note_build("ns", "envb-1", signed)
+    indexes.note_build("ns", "envb-2", {**forged, "metadata": {**signed["metadata"], "name": "envb-2"}})
+    kept, planted = indexes.build("ns", "envb-1"), indexes.build("ns", "envb-2")
+    assert kept is not None and planted is not None
+    assert "plan" not in kept["spec"] and kept["spec"]["image"] == spec["image"]
+    assert signer.build_problem(kept, ANNOTATION_SIGNATURE) is None
+    assert untrusted_build(signer, kept, ANNOTATION_SIGNATURE, spec["image"]) is None
+    assert "does not match" in str(signer.build_problem(planted, ANNOTATION_SIGNATURE))
+    # Without the verdict, a copy without its plan would not verify: the verdict is what stands in.
+    assert signer.build_problem({k: v for k, v in kept.items() if k != "envkiln.verified"},
+                                ANNOTATION_SIGNATURE) is not None

@@ -51,6 +51,10 @@ CURRENT_ENTRY = "current"  # the Secret's entry naming the key that signs
 KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
+# Where a build kept in memory without its plan holds the signature verdict of its whole spec.
+VERIFIED = "envkiln.verified"
+
+
 class SigningKeyError(ValueError):
     """The signing keys are not configured as they must be (the message says what to do)."""
 
@@ -144,7 +148,15 @@ class Signer:
         return self._sign("build", {"namespace": namespace, "name": name, "spec": normalized_spec(spec)})
 
     def build_problem(self, build: dict[str, Any], signature_annotation: str) -> str | None:
-        """None when `build` was created by this operator; else why it is not trusted."""
+        """None when `build` was created by this operator; else why it is not trusted.
+
+        A build kept in the operator's memory without its plan (envkiln.runtime.indexes) carries the
+        verdict computed over its whole spec when it arrived, under VERIFIED (a key the API server
+        never sends: the index builds that dict itself)."""
+        verdict = build.get(VERIFIED)
+        if isinstance(verdict, Mapping) and "problem" in verdict:
+            problem = verdict["problem"]
+            return None if problem is None else str(problem)
         meta = build.get("metadata") or {}
         signature = (meta.get("annotations") or {}).get(signature_annotation)
         if not signature or not isinstance(signature, str):

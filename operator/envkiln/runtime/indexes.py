@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from envkiln.core.decisions.resync import build_unsettled, environment_unsettled, follows_git_ref, watched_base
 from envkiln.core.names import ANNOTATION_SIGNATURE
+from envkiln.core.trust import VERIFIED
 
 
 class Indexes:
@@ -20,7 +21,11 @@ class Indexes:
     starts. Written on the event loop (async handlers), read from handler threads: one lock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, verify: Callable[[Mapping[str, Any]], str | None] | None = None) -> None:
+        # `verify`: why a build (whole, as the API server sent it) is not trusted, None if it is;
+        # with it, builds are kept without their plan (the rendered Dockerfile and files: up to
+        # hundreds of KiB each), and with the verdict instead (envkiln.core.trust.VERIFIED).
+        self._verify = verify
         self._lock = threading.Lock()
         self._builds: dict[tuple[str, str], dict[str, Any]] = {}
         self._hash_of: dict[tuple[str, str], str] = {}
@@ -31,11 +36,12 @@ class Indexes:
 
     def note_build(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
         """The build as seen in an event (None: deleted)."""
+        kept = None if body is None else _trimmed_build(body, self._verify)  # verified outside the lock
         with self._lock:
-            if body is None:
+            if kept is None:
                 self._builds.pop((namespace, name), None)
             else:
-                self._builds[(namespace, name)] = _trimmed_build(body)
+                self._builds[(namespace, name)] = kept
 
     def build(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -101,16 +107,24 @@ class Indexes:
             return sorted(self._git)
 
 
-def _trimmed_build(body: Mapping[str, Any]) -> dict[str, Any]:
+def _trimmed_build(body: Mapping[str, Any],
+                   verify: Callable[[Mapping[str, Any]], str | None] | None = None) -> dict[str, Any]:
     meta = body.get("metadata") or {}
     annotations = meta.get("annotations") or {}
-    return {
+    spec = dict(body.get("spec") or {})
+    kept: dict[str, Any] = {}
+    if verify is not None:
+        whole = {"metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
+                              "annotations": dict(annotations)}, "spec": dict(spec)}
+        kept[VERIFIED] = {"problem": verify(whole)}
+        spec.pop("plan", None)
+    return {**kept,
         "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
         "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
                      "resourceVersion": meta.get("resourceVersion"), "generation": meta.get("generation"),
                      "labels": dict(meta.get("labels") or {}),
                      "annotations": {k: v for k, v in annotations.items() if k == ANNOTATION_SIGNATURE}},
-        "spec": dict(body.get("spec") or {}), "status": _without_lock_text(body.get("status") or {}),
+        "spec": spec, "status": _without_lock_text(body.get("status") or {}),
     }
 
 

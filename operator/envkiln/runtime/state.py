@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from envkiln.core.decisions.resync import due
+from envkiln.core.names import ANNOTATION_SIGNATURE
 from envkiln.core.settings import OperatorSettings
 from envkiln.reconcile.context import OperatorContext
 from envkiln.reconcile.webhook import NamespaceRates
@@ -103,7 +104,7 @@ class Runtime:
     settings: OperatorSettings
     ctx: OperatorContext
     handlers: concurrent.futures.Executor  # Kopf's own (watch event handlers)
-    indexes: Indexes = field(default_factory=Indexes)
+    indexes: Indexes = field(init=False)
     resync: Resync = field(default_factory=Resync)
     peering: PeeringState = field(default_factory=PeeringState)
     webhook: concurrent.futures.ThreadPoolExecutor = field(init=False)
@@ -112,6 +113,9 @@ class Runtime:
     share: NamespaceShare = field(init=False)
 
     def __post_init__(self) -> None:
+        signer = self.ctx.signer
+        # Builds are verified once, whole, when they arrive, and kept without their plan.
+        self.indexes = Indexes(verify=lambda build: signer.build_problem(dict(build), ANNOTATION_SIGNATURE))
         self.webhook = concurrent.futures.ThreadPoolExecutor(self.settings.webhook_workers,
                                                              thread_name_prefix="envkiln-webhook")
         self.resync_pool = concurrent.futures.ThreadPoolExecutor(self.settings.resync_workers,
