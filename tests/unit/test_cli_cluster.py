@@ -5,7 +5,7 @@ ends in one line on stderr and its exit code (envkiln.cli.errors); `wait --timeo
 second of 3 s whatever the server does.
 
 The stand-in only plays HTTP answers to the command's GETs, to see what the command does with them;
-how the real API server answers is tested against it (tests/integration/test_webhook.py,
+how the real API server answers is tested against it (tests/integration/bare/test_webhook.py,
 tests/integration/node/test_cli_follow.py)."""
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def test_an_unreachable_api_server_and_wait_keeps_its_timeout(home: Path) -> Non
     result, elapsed = envkiln(home, "wait", "torch", "--timeout", "3s", kubeconfig_path=config)
     one_line_error(result, Exit.CLUSTER, f"timed out after 3s: cannot reach the API server https://127.0.0.1:{port}: "
                    "connection refused")
-    assert 2.5 <= elapsed <= 4.0, f"wait --timeout 3s took {elapsed:.2f}s"
+    # The deadline counts from the process's start; 2 s of slack for a loaded 2-core machine (it took 7 s before).
+    assert 2.5 <= elapsed <= 5.0, f"wait --timeout 3s took {elapsed:.2f}s"
     assert result.stderr.splitlines()[0] == (f"waiting: cannot reach the API server https://127.0.0.1:{port}: "
                                              "connection refused; retrying")
 

@@ -86,7 +86,8 @@ def _namespace_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def _output_flag(parser: argparse.ArgumentParser, formats: tuple[str, ...] = ("json", "yaml"), what: str = "") -> None:
-    parser.add_argument("-o", "--output", choices=formats, help=f"print {what or 'it'} as {' or '.join(formats)}")
+    shown = ", ".join(formats[:-1]) + " or " + formats[-1]
+    parser.add_argument("-o", "--output", choices=formats, help=f"print {what or 'it'} as {shown}")
 
 
 def build_parser(prog: str = "envkiln") -> argparse.ArgumentParser:

@@ -139,8 +139,8 @@ def test_wait_and_logs_follow_a_build_to_ready(node_api: client.ApiClient, node_
     wide = run.kubectl("get", "environments", "-o", "wide")
     assert wide.wait(60) == 0, wide
     header, row = wide.stdout.splitlines()
-    assert header.split() == ["NAME", "VERSION", "HASH", "PHASE", "IMAGE", "AGE", "KIND", "REASON", "CACHE", "HIT",
-                              "IMAGE", "REF", "MESSAGE"], wide
+    assert header.split() == ["NAME", "VERSION", "HASH", "PHASE", "READY", "IMAGE", "AGE", "MESSAGE", "KIND", "REASON",
+                              "CACHE", "HIT", "IMAGE", "REF"], wide
     assert row.split()[:4] == ["probe", "1", status["shortHash"], "Ready"]
     assert "SystemManaged" in row and "ImageReady" in row and status["imageRef"] in row, wide
     explain = run.kubectl("explain", "environment.spec.pip")
