@@ -61,6 +61,16 @@ CASES = [
     ("following-the-rebuild-is-up-to-date", facts(build=REBUILT, build_name=REBUILD_NAME, latest_base_digest=NEW,
                                                   base_policy="Rebuild"),
      Phase.READY, IMAGE_NEW, (False, "UpToDate"), None, None),
+    ("following-the-rebuild-keeps-saying-rebuilt", facts(
+        build=REBUILT, build_name=REBUILD_NAME, latest_base_digest=NEW, base_policy="Rebuild",
+        previous_status={"conditions": [{"type": "BaseImageUpdated", "status": "False", "reason": "Rebuilt",
+                                         "message": f"rebuilt on {NEW}, the new digest of python:3.11-slim"}]}),
+     Phase.READY, IMAGE_NEW, (False, "Rebuilt"), None, None),
+    ("an-older-rebuilt-gives-way-to-up-to-date", facts(
+        build=REBUILT, build_name=REBUILD_NAME, latest_base_digest=NEW, base_policy="Rebuild",
+        previous_status={"conditions": [{"type": "BaseImageUpdated", "status": "False", "reason": "Rebuilt",
+                                         "message": f"rebuilt on {OLD}, the new digest of python:3.11-slim"}]}),
+     Phase.READY, IMAGE_NEW, (False, "UpToDate"), None, None),
     ("building-is-never-touched", facts(build=build("Building"), latest_base_digest=NEW, base_policy="Rebuild"),
      Phase.BUILDING, None, None, None, None),
 ]

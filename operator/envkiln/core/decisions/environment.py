@@ -272,6 +272,12 @@ def base_update(current: Outcome, facts: Facts) -> Outcome:
         return current
     if latest == built_on:
         current.fields["latestBaseImageDigest"] = None
+        said = get_condition((facts.previous_status or {}).get("conditions"), CONDITION_BASE_IMAGE_UPDATED) or {}
+        if said.get("reason") == REASON_REBUILT and latest in str(said.get("message") or ""):
+            # The move to the rebuild on this digest stays what the condition says (no flip to UpToDate
+            # on the next sync): it is the last thing that happened to the image.
+            current.conditions[CONDITION_BASE_IMAGE_UPDATED] = (False, REASON_REBUILT, str(said["message"]))
+            return current
         current.conditions[CONDITION_BASE_IMAGE_UPDATED] = (
             False, REASON_BASE_UP_TO_DATE, f"built on the current digest of {image} ({latest})")
         return current
