@@ -28,7 +28,7 @@ lint: venv  ## ruff, the layer contracts (pyproject [tool.importlinter]) and myp
 unit: venv  ## unit tests only, on every core, in seconds
 	$(BIN)/pytest tests/unit -q -n auto
 
-check: lint unit  ## what to run before a commit (and what CI runs first): lint and unit tests, under a minute
+check: lint unit  ## what to run before a commit (and what CI runs first): lint and unit tests, about a minute
 
 integration: deps venv
 	$(BIN)/pytest tests/integration -q
