@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 
 from envkiln.adapters.builders import AttemptResult, AttemptState
+from envkiln.adapters.keyedlocks import KeyedLocks
 from envkiln.core.decisions.build import holds_slot
 from envkiln.core.names import ANNOTATION_SIGNATURE
 from envkiln.core.settings import OperatorSettings
 from envkiln.core.trust import Signer
 from envkiln.reconcile.buildsync import running_builds, sync_build
-from envkiln.reconcile.context import BuildSlots, KeyedLocks
+from envkiln.reconcile.context import BuildSlots
 
 KEY = b"k" * 32
 SPEC = {"hash": "0" * 32, "image": "r/envkiln/a/env_x:x", "plan": {"dockerfile": "FROM x\n"}}
@@ -243,3 +244,28 @@ def test_a_retry_waits_for_a_slot_like_a_first_attempt() -> None:
     status = store.objects[first]["status"]
     assert status["phase"] == "Building" and status["attempts"] == 2 and "job" not in status
     assert status["conditions"][0]["reason"] == "Queued"
+
+
+def test_keyed_locks_wait_is_bounded_and_nothing_stays_behind() -> None:
+    import threading
+
+    locks = KeyedLocks()
+    inside, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with locks.hold("k"):
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert inside.wait(5)
+    with locks.hold("k", wait=0.05) as acquired:
+        assert acquired is False
+    with locks.hold("other", wait=0.05) as acquired:
+        assert acquired is True
+    release.set()
+    thread.join(5)
+    with locks.hold("k", wait=0.05) as acquired:
+        assert acquired is True
+    assert len(locks) == 0

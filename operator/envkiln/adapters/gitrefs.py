@@ -30,8 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -53,6 +52,7 @@ from dulwich.protocol import (
     pkt_line,
 )
 
+from envkiln.adapters.keyedlocks import KeyedLocks
 from envkiln.adapters.netguard import (
     AddressRefused,
     CrossOriginRedirect,
@@ -331,33 +331,6 @@ def _resolve(url: str, ref: str, refs: Mapping[str, str]) -> str:
                       f"(`git ls-remote {_shown(url)}` lists them)")
 
 
-class _Flights:
-    """One query per key at a time: the others wait (bounded) for its answer. No growth: a key's
-    lock lives only while someone holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
-
-    @contextmanager
-    def hold(self, key: tuple[str, str], wait: float) -> Iterator[bool]:
-        with self._guard:
-            lock, users = self._locks.get(key, (threading.Lock(), 0))
-            self._locks[key] = (lock, users + 1)
-        acquired = lock.acquire(timeout=max(0.0, wait))
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                lock.release()
-            with self._guard:
-                lock, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (lock, users - 1)
-
-
 class GitResolver:
     """Resolves a git context's ref to a commit, asking the remote at most once per (url, ref) every
     `ttl_seconds` (only answers are kept: a failure is asked again next time; concurrent asks of
@@ -376,7 +349,7 @@ class GitResolver:
                                                           tls=tls))
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], tuple[float, str]] = {}
-        self._flights = _Flights()
+        self._flights = KeyedLocks()
         self._shares = HostShares(max_concurrent, per_host)
 
     def resolve(self, url: str, ref: str) -> str:

@@ -7,12 +7,12 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from envkiln.adapters.builders import Builder
 from envkiln.adapters.gitrefs import GitResolver
+from envkiln.adapters.keyedlocks import KeyedLocks
 from envkiln.adapters.kube import ApiError, Kube
 from envkiln.adapters.kubeclient import ApiClient
 from envkiln.adapters.metrics import Metrics
@@ -95,33 +95,6 @@ class BuildSlots:
     def forget_missing(self, present: set[tuple[str, str]]) -> None:
         """Drop the claims of builds that are gone (deleted while they held a slot); caller holds the lock."""
         self._claimed &= present
-
-
-class KeyedLocks:
-    """A lock per key, held only while someone uses it (no growth with the number of keys)."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[object, tuple[threading.Lock, int]] = {}
-
-    @contextmanager
-    def hold(self, key: object) -> Iterator[None]:
-        with self._guard:
-            lock, users = self._locks.get(key, (threading.Lock(), 0))
-            self._locks[key] = (lock, users + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._guard:
-                lock, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (lock, users - 1)
-
-    def __len__(self) -> int:
-        return len(self._locks)
 
 
 def registry_hosts(settings: OperatorSettings) -> set[str]:
