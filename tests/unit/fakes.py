@@ -35,7 +35,7 @@ Intercept = Callable[[str, str, str, str], None]  # (verb, kind, namespace, name
 
 # The generated client's model for each core kind: what the real API client would hand back.
 MODELS = {"Secret": "V1Secret", "ConfigMap": "V1ConfigMap", "Job": "V1Job", "Pod": "V1Pod", "Event": "CoreV1Event",
-          "MutatingWebhookConfiguration": "V1MutatingWebhookConfiguration"}
+          "MutatingWebhookConfiguration": "V1MutatingWebhookConfiguration", "ServiceAccount": "V1ServiceAccount"}
 
 
 def api_error(status: int, reason: str) -> client.ApiException:
@@ -242,6 +242,9 @@ class _CoreV1(_Api):
 
     def delete_namespaced_secret(self, name: str, namespace: str) -> Any:
         return self._one("Secret", self.kube.remove("Secret", namespace, name))
+
+    def read_namespaced_service_account(self, name: str, namespace: str) -> Any:
+        return self._one("ServiceAccount", self.kube.read("ServiceAccount", namespace, name))
 
     def read_namespaced_pod(self, name: str, namespace: str) -> Any:
         return self._one("Pod", self.kube.read("Pod", namespace, name))

@@ -194,6 +194,9 @@ class Kube:
     def read_configmap(self, namespace: str, name: str) -> Any | None:
         return self._absent_is_none(self._core.read_namespaced_config_map, name, namespace)
 
+    def read_service_account(self, namespace: str, name: str) -> Any | None:
+        return self._absent_is_none(self._core.read_namespaced_service_account, name, namespace)
+
     def read_secret(self, namespace: str, name: str) -> Any | None:
         return self._absent_is_none(self._core.read_namespaced_secret, name, namespace)
 

@@ -35,6 +35,7 @@ import io
 import json
 import re
 import ssl
+import subprocess
 import tarfile
 import threading
 import time
@@ -63,6 +64,7 @@ from envkiln.adapters.netguard import (
 from envkiln.core.decisions.network import STRICT, UNRESTRICTED, NetworkPolicy, decide_realm, origin_text, same_origin
 from envkiln.core.imageref import ImageReference, parse_image_reference
 from envkiln.core.models.hosts import DEFAULT_TOKEN_REALMS, parse_realm_entry
+from envkiln.core.registryauth import normalize_host
 
 if TYPE_CHECKING:
     from envkiln.adapters.metrics import Metrics
@@ -116,16 +118,43 @@ class Credentials:
     password: str
 
 
+HELPER_TIMEOUT = 10.0  # seconds one credential helper may take (within the lookup's deadline)
+HELPER_MAX_BYTES = 64 * 1024
+
+
+class CredentialHelperFailed(RuntimeError):
+    pass
+
+
+def run_credential_helper(name: str, registry: str, timeout: float) -> Credentials:
+    """Ask `docker-credential-<name> get` for `registry`'s credentials (the docker credential helper
+    protocol: the server URL on stdin, {"Username", "Secret"} on stdout). The helper finds its own
+    identity (a workload identity token, the cloud's metadata server). Errors never quote its output."""
+    program = f"docker-credential-{name}"
+    try:
+        result = subprocess.run([program, "get"], input=registry.encode(), capture_output=True,
+                                timeout=max(0.1, min(timeout, HELPER_TIMEOUT)), check=False)
+    except FileNotFoundError:
+        raise CredentialHelperFailed(f"credential helper {program} is not on the operator's PATH (add it to the "
+                                     "operator image, docs/registries.md)") from None
+    except subprocess.TimeoutExpired:
+        raise CredentialHelperFailed(f"credential helper {program} did not answer within "
+                                     f"{min(timeout, HELPER_TIMEOUT):g}s") from None
+    if result.returncode != 0:
+        raise CredentialHelperFailed(f"credential helper {program} failed (exit {result.returncode})")
+    try:
+        answer = json.loads(result.stdout[:HELPER_MAX_BYTES])
+        return Credentials(str(answer["Username"]), str(answer["Secret"]))
+    except (ValueError, KeyError, TypeError):
+        raise CredentialHelperFailed(f"credential helper {program} answered no Username/Secret JSON") from None
+
+
 def credentials_from_docker_config(config_json: str | bytes) -> dict[str, Credentials]:
     """Registry host -> credentials, from a dockerconfigjson document."""
     document = json.loads(config_json)
     result: dict[str, Credentials] = {}
     for host, entry in (document.get("auths") or {}).items():
-        host = re.sub(r"^https?://", "", host).rstrip("/")
-        if host.endswith("/v1") or host.endswith("/v2"):
-            host = host.rsplit("/", 1)[0]
-        if host in ("index.docker.io", "registry-1.docker.io"):
-            host = "docker.io"
+        host = normalize_host(host)
         if entry.get("auth"):
             user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
         else:
@@ -197,6 +226,13 @@ class RegistryClient:
     network_policy: NetworkPolicy = STRICT  # for every other registry (envkiln.core.decisions.network)
     token_services: dict[str, str] = field(default_factory=token_services)  # registry -> https://host:port
     resolver: Resolve = resolve
+    ca_file: str | None = None  # CA certificates trusted besides the system's (ENVKILN_REGISTRY_CA_FILE)
+    # registry -> credential helper name (credHelpers of ENVKILN_REGISTRY_SECRET); asked when there is no static
+    # credential for the registry, its answer kept for `helper_ttl` seconds or until the registry refuses it.
+    credential_helpers: dict[str, str] = field(default_factory=dict)
+    helper_ttl: float = 300.0
+    helper: Callable[[str, str, float], Credentials] = run_credential_helper
+    _helped: dict[str, tuple[float, Credentials]] = field(default_factory=dict)
     _cache: dict[str, tuple[float, ManifestLookup]] = field(default_factory=dict)
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
@@ -209,6 +245,10 @@ class RegistryClient:
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
         self._shares = HostShares(self.max_concurrent, self.per_host)
+        self._verified: ssl.SSLContext | None = None
+        if self.ca_file:
+            self._verified = ssl.create_default_context()
+            self._verified.load_verify_locations(cafile=self.ca_file)
 
     def lookup(self, image: str | ImageReference, use_cache: bool = True) -> ManifestLookup:
         """Found/not found for a tag or digest reference; raises RegistryUnavailable."""
@@ -340,7 +380,9 @@ class RegistryClient:
             return ManifestLookup(found=True, digest=digest)
         if status == 401:
             # Some registries answer 401 for a repository that does not exist (BinderHub's
-            # not_found_401); without credentials for it we cannot tell: say so explicitly.
+            # not_found_401); without credentials for it we cannot tell: say so explicitly. A credential
+            # helper's answer is not kept past a refusal (a short-lived token may have expired).
+            self._helped.pop(registry, None)
             raise RegistryUnavailable(registry, "401 Unauthorized: credentials missing or refused for "
                                       f"{repository} (set ENVKILN_REGISTRY_SECRET)")
         if status == 403:
@@ -353,7 +395,23 @@ class RegistryClient:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
             return context
-        return None
+        return self._verified  # None: the system's CAs
+
+    def _credentials(self, registry: str, deadline: Deadline) -> Credentials | None:
+        """The static credential of `registry`, else its credential helper's (kept for helper_ttl)."""
+        creds = self.credentials.get(registry)
+        name = self.credential_helpers.get(registry)
+        if creds is not None or name is None:
+            return creds
+        kept = self._helped.get(registry)
+        if kept is not None and time.monotonic() - kept[0] < self.helper_ttl:
+            return kept[1]
+        try:
+            creds = self.helper(name, registry, deadline.remaining())
+        except CredentialHelperFailed as error:
+            raise RegistryUnavailable(registry, str(error)) from None
+        self._helped[registry] = (time.monotonic(), creds)
+        return creds
 
     def _timed_out(self, registry: str) -> RegistryUnavailable:
         return RegistryUnavailable(registry, f"no complete answer within the {self.timeout:g}s lookup deadline")
@@ -369,11 +427,11 @@ class RegistryClient:
             return RegistryRedirectRefused(registry, reason.source, reason.target)
         return RegistryUnavailable(registry, describe_error(error))
 
-    def _authorization(self, registry: str, repository: str) -> dict[str, str]:
+    def _authorization(self, registry: str, repository: str, deadline: Deadline) -> dict[str, str]:
         token = self._tokens.get((registry, repository))
-        creds = self.credentials.get(registry)
         if token:
             return {"Authorization": f"Bearer {token}"}
+        creds = self._credentials(registry, deadline)
         if creds:
             return {"Authorization": "Basic " + base64.b64encode(
                 f"{creds.username}:{creds.password}".encode()).decode()}
@@ -384,7 +442,7 @@ class RegistryClient:
         """(status, headers, body, final URL); raises RegistryUnavailable."""
         if deadline.passed():
             raise self._timed_out(registry)
-        headers = {"Accept": ACCEPT, "User-Agent": "envkiln", **self._authorization(registry, repository)}
+        headers = {"Accept": ACCEPT, "User-Agent": "envkiln", **self._authorization(registry, repository, deadline)}
         request = urllib.request.Request(url, method=method, headers=headers)
         self.requests_made += 1
         try:
@@ -420,12 +478,12 @@ class RegistryClient:
         params.setdefault("scope", f"repository:{repository}:pull")
         token_url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(params)
         headers = {"User-Agent": "envkiln"}
-        creds = self.credentials.get(registry)
+        creds = self._credentials(registry, deadline)
         if creds:
             headers["Authorization"] = "Basic " + base64.b64encode(
                 f"{creds.username}:{creds.password}".encode()).decode()
         try:
-            context = self._context(registry) if same_origin(url, realm) else None  # verified elsewhere
+            context = self._context(registry) if same_origin(url, realm) else self._verified  # verified elsewhere
             with opener(deadline, context).open(urllib.request.Request(token_url, headers=headers),
                                                 timeout=deadline.remaining()) as response:
                 body = json.loads(_read_capped(response))

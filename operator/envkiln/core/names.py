@@ -72,6 +72,9 @@ LOCK_FILE: Final = "/opt/envkiln/envkiln-lock.txt"
 ANNOTATION_AZUREML_NAME: Final = f"{GROUP}/azureml-name"  # the Azure ML name as written (before coercion)
 ANNOTATION_AZUREML_SOURCE: Final = f"{GROUP}/azureml-source"  # file and field the definition was read from
 ANNOTATION_AZUREML_IGNORED: Final = f"{GROUP}/azureml-ignored"  # Azure fields that have no envkiln counterpart
+ANNOTATION_AZUREML_VERSION: Final = f"{GROUP}/azureml-version"  # the Azure ML version as written (before coercion)
+# JSON {file and field or line: the text as written} of the Azure ML templates the importer filled
+ANNOTATION_AZUREML_TEMPLATES: Final = f"{GROUP}/azureml-templates"
 
 SIGNING_KEY_SECRET: Final = "envkiln-signing-key"  # in the operator's namespace (envkiln.core.trust)
 
@@ -110,6 +113,7 @@ REASON_IMAGE_NOT_IN_REGISTRY: Final = "ImageNotInRegistry"
 REASON_UNTRUSTED_BUILD: Final = "UntrustedBuild"  # an EnvironmentBuild the operator did not sign
 REASON_NO_PUSH_IDENTITY: Final = "NoPushIdentity"  # no push credential for the build's namespace
 REASON_CONTEXT_CHANGED: Final = "ContextChanged"  # the ConfigMap context changed after it was hashed
+REASON_NO_PULL_CREDENTIALS: Final = "NoPullCredentials"  # a Secret of ENVKILN_BUILD_PULL_CREDENTIALS is missing
 REASON_CANNOT_START: Final = "CannotStart"  # the build Job was refused (quota, admission)
 REASON_NAME_TAKEN: Final = "NameTaken"  # an object envkiln did not make holds a name reserved for a build
 REASON_READY: Final = "Ready"  # Event reason when an Environment becomes Ready
@@ -161,6 +165,17 @@ def context_configmap_name(key: str) -> str:
 def push_secret_name(job: str) -> str:
     """The push credential copied for one build Job (owned by that Job, deleted when it ends)."""
     return f"{job}-push"
+
+
+def pull_secret_name(job: str) -> str:
+    """The administrator's base-image pull credentials, merged for one build Job (owned by that Job,
+    deleted when it ends)."""
+    return f"{job}-pull"
+
+
+def ca_configmap_name(key: str) -> str:
+    """The registry CA bundle (ENVKILN_REGISTRY_CA_FILE) copied for the builds of the image `key`."""
+    return f"envkiln-{key}-ca"
 
 
 def context_snapshot_name(definition_hash: str) -> str:

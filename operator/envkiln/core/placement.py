@@ -6,7 +6,8 @@ Merge rules (the namespace's override over the defaults):
 - nodeSelector, env: merged key by key, the namespace wins; a namespace value "" removes the key
   (e.g. a namespace that must not use the cluster's proxy);
 - resources: merged per `requests` / `limits` key, the namespace wins;
-- tolerations, pullSecrets: the defaults' followed by the namespace's own (duplicates dropped);
+- tolerations, pullSecrets, pullCredentials: the defaults' followed by the namespace's own
+  (duplicates dropped);
 - affinity, priorityClassName, runtimeClassName: the namespace's replaces the default when set.
 
 Build env values may hold credentials (an index URL with user:password@); `mask_credentials`
@@ -42,6 +43,8 @@ class BuildPlacement(BaseModel):
     runtime_class_name: str | None = Field(default=None, alias="runtimeClassName")
     env: dict[str, str] = Field(default_factory=dict)
     pull_secrets: list[str] = Field(default_factory=list, alias="pullSecrets")
+    # dockerconfigjson Secrets in the operator namespace: base image pull credentials of the builds.
+    pull_credentials: list[str] = Field(default_factory=list, alias="pullCredentials")
     resources: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @field_validator("env")
@@ -94,6 +97,7 @@ def effective_placement(defaults: BuildPlacement, overrides: Mapping[str, BuildP
         runtime_class_name=override.runtime_class_name or defaults.runtime_class_name,
         env=_merged(defaults.env, override.env),
         pull_secrets=_union(defaults.pull_secrets, override.pull_secrets),
+        pull_credentials=_union(defaults.pull_credentials, override.pull_credentials),
         resources={key: value for key, value in resources.items() if value},
     )
 

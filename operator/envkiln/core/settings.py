@@ -42,7 +42,10 @@ class SettingsError(ValueError):
 
 # Settings given as JSON (the chart writes them with toJson); ENVKILN_BUILD_NODE_SELECTOR also as key=value,...
 JSON_SETTINGS = {"build_resources", "build_node_selector", "build_tolerations", "build_affinity", "build_env",
-                 "build_namespaces"}
+                 "build_namespaces", "build_push_env"}
+# Settings given as names separated by commas or spaces.
+LIST_SETTINGS = {"namespaces", "kaniko_extra_args", "webhook_hosts", "base_image_registries", "allowed_private_hosts",
+                 "registry_token_realms", "build_pull_secrets", "build_pull_credentials"}
 
 
 def _json_setting(key: str, raw: str, key_values: bool) -> object:
@@ -131,10 +134,34 @@ class OperatorSettings(BaseModel):
     build_pull_secrets: list[str] = Field(
         default_factory=list, description="imagePullSecrets of build pods (Secrets in the build's namespace), for "
         "the kubelet pulling the builder images.")
+    build_pull_credentials: list[str] = Field(
+        default_factory=list, description="dockerconfigjson Secrets in the operator namespace whose credentials "
+        "builds use to pull base images (and micromamba, and any FROM) from private registries; the first Secret "
+        "naming a registry wins. Copied for one build Job into a Secret it owns, mounted only into the `pull-auth` "
+        "init container, which hands the build container one merged auth file (readable by RUN steps: give "
+        "read-only credentials; docs/registries.md).")
+    build_pull_service_account: str = Field(
+        default="default", description="ServiceAccount of each build's namespace whose imagePullSecrets the build "
+        "also pulls base images with (a tenant's own registry credentials); \"\" turns it off.")
+    build_push_service_account: str | None = Field(
+        default=None, description="ServiceAccount (in each build's namespace) that build pods run as, for a cloud's "
+        "workload identity to give the `push` container a registry token (EKS IRSA, Azure workload identity); the "
+        "other containers are excluded from the cloud's token injection (docs/registries.md).")
+    build_push_token_audience: str | None = Field(
+        default=None, description="When set, the `push` container alone gets a projected service-account token with "
+        "this audience at /var/run/secrets/envkiln/push-token/token (ENVKILN_IDENTITY_TOKEN_FILE), for a "
+        "credential helper that exchanges it for a registry token.")
+    build_push_env: dict[str, str] = Field(
+        default_factory=dict, description="JSON object of environment variables of the `push` container only (a "
+        "credential helper's settings: AWS_REGION, AWS_ROLE_ARN, AZURE_CLIENT_ID...).")
+    registry_ca_file: str | None = Field(
+        default=None, description="PEM file of CA certificates trusted, besides the system's, for registries (and "
+        "git remotes) by the operator, and by the build, pull-auth and push containers (the chart mounts it from a "
+        "ConfigMap; read at start).")
     build_namespaces: dict[str, BuildPlacement] = Field(
         default_factory=dict, description="Per-namespace overrides of the build pod settings above: JSON "
         "{namespace: {nodeSelector, tolerations, affinity, priorityClassName, runtimeClassName, env, pullSecrets, "
-        "resources}} (docs/registries.md says how they merge).")
+        "pullCredentials, resources}} (docs/registries.md says how they merge).")
     build_deadline_seconds: int = Field(default=3600, ge=60)
     build_ttl_seconds: int = Field(default=86400, ge=0)
     build_retry_limit: int = Field(default=2, ge=0, le=20, description="Retries after the first failed attempt.")
@@ -256,6 +283,11 @@ class OperatorSettings(BaseModel):
             parse_realm_entry(entry)
         return entries
 
+    @field_validator("build_push_env")
+    @classmethod
+    def _push_env(cls, env: dict[str, str]) -> dict[str, str]:
+        return BuildPlacement(env=env).env  # the same name and value rules as the build env
+
     @field_validator("build_resources")
     @classmethod
     def _build_resources(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
@@ -350,7 +382,8 @@ class OperatorSettings(BaseModel):
             node_selector=self.build_node_selector, tolerations=[dict(t) for t in self.build_tolerations],
             affinity=dict(self.build_affinity) if self.build_affinity is not None else None,
             priority_class_name=self.build_priority_class_name, runtime_class_name=self.build_runtime_class_name,
-            env=self.build_env, pull_secrets=self.build_pull_secrets, resources={
+            env=self.build_env, pull_secrets=self.build_pull_secrets, pull_credentials=self.build_pull_credentials,
+            resources={
                 "requests": {"cpu": self.build_cpu_request, "memory": self.build_memory_request,
                              "ephemeral-storage": self.build_ephemeral_storage_request,
                              **self.build_resources.get("requests", {})},
@@ -394,13 +427,10 @@ class OperatorSettings(BaseModel):
             if name not in known:
                 names = ", ".join(PREFIX + k.upper() for k in sorted(known))
                 raise SettingsError(f"{key}: unknown setting (a typo?); known settings: {names}")
-            if name in ("namespaces", "kaniko_extra_args", "webhook_hosts", "base_image_registries",
-                        "allowed_private_hosts", "registry_token_realms"):
+            if name in LIST_SETTINGS:
                 values[name] = [part for part in raw.replace(",", " ").split() if part]
             elif name in JSON_SETTINGS:
                 values[name] = _json_setting(key, raw, name == "build_node_selector")
-            elif name == "build_pull_secrets":
-                values[name] = [part for part in raw.replace(",", " ").split() if part]
             else:
                 values[name] = raw
         try:

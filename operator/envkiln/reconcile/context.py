@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from envkiln.adapters.builders import Builder
 from envkiln.adapters.gitrefs import GitResolver
@@ -24,6 +26,7 @@ from envkiln.adapters.registryclient import (
 )
 from envkiln.core.decisions.network import NetworkPolicy
 from envkiln.core.names import MANAGED_BY, SIGNING_KEY_SECRET
+from envkiln.core.registryauth import DockerConfigError, credential_helpers
 from envkiln.core.settings import OperatorSettings
 from envkiln.core.trust import DEFAULT_KEY_ID, Signer, signer_from_secret
 
@@ -104,8 +107,14 @@ def registry_hosts(settings: OperatorSettings) -> set[str]:
 def load_registry_credentials(kube: Kube, settings: OperatorSettings) -> tuple[dict[str, Credentials],
                                                                                dict[str, str] | None]:
     """Credentials from the configured dockerconfigjson Secret: (per-host creds, raw secret data)."""
+    return load_registry_secret(kube, settings)[:2]
+
+
+def load_registry_secret(kube: Kube, settings: OperatorSettings) -> tuple[dict[str, Credentials],
+                                                                          dict[str, str] | None, dict[str, str]]:
+    """The configured dockerconfigjson Secret: (per-host creds, raw secret data, per-host credential helpers)."""
     if not settings.registry_secret:
-        return {}, None
+        return {}, None, {}
     try:
         secret = kube.read_secret(settings.operator_namespace, settings.registry_secret)
     except ApiError as error:
@@ -121,8 +130,27 @@ def load_registry_credentials(kube: Kube, settings: OperatorSettings) -> tuple[d
     if ".dockerconfigjson" not in data:
         raise RuntimeError(f"ENVKILN_REGISTRY_SECRET: Secret {settings.registry_secret} has no .dockerconfigjson key; "
                            "it must be of type kubernetes.io/dockerconfigjson")
-    return credentials_from_docker_config(base64.b64decode(data[".dockerconfigjson"])), {
-        ".dockerconfigjson": data[".dockerconfigjson"]}
+    document = base64.b64decode(data[".dockerconfigjson"])
+    try:
+        helpers = credential_helpers(document, f"ENVKILN_REGISTRY_SECRET: Secret {settings.registry_secret}")
+    except DockerConfigError as error:
+        raise RuntimeError(str(error)) from None
+    return credentials_from_docker_config(document), {".dockerconfigjson": data[".dockerconfigjson"]}, helpers
+
+
+def read_ca_bundle(settings: OperatorSettings) -> str | None:
+    """The PEM text of ENVKILN_REGISTRY_CA_FILE (read once, at start), or None."""
+    if not settings.registry_ca_file:
+        return None
+    try:
+        text = Path(settings.registry_ca_file).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise RuntimeError(f"ENVKILN_REGISTRY_CA_FILE: cannot read {settings.registry_ca_file} "
+                           f"({getattr(error, 'strerror', None) or type(error).__name__}); mount the CA bundle there "
+                           "(chart registry.caBundle)") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise RuntimeError(f"ENVKILN_REGISTRY_CA_FILE: {settings.registry_ca_file} holds no PEM certificate")
+    return text
 
 
 def load_signing_key(kube: Kube, settings: OperatorSettings) -> Signer:
@@ -161,9 +189,11 @@ def make_context(api_client: ApiClient, settings: OperatorSettings,
     kube = Kube(api_client)
     # Registry hosts the settings name are metric labels of their own; tenants' other hosts count as `other`.
     metrics = Metrics(registries=registry_hosts(settings) | set(settings.base_image_registries))
-    credentials, secret_data = load_registry_credentials(kube, settings)
+    credentials, secret_data, helpers = load_registry_secret(kube, settings)
+    ca_bundle = read_ca_bundle(settings)
     network = NetworkPolicy.from_entries(settings.allowed_private_hosts)  # for hosts namespaces name
     registry = RegistryClient(
+        ca_file=settings.registry_ca_file if ca_bundle else None, credential_helpers=helpers,
         insecure_registries=registry_hosts(settings) if settings.insecure_registry else set(),
         credentials=credentials, timeout=settings.registry_timeout_seconds, cache_ttl=settings.cache_ttl_seconds,
         metrics=metrics, trusted_registries=registry_hosts(settings), network_policy=network,
@@ -178,14 +208,24 @@ def make_context(api_client: ApiClient, settings: OperatorSettings,
     elif settings.builder == "buildah":
         from envkiln.adapters.builders.buildah import BuildahJobBuilder
 
-        builder = BuildahJobBuilder(kube, settings, secret_data)
+        builder = BuildahJobBuilder(kube, settings, secret_data, ca_bundle)
     else:
         from envkiln.adapters.builders.kaniko import KanikoBuilder
 
-        builder = KanikoBuilder(kube, settings, secret_data)
+        builder = KanikoBuilder(kube, settings, secret_data, ca_bundle)
     return OperatorContext(settings=settings, kube=kube, registry=registry, builder=builder,
                            signer=load_signing_key(kube, settings), instance_id=instance_id, metrics=metrics,
                            git_resolver=GitResolver(ttl_seconds=settings.git_ref_ttl_seconds,
                                                     timeout_seconds=settings.git_timeout_seconds, policy=network,
                                                     max_bytes=settings.git_max_bytes,
-                                                    per_host=settings.per_host_concurrency))
+                                                    per_host=settings.per_host_concurrency,
+                                                    tls=ca_context(settings.registry_ca_file if ca_bundle else None)))
+
+
+def ca_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """TLS verification with the system's CAs and those of `ca_file` (None: the system's only)."""
+    if ca_file is None:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=ca_file)
+    return context

@@ -25,7 +25,9 @@ from typing import Any
 from envkiln.adapters.builders.jobs import (
     ARCHIVE,
     BUILD_ENV_FILES,
+    NO_ACCESS,
     OUT,
+    BuildAccess,
     JobBuilder,
     build_job,
     job_pod_spec,
@@ -46,7 +48,9 @@ __all__ = ["BuildahJobBuilder", "buildah_job", "buildah_pod_spec"]
 # index-url, as pip maps them) and CONDA_* / MAMBA_* variables as a .condarc (CONDA_CHANNEL_ALIAS
 # -> channel_alias), both bind-mounted into RUN containers only (`--volume`), never committed: the
 # image keeps at most an empty mount point file. A build arg would be recorded in the image's
-# history, a containers.conf `env` is not given to RUN steps by buildah build.
+# history, a containers.conf `env` is not given to RUN steps by buildah build. The registry CA bundle
+# (ENVKILN_CA_DIR), when there is one, is bind-mounted read-only into RUN containers at the same path
+# (e.g. for `PIP_CERT` in the build env), and never committed either.
 BUILD_SCRIPT = """set -eu
 set --
 if [ -n "${ENVKILN_BUILD_ENV_NAMES:-}" ]; then
@@ -55,6 +59,7 @@ if [ -n "${ENVKILN_BUILD_ENV_NAMES:-}" ]; then
 @BUILD_ENV_FILES@  if [ "$(wc -l < "$pip")" -gt 1 ]; then set -- "$@" --volume "$pip:/etc/pip.conf:ro"; fi
   if [ -s "$condarc" ]; then set -- "$@" --volume "$condarc:/etc/conda/.condarc:ro"; fi
 fi
+if [ -n "${ENVKILN_CA_DIR:-}" ]; then set -- "$@" --volume "$ENVKILN_CA_DIR:$ENVKILN_CA_DIR:ro"; fi
 if [ -n "${ENVKILN_INSECURE_REGISTRY:-}" ]; then
   mkdir -p /etc/containers/registries.conf.d
   printf '[[registry]]\\nlocation = "%s"\\ninsecure = true\\n' "$ENVKILN_INSECURE_REGISTRY" \\
@@ -111,18 +116,20 @@ def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, co
     return container, [{"name": "storage", "emptyDir": {}}]
 
 
-def buildah_pod_spec(build: dict[str, Any], settings: OperatorSettings, with_credentials: str | None) -> dict[str, Any]:
-    return job_pod_spec(build, settings, buildah_container, "oci-archive", with_credentials)
+def buildah_pod_spec(build: dict[str, Any], settings: OperatorSettings, with_credentials: str | None,
+                     access: BuildAccess = NO_ACCESS) -> dict[str, Any]:
+    return job_pod_spec(build, settings, buildah_container, "oci-archive", with_credentials, access)
 
 
 def buildah_job(build: dict[str, Any], attempt: int, settings: OperatorSettings,
-                with_credentials: str | None) -> dict[str, Any]:
+                with_credentials: str | None, access: BuildAccess = NO_ACCESS) -> dict[str, Any]:
     """The Job for one attempt. Pure: the same inputs give the same manifest."""
-    return build_job(build, attempt, settings, buildah_pod_spec(build, settings, with_credentials))
+    return build_job(build, attempt, settings, buildah_pod_spec(build, settings, with_credentials, access))
 
 
 class BuildahJobBuilder(JobBuilder):
     name = "buildah"
 
-    def pod_spec(self, build: dict[str, Any], attempt: int, with_credentials: str | None) -> dict[str, Any]:
-        return buildah_pod_spec(build, self.settings, with_credentials)
+    def pod_spec(self, build: dict[str, Any], attempt: int, with_credentials: str | None,
+                 access: BuildAccess = NO_ACCESS) -> dict[str, Any]:
+        return buildah_pod_spec(build, self.settings, with_credentials, access)

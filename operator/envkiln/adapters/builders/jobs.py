@@ -22,8 +22,10 @@ so proving one Job builder on a real node proves the orchestration of the others
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,14 +48,18 @@ from envkiln.core.names import (
     REASON_CANNOT_START,
     REASON_CONTEXT_CHANGED,
     REASON_NAME_TAKEN,
+    REASON_NO_PULL_CREDENTIALS,
     REASON_NO_PUSH_IDENTITY,
     build_key,
+    ca_configmap_name,
     context_configmap_name,
     context_snapshot_name,
     job_name,
+    pull_secret_name,
     push_secret_name,
 )
 from envkiln.core.placement import BuildPlacement, mask_credentials
+from envkiln.core.registryauth import DockerConfigError, merge_auths
 from envkiln.core.settings import OperatorSettings
 
 __all__ = ["JobBuilder", "build_job", "context_configmap", "context_configmap_name", "job_name"]
@@ -65,6 +71,10 @@ OUT = "/out"
 ARCHIVE = f"{OUT}/image.tar"
 PUSH_USER = 65532
 CREDENTIALS_MOUNT = "/creds"
+PUSH_TOKEN_DIR = "/var/run/secrets/envkiln/push-token"
+PUSH_TOKEN_SECONDS = 3600
+# Containers a cloud's workload-identity webhook must leave alone (only `push` gets a token).
+NOT_PUSH_CONTAINERS = ("context", "pull-auth", "build-env", "build")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 POD_REFUSAL_GRACE_SECONDS = 5.0  # the Job controller's first tries; a refusal after that is reported
 
@@ -145,6 +155,82 @@ def build_env_files(env: dict[str, str]) -> dict[str, str]:
     if any(name.startswith(("CONDA_", "MAMBA_")) for name in env):
         files["condarc"] = CONDARC
     return files
+
+
+# Base-image pull credentials (ENVKILN_BUILD_PULL_CREDENTIALS, the pull service account's imagePullSecrets):
+# the `pull-auth` init container alone mounts their Secrets and writes one merged auth file for the
+# build container (the builder pulls the base, micromamba and any FROM with it). That file is
+# readable by the build's RUN steps, as everything in the build container is: pull credentials only,
+# read-only ones (docs/registries.md); no push credential is ever in it. A document that is not of
+# the form {"auths": {...}} (or names credential helpers) is skipped and said so; for a registry
+# named twice, the later source (the namespace's own Secrets come after the administrator's) wins,
+# as in Go's JSON decoding.
+PULL_SOURCES = "/pull-sources"
+PULL_AUTH = "/pull-auth"
+PULL_AUTH_SCRIPT = r"""set -eu
+umask 022
+out=/pull-auth/config.json sep=''
+ws='[[:space:]]*'
+shape="^$ws{$ws\"auths\"$ws:$ws{\\(.*\\)}$ws}$ws\$"
+printf '{"auths":{' > "$out"
+for f in $ENVKILN_PULL_SOURCES; do
+  [ -s "$f" ] || continue
+  doc=$(tr -d '\r\n' < "$f")
+  if ! printf '%s' "$doc" | grep -q "$shape" || printf '%s' "$doc" | grep -Eq '"cred(sStore|Helpers)"'; then
+    echo "pull credentials ${f%/config.json}: not a dockerconfigjson of the form {\"auths\": {...}}; skipped" >&2
+    continue
+  fi
+  body=$(printf '%s' "$doc" | sed "s/$shape/\\1/")
+  [ -n "$body" ] || continue
+  printf '%s%s' "$sep" "$body" >> "$out"
+  sep=,
+  echo "pull credentials from ${f%/config.json}"
+done
+printf '}}\n' >> "$out"
+"""
+CA_DIR = "/etc/envkiln/ca"  # the registry CA bundle's ConfigMap, where Go programs (SSL_CERT_DIR) find it
+
+
+@dataclass(frozen=True)
+class BuildAccess:
+    """What a build pod pulls and trusts with, besides the push credential (`with_credentials`)."""
+
+    pull_secret: str | None = None  # the Job's copy of the administrator's pull credentials
+    tenant_pull_secrets: tuple[str, ...] = ()  # the namespace's own: its pull service account's imagePullSecrets
+    ca_configmap: str | None = None  # the registry CA bundle, copied into the build's namespace
+
+    @property
+    def pulls_with_credentials(self) -> bool:
+        return self.pull_secret is not None or bool(self.tenant_pull_secrets)
+
+
+NO_ACCESS = BuildAccess()
+
+
+def pull_auth_init(settings: OperatorSettings, access: BuildAccess) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the `pull-auth` init container, its volumes besides `pull-auth`): merges the pull credentials."""
+    mounts: list[dict[str, Any]] = [{"name": "pull-auth", "mountPath": PULL_AUTH}]
+    volumes: list[dict[str, Any]] = []
+    sources = []
+    named = ([("pull-admin", access.pull_secret, False)] if access.pull_secret else []) + [
+        (f"pull-tenant-{index}", name, True) for index, name in enumerate(access.tenant_pull_secrets)]
+    for volume, secret, optional in named:
+        volumes.append({"name": volume, "secret": {
+            "secretName": secret, "optional": optional,
+            "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}})
+        mounts.append({"name": volume, "mountPath": f"{PULL_SOURCES}/{volume}", "readOnly": True})
+        sources.append(f"{PULL_SOURCES}/{volume}/config.json")
+    container = {
+        "name": "pull-auth",
+        "image": settings.buildah_push_image,
+        "command": ["/bin/sh", "-c", PULL_AUTH_SCRIPT],
+        "env": [{"name": "ENVKILN_PULL_SOURCES", "value": " ".join(sources)}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": NON_ROOT,
+        "volumeMounts": mounts,
+    }
+    return container, volumes
 
 
 NON_ROOT = {
@@ -269,6 +355,15 @@ def push_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, archi
         volumes.append({"name": "docker-config", "secret": {
             "secretName": with_credentials, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}})
         mounts.append({"name": "docker-config", "mountPath": CREDENTIALS_MOUNT, "readOnly": True})
+    identity: list[dict[str, Any]] = []
+    if settings.build_push_token_audience:
+        # A short-lived token of the pod's service account for a credential helper to exchange for a
+        # registry token (workload identity); mounted into this container only.
+        volumes.append({"name": "push-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": settings.build_push_token_audience, "expirationSeconds": PUSH_TOKEN_SECONDS,
+            "path": "token"}}]}})
+        mounts.append({"name": "push-token", "mountPath": PUSH_TOKEN_DIR, "readOnly": True})
+        identity.append({"name": "ENVKILN_IDENTITY_TOKEN_FILE", "value": f"{PUSH_TOKEN_DIR}/token"})
     container = {
         "name": "push",
         "image": settings.buildah_push_image,
@@ -277,7 +372,8 @@ def push_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, archi
                 {"name": "ENVKILN_LATEST", "value": f"{repository_of(spec.image)}:latest"},
                 {"name": "ENVKILN_ARCHIVE", "value": archive},
                 {"name": "ENVKILN_INSECURE_REGISTRY", "value": registry_host if settings.insecure_registry else ""},
-                {"name": "HOME", "value": "/var/tmp"}],
+                {"name": "HOME", "value": "/var/tmp"},
+                *identity, *env_entries(settings.build_push_env)],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": NON_ROOT,
@@ -332,6 +428,13 @@ def build_job(build: dict[str, Any], attempt: int, settings: OperatorSettings,
     labels = {**MANAGED_BY, LABEL_BUILD: build["metadata"]["name"], LABEL_HASH: spec.hash,
               LABEL_ATTEMPT: str(attempt)}
     placement = settings.build_placement(build["metadata"]["namespace"])
+    identity: dict[str, Any] = {}
+    template_meta: dict[str, Any] = {"labels": labels}
+    if settings.build_push_service_account:
+        identity["serviceAccountName"] = settings.build_push_service_account
+        # The clouds' webhooks inject their token into every container unless told otherwise.
+        template_meta["annotations"] = {"eks.amazonaws.com/skip-containers": ",".join(NOT_PUSH_CONTAINERS),
+                                        "azure.workload.identity/skip-containers": ";".join(NOT_PUSH_CONTAINERS)}
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
@@ -343,9 +446,10 @@ def build_job(build: dict[str, Any], attempt: int, settings: OperatorSettings,
             "activeDeadlineSeconds": settings.build_deadline_seconds,
             "ttlSecondsAfterFinished": settings.build_ttl_seconds,
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": template_meta,
                 "spec": {
                     "restartPolicy": "Never",
+                    **identity,
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     **placed_pod_fields(placement),
@@ -406,14 +510,19 @@ BuildContainer = Callable[[EnvironmentBuildSpec, OperatorSettings, "str | None",
 
 
 def job_pod_spec(build: dict[str, Any], settings: OperatorSettings, build_container: BuildContainer,
-                 archive_format: str, with_credentials: str | None) -> dict[str, Any]:
+                 archive_format: str, with_credentials: str | None, access: BuildAccess = NO_ACCESS
+                 ) -> dict[str, Any]:
     """The build pod: `context` (verifies the context, when there is one to verify), the builder's
     container (builds into ARCHIVE; called with the context directory, None when it fetches a git
     context itself, and the Dockerfile path), then `push`. Pure.
 
     The namespace's placement (settings.build_placement) gives the build container its resources
     and the build env (which the builder passes on to RUN steps, never into the image); the
-    `context` and `push` containers get only its proxy variables."""
+    `context` and `push` containers get only its proxy variables.
+
+    With pull credentials (`access`), `pull-auth` runs before the builder and hands it the merged
+    auth file (REGISTRY_AUTH_FILE for buildah, DOCKER_CONFIG for Kaniko); with a registry CA bundle,
+    the build and push containers trust it (SSL_CERT_DIR, besides the system's)."""
     spec = EnvironmentBuildSpec.model_validate(build["spec"])
     placement = settings.build_placement(build["metadata"]["namespace"])
     context, context_volumes, dockerfile = context_init(spec, settings)
@@ -426,10 +535,30 @@ def job_pod_spec(build: dict[str, Any], settings: OperatorSettings, build_contai
     push["env"] = [*push["env"], *env_entries(placement.env, only_proxies=True)]
     if context is not None:
         context["env"] = [*context["env"], *env_entries(placement.env, only_proxies=True)]
+    pull_init: list[dict[str, Any]] = []
+    access_volumes: list[dict[str, Any]] = []
+    if access.pulls_with_credentials:
+        puller, pull_volumes = pull_auth_init(settings, access)
+        puller["env"] = [*puller["env"], *env_entries(placement.env, only_proxies=True)]
+        pull_init.append(puller)
+        access_volumes += [{"name": "pull-auth", "emptyDir": {}}, *pull_volumes]
+        builder["env"] = [*builder.get("env", []), {"name": "REGISTRY_AUTH_FILE", "value": f"{PULL_AUTH}/config.json"},
+                          {"name": "DOCKER_CONFIG", "value": PULL_AUTH}]
+        builder["volumeMounts"] = [*builder.get("volumeMounts", []),
+                                   {"name": "pull-auth", "mountPath": PULL_AUTH, "readOnly": True}]
+    if access.ca_configmap:
+        access_volumes.append({"name": "registry-ca", "configMap": {"name": access.ca_configmap}})
+        ca_mount = {"name": "registry-ca", "mountPath": CA_DIR, "readOnly": True}
+        trust = [{"name": "SSL_CERT_DIR", "value": CA_DIR}]
+        builder["env"] = [*builder.get("env", []), *trust, {"name": "ENVKILN_CA_DIR", "value": CA_DIR}]
+        builder["volumeMounts"] = [*builder.get("volumeMounts", []), ca_mount]
+        push["env"] = [*push["env"], *trust]
+        push["volumeMounts"] = [*push["volumeMounts"], ca_mount]
     return {
-        "initContainers": [*([context] if context else []), builder],
+        "initContainers": [*([context] if context else []), *pull_init, builder],
         "containers": [push],
-        "volumes": [*context_volumes, *builder_volumes, {"name": "out", "emptyDir": {}}, *push_volumes],
+        "volumes": [*context_volumes, *builder_volumes, {"name": "out", "emptyDir": {}}, *push_volumes,
+                    *access_volumes],
     }
 
 
@@ -441,16 +570,70 @@ class JobBuilder:
     digest_container = "push"  # the container whose termination message is the pushed digest
     uses_cluster_slots = True  # builds count against ENVKILN_MAX_CONCURRENT_BUILDS (envkiln.reconcile.buildsync)
 
-    def __init__(self, kube: Kube, settings: OperatorSettings, credentials_secret_data: dict[str, str] | None = None):
+    def __init__(self, kube: Kube, settings: OperatorSettings, credentials_secret_data: dict[str, str] | None = None,
+                 ca_bundle: str | None = None):
         self.kube = kube
         self.settings = settings
         self.credentials_secret_data = credentials_secret_data
+        self.ca_bundle = ca_bundle  # the PEM text of ENVKILN_REGISTRY_CA_FILE, read at start
 
-    def pod_spec(self, build: dict[str, Any], attempt: int, with_credentials: str | None) -> dict[str, Any]:
+    def pod_spec(self, build: dict[str, Any], attempt: int, with_credentials: str | None,
+                 access: BuildAccess = NO_ACCESS) -> dict[str, Any]:
         raise NotImplementedError
 
-    def job(self, build: dict[str, Any], attempt: int, with_credentials: str | None) -> dict[str, Any]:
-        return build_job(build, attempt, self.settings, self.pod_spec(build, attempt, with_credentials))
+    def job(self, build: dict[str, Any], attempt: int, with_credentials: str | None,
+            access: BuildAccess = NO_ACCESS) -> dict[str, Any]:
+        return build_job(build, attempt, self.settings, self.pod_spec(build, attempt, with_credentials, access))
+
+    def pull_credentials(self, namespace: str) -> dict[str, str] | None:
+        """The dockerconfigjson data of the administrator's pull credentials for builds in `namespace`
+        (ENVKILN_BUILD_PULL_CREDENTIALS and the namespace's override, merged: the first Secret naming a
+        registry wins), or None when there are none."""
+        names = self.settings.build_placement(namespace).pull_credentials
+        if not names:
+            return None
+        documents = []
+        for name in names:
+            secret = self.kube.read_secret(self.settings.operator_namespace, name)
+            raw = (secret.data or {}).get(".dockerconfigjson") if secret is not None else None
+            if raw is None:
+                problem = "is missing" if secret is None else "has no .dockerconfigjson"
+                raise BuildCannotStart(REASON_NO_PULL_CREDENTIALS, (
+                    f"ENVKILN_BUILD_PULL_CREDENTIALS (chart builds.pullCredentials): Secret "
+                    f"{self.settings.operator_namespace}/{name} {problem}"
+                    "; create it with `kubectl create secret docker-registry`, or remove it from the setting, then "
+                    "delete this EnvironmentBuild to try again"))
+            documents.append((f"Secret {self.settings.operator_namespace}/{name}", base64.b64decode(raw)))
+        try:
+            merged = merge_auths(documents)
+        except DockerConfigError as error:
+            raise BuildCannotStart(REASON_NO_PULL_CREDENTIALS, f"ENVKILN_BUILD_PULL_CREDENTIALS: {error}") from None
+        return {".dockerconfigjson": base64.b64encode(merged.encode()).decode()}
+
+    def tenant_pull_secrets(self, namespace: str) -> tuple[str, ...]:
+        """The imagePullSecrets of the namespace's pull service account (ENVKILN_BUILD_PULL_SERVICE_ACCOUNT):
+        the tenant's own registry credentials, which the build pod mounts (the operator never reads them)."""
+        name = self.settings.build_pull_service_account
+        if not name:
+            return ()
+        account = self.kube.read_service_account(namespace, name)
+        refs = (account.image_pull_secrets or []) if account is not None else []
+        return tuple(dict.fromkeys(ref.name for ref in refs if getattr(ref, "name", None)))
+
+    def _ca_configmap(self, build: dict[str, Any]) -> str | None:
+        """Copy the registry CA bundle into the build's namespace (owned by the EnvironmentBuild)."""
+        if not self.ca_bundle:
+            return None
+        name = ca_configmap_name(build_key(build["spec"]))
+        body = _immutable_configmap(build, name, build["spec"]["hash"], {"data": {"ca.crt": self.ca_bundle}})
+        existing = self.kube.create_or_get_configmap(build["metadata"]["namespace"], body)
+        if not made_for(existing, build):
+            raise not_made_for("ConfigMap", existing, build)
+        if dict(existing.data or {}) != body["data"]:
+            raise BuildCannotStart(REASON_CONTEXT_CHANGED, (
+                f"ConfigMap {name} does not hold the registry CA bundle of ENVKILN_REGISTRY_CA_FILE (it changed "
+                "since the build started); delete the EnvironmentBuild to build again with the new one"))
+        return name
 
     def push_identity(self, namespace: str) -> dict[str, str] | None:
         """The dockerconfigjson data the push container of a build in `namespace` gets (None: push
@@ -520,12 +703,16 @@ class JobBuilder:
         namespace = build["metadata"]["namespace"]
         spec = EnvironmentBuildSpec.model_validate(build["spec"])
         identity = self.push_identity(namespace)
+        pull = self.pull_credentials(namespace)
         self._rendered_context(build)
         self._snapshot_context(build, spec)
         name = job_name(build_key(build["spec"]), attempt)
         secret = push_secret_name(name) if identity else None
+        access = BuildAccess(pull_secret=pull_secret_name(name) if pull else None,
+                             tenant_pull_secrets=self.tenant_pull_secrets(namespace),
+                             ca_configmap=self._ca_configmap(build))
         try:
-            job, created = self.kube.create_or_get_job(namespace, self.job(build, attempt, secret))
+            job, created = self.kube.create_or_get_job(namespace, self.job(build, attempt, secret, access))
         except ApiError as error:
             if error.status in (400, 403, 422):  # quota, admission, policy: say so instead of holding a slot
                 raise BuildCannotStart(REASON_CANNOT_START,
@@ -533,22 +720,32 @@ class JobBuilder:
             raise
         if not created and not made_for(job, build):  # never followed, changed or deleted
             raise not_made_for("Job", job, build)
-        if identity and secret:
-            # Created here or not at all: a Secret already under this name (envkiln cannot read Secrets in a
-            # build's namespace) is nobody's credential this Job may use. Owned by the Job (gone with it) and
-            # deleted as soon as the attempt ends.
-            job_dict = {"metadata": {"name": job.metadata.name, "uid": job.metadata.uid}}
-            if not self.kube.create_secret(namespace, {
-                    "metadata": {"name": secret, "namespace": namespace, "labels": {**MANAGED_BY, LABEL_BUILD: build[
-                        "metadata"]["name"]}, "ownerReferences": [owner_reference(job_dict, "Job", "batch/v1")]},
-                    "type": "kubernetes.io/dockerconfigjson", "data": identity}):
-                self.kube.delete_job(namespace, name)  # this build's own Job: no pod of it runs with that Secret
-                raise BuildCannotStart(REASON_NAME_TAKEN, (
-                    f"Secret {namespace}/{secret} already exists and envkiln did not make it for Job {name}; envkiln "
-                    f"never uses, adopts or overwrites it. Delete it (kubectl -n {namespace} delete secret {secret}); "
-                    f"a retry of the build makes its own, and once the build has failed, delete {KIND_BUILD} "
-                    f"{build['metadata']['name']} to try again"))
+        job_dict = {"metadata": {"name": job.metadata.name, "uid": job.metadata.uid}}
+        for data, secret_name in ((identity, secret), (pull, access.pull_secret)):
+            if data and secret_name:
+                self._job_secret(build, job_dict, secret_name, data)
         return str(job.metadata.name)
+
+    def _job_secret(self, build: dict[str, Any], job: dict[str, Any], secret: str, data: dict[str, str]) -> None:
+        """Create the credential Secret of one Job: created here or not at all. A Secret already under this
+        name (envkiln cannot read Secrets in a build's namespace) is nobody's credential this Job may use.
+        Owned by the Job (gone with it) and deleted as soon as the attempt ends."""
+        namespace, name = build["metadata"]["namespace"], job["metadata"]["name"]
+        if not self.kube.create_secret(namespace, {
+                "metadata": {"name": secret, "namespace": namespace, "labels": {**MANAGED_BY, LABEL_BUILD: build[
+                    "metadata"]["name"]}, "ownerReferences": [owner_reference(job, "Job", "batch/v1")]},
+                "type": "kubernetes.io/dockerconfigjson", "data": data}):
+            self.kube.delete_job(namespace, name)  # this build's own Job: no pod of it runs with that Secret
+            raise BuildCannotStart(REASON_NAME_TAKEN, (
+                f"Secret {namespace}/{secret} already exists and envkiln did not make it for Job {name}; envkiln "
+                f"never uses, adopts or overwrites it. Delete it (kubectl -n {namespace} delete secret {secret}); "
+                f"a retry of the build makes its own, and once the build has failed, delete {KIND_BUILD} "
+                f"{build['metadata']['name']} to try again"))
+
+    def _delete_job_secrets(self, namespace: str, name: str) -> None:
+        self.kube.delete_secret(namespace, push_secret_name(name))
+        if self.settings.build_placement(namespace).pull_credentials:
+            self.kube.delete_secret(namespace, pull_secret_name(name))
 
     def job_pods(self, namespace: str, job: Any) -> list[V1Pod]:
         """The pods the Job `job` made, oldest first: selected by its UID (controller-uid label, the
@@ -590,10 +787,10 @@ class JobBuilder:
                 return AttemptResult(AttemptState.RUNNING, name=name)
             # No pod can be made (quota, admission): give the slot back and say why, now.
             self.kube.delete_job(namespace, name)
-            self.kube.delete_secret(namespace, push_secret_name(name))
+            self._delete_job_secrets(namespace, name)
             return AttemptResult(AttemptState.FAILED, name=name, reason=REASON_CANNOT_START,
                                  log_tail=f"the build pod cannot be created: {refused}")
-        self.kube.delete_secret(namespace, push_secret_name(name))  # the credential lives no longer than needed
+        self._delete_job_secrets(namespace, name)  # the credentials live no longer than needed
         succeeded, job_reason, job_message = finished
         pods = self.job_pods(namespace, job)
         if succeeded:

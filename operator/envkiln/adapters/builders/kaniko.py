@@ -21,9 +21,11 @@ from typing import Any
 from envkiln.adapters.builders.jobs import (
     ARCHIVE,
     BUILD_ENV_FILES,
+    NO_ACCESS,
     NON_ROOT,
     OUT,
     PROXY_VARIABLES,
+    BuildAccess,
     JobBuilder,
     build_env_files,
     build_job,
@@ -98,9 +100,9 @@ def kaniko_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, con
 
 
 def kaniko_job(build: dict[str, Any], attempt: int, settings: OperatorSettings,
-               with_credentials: str | None) -> dict[str, Any]:
+               with_credentials: str | None, access: BuildAccess = NO_ACCESS) -> dict[str, Any]:
     """The Job for one attempt. Pure: the same inputs give the same manifest."""
-    return build_job(build, attempt, settings, kaniko_pod_spec(build, settings, with_credentials))
+    return build_job(build, attempt, settings, kaniko_pod_spec(build, settings, with_credentials, access))
 
 
 # The `build-env` init container: writes the build env's pip.conf and .condarc (jobs.BUILD_ENV_FILES).
@@ -109,9 +111,10 @@ pip=/build-env/pip.conf condarc=/build-env/condarc
 """ + BUILD_ENV_FILES
 
 
-def kaniko_pod_spec(build: dict[str, Any], settings: OperatorSettings, with_credentials: str | None) -> dict[str, Any]:
+def kaniko_pod_spec(build: dict[str, Any], settings: OperatorSettings, with_credentials: str | None,
+                    access: BuildAccess = NO_ACCESS) -> dict[str, Any]:
     # --tar-path writes a docker-archive tarball.
-    pod = job_pod_spec(build, settings, kaniko_container, "docker-archive", with_credentials)
+    pod = job_pod_spec(build, settings, kaniko_container, "docker-archive", with_credentials, access)
     env = settings.build_placement(build["metadata"]["namespace"]).env
     if not build_env_files(env):
         return pod
@@ -134,5 +137,6 @@ def kaniko_pod_spec(build: dict[str, Any], settings: OperatorSettings, with_cred
 class KanikoBuilder(JobBuilder):
     name = "kaniko"
 
-    def pod_spec(self, build: dict[str, Any], attempt: int, with_credentials: str | None) -> dict[str, Any]:
-        return kaniko_pod_spec(build, self.settings, with_credentials)
+    def pod_spec(self, build: dict[str, Any], attempt: int, with_credentials: str | None,
+                 access: BuildAccess = NO_ACCESS) -> dict[str, Any]:
+        return kaniko_pod_spec(build, self.settings, with_credentials, access)
