@@ -154,3 +154,54 @@ def _remove_rootfs(tmp: Path) -> None:
     if mounted:
         raise RuntimeError(f"still mounted under {tmp}, not removing it: {mounted}")
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def with_files(archive: Path, target: Path, files: dict[str, tuple[bytes, int]]) -> Path:
+    """A copy of the OCI archive `archive` with one more layer holding `files` ({absolute path: (content,
+    mode)}, owned by root), written to `target`. No container storage: the layer is a tarball added to
+    the image's manifest and config (for test-only additions, e.g. a credential helper)."""
+    import gzip
+    import hashlib
+    import io
+    import json
+    import tarfile
+    import time
+
+    def digest_of(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    with tarfile.open(archive) as source:
+        blobs = {m.name: source.extractfile(m).read() for m in source.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    index = json.loads(blobs["index.json"])
+    manifest_digest = index["manifests"][0]["digest"]
+    manifest = json.loads(blobs["blobs/sha256/" + manifest_digest.split(":", 1)[1]])
+    config = json.loads(blobs["blobs/sha256/" + manifest["config"]["digest"].split(":", 1)[1]])
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as layer:
+        for path, (content, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(content), mode, 0
+            layer.addfile(info, io.BytesIO(content))
+    diff = raw.getvalue()
+    compressed = gzip.compress(diff, mtime=0)
+    config["rootfs"]["diff_ids"].append(digest_of(diff))
+    config.setdefault("history", []).append({"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(0)),
+                                             "created_by": "envkiln test harness: " + ", ".join(sorted(files))})
+    config_bytes = json.dumps(config).encode()
+    manifest["config"] = {**manifest["config"], "digest": digest_of(config_bytes), "size": len(config_bytes)}
+    manifest["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                               "digest": digest_of(compressed), "size": len(compressed)})
+    manifest_bytes = json.dumps(manifest).encode()
+    index["manifests"][0] = {**index["manifests"][0], "digest": digest_of(manifest_bytes),
+                             "size": len(manifest_bytes)}
+    for data in (compressed, config_bytes, manifest_bytes):
+        blobs["blobs/sha256/" + digest_of(data).split(":", 1)[1]] = data
+    blobs["index.json"] = json.dumps(index).encode()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(target, "w") as out:
+        for name, data in sorted(blobs.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            out.addfile(info, io.BytesIO(data))
+    return target

@@ -146,6 +146,15 @@ class Node:
 
     # containerd
 
+    def trust_registry(self, host: str, ca: Path) -> None:
+        """Let containerd pull from the TLS registry `host` with certificates from `ca` (its hosts
+        directory is read at every pull: no restart)."""
+        directory = self.containerd_dir / "certs.d" / host
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "hosts.toml").write_text(
+            f'server = "https://{host}"\n\n[host."https://{host}"]\n  capabilities = ["pull", "resolve"]\n'
+            f'  ca = "{ca}"\n')
+
     def _write_containerd_config(self) -> Path:
         d = self.containerd_dir
         certs_d = d / "certs.d"

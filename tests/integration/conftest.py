@@ -143,7 +143,8 @@ def start_operator(control_plane: ControlPlane, api_client: client.ApiClient, re
     started: list[OperatorProcess] = []
 
     def start(namespace: str, builder: str = "kaniko", registry_host: str | None = None,
-              also_watch: tuple[str, ...] = (), **settings: str) -> OperatorProcess:
+              also_watch: tuple[str, ...] = (), process_env: dict[str, str] | None = None,
+              **settings: str) -> OperatorProcess:
         env = {
             "ENVKILN_REGISTRY": registry_host or registry.host,
             "ENVKILN_INSECURE_REGISTRY": "true",
@@ -155,6 +156,7 @@ def start_operator(control_plane: ControlPlane, api_client: client.ApiClient, re
             "ENVKILN_BUILD_RETRY_BACKOFF_SECONDS": "1",
             "ENVKILN_CACHE_TTL_SECONDS": "0",
             **{f"ENVKILN_{k.upper()}": str(v) for k, v in settings.items()},
+            **(process_env or {}),  # other variables of the operator's process (PATH...)
         }
         process = OperatorProcess(control_plane.kubeconfig, env, namespaces=[namespace, *also_watch],
                                   log_dir=tmp_path, name=f"operator-{len(started)}").start()

@@ -205,7 +205,7 @@ def test_the_push_identity_token_reaches_the_push_container_only(make_job: Any) 
     by_name = containers(job)
     assert [name for name, c in by_name.items() if "push-token" in mounted_volumes(c)] == ["push"]
     push_env = env_of(by_name["push"])
-    assert push_env["ENVKILN_IDENTITY_TOKEN_FILE"] == "/var/run/secrets/envkiln/push-token/token"
+    assert push_env["WORKLOAD_IDENTITY_TOKEN_FILE"] == "/var/run/secrets/envkiln/push-token/token"
     assert push_env["AWS_REGION"] == "eu-west-1"
     assert all("AWS_REGION" not in env_of(c) for name, c in by_name.items() if name != "push")
     annotations = template["metadata"]["annotations"]
@@ -391,3 +391,40 @@ def test_the_ca_bundle_is_copied_into_the_builds_namespace_once() -> None:
 def test_service_account_models_are_what_the_builder_reads() -> None:
     account = client.V1ServiceAccount(image_pull_secrets=[client.V1LocalObjectReference(name="a")])
     assert [ref.name for ref in account.image_pull_secrets] == ["a"]
+
+
+def test_a_changed_ca_configmap_stops_the_build_instead_of_trusting_it() -> None:
+    kube = cluster_with()
+    build = build_for(PIP_ENV["spec"])
+    name = f"envkiln-{build['spec']['hash']}-ca"
+    builder = job_builder(kube, ca="-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----\n")
+    kube.put("ConfigMap", "ns", {"metadata": {"name": name, "ownerReferences": [{
+        "apiVersion": "envkiln.dev/v1alpha1", "kind": "EnvironmentBuild", "name": build["metadata"]["name"],
+        "uid": build["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]},
+        "immutable": True, "data": {"ca.crt": "old"}})
+    with pytest.raises(BuildCannotStart, match="does not hold the registry CA bundle"):
+        builder.start(build, 1)
+    kube.objects[("ConfigMap", "ns", name)]["metadata"]["ownerReferences"] = []  # someone else's: never used
+    with pytest.raises(BuildCannotStart) as raised:
+        builder.start(build, 1)
+    assert raised.value.reason == "NameTaken"
+
+
+@pytest.mark.parametrize(("content", "error"), [
+    ("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", None),
+    ("not a certificate", "holds no PEM certificate"),
+    (None, "cannot read"),
+])
+def test_the_ca_bundle_is_read_once_at_start(tmp_path: Path, content: str | None, error: str | None) -> None:
+    from envkiln.reconcile.context import read_ca_bundle
+
+    path = tmp_path / "ca.crt"
+    if content is not None:
+        path.write_text(content)
+    settings = OperatorSettings(registry_ca_file=str(path))
+    if error is None:
+        assert read_ca_bundle(settings) == content
+    else:
+        with pytest.raises(RuntimeError, match=f"ENVKILN_REGISTRY_CA_FILE: .*{error}"):
+            read_ca_bundle(settings)
+    assert read_ca_bundle(OperatorSettings()) is None

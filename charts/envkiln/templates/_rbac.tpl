@@ -46,6 +46,11 @@ ClusterRole.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create", "delete"]
+# The imagePullSecrets of a namespace's pull service account (builds.pullServiceAccount): their
+# names only; the build pod mounts those Secrets, the operator never reads them.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get"]
 # Events about Environments, builds and pods; the Job controller's events say why a build pod
 # cannot be created.
 - apiGroups: [""]

@@ -149,7 +149,7 @@ class OperatorSettings(BaseModel):
         "other containers are excluded from the cloud's token injection (docs/registries.md).")
     build_push_token_audience: str | None = Field(
         default=None, description="When set, the `push` container alone gets a projected service-account token with "
-        "this audience at /var/run/secrets/envkiln/push-token/token (ENVKILN_IDENTITY_TOKEN_FILE), for a "
+        "this audience at /var/run/secrets/envkiln/push-token/token (WORKLOAD_IDENTITY_TOKEN_FILE), for a "
         "credential helper that exchanges it for a registry token.")
     build_push_env: dict[str, str] = Field(
         default_factory=dict, description="JSON object of environment variables of the `push` container only (a "

@@ -71,10 +71,10 @@ def buildah_operator(start_operator: Callable[..., OperatorProcess], cluster: An
     """start_operator with the in-cluster buildah builder (the cluster's registry, small requests)."""
 
     def start(namespace: str, **settings: str) -> OperatorProcess:
-        return start_operator(namespace, builder="buildah", buildah_image=builder_image,
-                              buildah_push_image=builder_image,
-                              buildah_seccomp_profile=str(cluster.seccomp_profile),
-                              build_cpu_request="100m", build_memory_request="128Mi", **settings)
+        defaults = {"buildah_image": builder_image, "buildah_push_image": builder_image,
+                    "buildah_seccomp_profile": str(cluster.seccomp_profile), "build_cpu_request": "100m",
+                    "build_memory_request": "128Mi"}
+        return start_operator(namespace, builder="buildah", **{**defaults, **settings})
 
     return start
 

@@ -363,7 +363,7 @@ def push_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, archi
             "audience": settings.build_push_token_audience, "expirationSeconds": PUSH_TOKEN_SECONDS,
             "path": "token"}}]}})
         mounts.append({"name": "push-token", "mountPath": PUSH_TOKEN_DIR, "readOnly": True})
-        identity.append({"name": "ENVKILN_IDENTITY_TOKEN_FILE", "value": f"{PUSH_TOKEN_DIR}/token"})
+        identity.append({"name": "WORKLOAD_IDENTITY_TOKEN_FILE", "value": f"{PUSH_TOKEN_DIR}/token"})
     container = {
         "name": "push",
         "image": settings.buildah_push_image,
