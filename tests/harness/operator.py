@@ -14,8 +14,12 @@ from harness.records import TEST_SIGNING_KEY
 
 class OperatorProcess:
     def __init__(self, kubeconfig: Path, settings: dict[str, str], namespaces: list[str] | None = None,
-                 log_dir: Path | None = None, standalone: bool = True, name: str = "operator"):
+                 log_dir: Path | None = None, standalone: bool = True, name: str = "operator",
+                 source: Path | None = None):
+        """`source`: the directory holding the `envkiln` package to run (default: this checkout's
+        `operator/`), e.g. `operator/` of a `git worktree` of another revision, for side-by-side benches."""
         self.kubeconfig = kubeconfig
+        self.source = source or REPO_ROOT / "operator"
         self.settings = settings
         self.namespaces = namespaces or []
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="envkiln-operator-"))
@@ -33,7 +37,7 @@ class OperatorProcess:
             argv += ["--namespace", namespace]
         env = {
             "KUBECONFIG": str(self.kubeconfig),
-            "PYTHONPATH": str(REPO_ROOT / "operator") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "PYTHONPATH": str(self.source) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             "PYTHONUNBUFFERED": "1",
             **{k: v for k, v in os.environ.items() if k.startswith("ENVKILN_") and k not in self.settings},
             **self.settings,
@@ -42,6 +46,8 @@ class OperatorProcess:
         env.setdefault("ENVKILN_SIGNING_KEY", TEST_SIGNING_KEY)  # so harness.records can seed earlier builds
         if not env["ENVKILN_SIGNING_KEY"]:  # "": the keys of the Secret envkiln-signing-key instead
             del env["ENVKILN_SIGNING_KEY"]
+        # Builds install with pip unless a test gives a uv tool image it pushed (ghcr.io is not reachable here).
+        env.setdefault("ENVKILN_UV_IMAGE", "")
         env.setdefault("ENVKILN_METRICS_PORT", "0")  # off unless a test asks: several operators run at once
         # Test git servers and registries listen on 127.0.0.1, which namespaces may not name by default.
         env.setdefault("ENVKILN_ALLOWED_PRIVATE_HOSTS", "127.0.0.0/8,::1")

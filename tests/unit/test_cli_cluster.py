@@ -175,8 +175,9 @@ def test_an_unreachable_api_server_and_wait_keeps_its_timeout(home: Path) -> Non
     result, elapsed = envkiln(home, "wait", "torch", "--timeout", "3s", kubeconfig_path=config)
     one_line_error(result, Exit.CLUSTER, f"timed out after 3s: cannot reach the API server https://127.0.0.1:{port}: "
                    "connection refused")
-    # The deadline counts from the process's start; 2 s of slack for a loaded 2-core machine (it took 7 s before).
-    assert 2.5 <= elapsed <= 5.0, f"wait --timeout 3s took {elapsed:.2f}s"
+    # The deadline counts from the process's start (interpreter start-up included): 3 s of slack for a loaded
+    # 2-core machine (it took 7 s before).
+    assert 2.5 <= elapsed <= 6.0, f"wait --timeout 3s took {elapsed:.2f}s"
     assert result.stderr.splitlines()[0] == (f"waiting: cannot reach the API server https://127.0.0.1:{port}: "
                                              "connection refused; retrying")
 

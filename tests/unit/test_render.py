@@ -13,15 +13,13 @@ from typing import Any
 
 import pytest
 
-from envkiln.core import names
 from envkiln.core.definition import definition_hash
 from envkiln.core.locks import LOCK_HEADER, LOCK_SCRIPT, LOCK_SCRIPT_NAME, format_lock, parse_lock
-from envkiln.core.models import buildkit
+from envkiln.core.models import BuildPlan, buildkit
+from envkiln.core.names import IMAGE_LABEL_BASE_DIGEST, LOCK_FILE
+from envkiln.core.names import IMAGE_LABEL_HASH as LABEL_HASH
 from envkiln.core.render import (
     CONDA_PREFIX,
-    IMAGE_LABEL_BASE_DIGEST,
-    LABEL_HASH,
-    LOCK_FILE,
     VENV_PREFIX,
     InvalidLock,
     NothingToBuild,
@@ -35,7 +33,7 @@ from envkiln.core.render import (
 from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
 
 
-def plan_of(doc: dict, settings: RenderSettings | None = None):  # type: ignore[no-untyped-def]
+def plan_of(doc: dict[str, Any], settings: RenderSettings | None = None) -> BuildPlan:
     spec = spec_of(doc)
     commit = "0" * 40 if spec.build is not None and spec.build.git is not None else None  # the ref, resolved
     return render(spec, definition_hash(spec, commit=commit), settings)
@@ -48,7 +46,7 @@ def test_rendering_is_deterministic() -> None:
     assert [(f.path, f.content) for f in first.files] == [(f.path, f.content) for f in again.files]
 
 
-def test_pip_only_uses_a_venv_and_uv_with_pip_fallback() -> None:
+def test_pip_only_uses_a_venv_and_uv_from_its_image_never_pip_installed() -> None:
     plan = plan_of(PIP_ENV)
     lines = plan.dockerfile.splitlines()
     assert lines[1] == "FROM python:3.11-slim AS envkiln-base"
@@ -56,7 +54,11 @@ def test_pip_only_uses_a_venv_and_uv_with_pip_fallback() -> None:
     # The base image's own Python, its packages visible: `import torch` on a PyTorch base keeps working.
     assert 'base_python="$(command -v python3 || command -v python)"' in plan.dockerfile
     assert f'"$base_python" -m venv --system-site-packages {VENV_PREFIX}' in plan.dockerfile
-    assert "uv pip install" in plan.dockerfile and "-m pip install --no-cache-dir" in plan.dockerfile
+    assert "uv pip install" in plan.dockerfile and "pip install uv" not in plan.dockerfile
+    assert "-m pip install" not in plan.dockerfile  # no fallback: a failing install fails the build
+    assert "COPY --from=ghcr.io/astral-sh/uv:0.9.18 /uv /tmp/envkiln/uv" in lines  # the discarded install stage
+    without_uv = plan_of(PIP_ENV, RenderSettings(uv_image=None)).dockerfile
+    assert "uv" not in without_uv.replace("--uv", "") and "-m pip install --no-cache-dir" in without_uv
     assert f"ENV PATH={VENV_PREFIX}/bin:$PATH" in lines
     assert {f.path: f.content for f in plan.files} == {"requirements.txt": "numpy==2.1.3\npandas==2.2.3\n",
                                                        LOCK_SCRIPT_NAME: LOCK_SCRIPT}
@@ -89,7 +91,7 @@ def test_conda_uses_pinned_micromamba_stage_and_fixed_prefix() -> None:
     (["python=3.11", {"pip": ["six"]}, "pip"], ["python=3.11", {"pip": ["six"]}, "pip"]),
     (["python=3.11"], ["python=3.11"]),
 ], ids=["pip-added", "pip-pinned", "pip-after-block", "no-pip-block"])
-def test_conda_file_gets_pip_when_a_pip_block_needs_it(dependencies: list, rendered: list) -> None:  # type: ignore[type-arg]
+def test_conda_file_gets_pip_when_a_pip_block_needs_it(dependencies: list[Any], rendered: list[Any]) -> None:
     import yaml
 
     plan = plan_of(manifest(CONDA_ENV, conda={"dependencies": dependencies}, pip=None))
@@ -106,7 +108,7 @@ def test_docker_steps_come_right_after_from_and_before_packages() -> None:
 
 @pytest.mark.parametrize("document", [PIP_ENV, CONDA_ENV, manifest(CONDA_ENV, pip=None)],
                          ids=["pip", "conda", "conda-no-pip"])
-def test_installs_run_as_root_in_their_own_stage_and_the_image_keeps_the_bases_user(document: dict) -> None:  # type: ignore[type-arg]
+def test_installs_run_as_root_in_their_own_stage_and_the_image_keeps_the_bases_user(document: dict[str, Any]) -> None:
     """A non-root base (or a USER step) is installed into as root; the image is the base stage again, so its
     USER, WORKDIR, ENTRYPOINT and CMD are the base's, with /opt/envkiln copied in (then the lock, in a
     stage of its own)."""
@@ -160,7 +162,7 @@ def test_different_definitions_render_differently() -> None:
 @pytest.mark.parametrize("document",
                          [PIP_ENV, CONDA_ENV, manifest(CONDA_ENV, pip=None), manifest(dockerSteps=["RUN true"])],
                          ids=["pip", "conda", "conda-no-pip", "steps"])
-def test_rendered_dockerfile_reads_back_in_buildkit(document: dict) -> None:  # type: ignore[type-arg]
+def test_rendered_dockerfile_reads_back_in_buildkit(document: dict[str, Any]) -> None:
     spec = spec_of(document)
     instructions = buildkit.parse(plan_of(document).dockerfile)
     keywords = [i.keyword for i in instructions]
@@ -209,8 +211,9 @@ OTHER = "sha256:" + "b" * 64
 
 
 def test_the_names_the_operator_reads_are_the_ones_rendered() -> None:
-    assert LOCK_FILE == names.LOCK_FILE == "/opt/envkiln/envkiln-lock.txt"
-    assert IMAGE_LABEL_BASE_DIGEST == names.IMAGE_LABEL_BASE_DIGEST == "org.opencontainers.image.base.digest"
+    """render takes these from envkiln.core.names (the tests below read the rendered lines with them)."""
+    assert LOCK_FILE == "/opt/envkiln/envkiln-lock.txt"
+    assert IMAGE_LABEL_BASE_DIGEST == "org.opencontainers.image.base.digest"
 
 
 @pytest.mark.parametrize(("image", "base_digest", "expected"), [
@@ -230,7 +233,7 @@ def test_base_reference(image: str, base_digest: str | None, expected: tuple[str
 
 @pytest.mark.parametrize("document", [PIP_ENV, CONDA_ENV, manifest(pip=None, dockerSteps=["RUN true"])],
                          ids=["pip", "conda", "steps-only"])
-def test_the_base_stage_is_from_the_digest_and_labelled_with_it(document: dict) -> None:  # type: ignore[type-arg]
+def test_the_base_stage_is_from_the_digest_and_labelled_with_it(document: dict[str, Any]) -> None:
     spec = spec_of(document)
     assert spec.image is not None
     plan = render(spec, "0" * 32, base_digest=DIGEST)
@@ -267,7 +270,7 @@ LOCK_COPY = f"COPY --from=envkiln-install /envkiln-lock/envkiln-lock.txt {LOCK_F
 @pytest.mark.parametrize("document", [PIP_ENV, CONDA_ENV, manifest(CONDA_ENV, pip=None),
                                       manifest(CONDA_ENV, pip=None, conda={"dependencies": ["nodejs"]})],
                          ids=["pip", "conda-and-pip", "conda-with-pip-block", "conda-only"])
-def test_the_lock_is_written_in_the_install_stage_and_copied_last(document: dict) -> None:  # type: ignore[type-arg]
+def test_the_lock_is_written_in_the_install_stage_and_copied_last(document: dict[str, Any]) -> None:
     spec = spec_of(document)
     plan = render(spec, "0" * 32)
     instructions = buildkit.parse(plan.dockerfile)
@@ -280,7 +283,7 @@ def test_the_lock_is_written_in_the_install_stage_and_copied_last(document: dict
     assert len(run) == 1 and run[0].endswith("&& rm -rf /tmp/envkiln")
     assert "/envkiln-lock/envkiln-lock.txt" in run[0]
     pip = spec.pip is not None or "pip" in str(spec.conda)
-    assert (" --pip --uv /tmp/envkiln/uv/bin/uv" in run[0]) == pip
+    assert (" --pip --uv /tmp/envkiln/uv" in run[0]) == pip
     assert (" --conda /tmp/envkiln/conda-explicit.txt" in run[0]) == (spec.conda is not None)
     if spec.conda is not None:
         assert ("micromamba env export --prefix /opt/envkiln/conda --explicit --md5 > /tmp/envkiln/conda-explicit.txt"
@@ -358,9 +361,11 @@ def test_a_pinned_pip_definition_installs_the_lock_without_dependencies() -> Non
     assert "if [ -f /tmp/envkiln/pip-install.txt ]; then" in text
     assert f"uv pip install --no-cache --no-deps --python {VENV_PREFIX}/bin/python " \
            "--requirement /tmp/envkiln/pip-install.txt" in text
+    assert "-m pip install" not in text  # uv only: no pip fallback
+    without_uv = render(spec, "0" * 32, RenderSettings(uv_image=None), base_digest=DIGEST).dockerfile
     assert "-m pip install --no-cache-dir --disable-pip-version-check --no-deps " \
-           "--requirement /tmp/envkiln/pip-install.txt" in text
-    assert "write /envkiln-lock/envkiln-lock.txt --pip --uv /tmp/envkiln/uv/bin/uv --pinned-pip " \
+           "--requirement /tmp/envkiln/pip-install.txt" in without_uv and "uv" not in without_uv.replace("--uv", "")
+    assert "write /envkiln-lock/envkiln-lock.txt --pip --uv /tmp/envkiln/uv --pinned-pip " \
            "/tmp/envkiln/pip-lock.txt" in text
     assert text.splitlines()[-1] == LOCK_COPY
 
@@ -377,7 +382,7 @@ def test_a_pinned_conda_definition_installs_the_explicit_file() -> None:
     assert (f"micromamba create --yes --prefix {CONDA_PREFIX} --file /tmp/envkiln/conda-lock.txt") in text
     assert "conda.yaml" not in text
     assert f"RUN {CONDA_PREFIX}/bin/python -m pip --version >/dev/null \\\n && {CONDA_PREFIX}/bin/python " in text
-    assert ("--conda /tmp/envkiln/conda-explicit.txt --pip --uv /tmp/envkiln/uv/bin/uv "
+    assert ("--conda /tmp/envkiln/conda-explicit.txt --pip --uv /tmp/envkiln/uv "
             "--pinned-conda /tmp/envkiln/conda-lock.txt --pinned-pip /tmp/envkiln/pip-lock.txt") in text
 
 
@@ -398,7 +403,7 @@ def test_a_pinned_conda_only_definition_compares_in_the_shell_without_python() -
                                               r"spec.conda"),
     (manifest(CONDA_ENV, lock=CONDA_LOCK_TEXT.split("[pip]")[0]), r"no \[pip\] section"),
 ], ids=["no-header", "not-pinned", "conda-for-pip-only", "no-pip", "no-conda", "conda-pip-block-without-pip"])
-def test_a_lock_that_does_not_fit_is_refused(document: dict, message: str) -> None:  # type: ignore[type-arg]
+def test_a_lock_that_does_not_fit_is_refused(document: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidLock, match=message):
         render(spec_of(document), "0" * 32)
 
@@ -413,7 +418,7 @@ PINNED_AND_DIGEST = {
 
 
 @pytest.mark.parametrize(("document", "base_digest"), PINNED_AND_DIGEST.values(), ids=PINNED_AND_DIGEST.keys())
-def test_pinned_renders_read_back_and_are_deterministic(document: dict, base_digest: str | None) -> None:  # type: ignore[type-arg]
+def test_pinned_renders_read_back_and_are_deterministic(document: dict[str, Any], base_digest: str | None) -> None:
     spec = spec_of(document)
     plan = render(spec, definition_hash(spec), base_digest=base_digest)
     again = render(spec_of(copy.deepcopy(document)), definition_hash(spec), base_digest=base_digest)
@@ -452,7 +457,8 @@ GOLDEN_CASES: dict[str, tuple[dict[str, Any], str | None, RenderSettings | None]
     "conda-and-pip": (CONDA_ENV, None, None),
     "conda-and-pip-digest": (CONDA_ENV, DIGEST, None),
     "conda-and-pip-settings": (CONDA_ENV, None, RenderSettings(micromamba_image="registry.local/mm:2",
-                                                               uv_version="1.0")),
+                                                               uv_image="registry.local/uv:1")),
+    "pip-without-uv": (PIP_ENV, DIGEST, RenderSettings(uv_image=None)),
     "image-with-digest": (manifest(CONDA_ENV, image=f"debian@{OTHER}"), DIGEST, None),
     "pinned-pip": (manifest(lock=PIP_LOCK_TEXT), None, None),
     "pinned-pip-options-digest": (manifest(pip=PIP_OPTIONS, lock=PIP_LOCK_TEXT, dockerSteps=STEPS), DIGEST, None),
@@ -465,12 +471,24 @@ GOLDEN_CASES: dict[str, tuple[dict[str, Any], str | None, RenderSettings | None]
     "no-packages": (manifest(pip=None, dockerSteps=["RUN true"]), None, None),
     "no-packages-steps-digest": (manifest(pip=None, dockerSteps=STEPS), DIGEST, None),
 }
+MOUNTS = RenderSettings(tool_mounts=True)
+# One stage (a builder that mounts tools, the base image's user known): (definition, digest, settings, base user).
+ONE_STAGE_CASES: dict[str, tuple[dict[str, Any], str | None, RenderSettings | None, str]] = {
+    "one-stage-pip-root-base": (PIP_ENV, DIGEST, MOUNTS, ""),
+    "one-stage-pip-user-base-steps": (manifest(pip=PIP_OPTIONS, dockerSteps=STEPS), DIGEST, MOUNTS, "1000"),
+    "one-stage-conda-and-pip-user-base": (CONDA_ENV, DIGEST, MOUNTS, "jovyan"),
+    "one-stage-pinned-conda-and-pip": (manifest(CONDA_ENV, lock=CONDA_LOCK_TEXT), DIGEST, MOUNTS, ""),
+    "one-stage-no-packages": (manifest(pip=None, dockerSteps=STEPS), DIGEST, MOUNTS, "1000"),
+    "one-stage-pip-without-uv": (PIP_ENV, DIGEST, RenderSettings(tool_mounts=True, uv_image=None), "app"),
+    "tools-mounted-base-user-unknown": (PIP_ENV, DIGEST, MOUNTS, None),  # type: ignore[dict-item]
+}
 
 
-def golden_text(spec_document: dict[str, Any], base_digest: str | None, settings: RenderSettings | None) -> str:
+def golden_text(spec_document: dict[str, Any], base_digest: str | None, settings: RenderSettings | None,
+                base_user: str | None = None) -> str:
     """The plan as one text: the Dockerfile, then each file in order, each headed by its length (so the
     text reads back unambiguously). The lock script is envkiln.core.locks' own: named, not copied."""
-    plan = render(spec_of(spec_document), "0" * 32, settings, base_digest=base_digest)
+    plan = render(spec_of(spec_document), "0" * 32, settings, base_digest=base_digest, base_user=base_user)
     parts = [f"=== Dockerfile ({len(plan.dockerfile)} chars)\n{plan.dockerfile}"]
     for file in plan.files:
         content = "<envkiln.core.locks.LOCK_SCRIPT>\n" if file.content == LOCK_SCRIPT else file.content
@@ -478,9 +496,9 @@ def golden_text(spec_document: dict[str, Any], base_digest: str | None, settings
     return "".join(parts)
 
 
-@pytest.mark.parametrize("case", GOLDEN_CASES)
+@pytest.mark.parametrize("case", [*GOLDEN_CASES, *ONE_STAGE_CASES])
 def test_the_render_is_the_golden_one(case: str) -> None:
-    text = golden_text(*GOLDEN_CASES[case])
+    text = golden_text(*GOLDEN_CASES[case]) if case in GOLDEN_CASES else golden_text(*ONE_STAGE_CASES[case])
     path = GOLDEN / f"{case}.txt"
     if os.environ.get("ENVKILN_UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)

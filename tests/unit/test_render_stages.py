@@ -13,6 +13,7 @@ from envkiln.core.models import ContextFile
 from envkiln.core.render import (
     _LOCK_LAYER_PART,
     CONDA_PREFIX,
+    UV_CONFIG_FROM_PIP,
     VENV_PREFIX,
     Part,
     RenderSettings,
@@ -26,6 +27,7 @@ from envkiln.core.render import (
     _pip_part,
     _prepare_python,
     _python,
+    final_user,
 )
 from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
 
@@ -44,6 +46,7 @@ CONDA_ONLY = manifest(CONDA_ENV, pip=None, dockerSteps=None, conda={"dependencie
 CONDA_PIP_BLOCK = manifest(CONDA_ENV, pip=None,
                            conda={"dependencies": ["python", {"pip": ["--index-url https://i", "six"]}]})
 MAMBA = "MAMBA_ROOT_PREFIX=/tmp/envkiln/mamba micromamba"
+MAMBA_AT = "MAMBA_ROOT_PREFIX=/tmp/envkiln/mamba /usr/local/bin/micromamba"
 
 
 def lock(text: str | None) -> Lock | None:
@@ -66,13 +69,18 @@ def test_base_part(document: dict[str, Any], base_digest: str | None, lines: lis
     assert _base_part(spec_of(document), HASH, base_digest) == Part(lines=tuple(lines))
 
 
+UV_COPY = "COPY --from=ghcr.io/astral-sh/uv:0.9.18 /uv /tmp/envkiln/uv"
+
+
 @pytest.mark.parametrize(("document", "settings", "lines"), [
-    (PIP_ENV, RenderSettings(), ["FROM envkiln-base AS envkiln-install", "USER 0:0"]),
+    (PIP_ENV, RenderSettings(), ["FROM envkiln-base AS envkiln-install", "USER 0:0", UV_COPY]),
+    (PIP_ENV, RenderSettings(uv_image=None), ["FROM envkiln-base AS envkiln-install", "USER 0:0"]),
     (CONDA_ENV, RenderSettings(), ["FROM docker.io/mambaorg/micromamba:2.3.3 AS envkiln-micromamba",
-                                   "FROM envkiln-base AS envkiln-install", "USER 0:0"]),
-    (CONDA_ENV, RenderSettings(micromamba_image="r.local/mm:9"),
+                                   "FROM envkiln-base AS envkiln-install", "USER 0:0", UV_COPY]),
+    (CONDA_ONLY, RenderSettings(micromamba_image="r.local/mm:9", uv_image="r.local/uv:1"),
      ["FROM r.local/mm:9 AS envkiln-micromamba", "FROM envkiln-base AS envkiln-install", "USER 0:0"]),
-], ids=["pip", "conda", "conda-micromamba-setting"])
+    (CONDA_ENV, RenderSettings(tool_mounts=True), ["FROM envkiln-base AS envkiln-install", "USER 0:0"]),
+], ids=["pip-uv-copied", "pip-without-uv", "conda", "conda-only-micromamba-setting-no-uv", "tools-mounted"])
 def test_install_from_part(document: dict[str, Any], settings: RenderSettings, lines: list[str]) -> None:
     assert _install_from_part(spec_of(document), settings) == Part(lines=tuple(lines))
 
@@ -80,9 +88,10 @@ def test_install_from_part(document: dict[str, Any], settings: RenderSettings, l
 def _conda_lines(file: str) -> tuple[str, ...]:
     return ("COPY --from=envkiln-micromamba /bin/micromamba /usr/local/bin/micromamba",
             f"COPY {file} /tmp/envkiln/{file}",
-            f"RUN {MAMBA} create --yes --prefix {CONDA_PREFIX} --file /tmp/envkiln/{file} \\\n"
-            f" && {MAMBA} env export --prefix {CONDA_PREFIX} --explicit --md5 > /tmp/envkiln/conda-explicit.txt \\\n"
-            f" && {MAMBA} clean --all --yes \\\n"
+            f"RUN {MAMBA_AT} create --yes --prefix {CONDA_PREFIX} --file /tmp/envkiln/{file} \\\n"
+            f" && {MAMBA_AT} env export --prefix {CONDA_PREFIX} --explicit --md5 > /tmp/envkiln/conda-explicit.txt "
+            "\\\n"
+            f" && {MAMBA_AT} clean --all --yes \\\n"
             " && rm -rf /tmp/envkiln/mamba")
 
 
@@ -98,7 +107,16 @@ def _conda_lines(file: str) -> tuple[str, ...]:
         ContextFile(path="conda-lock.txt", content=f"@EXPLICIT\n{PYTHON_URL}\n"),))),
 ], ids=["no-conda", "no-conda-pinned", "conda", "conda-pip-block-gets-pip", "conda-pinned"])
 def test_conda_part(document: dict[str, Any], pinned: str | None, expected: Part) -> None:
-    assert _conda_part(spec_of(document), lock(pinned)) == expected
+    assert _conda_part(spec_of(document), lock(pinned), RenderSettings()) == expected
+
+
+def test_a_mounted_micromamba_is_never_copied_into_the_image() -> None:
+    part = _conda_part(spec_of(CONDA_ONLY), None, RenderSettings(tool_mounts=True, micromamba_image="r/mm:1"))
+    copy, run = part.lines
+    assert copy == "COPY conda.yaml /tmp/envkiln/conda.yaml"
+    assert run.startswith("RUN --mount=type=bind,from=r/mm:1,source=/bin/micromamba,"
+                          "target=/tmp/envkiln-tools/micromamba "
+                          "MAMBA_ROOT_PREFIX=/tmp/envkiln/mamba /tmp/envkiln-tools/micromamba create ")
 
 
 VENV_PREPARE = ('base_python="$(command -v python3 || command -v python)" \\\n'
@@ -117,14 +135,9 @@ def test_the_python_that_installs(document: dict[str, Any], python: str, prepare
         assert _prepare_python(spec).endswith(f' "$base_python" -m venv --system-site-packages {VENV_PREFIX}')
 
 
-def _uv(python: str, requirements: str, uv: str = "0.9.18", flags: str = "") -> str:
-    return (f"if {python} -m pip install --no-cache-dir --disable-pip-version-check --quiet --target /tmp/envkiln/uv "
-            f"uv=={uv}; then \\\n"
-            f"      UV_NATIVE_TLS=1 /tmp/envkiln/uv/bin/uv pip install --no-cache{flags} --python {python} "
-            f"--requirement {requirements}; \\\n"
-            f"    else \\\n"
-            f"      {python} -m pip install --no-cache-dir --disable-pip-version-check{flags} "
-            f"--requirement {requirements}; \\\n    fi")
+def _uv(python: str, requirements: str, uv: str = "/tmp/envkiln/uv", flags: str = "") -> str:
+    return (f"{{ {UV_CONFIG_FROM_PIP}; }} \\\n"
+            f"    && UV_NATIVE_TLS=1 {uv} pip install --no-cache{flags} --python {python} --requirement {requirements}")
 
 
 def _pinned_pip_run(python: str, prepare: str) -> str:
@@ -147,10 +160,11 @@ PIP_OPTIONS = ["--index-url https://i/simple", "numpy==2.1.3", "--index-url http
         lines=("COPY requirements.txt /tmp/envkiln/requirements.txt",
                f"RUN {_prepare_python(spec_of(PIP_ENV))} \\\n && {_uv(VENV_PY, '/tmp/envkiln/requirements.txt')}"),
         files=(ContextFile(path="requirements.txt", content="numpy==2.1.3\npandas==2.2.3\n"),))),
-    (manifest(pip=PIP_OPTIONS), None, RenderSettings(uv_version="1.2.3"), Part(
+    (manifest(pip=PIP_OPTIONS), None, RenderSettings(uv_image="r/uv:1", tool_mounts=True), Part(
         lines=("COPY requirements.txt /tmp/envkiln/requirements.txt",
-               f"RUN {_prepare_python(spec_of(PIP_ENV))} \\\n && "
-               f"{_uv(VENV_PY, '/tmp/envkiln/requirements.txt', uv='1.2.3')}"),
+               "RUN --mount=type=bind,from=r/uv:1,source=/uv,target=/tmp/envkiln-tools/uv "
+               f"{_prepare_python(spec_of(PIP_ENV))} \\\n && "
+               f"{_uv(VENV_PY, '/tmp/envkiln/requirements.txt', uv='/tmp/envkiln-tools/uv')}"),
         files=(ContextFile(path="requirements.txt", content="--index-url https://i/simple\nnumpy==2.1.3\n"
                                                             "--index-url https://i/simple\nsix==1.16.0\n"),))),
     (CONDA_ENV, None, RenderSettings(), Part(
@@ -168,8 +182,13 @@ PIP_OPTIONS = ["--index-url https://i/simple", "numpy==2.1.3", "--index-url http
     (manifest(CONDA_PIP_BLOCK, lock=BOTH_LOCK), BOTH_LOCK, RenderSettings(), Part(
         lines=("COPY pip-lock.txt /tmp/envkiln/pip-lock.txt", SCRIPT_COPY, _pinned_pip_run(CONDA_PY, CONDA_PREP)),
         files=(ContextFile(path="pip-lock.txt", content="--index-url https://i\nsix==1.16.0\n"), SCRIPT))),
-], ids=["pip", "pip-options-kept-in-order", "conda-and-pip", "conda-pip-block-in-conda-yaml", "conda-only",
-        "pinned-conda-only", "pinned-pip-options-once", "pinned-conda-pip-block"])
+    (PIP_ENV, None, RenderSettings(uv_image=None), Part(
+        lines=("COPY requirements.txt /tmp/envkiln/requirements.txt",
+               f"RUN {_prepare_python(spec_of(PIP_ENV))} \\\n && {VENV_PY} -m pip install --no-cache-dir "
+               "--disable-pip-version-check --requirement /tmp/envkiln/requirements.txt"),
+        files=(ContextFile(path="requirements.txt", content="numpy==2.1.3\npandas==2.2.3\n"),))),
+], ids=["pip", "pip-options-kept-in-order-uv-mounted", "conda-and-pip", "conda-pip-block-in-conda-yaml", "conda-only",
+        "pinned-conda-only", "pinned-pip-options-once", "pinned-conda-pip-block", "pip-without-uv"])
 def test_pip_part(document: dict[str, Any], pinned: str | None, settings: RenderSettings, expected: Part) -> None:
     assert _pip_part(spec_of(document), lock(pinned), settings) == expected
 
@@ -178,38 +197,39 @@ WRITE = f"/tmp/envkiln/{LOCK_SCRIPT_NAME} write /envkiln-lock/envkiln-lock.txt"
 
 
 @pytest.mark.parametrize(("document", "pinned", "pip_section", "command"), [
-    (PIP_ENV, None, True, f"{WRITE} --pip --uv /tmp/envkiln/uv/bin/uv"),
+    (PIP_ENV, None, True, f"{WRITE} --pip --uv /tmp/envkiln/uv"),
     (CONDA_ONLY, None, False, f"{WRITE} --conda /tmp/envkiln/conda-explicit.txt"),
-    (CONDA_ENV, None, True, f"{WRITE} --conda /tmp/envkiln/conda-explicit.txt --pip --uv /tmp/envkiln/uv/bin/uv"),
+    (CONDA_ENV, None, True, f"{WRITE} --conda /tmp/envkiln/conda-explicit.txt --pip --uv /tmp/envkiln/uv"),
     (manifest(lock=PIP_LOCK), PIP_LOCK, True,
-     f"{WRITE} --pip --uv /tmp/envkiln/uv/bin/uv --pinned-pip /tmp/envkiln/pip-lock.txt"),
+     f"{WRITE} --pip --uv /tmp/envkiln/uv --pinned-pip /tmp/envkiln/pip-lock.txt"),
     (manifest(CONDA_ONLY, lock=CONDA_LOCK), CONDA_LOCK, False,
      f"{WRITE} --conda /tmp/envkiln/conda-explicit.txt --pinned-conda /tmp/envkiln/conda-lock.txt"),
     (manifest(CONDA_ENV, lock=BOTH_LOCK), BOTH_LOCK, True,
-     f"{WRITE} --conda /tmp/envkiln/conda-explicit.txt --pip --uv /tmp/envkiln/uv/bin/uv "
+     f"{WRITE} --conda /tmp/envkiln/conda-explicit.txt --pip --uv /tmp/envkiln/uv "
      "--pinned-conda /tmp/envkiln/conda-lock.txt --pinned-pip /tmp/envkiln/pip-lock.txt"),
 ], ids=["pip", "conda-only", "conda-and-pip", "pinned-pip", "pinned-conda", "pinned-both"])
 def test_lock_write_command(document: dict[str, Any], pinned: str | None, pip_section: bool, command: str) -> None:
-    assert _lock_write_command(spec_of(document), lock(pinned), pip_section) == command
+    assert _lock_write_command(spec_of(document), lock(pinned), pip_section, RenderSettings()) == command
 
 
 @pytest.mark.parametrize(("document", "pinned", "lines", "files"), [
     (PIP_ENV, None,
-     [SCRIPT_COPY, f"RUN {VENV_PY} {WRITE} --pip --uv /tmp/envkiln/uv/bin/uv \\\n && rm -rf /tmp/envkiln"], [SCRIPT]),
+     [SCRIPT_COPY, f"RUN {VENV_PY} {WRITE} --pip --uv /tmp/envkiln/uv \\\n && rm -rf /tmp/envkiln"], [SCRIPT]),
     (manifest(lock=PIP_LOCK), PIP_LOCK,  # the pinned pip install copied the script already
-     [f"RUN {VENV_PY} {WRITE} --pip --uv /tmp/envkiln/uv/bin/uv --pinned-pip /tmp/envkiln/pip-lock.txt \\\n"
+     [f"RUN {VENV_PY} {WRITE} --pip --uv /tmp/envkiln/uv --pinned-pip /tmp/envkiln/pip-lock.txt \\\n"
       " && rm -rf /tmp/envkiln"], []),
     (CONDA_PIP_BLOCK, None,
-     [SCRIPT_COPY, f"RUN {CONDA_PY} {WRITE} --conda /tmp/envkiln/conda-explicit.txt --pip --uv /tmp/envkiln/uv/bin/uv"
+     [SCRIPT_COPY, f"RUN {CONDA_PY} {WRITE} --conda /tmp/envkiln/conda-explicit.txt --pip --uv /tmp/envkiln/uv"
                    " \\\n && rm -rf /tmp/envkiln"], [SCRIPT]),
     (manifest(CONDA_ONLY, lock=BOTH_LOCK), BOTH_LOCK,  # a lock's [pip] section makes it a pip install
-     [f"RUN {CONDA_PY} {WRITE} --conda /tmp/envkiln/conda-explicit.txt --pip --uv /tmp/envkiln/uv/bin/uv "
+     [f"RUN {CONDA_PY} {WRITE} --conda /tmp/envkiln/conda-explicit.txt --pip --uv /tmp/envkiln/uv "
       "--pinned-conda /tmp/envkiln/conda-lock.txt --pinned-pip /tmp/envkiln/pip-lock.txt \\\n && rm -rf /tmp/envkiln"],
      []),
 ], ids=["pip", "pinned-pip", "conda-pip-block", "conda-only-lock-with-pip"])
 def test_lock_write_part_with_pip(document: dict[str, Any], pinned: str | None, lines: list[str],
                                   files: list[ContextFile]) -> None:
-    assert _lock_write_part(spec_of(document), lock(pinned)) == Part(lines=tuple(lines), files=tuple(files))
+    assert _lock_write_part(spec_of(document), lock(pinned), RenderSettings()) == Part(lines=tuple(lines),
+                                                                                      files=tuple(files))
 
 
 @pytest.mark.parametrize(("document", "pinned", "compared"), [
@@ -218,11 +238,11 @@ def test_lock_write_part_with_pip(document: dict[str, Any], pinned: str | None, 
 ], ids=["conda-only", "pinned-conda-only"])
 def test_lock_write_part_without_pip_falls_back_to_python3_then_the_shell(
         document: dict[str, Any], pinned: str | None, compared: bool) -> None:
-    part = _lock_write_part(spec_of(document), lock(pinned))
+    part = _lock_write_part(spec_of(document), lock(pinned), RenderSettings())
     assert part.files == (SCRIPT,)
     copy, run = part.lines
     assert copy == SCRIPT_COPY
-    command = _lock_write_command(spec_of(document), lock(pinned), pip_section=False)
+    command = _lock_write_command(spec_of(document), lock(pinned), False, RenderSettings())
     assert run.startswith(f'RUN if lock_python="$(command -v {CONDA_PY} || command -v python3)"; then \\\n'
                           f'      "$lock_python" {command}; \\\n    else \\\n      mkdir -p /envkiln-lock \\\n')
     assert run.endswith("; \\\n    fi \\\n && rm -rf /tmp/envkiln")
@@ -261,3 +281,14 @@ def test_the_lock_layer_is_the_last_stage_and_one_copy() -> None:
 ], ids=["none", "lines-in-order", "files-in-order"])
 def test_joined(parts: list[Part], expected: Part) -> None:
     assert _joined(parts) == expected
+
+
+@pytest.mark.parametrize(("steps", "base_user", "expected"), [
+    (None, "", ""),
+    (None, "1000:100", "1000:100"),
+    (["RUN true", "USER app", "WORKDIR /w"], "", "app"),
+    (["USER app", "user root"], "1000", "root"),
+    (["RUN echo USER x"], "jovyan", "jovyan"),
+], ids=["root-base", "base-user", "steps-user-wins", "last-user-step", "a-run-mentioning-user"])
+def test_final_user(steps: list[str] | None, base_user: str, expected: str) -> None:
+    assert final_user(spec_of(manifest(dockerSteps=steps)), base_user) == expected

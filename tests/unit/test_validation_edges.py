@@ -16,7 +16,7 @@ from envkiln.core.definition import MissingContextContent, definition_hash
 from envkiln.core.errors import DefinitionError
 from envkiln.core.manifests import parse_environment
 from envkiln.core.models import EnvironmentSpec, check_docker_step
-from envkiln.core.render import RenderError, render
+from envkiln.core.render import RenderError, installs_pip, render
 from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,7 +218,7 @@ def dockerfile_instructions(dockerfile: str) -> list[str]:
 
 def expected_keywords(spec: EnvironmentSpec) -> list[str]:
     """What envkiln writes: the base stage (FROM, its label, the user's steps), then when there are packages
-    the micromamba stage (conda), the install stage (USER root, the package layers) and the image (FROM the
+    the micromamba stage (conda), the install stage (USER root, uv, the package layers) and the image (FROM the
     base stage, /opt/envkiln copied from the install stage, the environment), then the lock in a stage of
     its own."""
     steps = [step.strip().split(None, 1)[0].upper() for step in spec.docker_steps or []]
@@ -226,6 +226,8 @@ def expected_keywords(spec: EnvironmentSpec) -> list[str]:
     if not (spec.conda or spec.pip):
         return keywords
     keywords += (["FROM"] if spec.conda else []) + ["FROM", "USER"]
+    if installs_pip(spec):
+        keywords += ["COPY"]  # uv from its tool image, into the install stage only
     if spec.conda:
         keywords += ["COPY", "COPY", "RUN"]
     if spec.pip:
@@ -413,4 +415,4 @@ def test_valid_config_map_still_hashes_as_before(tmp_path: Path, capsys: pytest.
 def test_context_content_that_is_not_text_is_refused_by_the_hash() -> None:
     spec = spec_of(yaml.safe_load(ENVIRONMENT))
     with pytest.raises(MissingContextContent, match=r"spec\.build\.configMap: the ConfigMap entry 'Dockerfile' is int"):
-        definition_hash(spec, {"Dockerfile": 3})  # type: ignore[dict-item]
+        definition_hash(spec, yaml.safe_load("Dockerfile: 3"))  # a ConfigMap's data as parsed: any type

@@ -233,6 +233,7 @@ class RegistryClient:
     helper_ttl: float = 300.0
     helper: Callable[[str, str, float], Credentials] = run_credential_helper
     _helped: dict[str, tuple[float, Credentials]] = field(default_factory=dict)
+    _users: dict[str, str] = field(default_factory=dict)  # image digest -> its config's User
     _cache: dict[str, tuple[float, ManifestLookup]] = field(default_factory=dict)
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
@@ -350,6 +351,64 @@ class RegistryClient:
 
     def forget(self, image: str) -> None:
         self._cache.pop(str(parse_image_reference(image)), None)
+
+    def image_user(self, image: str) -> str:
+        """The User of the config of `image` (repository@digest; for an index, its linux/amd64 image,
+        else its first): "" when the image sets none (root). Kept per digest (a digest never changes).
+        Each document is checked against its digest and capped. Raises RegistryUnavailable."""
+        reference = parse_image_reference(image)
+        if not reference.digest:
+            raise ValueError(f"{image}: give the image by digest")
+        with self._guard:
+            kept = self._users.get(reference.digest)
+        if kept is not None:
+            return kept
+        registry = reference.resolved_registry()
+        deadline = self._deadline(registry)
+        user = self._held(registry, deadline, lambda: self._config_user(reference, image, deadline))
+        with self._guard:
+            if len(self._users) >= 4096:
+                self._users.clear()
+            self._users[reference.digest] = user
+        return user
+
+    def _document(self, base: str, kind: str, digest: str, registry: str, repository: str, image: str,
+                  deadline: Deadline) -> dict[str, object]:
+        status, _, body, _ = self._request("GET", f"{base}/{kind}/{digest}", registry, repository, deadline)
+        if status != 200:
+            raise RegistryUnavailable(registry, f"HTTP {status} for {kind[:-1]} {digest} of {image}")
+        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            raise RegistryUnavailable(registry, f"{kind[:-1]} {digest} of {image} does not match its digest")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            raise RegistryUnavailable(registry, f"{kind[:-1]} {digest} of {image} is not a JSON object")
+        return document
+
+    def _config_user(self, reference: ImageReference, image: str, deadline: Deadline) -> str:
+        registry, repository = reference.resolved_registry(), reference.resolved_repository()
+        base = f"{self._base_url(registry)}/v2/{repository}"
+        digest = str(reference.digest)
+        manifest = self._document(base, "manifests", digest, registry, repository, image, deadline)
+        entries = manifest.get("manifests")
+        if isinstance(entries, list) and entries:  # an index: the linux/amd64 image, else the first
+            chosen = next((e for e in entries if isinstance(e, dict) and isinstance(e.get("platform"), dict)
+                           and e["platform"].get("os") == "linux" and e["platform"].get("architecture") == "amd64"),
+                          entries[0])
+            child = str(chosen.get("digest", "")) if isinstance(chosen, dict) else ""
+            if not _DIGEST.fullmatch(child):
+                raise RegistryUnavailable(registry, f"the index of {image} names a malformed manifest digest")
+            manifest = self._document(base, "manifests", child, registry, repository, image, deadline)
+        config = manifest.get("config")
+        config_digest = str(config.get("digest", "")) if isinstance(config, dict) else ""
+        if not _DIGEST.fullmatch(config_digest):
+            raise RegistryUnavailable(registry, f"the manifest of {image} names no config digest")
+        document = self._document(base, "blobs", config_digest, registry, repository, image, deadline)
+        settings = document.get("config")
+        user = settings.get("User") if isinstance(settings, dict) else None
+        return user if isinstance(user, str) else ""
 
     def _base_url(self, registry: str) -> str:
         host = "registry-1.docker.io" if registry == "docker.io" else registry

@@ -24,16 +24,17 @@ from envkiln.core.trust import Signer
 
 def build_manifest(signer: Signer, settings: OperatorSettings, namespace: str, spec: EnvironmentSpec,
                    hash_value: str, digest_of_context: str | None = None, base_digest: str | None = None,
-                   rebuild: bool = False, commit: str | None = None) -> dict[str, Any]:
+                   rebuild: bool = False, commit: str | None = None, base_user: str | None = None) -> dict[str, Any]:
     """The EnvironmentBuild for a definition in a namespace, signed (envkiln.core.trust).
 
     `base_digest`: the base image's digest the FROM is pinned to; `rebuild`: this is the rebuild
     on that (newer) base, named and tagged `<hash>-b<digest>`; `commit`: a git context's ref
-    resolved, which the builder fetches instead of the ref."""
+    resolved, which the builder fetches instead of the ref; `base_user`: the User of the base image's
+    config ("" root; None unknown: envkiln.core.render renders stages then)."""
     if commit is not None and spec.build is not None and spec.build.git is not None:
         pinned = spec.build.model_copy(update={"git": spec.build.git.model_copy(update={"ref": commit})})
         spec = spec.model_copy(update={"build": pinned})
-    plan = render(spec, hash_value, settings.render_settings(), base_digest=base_digest)
+    plan = render(spec, hash_value, settings.render_settings(), base_digest=base_digest, base_user=base_user)
     if digest_of_context is not None:  # the build checks it gets the bytes that were hashed
         plan = plan.model_copy(update={"context_digest": digest_of_context})
     name = build_name(hash_value, base_digest if rebuild else None)

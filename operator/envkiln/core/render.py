@@ -3,9 +3,14 @@
 Deterministic by construction: the same definition and renderer settings give a
 byte-identical plan (no timestamps, no dict iteration order that the user did not write).
 Layers are ordered so that rarely changing ones come first: docker steps, then the conda
-environment, then pip requirements. The installs run as root in their own stage; the image is the
-base stage (the base and the docker steps, its USER kept) plus /opt/envkiln copied from it, and
-last the lock (the resolved packages, envkiln.core.locks) alone in the image's last layer.
+environment, then pip requirements. With a builder that bind-mounts tools from images (buildah)
+and the base image's user known, the installs run as root in the one stage FROM the base, which
+then gets its user back (`one_stage`); otherwise they run in a stage of their own and the image
+is the base stage plus /opt/envkiln copied from it (`_multi_stage`). Last, either way, the lock
+(the resolved packages, envkiln.core.locks) alone in the image's last layer.
+
+uv comes from a tool image (RenderSettings.uv_image), bind-mounted into the RUN steps that use it
+or copied into the discarded install stage: it is never installed by pip, nor left in the image.
 
 Given the base image's digest, the base stage is FROM that digest (and labelled with it), so a
 rebuild of the same definition on the same digest starts from the same bytes. Given spec.lock,
@@ -36,15 +41,16 @@ from envkiln.core.names import IMAGE_LABEL_BASE as LABEL_BASE
 from envkiln.core.names import IMAGE_LABEL_BASE_DIGEST, LOCK_FILE
 from envkiln.core.names import IMAGE_LABEL_HASH as LABEL_HASH
 
-# Pinned so that renders (and therefore builds) are reproducible; both are settings.
+# Pinned so that renders (and therefore builds) are reproducible; both are settings (pin them by
+# digest in production: ENVKILN_MICROMAMBA_IMAGE, ENVKILN_UV_IMAGE).
 DEFAULT_MICROMAMBA_IMAGE = "docker.io/mambaorg/micromamba:2.3.3"
-DEFAULT_UV_VERSION = "0.9.18"
+DEFAULT_UV_IMAGE = "ghcr.io/astral-sh/uv:0.9.18"  # FROM scratch, /uv and /uvx
 
 ENVKILN_ROOT = "/opt/envkiln"  # everything envkiln installs
 CONDA_PREFIX = f"{ENVKILN_ROOT}/conda"
 VENV_PREFIX = f"{ENVKILN_ROOT}/venv"
 STAGING_DIR = "/tmp/envkiln"
-UV = f"{STAGING_DIR}/uv/bin/uv"  # staged by the pip install when it can be
+TOOLS_DIR = "/tmp/envkiln-tools"  # where tool images are bind-mounted for a RUN step (buildah)
 
 # The lock: written in the install stage outside /opt/envkiln, then copied into the image by the
 # last instruction, so the image's last layer holds that one small file (the operator reads it
@@ -63,7 +69,28 @@ PIP_INSTALL = f"{STAGING_DIR}/pip-install.txt"
 @dataclass(frozen=True)
 class RenderSettings:
     micromamba_image: str = DEFAULT_MICROMAMBA_IMAGE
-    uv_version: str = DEFAULT_UV_VERSION
+    uv_image: str | None = DEFAULT_UV_IMAGE  # None: pip installs the packages
+    # The builder supports `RUN --mount=type=bind,from=IMAGE` (buildah, the local builder): tools are
+    # mounted for the steps that use them, and with the base image's user known the render has one stage.
+    tool_mounts: bool = False
+
+    def uv(self) -> str:
+        """Where uv is during the RUN steps that use it."""
+        return f"{TOOLS_DIR}/uv" if self.tool_mounts else f"{STAGING_DIR}/uv"
+
+    def uv_mount(self) -> str:
+        """The RUN option that mounts uv, when it is mounted ("" otherwise)."""
+        if self.uv_image is None or not self.tool_mounts:
+            return ""
+        return f"--mount=type=bind,from={self.uv_image},source=/uv,target={self.uv()} "
+
+    def micromamba(self) -> str:
+        return f"{TOOLS_DIR}/micromamba" if self.tool_mounts else "/usr/local/bin/micromamba"
+
+    def micromamba_mount(self) -> str:
+        if not self.tool_mounts:
+            return ""
+        return f"--mount=type=bind,from={self.micromamba_image},source=/bin/micromamba,target={self.micromamba()} "
 
 
 class NothingToBuild(ValueError):
@@ -152,23 +179,27 @@ NO_PYTHON = (
 )
 
 
+# uv does not read pip's configuration: the index settings a build env gives through pip.conf
+# (envkiln.adapters.builders.jobs: PIP_INDEX_URL -> index-url, ...) become uv's variables, read at
+# build time (the values never stand in the Dockerfile).
+UV_CONFIG_FROM_PIP = (
+    "if [ -r /etc/pip.conf ]; then for pair in index-url=UV_INDEX_URL extra-index-url=UV_EXTRA_INDEX_URL "
+    "trusted-host=UV_INSECURE_HOST cert=SSL_CERT_FILE; do "
+    "value=$(sed -n \"s/^[[:space:]]*${pair%%=*}[[:space:]]*=[[:space:]]*//p\" /etc/pip.conf | head -n 1); "
+    "[ -z \"$value\" ] || export \"${pair#*=}=$value\"; done; fi"
+)
+
+
 def _pip_install(python: str, settings: RenderSettings, requirements: str, no_deps: bool = False) -> str:
-    # UV_NATIVE_TLS: trust the image's CA store like pip does (TLS-inspecting proxies).
-    # uv when it can be installed in the build (much faster resolves and installs);
-    # pip otherwise. A failing uv install of the requirements fails the build: no fallback
-    # there, or a real dependency error would be retried with another resolver.
-    # `no_deps`: a pinned lock's packages, exactly those (it lists the dependencies itself).
+    # uv from the tool image (much faster resolves and installs), with UV_NATIVE_TLS: trust the image's
+    # CA store like pip does (TLS-inspecting proxies); pip when there is no uv image. A failing install
+    # fails the build. `no_deps`: a pinned lock's packages, exactly those (it lists the dependencies itself).
     flags = " --no-deps" if no_deps else ""
-    return (
-        f"if {python} -m pip install --no-cache-dir --disable-pip-version-check --quiet "
-        f"--target {STAGING_DIR}/uv uv=={settings.uv_version}; then \\\n"
-        f"      UV_NATIVE_TLS=1 {UV} pip install --no-cache{flags} --python {python} "
-        f"--requirement {requirements}; \\\n"
-        f"    else \\\n"
-        f"      {python} -m pip install --no-cache-dir --disable-pip-version-check{flags} "
-        f"--requirement {requirements}; \\\n"
-        f"    fi"
-    )
+    if settings.uv_image is None:
+        return f"{python} -m pip install --no-cache-dir --disable-pip-version-check{flags} --requirement {requirements}"
+    return (f"{{ {UV_CONFIG_FROM_PIP}; }} \\\n"
+            f"    && UV_NATIVE_TLS=1 {settings.uv()} pip install --no-cache{flags} --python {python} "
+            f"--requirement {requirements}")
 
 
 # Stage names. The base stage comes first, so `spec.image` can never name one of them.
@@ -302,12 +333,17 @@ def _base_part(spec: EnvironmentSpec, definition_hash: str, base_digest: str | N
 
 
 def _install_from_part(spec: EnvironmentSpec, settings: RenderSettings) -> Part:
-    """The micromamba stage (for conda), then stage envkiln-install FROM envkiln-base, as root."""
-    micromamba = [f"FROM {settings.micromamba_image} AS {MICROMAMBA_STAGE}"] if spec.conda is not None else []
-    return Part(lines=(*micromamba, f"FROM {BASE_STAGE} AS {INSTALL_STAGE}", "USER 0:0"))
+    """The micromamba stage (for conda, unless mounted), then stage envkiln-install FROM envkiln-base, as
+    root, with uv copied from its image when it is not mounted (this stage is discarded: uv never
+    reaches the image)."""
+    micromamba = [f"FROM {settings.micromamba_image} AS {MICROMAMBA_STAGE}"] if (
+        spec.conda is not None and not settings.tool_mounts) else []
+    uv = [f"COPY --from={settings.uv_image} /uv {settings.uv()}"] if (
+        installs_pip(spec) and settings.uv_image is not None and not settings.tool_mounts) else []
+    return Part(lines=(*micromamba, f"FROM {BASE_STAGE} AS {INSTALL_STAGE}", "USER 0:0", *uv))
 
 
-def _conda_part(spec: EnvironmentSpec, pinned: Lock | None) -> Part:
+def _conda_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSettings) -> Part:
     """The conda environment, from conda.yaml or (pinned) the lock's explicit [conda] file; exported
     for the lock. Nothing without spec.conda."""
     if spec.conda is None:
@@ -316,12 +352,13 @@ def _conda_part(spec: EnvironmentSpec, pinned: Lock | None) -> Part:
         environment = ContextFile(path=CONDA_LOCK, content=_lock_file(conda_lines(pinned)))
     else:
         environment = ContextFile(path="conda.yaml", content=conda_file(spec))
-    mamba = f"MAMBA_ROOT_PREFIX={STAGING_DIR}/mamba micromamba"
+    mamba = f"MAMBA_ROOT_PREFIX={STAGING_DIR}/mamba {settings.micromamba()}"
     staged = f"{STAGING_DIR}/{environment.path}"
+    copy = [] if settings.tool_mounts else [f"COPY --from={MICROMAMBA_STAGE} /bin/micromamba {settings.micromamba()}"]
     return Part(lines=(
-        f"COPY --from={MICROMAMBA_STAGE} /bin/micromamba /usr/local/bin/micromamba",
+        *copy,
         f"COPY {environment.path} {staged}",
-        f"RUN {mamba} create --yes --prefix {CONDA_PREFIX} --file {staged} \\\n"
+        f"RUN {settings.micromamba_mount()}{mamba} create --yes --prefix {CONDA_PREFIX} --file {staged} \\\n"
         f" && {mamba} env export --prefix {CONDA_PREFIX} --explicit --md5 > {CONDA_EXPORT} \\\n"
         f" && {mamba} clean --all --yes \\\n"
         f" && rm -rf {STAGING_DIR}/mamba",
@@ -352,7 +389,7 @@ def _pip_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSettin
         lock = ContextFile(path=PIP_LOCK, content=_lock_file(_pip_options(spec) + pip_lines(pinned)))
         copy = Part(lines=(f"COPY {PIP_LOCK} {STAGING_DIR}/{PIP_LOCK}",), files=(lock,))
         install = Part(lines=(
-            f"RUN {prepare} \\\n"
+            f"RUN {settings.uv_mount()}{prepare} \\\n"
             f" && {python} {LOCK_SCRIPT_PATH} pip-install-list {STAGING_DIR}/{PIP_LOCK} {PIP_INSTALL} \\\n"
             f" && if [ -f {PIP_INSTALL} ]; then \\\n"
             f"    {_pip_install(python, settings, PIP_INSTALL, no_deps=True)}; \\\n"
@@ -361,19 +398,21 @@ def _pip_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSettin
         return _joined([copy, _SCRIPT_PART, install])
     if pinned is None and spec.pip:
         requirements = f"{STAGING_DIR}/requirements.txt"
+        command = _pip_install(python, settings, requirements)
         return Part(lines=(f"COPY requirements.txt {requirements}",
-                           f"RUN {prepare} \\\n && " + _pip_install(python, settings, requirements)),
+                           f"RUN {settings.uv_mount()}{prepare} \\\n && {command}"),
                     files=(ContextFile(path="requirements.txt", content=requirements_file(spec.pip)),))
     return Part()
 
 
-def _lock_write_command(spec: EnvironmentSpec, pinned: Lock | None, pip_section: bool) -> str:
+def _lock_write_command(spec: EnvironmentSpec, pinned: Lock | None, pip_section: bool,
+                        settings: RenderSettings) -> str:
     """The lock script's arguments: write the lock from what was installed, and compare it with spec.lock."""
     write = f"{LOCK_SCRIPT_PATH} write {LOCK_STAGED}"
     if spec.conda is not None:
         write += f" --conda {CONDA_EXPORT}"
     if pip_section:
-        write += f" --pip --uv {UV}"
+        write += " --pip" + (f" --uv {settings.uv()}" if settings.uv_image is not None else "")
     if pinned is not None and pinned.has_conda:
         write += f" --pinned-conda {STAGING_DIR}/{CONDA_LOCK}"
     if pinned is not None and pinned.has_pip:
@@ -381,14 +420,14 @@ def _lock_write_command(spec: EnvironmentSpec, pinned: Lock | None, pip_section:
     return write
 
 
-def _lock_write_part(spec: EnvironmentSpec, pinned: Lock | None) -> Part:
+def _lock_write_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSettings) -> Part:
     """The lock script (unless the pinned pip install copied it already), then the lock written to
     /envkiln-lock and the staging directory removed."""
     python = _python(spec)
     pip_section = pinned.has_pip if pinned is not None else installs_pip(spec)
-    write = _lock_write_command(spec, pinned, pip_section)
+    write = _lock_write_command(spec, pinned, pip_section, settings)
     if pip_section:
-        run = f"RUN {python} {write} \\\n && rm -rf {STAGING_DIR}"
+        run = f"RUN {settings.uv_mount()}{python} {write} \\\n && rm -rf {STAGING_DIR}"
     else:
         # conda without pip packages: the environment may have no Python; then the base's python3 runs
         # the script, and without one the shell writes the [conda] section itself.
@@ -403,8 +442,8 @@ def _lock_write_part(spec: EnvironmentSpec, pinned: Lock | None) -> Part:
     return _joined([Part() if _pins_pip(pinned) else _SCRIPT_PART, Part(lines=(run,))])
 
 
-def _image_part(spec: EnvironmentSpec) -> Part:
-    """Stage envkiln-image: FROM envkiln-base again, /opt/envkiln copied in, the environment variables."""
+def _env_lines(spec: EnvironmentSpec) -> tuple[str, ...]:
+    """The environment of the installed packages: PATH, and for conda what Azure ML sets."""
     path = f"{CONDA_PREFIX}/bin" if spec.conda is not None else f"{VENV_PREFIX}/bin"
     # As Azure ML sets them, without an empty LD_LIBRARY_PATH entry (the current directory) when it
     # was unset. One instruction: the layout of the rendered file is pinned by tests.
@@ -412,8 +451,13 @@ def _image_part(spec: EnvironmentSpec) -> Part:
         f"ENV CONDA_PREFIX={CONDA_PREFIX} AZUREML_CONDA_ENVIRONMENT_PATH={CONDA_PREFIX} "
         f"LD_LIBRARY_PATH={CONDA_PREFIX}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"
     ] if spec.conda is not None else []
+    return (f"ENV PATH={path}:$PATH", *conda)
+
+
+def _image_part(spec: EnvironmentSpec) -> Part:
+    """Stage envkiln-image: FROM envkiln-base again, /opt/envkiln copied in, the environment variables."""
     return Part(lines=(f"FROM {BASE_STAGE} AS {IMAGE_STAGE}",
-                       f"COPY --from={INSTALL_STAGE} {ENVKILN_ROOT} {ENVKILN_ROOT}", f"ENV PATH={path}:$PATH", *conda))
+                       f"COPY --from={INSTALL_STAGE} {ENVKILN_ROOT} {ENVKILN_ROOT}", *_env_lines(spec)))
 
 
 # Last, alone in the image's last layer: the lock the operator reads from the registry. A stage of
@@ -422,9 +466,9 @@ def _image_part(spec: EnvironmentSpec) -> Part:
 _LOCK_LAYER_PART = Part(lines=(f"FROM {IMAGE_STAGE}", f"COPY --from={INSTALL_STAGE} {LOCK_STAGED} {LOCK_FILE}"))
 
 
-def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings,
-                    base_digest: str | None) -> BuildPlan:
-    """A multi-stage Dockerfile, as Azure ML builds:
+def _multi_stage(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings,
+                 base_digest: str | None) -> Part:
+    """A multi-stage Dockerfile, as Azure ML builds (for Kaniko, and when the base image's user is not known):
 
     - stage `envkiln-base`: FROM the base (at its digest when known), the labels, the docker steps (as
       whatever user they leave);
@@ -450,9 +494,66 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
     pinned = pinned_lock(spec)
     parts = [_base_part(spec, definition_hash, base_digest)]
     if spec.conda is not None or spec.pip:
-        parts += [_install_from_part(spec, settings), _conda_part(spec, pinned), _pip_part(spec, pinned, settings),
-                  _lock_write_part(spec, pinned), _image_part(spec), _LOCK_LAYER_PART]
-    plan = _joined(parts)
+        parts += [_install_from_part(spec, settings), _conda_part(spec, pinned, settings),
+                  _pip_part(spec, pinned, settings), _lock_write_part(spec, pinned, settings), _image_part(spec),
+                  _LOCK_LAYER_PART]
+    return _joined(parts)
+
+
+ROOT_USERS = ("", "0", "0:0", "root", "root:root")
+
+
+def final_user(spec: EnvironmentSpec, base_user: str) -> str:
+    """The user the image runs as: the last USER of the docker steps, else the base image's."""
+    user = base_user
+    for step in spec.docker_steps or []:
+        words = step.split(None, 1)
+        if len(words) == 2 and words[0].upper() == "USER":
+            user = words[1].strip()
+    return user
+
+
+def _one_stage(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings, base_digest: str | None,
+               base_user: str) -> Part:
+    """One build stage, for a builder that mounts tools from images (buildah), with the base image's
+    user known (`base_user`, from its config; "" is root):
+
+    - FROM the base (at its digest when known), the docker steps (as whatever user they leave);
+    - `USER 0:0` when that user is not root, the conda environment (micromamba mounted from its image)
+      and the pip requirements (uv mounted from its image) under /opt/envkiln, the lock written to
+      /envkiln-lock, the environment (PATH, conda's variables), then that user again: the base's USER,
+      WORKDIR, ENTRYPOINT and CMD (and whatever the docker steps set) are the image's;
+    - the labels last, so that an edit of the definition changes only the last instruction of the stage;
+    - the image: FROM that stage, the lock copied to /opt/envkiln/envkiln-lock.txt, alone in its last layer.
+
+    No stage is a copy of another's root filesystem but the lock's (BUILDS.md: each stage on vfs is a
+    full copy and commit)."""
+    assert spec.image is not None
+    base, digest = base_reference(spec.image, base_digest)
+    label = f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}"
+    if digest is not None:
+        label += f" {IMAGE_LABEL_BASE_DIGEST}={_quote(digest)}"
+    steps = tuple(step.strip() for step in spec.docker_steps or [])
+    if spec.conda is None and not spec.pip:
+        return Part(lines=(f"FROM {base} AS {IMAGE_STAGE}", *steps, label))
+    user = final_user(spec, base_user)
+    as_root = user not in ROOT_USERS
+    pinned = pinned_lock(spec)
+    return _joined([
+        Part(lines=(f"FROM {base} AS {IMAGE_STAGE}", *steps, *(("USER 0:0",) if as_root else ()))),
+        _conda_part(spec, pinned, settings), _pip_part(spec, pinned, settings),
+        _lock_write_part(spec, pinned, settings),
+        Part(lines=(*_env_lines(spec), *((f"USER {user}",) if as_root else ()), label)),
+        Part(lines=(f"FROM {IMAGE_STAGE}", f"COPY --from={IMAGE_STAGE} {LOCK_STAGED} {LOCK_FILE}")),
+    ])
+
+
+def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings,
+                    base_digest: str | None, base_user: str | None) -> BuildPlan:
+    if settings.tool_mounts and base_user is not None:
+        plan = _one_stage(spec, definition_hash, settings, base_digest, base_user)
+    else:
+        plan = _multi_stage(spec, definition_hash, settings, base_digest)
     header = "# Rendered by envkiln; do not edit. Definition hash " + definition_hash
     dockerfile = "\n".join([header, *plan.lines]) + "\n"
     check_round_trip(dockerfile, list(plan.lines))  # every line but the comment is one instruction
@@ -460,11 +561,13 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
 
 
 def render(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings | None = None,
-           base_digest: str | None = None) -> BuildPlan:
+           base_digest: str | None = None, base_user: str | None = None) -> BuildPlan:
     """The build plan for a definition. User build contexts pass through untouched.
 
     `base_digest`: the digest spec.image's tag points to now ("sha256:..."), which the base stage is
-    then FROM (and labelled with); None renders the image as written. Raises InvalidLock when
+    then FROM (and labelled with); None renders the image as written. `base_user`: the User of the
+    base image's config ("" is root; None: not known, which renders the multi-stage Dockerfile).
+    Raises InvalidLock when
     spec.lock cannot be read or does not fit the definition."""
     settings = settings or RenderSettings()
     kind = spec.kind
@@ -472,4 +575,4 @@ def render(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings
         raise NothingToBuild("userManaged environments are not built; their image is used as is")
     if kind is EnvironmentKind.BUILD_CONTEXT:
         return BuildPlan(dockerfile="", files=[], context=spec.build)
-    return _system_managed(spec, definition_hash, settings, base_digest)
+    return _system_managed(spec, definition_hash, settings, base_digest, base_user)

@@ -15,7 +15,7 @@ from envkiln.core.errors import describe
 from envkiln.core.models import DEFAULT_CURATED_NAMESPACE
 from envkiln.core.models.hosts import DEFAULT_TOKEN_REALMS, parse_host_entry, parse_realm_entry
 from envkiln.core.placement import BuildPlacement, effective_placement
-from envkiln.core.render import DEFAULT_MICROMAMBA_IMAGE, DEFAULT_UV_VERSION, RenderSettings
+from envkiln.core.render import DEFAULT_MICROMAMBA_IMAGE, DEFAULT_UV_IMAGE, RenderSettings
 from envkiln.core.trust import DEFAULT_KEY_ID, Signer, SigningKeyError, parse_previous_keys
 
 # The maintained Kaniko fork (GoogleContainerTools/kaniko was archived in June 2025).
@@ -33,6 +33,9 @@ REMOVED_SETTINGS = {
     "each namespace its own push identity instead, a dockerconfigjson Secret named by ENVKILN_PUSH_SECRET_TEMPLATE "
     "(default envkiln-push-{namespace}) in the operator namespace that can push only under that namespace's "
     "path (docs/security.md), and unset this variable",
+    "uv_version": "removed: builds no longer `pip install uv`; uv comes from a tool image, ENVKILN_UV_IMAGE (e.g. "
+    "ghcr.io/astral-sh/uv:0.9.18, pinned by digest), or set ENVKILN_UV_IMAGE=\"\" to install with pip. Unset "
+    "ENVKILN_UV_VERSION",
 }
 
 
@@ -175,8 +178,12 @@ class OperatorSettings(BaseModel):
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch (empty: all).")
     curated_namespace: str = DEFAULT_CURATED_NAMESPACE
     operator_namespace: str = "envkiln-system"
-    micromamba_image: str = DEFAULT_MICROMAMBA_IMAGE
-    uv_version: str = DEFAULT_UV_VERSION
+    micromamba_image: str = Field(
+        default=DEFAULT_MICROMAMBA_IMAGE, description="Image micromamba comes from (its /bin/micromamba) for conda "
+        "environments; pin it by digest.")
+    uv_image: str = Field(
+        default=DEFAULT_UV_IMAGE, description="Tool image uv comes from (its /uv, e.g. ghcr.io/astral-sh/uv) for pip "
+        "installs; pin it by digest. \"\": builds install with pip instead.")
     registry_timeout_seconds: float = Field(default=10.0, gt=0)
     registry_retry_seconds: int = Field(default=15, ge=1, description="Retry delay while the registry is down.")
     cache_ttl_seconds: float = Field(default=30.0, ge=0, description="How long a found image is remembered.")
@@ -407,7 +414,9 @@ class OperatorSettings(BaseModel):
         return self.pull_registry or self.registry
 
     def render_settings(self) -> RenderSettings:
-        return RenderSettings(micromamba_image=self.micromamba_image, uv_version=self.uv_version)
+        # buildah (in the cluster or local) mounts tools from images for a RUN step; Kaniko cannot.
+        return RenderSettings(micromamba_image=self.micromamba_image, uv_image=self.uv_image or None,
+                              tool_mounts=self.builder in ("buildah", "local"))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:

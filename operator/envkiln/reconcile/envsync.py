@@ -177,13 +177,29 @@ def base_digest(ctx: OperatorContext, spec: EnvironmentSpec) -> str | None:
     return None
 
 
+def base_user(ctx: OperatorContext, spec: EnvironmentSpec, digest: str | None) -> str | None:
+    """The User of the base image's config at `digest`, for a one-stage render (None: not asked, or the
+    registry cannot say; the render then keeps the base's user with stages)."""
+    if digest is None or spec.image is None or not ctx.settings.render_settings().tool_mounts:
+        return None
+    if spec.kind is not EnvironmentKind.SYSTEM_MANAGED or not (spec.conda is not None or spec.pip):
+        return None
+    reference = parse_image_reference(spec.image)
+    try:
+        return ctx.registry.image_user(f"{reference.name}@{digest}")
+    except (RegistryUnavailable, ValueError) as error:
+        log.warning("base image %s: its config is unknown (%s); the build uses stages", spec.image, error)
+        return None
+
+
 def create_or_adopt_build(ctx: OperatorContext, facts: Facts, rebuild_on: str | None = None) -> dict[str, Any]:
     """Create the EnvironmentBuild for the facts' hash (or, with `rebuild_on`, its rebuild on that
     base digest), or adopt the one someone else created meanwhile."""
     assert facts.spec is not None and facts.hash is not None
     digest = rebuild_on or base_digest(ctx, facts.spec)
     body = build_manifest(ctx.signer, ctx.settings, facts.namespace, facts.spec, facts.hash, facts.context_digest,
-                          base_digest=digest, rebuild=rebuild_on is not None, commit=facts.resolved_commit)
+                          base_digest=digest, rebuild=rebuild_on is not None, commit=facts.resolved_commit,
+                          base_user=base_user(ctx, facts.spec, digest))
     build, created = ctx.kube.create_or_get(BUILDS, facts.namespace, body)
     if created:
         log.info("created EnvironmentBuild %s/%s for %s", facts.namespace, body["metadata"]["name"],

@@ -20,6 +20,8 @@ from harness.pypi import PackageIndex, make_wheel
 from harness.webhook import webhook_configuration
 from node_helpers import PROBE, PROBE_SOURCE, PROBE_VERSION
 
+UV_VERSION = "0.9.18"  # envkiln.core.render.DEFAULT_UV_IMAGE's
+
 
 @pytest.fixture(scope="session")
 def node_api(cluster: Any, api_client: client.ApiClient) -> client.ApiClient:
@@ -58,6 +60,15 @@ def builder_image(node_registry_host: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def uv_image(node_registry_host: str) -> str:
+    """uv as builds get it: a FROM scratch tool image with /uv, made here from the uv wheel, by digest."""
+    from harness.wheels import uv_tool_archive
+
+    digest = push_archive(uv_tool_archive(UV_VERSION), f"{node_registry_host}/envkiln/uv:{UV_VERSION}")
+    return f"{node_registry_host}/envkiln/uv@{digest}"
+
+
+@pytest.fixture(scope="session")
 def probe_index(cluster: Any) -> Iterator[PackageIndex]:
     """A package index on the node's address with one package that only our images will have."""
     wheel = make_wheel(PROBE, PROBE_VERSION, module="envkiln_probe", source=PROBE_SOURCE)
@@ -67,11 +78,12 @@ def probe_index(cluster: Any) -> Iterator[PackageIndex]:
 
 @pytest.fixture()
 def buildah_operator(start_operator: Callable[..., OperatorProcess], cluster: Any,
-                     builder_image: str) -> Callable[..., OperatorProcess]:
-    """start_operator with the in-cluster buildah builder (the cluster's registry, small requests)."""
+                     builder_image: str, uv_image: str) -> Callable[..., OperatorProcess]:
+    """start_operator with the in-cluster buildah builder (the cluster's registry, small requests, uv
+    mounted from its tool image)."""
 
     def start(namespace: str, **settings: str) -> OperatorProcess:
-        defaults = {"buildah_image": builder_image, "buildah_push_image": builder_image,
+        defaults = {"buildah_image": builder_image, "buildah_push_image": builder_image, "uv_image": uv_image,
                     "buildah_seccomp_profile": str(cluster.seccomp_profile), "build_cpu_request": "100m",
                     "build_memory_request": "128Mi"}
         return start_operator(namespace, builder="buildah", **{**defaults, **settings})

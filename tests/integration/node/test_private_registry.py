@@ -50,7 +50,7 @@ HELPER = "envkiln-test"
 HELPER_SCRIPT = r"""#!/bin/bash
 set -eu
 [ "${1:-}" = get ] || exit 1
-read -r server
+read -r server || [ -n "$server" ]   # the server name comes without a newline
 token=$(cat "$WORKLOAD_IDENTITY_TOKEN_FILE")
 exec 3<>"/dev/tcp/${EXCHANGE_ADDRESS%:*}/${EXCHANGE_ADDRESS##*:}"
 printf 'POST /exchange HTTP/1.0\r\nHost: %s\r\nX-Registry: %s\r\nContent-Length: %s\r\n\r\n%s' \
