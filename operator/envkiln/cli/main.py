@@ -171,6 +171,10 @@ def build_parser(prog: str = "envkiln") -> argparse.ArgumentParser:
     _complete(p.add_argument("--root", help="the folder no path in the YAML may leave (e.g. a repository holding "
                              "jobs/ and components/); default: each PATH (a file's folder). Symbolic links are never "
                              "followed"), "dir")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="set_values",
+                   help="fill the Azure ML template {{NAME}} with VALUE wherever it is written (repeatable; e.g. "
+                   "--set asset.repo.url=https://github.com/ORG/REPO). Without it {{latest-image-tag}} is 'latest' "
+                   "and ==/>= {{latest-pypi-version}} pins are dropped; any other template is an error")
     p.set_defaults(func=_command("offline", "cmd_import_azureml"))
 
     p = command("wait", "wait until NAME[:VERSION] is Ready and print its image reference (exit 1 when it "

@@ -162,10 +162,18 @@ def cmd_import_azureml(args: argparse.Namespace) -> int:
 def _import_azureml(args: argparse.Namespace, paths: list[Path], shown: dict[str, str] | None = None) -> int:
     from envkiln.core.azureml import ImportOptions, import_azureml, manifests_yaml
 
+    variables: dict[str, str] = {}
+    for given in getattr(args, "set_values", None) or []:
+        name, equals, value = given.partition("=")
+        name = name.strip()
+        if not equals or not name or "{" in name or "}" in name:
+            raise UsageError(f"--set {given!r}: write --set NAME=VALUE (NAME as inside {{{{...}}}}, e.g. "
+                             "--set latest-image-tag=20240908.v1)")
+        variables[name] = value
     options = ImportOptions(namespace=getattr(args, "namespace", None), curated_namespace=args.curated_namespace,
                             max_configmap_bytes=args.max_configmap_bytes, tarball_url=args.tarball_url,
                             tarball_dir=Path(args.tarball_dir or (Path(args.output).parent if args.output else ".")),
-                            root=Path(args.root) if args.root else None)
+                            root=Path(args.root) if args.root else None, variables=variables)
     outcomes, tarballs = import_azureml(paths, options)
     for outcome in outcomes:
         line = outcome.line()

@@ -8,13 +8,18 @@ Pure core (files in, manifests and one outcome per definition out; no cluster). 
 - online and batch deployment YAML (`environment:` with `inference_config`);
 - asset folders: `asset.yaml` (`spec:`, `extra_config:`) and/or `spec.yaml`, with the build context or
   conda file in a subfolder; the asset placeholders `{{asset.name}}`, `{{asset.version}}`,
-  `{{image.context.path}}`, `{{image.dockerfile.path}}` are filled in. Any other `{{...}}` is an error
-  naming the file and the field (or the Dockerfile line).
+  `{{image.context.path}}` (`{{image.context.dir}}`), `{{image.dockerfile.path}}` are filled in.
 
-Names become Kubernetes names (the original is kept in an annotation, envkiln.core.names); tags become strings;
-curated references (`azureml:NAME:VERSION`, `azureml:NAME@latest`,
-`azureml://registries/azureml/environments/NAME/versions/N`) are mapped to envkiln's curated environments
-when there is a counterpart, and said to have none otherwise. Directory build contexts become a ConfigMap
+Azure's release-pipeline templates: `--set NAME=VALUE` (ImportOptions.variables) fills any; by default
+`{{latest-image-tag}}` is `latest` and `=={{latest-pypi-version}}` pins are dropped (recorded in an annotation
+and said on the stderr line); any other is an error naming the file, the field (or line) and the --set.
+
+Names and versions become Kubernetes names and envkiln versions (the originals are kept in annotations,
+envkiln.core.names); tags become strings; pip lists as Azure writes them (`-r`, `-c`, index options; an index
+URL with credentials is dropped, never hashed); every reference form (`azureml:NAME[:VERSION|@LABEL]`,
+`azureml://registries/R/environments/NAME[/versions/V|/labels/L]`, the workspace's full form) is reported, and
+curated ones are mapped to the nearest envkiln curated environment (envkiln.core.catalog) with the gaps stated,
+or said to have no family. Directory build contexts become a ConfigMap
 when they are small (top-level files as keys; subdirectories packed in the key `.envkiln-context.tar`, which
 the build unpacks), otherwise a tarball the importer writes (to be uploaded where `tarball_url` says).
 
@@ -43,6 +48,7 @@ from typing import Any, Literal
 
 import yaml
 
+from envkiln.core.catalog import CATALOG, counterpart
 from envkiln.core.decisions.curated import reserved_prefix
 from envkiln.core.definition import UnresolvedGitRef, definition_hash
 from envkiln.core.errors import DefinitionError
@@ -52,6 +58,8 @@ from envkiln.core.names import (
     ANNOTATION_AZUREML_IGNORED,
     ANNOTATION_AZUREML_NAME,
     ANNOTATION_AZUREML_SOURCE,
+    ANNOTATION_AZUREML_TEMPLATES,
+    ANNOTATION_AZUREML_VERSION,
     API_VERSION,
     CONTEXT_TREE_KEY,
     CURATED_LABEL_PREFIX,
@@ -72,23 +80,20 @@ _YAML_SUFFIXES = (".yml", ".yaml")
 _ENV_FIELDS = {"name", "version", "description", "tags", "image", "conda_file", "build", "inference_config",
                "os_type", "$schema"}
 
-# envkiln's curated environments (charts/envkiln/templates/curated.yaml, docs/curated-environments.md),
-# by the Azure ML curated names they stand in for (lowercased, without the `azureml-` prefix).
-CURATED = {
-    "azureml-python-3.11": "Python 3.11 with numpy, pandas, pyarrow",
-    "azureml-sklearn-1.5": "scikit-learn 1.5 (conda-forge), pandas, mlflow-skinny",
-    "azureml-pytorch-2.5-cpu": "PyTorch 2.5 CPU wheels on Python 3.11",
-    "azureml-byoc-pytorch-2.5-cuda": "the official PyTorch 2.5 CUDA 12.4 runtime image",
-}
-_CURATED_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"(sklearn|scikit-learn)-1\.5([-.].*)?"), "azureml-sklearn-1.5"),
-    (re.compile(r"pytorch-2\.5(?!.*(cuda|gpu)).*"), "azureml-pytorch-2.5-cpu"),
-    (re.compile(r"pytorch-2\.5.*(cuda|gpu).*"), "azureml-byoc-pytorch-2.5-cuda"),
-    (re.compile(r"(python-3\.11|minimal-.*py311.*)"), "azureml-python-3.11"),
-]
-_CURATED_FAMILY = {"sklearn": "azureml-sklearn-1.5", "scikit": "azureml-sklearn-1.5",
-                   "pytorch": "azureml-pytorch-2.5-cpu", "acpt": "azureml-byoc-pytorch-2.5-cuda",
-                   "minimal": "azureml-python-3.11", "python": "azureml-python-3.11"}
+# asset.yaml fields the importer reads (others, e.g. `categories`, `test`, are listed as ignored).
+_ASSET_FIELDS = {"name", "version", "type", "spec", "extra_config"}
+# The templates Azure's asset release pipeline fills, and what envkiln fills them with by default.
+LATEST_IMAGE_TAG = "latest-image-tag"  # the newest tag of the image: `latest` (the build pins its digest)
+LATEST_PYPI_VERSION = "latest-pypi-version"  # the newest release: the pin is dropped
+_PYPI_PIN = re.compile(r"\s*(===|==|~=|>=|<=|!=|=|>|<)\s*\{\{\s*" + re.escape(LATEST_PYPI_VERSION) + r"\s*\}\}")
+# Template names an error names (with the --set that fills them): Azure's are lowercase (`asset.repo.url`).
+# Others are not quoted: they are the file's text.
+_SET_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+# Files of a build context besides Dockerfiles whose known templates are filled (unknown ones are left: they
+# may be the file's own templating).
+_TEMPLATED_SUFFIXES = (".txt", ".in", ".yml", ".yaml")
+# Azure ML registries that hold Azure's curated environments.
+CURATED_REGISTRIES = ("azureml", "azureml-meta", "azureml-preview")
 
 Status = Literal["imported", "skipped", "curated", "reference", "error"]
 
@@ -105,6 +110,9 @@ class ImportOptions:
     tarball_url: str | None = None  # https base URL where written tarballs will be served
     tarball_dir: Path = Path(".")  # where tarballs are written
     root: Path | None = None  # the tree no path may leave; None: each path given (a file's folder)
+    # `--set NAME=VALUE`: fills `{{NAME}}` anywhere (before the defaults: {{latest-image-tag}} -> latest, and
+    # `=={{latest-pypi-version}}` pins dropped).
+    variables: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,6 +141,12 @@ class _Context:
     consumed: set[Path] = field(default_factory=set)  # conda files and specs read through another file
     tarballs: dict[Path, bytes] = field(default_factory=dict)
     root: Path = Path(".")  # the imported tree (absolute, not resolved) of what is being read now
+    # Of the definition being imported now: the asset's variables ({{asset.name}}...), the templates filled
+    # (where -> the text as written) and notes for its stderr line.
+    asset_variables: dict[str, str] = field(default_factory=dict)
+    asset_ignored: list[str] = field(default_factory=list)  # fields of asset.yaml and extra_config not used
+    templated: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _at(where: str, name: str) -> str:
@@ -169,48 +183,104 @@ def tag_value(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _version(value: Any, where: str) -> str:
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def coerce_version(text: str) -> str:
+    """A valid envkiln version for an Azure ML version (`1-<VERSION>` -> `1-VERSION`), as names are coerced:
+    other characters become '-', it starts with a letter or digit, at most 63 characters (a hash suffix when
+    cut)."""
+    if _VERSION.fullmatch(text):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    coerced = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip())
+    coerced = re.sub(r"-{2,}", "-", coerced)
+    coerced = re.sub(r"^[^A-Za-z0-9]+", "", coerced).rstrip("-._")
+    if not coerced:
+        return "v-" + digest
+    if len(coerced) > MAX_NAME:
+        coerced = coerced[:MAX_NAME - 9].rstrip("-._") + "-" + digest
+    return coerced
+
+
+def _version(value: Any) -> tuple[str, str | None]:
+    """(the envkiln version, the Azure version as written when it had to be coerced)."""
     if value is None or value == "auto":
-        return "1"
+        return "1", None
     text = tag_value(value)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", text):
-        raise ImportProblem(f"{_at(where, 'version')}: {text!r} is not a version envkiln accepts (letters, digits, "
-                            "'.', '_', '-'; at most 63 characters)")
-    return text
+    coerced = coerce_version(text)
+    return coerced, (text if coerced != text else None)
 
 
 # --- templating ---------------------------------------------------------------------------------------
 
 
-def _fill(value: Any, variables: dict[str, str], where: str) -> Any:
-    """Fill the known asset placeholders; any other `{{...}}` is an error naming the field."""
+def _template_problem(key: str, where: str, ctx: _Context) -> ImportProblem:
+    known = sorted({*ctx.asset_variables, *ctx.options.variables, LATEST_IMAGE_TAG})
+    if _SET_NAME.fullmatch(key):
+        fill = f"fill it with --set {key}=VALUE (envkiln import azureml ... --set {key}=VALUE)"
+        shown = "{{" + key + "}}"
+    else:  # not one of Azure's names: not quoted (it is the file's text)
+        fill, shown = "write the value itself, or fill it with --set NAME=VALUE", "templating ({{...}})"
+    return ImportProblem(f"{where}: {shown} is Azure ML templating that nothing fills here (Azure's asset release "
+                         f"pipeline fills it); {fill}; filled here: " + ", ".join("{{" + k + "}}" for k in known))
+
+
+def _fill_text(text: str, where: str, ctx: _Context, strict: bool = True) -> str:
+    """`text` with its templates filled: `--set` values first, then the asset's variables, then the defaults
+    ({{latest-image-tag}} -> latest; a `=={{latest-pypi-version}}` pin dropped). What is filled by a default or
+    --set is recorded (ctx.templated). An unfilled template is an error naming `where` and the --set that fills
+    it (`strict`), or left as written."""
+    if "{{" not in text:
+        return text
+    given = ctx.options.variables
+    filled = text
+    if LATEST_PYPI_VERSION not in given:
+        filled = _PYPI_PIN.sub("", filled)
+
+    def replace(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key in given:
+            return given[key]
+        if key in ctx.asset_variables:
+            return ctx.asset_variables[key]
+        if key == LATEST_IMAGE_TAG:
+            return "latest"
+        if strict:
+            raise _template_problem(key, where, ctx)
+        return match.group(0)
+
+    filled = _TEMPLATE.sub(replace, filled)
+    if filled != text and any(m.group(1) not in ctx.asset_variables or m.group(1) in given
+                              for m in _TEMPLATE.finditer(text)):
+        ctx.templated[where] = text[:300]
+    return filled
+
+
+def _fill(value: Any, where: str, ctx: _Context) -> Any:
+    """Every string of a YAML value filled (`_fill_text`); an unfilled template is an error naming the field."""
     if isinstance(value, str):
-        def replace(match: re.Match[str]) -> str:
-            key = match.group(1)
-            if key in variables:
-                return variables[key]
-            raise ImportProblem(
-                f"{where}: {match.group(0)} is Azure ML templating that envkiln cannot fill (it is filled by Azure's "
-                f"asset release pipeline); write the value itself"
-                + (f" (known here: {', '.join('{{' + k + '}}' for k in sorted(variables))})" if variables else ""))
-        return _TEMPLATE.sub(replace, value)
+        return _fill_text(value, where, ctx)
     if isinstance(value, dict):
-        return {k: _fill(v, variables, _at(where, str(k))) for k, v in value.items()}
+        return {k: _fill(v, _at(where, str(k)), ctx) for k, v in value.items()}
     if isinstance(value, list):
-        return [_fill(v, variables, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_fill(v, f"{where}[{i}]", ctx) for i, v in enumerate(value)]
     return value
 
 
-def _check_dockerfile_templating(path: Path, shown: str) -> None:
+def _fill_file(path: Path, shown: str, ctx: _Context, strict: bool) -> bytes | None:
+    """A build context file with its templates filled line by line (None: unchanged, or not text). Errors
+    name the file and line, never its text."""
+    raw = path.read_bytes()
+    if b"{{" not in raw:
+        return None
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if _TEMPLATE.search(line):  # the line is not quoted: messages never hold a file's text
-            raise ImportProblem(
-                f"{shown} line {number}: Azure ML templating ({{{{...}}}}) that envkiln cannot fill (Azure's asset "
-                "release pipeline fills it); write a real value (e.g. a pinned image tag) in the Dockerfile")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\n")
+    filled = [_fill_text(line, f"{shown} line {number}", ctx, strict) for number, line in enumerate(lines, start=1)]
+    return None if filled == lines else "\n".join(filled).encode("utf-8")
 
 
 # --- the imported tree --------------------------------------------------------------------------------
@@ -316,34 +386,109 @@ def _one_mapping(path: Path) -> dict[str, Any]:
     return documents[0]
 
 
-def _requirements_lines(path: Path, where: str, ctx: _Context, depth: int = 0) -> list[str]:
-    """The lines of a pip requirements file, `-r` files inlined (relative to it)."""
+@dataclass
+class _PipBlock:
+    """The pip lines of one block as read (`-r` files inlined) and the constraints (`-c` files) found in it."""
+
+    lines: list[str] = field(default_factory=list)
+    constraints: list[str] = field(default_factory=list)  # `NAME SPECIFIERS`, in the order read
+
+
+# Where the build finds a definition's constraints (`-c` files): a file the docker steps write, named by pip's and
+# uv's own variables, so the conda pip block, the pip install and uv all honour them, for every package they
+# install (named or not), as `pip install -c` does.
+CONSTRAINTS_FILE = "/etc/envkiln/pip-constraints.txt"
+_CONSTRAINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?\s*"
+                         r"(===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+(\s*,\s*(===?|~=|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)*")
+_STEP_BUDGET = 900  # characters of constraints per RUN step (a docker step holds at most 1024)
+
+
+# A requirement or constraint: name, extras, specifiers, marker (pip's requirement syntax, without URLs).
+_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s@]+@")
+_INDEX_OPTION = re.compile(r"(-i|--index-url|--extra-index-url)(?:\s+|=)(\S+)")
+
+
+def _requirements_lines(path: Path, where: str, ctx: _Context, block: _PipBlock, depth: int = 0) -> None:
+    """The lines of a pip requirements file into `block`, `-r` and `-c` files read (relative to it)."""
     if depth > 10:
         raise ImportProblem(f"{where}: -r files nest more than 10 deep")
-    text = _read_text(path, where)
+    text = _read_text(path, f"{where}: -r")
     ctx.consumed.add(path.resolve())
-    lines: list[str] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
         if line:
-            lines += _pip_line(line, path.parent, f"{where} ({path} line {number})", ctx, depth)
-    return lines
+            line_where = f"{where} ({path} line {number})"
+            _pip_line(_fill_text(line, line_where, ctx), path.parent, line_where, ctx, block, depth)
 
 
-def _pip_line(line: str, base: Path, where: str, ctx: _Context, depth: int = 0) -> list[str]:
+def _constraints(path: Path, where: str, ctx: _Context, block: _PipBlock) -> None:
+    """A constraints file (`-c`): each line `NAME SPECIFIERS`, kept to apply to the block's requirements."""
+    text = _read_text(path, f"{where}: -c")
+    ctx.consumed.add(path.resolve())
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = _fill_text(re.sub(r"(^|\s)#.*$", "", raw).strip(), f"{where} ({path} line {number})", ctx)
+        if not line:
+            continue
+        if not _CONSTRAINT.fullmatch(line):
+            raise ImportProblem(f"{where} ({path} line {number}): not a constraint envkiln reads (a name and version "
+                                "specifiers, e.g. 'numpy==1.26.4' or 'urllib3<2', without a marker or URL); write it "
+                                "so, or drop it")
+        if line not in block.constraints:
+            block.constraints.append(line)
+
+
+def _pip_line(line: str, base: Path, where: str, ctx: _Context, block: _PipBlock, depth: int = 0) -> None:
+    """One pip entry as Azure ML writes it, into `block`: `-r FILE` inlined, `-c FILE` read as constraints,
+    `-i URL` written `--index-url URL`, an index URL with credentials dropped (said on the stderr line)."""
     match = re.fullmatch(r"(-r|--requirement)(\s+|=)(\S+)", line)
     if match:
-        return _requirements_lines(_confined(base, match.group(3), f"{where}: -r", ctx), where, ctx, depth + 1)
+        _requirements_lines(_confined(base, match.group(3), f"{where}: -r", ctx), where, ctx, block, depth + 1)
+        return
     match = re.fullmatch(r"(-c|--constraint)(\s+|=)(\S+)", line)
     if match:
-        raise ImportProblem(
-            f"{where}: -c: a constraints file has no place in a system-managed environment; pin the versions "
-            "in the pip list (e.g. 'numpy==1.26.4'), or build from a Dockerfile context that runs pip with -c")
-    return [line]
+        _constraints(_confined(base, match.group(3), f"{where}: -c", ctx), where, ctx, block)
+        return
+    match = _INDEX_OPTION.fullmatch(line)
+    if match:
+        option = "--index-url" if match.group(1) == "-i" else match.group(1)
+        if _USERINFO.match(match.group(2)) or "$" in match.group(2):
+            ctx.notes.append(
+                f"{where}: {option} with credentials dropped (they would enter the definition hash and be readable "
+                "in the Environment): give the build that index through the build env, e.g. PIP_EXTRA_INDEX_URL in "
+                "the chart's builds.env or builds.namespaces.NAMESPACE.env (docs/registries.md)")
+            return
+        block.lines.append(f"{option} {match.group(2)}")
+        return
+    if _USERINFO.search(line):
+        raise ImportProblem(f"{where}: a URL with credentials (user:password@); they would enter the definition hash "
+                            "and be readable in the Environment: serve the file from an index the build env names "
+                            "(docs/registries.md) and write its name and version")
+    block.lines.append(line)
 
 
-def _conda_spec(value: Any, base: Path, where: str, ctx: _Context) -> tuple[dict[str, Any], dict[str, str], list[str]]:
-    """(the envkiln conda spec, environment variables from conda `variables`, ignored conda fields)."""
+def constraint_steps(constraints: list[str]) -> list[str]:
+    """Docker steps that write `constraints` to CONSTRAINTS_FILE and name it in PIP_CONSTRAINT and UV_CONSTRAINT
+    (they stay set in the image: later pip installs there keep to them too). Each constraint is a name and
+    specifiers (_CONSTRAINT), safe inside single quotes."""
+    steps: list[str] = []
+    chunk: list[str] = []
+    for constraint in [*constraints, ""]:
+        if chunk and (not constraint or sum(len(c) + 3 for c in chunk) + len(constraint) > _STEP_BUDGET):
+            quoted = " ".join(f"'{c}'" for c in chunk)
+            steps.append(f"RUN mkdir -p {CONSTRAINTS_FILE.rsplit('/', 1)[0]} && printf '%s\\n' {quoted} "
+                         f"{'>' if not steps else '>>'} {CONSTRAINTS_FILE}")
+            chunk = []
+        if constraint:
+            chunk.append(constraint)
+    if steps:
+        steps.append(f"ENV PIP_CONSTRAINT={CONSTRAINTS_FILE} UV_CONSTRAINT={CONSTRAINTS_FILE}")
+    return steps
+
+
+def _conda_spec(value: Any, base: Path, where: str, ctx: _Context
+                ) -> tuple[dict[str, Any], dict[str, str], list[str], list[str]]:
+    """(the envkiln conda spec, environment variables from conda `variables`, ignored conda fields, the
+    constraints of its pip block's `-c` files)."""
     if isinstance(value, str):
         path = _confined(base, value, where, ctx)
         where = f"{where} ({value})"
@@ -354,21 +499,24 @@ def _conda_spec(value: Any, base: Path, where: str, ctx: _Context) -> tuple[dict
         document = value
     else:
         raise ImportProblem(f"{where}: conda_file is a path or a mapping, not {type(value).__name__}")
+    document = _fill(document, where, ctx)
     ignored = [f"conda_file.{k}" for k in document if k not in ("name", "channels", "dependencies", "variables")]
     dependencies: list[Any] = []
+    constraints: list[str] = []
     for index, dep in enumerate(document.get("dependencies") or []):
         if isinstance(dep, dict) and set(dep) == {"pip"}:
-            pip: list[str] = []
+            block = _PipBlock()
             for line in dep["pip"] or []:
-                pip += _pip_line(str(line).strip(), base, f"{where}: dependencies[{index}].pip", ctx)
-            dependencies.append({"pip": pip})
+                _pip_line(str(line).strip(), base, f"{where}: dependencies[{index}].pip", ctx, block)
+            dependencies.append({"pip": block.lines})
+            constraints += block.constraints
         else:
             dependencies.append(dep if isinstance(dep, dict) else tag_value(dep))
     spec: dict[str, Any] = {"dependencies": dependencies}
     if document.get("channels"):
         spec["channels"] = [tag_value(c) for c in document["channels"]]
     variables = {str(k): tag_value(v) for k, v in (document.get("variables") or {}).items()}
-    return spec, variables, ignored
+    return spec, variables, ignored, constraints
 
 
 # --- build contexts -----------------------------------------------------------------------------------
@@ -389,9 +537,10 @@ def _context_files(root: Path, where: str) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def deterministic_tar(root: Path, files: list[Path]) -> bytes:
+def deterministic_tar(root: Path, files: list[Path], contents: dict[Path, bytes] | None = None) -> bytes:
     """An uncompressed tar of `files` under `root`: sorted, no times, owners or modes beyond the exec bit,
-    so the same tree always gives the same bytes (and sha256)."""
+    so the same tree always gives the same bytes (and sha256). `contents`: files whose bytes are these
+    (templates filled) instead of what is on disk."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         directories: set[str] = set()
@@ -405,7 +554,7 @@ def deterministic_tar(root: Path, files: list[Path]) -> bytes:
                     info = tarfile.TarInfo(directory)
                     info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
                     tar.addfile(info)
-            data = path.read_bytes()
+            data = (contents or {})[path] if path in (contents or {}) else path.read_bytes()
             info = tarfile.TarInfo(relative)
             info.size, info.mtime = len(data), 0
             info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
@@ -436,9 +585,15 @@ def _directory_context(directory: Path, dockerfile: str, name: str, where: str, 
     files = _context_files(directory, _at(where, "build.path"))
     if not (directory / dockerfile).is_file():
         raise ImportProblem(f"{field_path}: {dockerfile!r} is not a file in {directory}")
+    # Templates: in Dockerfiles every one is filled or an error naming the line; in requirement and conda
+    # files the known ones are filled and others left as written.
+    contents: dict[Path, bytes] = {}
     for path in files:
-        if path.name.startswith("Dockerfile") or path == directory / dockerfile:
-            _check_dockerfile_templating(path, str(path))
+        dockerfile_like = path.name.startswith("Dockerfile") or path == directory / dockerfile
+        if dockerfile_like or path.suffix in _TEMPLATED_SUFFIXES:
+            filled = _fill_file(path, str(path), ctx, strict=dockerfile_like)
+            if filled is not None:
+                contents[path] = filled
     # Top-level files whose names are ConfigMap keys are keys (readable in the ConfigMap); the rest (files in
     # subdirectories, other names) go into one tar under the key CONTEXT_TREE_KEY, which the build unpacks.
     tree = [p for p in files if p.parent != directory or not _CONFIG_MAP_KEY.fullmatch(p.name)
@@ -449,7 +604,7 @@ def _directory_context(directory: Path, dockerfile: str, name: str, where: str, 
     for path in files:
         if path in tree:
             continue
-        raw = path.read_bytes()
+        raw = contents[path] if path in contents else path.read_bytes()
         try:
             data[path.name] = raw.decode("utf-8")
             size += len(raw)
@@ -457,7 +612,7 @@ def _directory_context(directory: Path, dockerfile: str, name: str, where: str, 
             binary[path.name] = base64.b64encode(raw).decode()
             size += len(binary[path.name])
     if tree:
-        binary[CONTEXT_TREE_KEY] = base64.b64encode(deterministic_tar(directory, tree)).decode()
+        binary[CONTEXT_TREE_KEY] = base64.b64encode(deterministic_tar(directory, tree, contents)).decode()
         size += len(binary[CONTEXT_TREE_KEY])
     if size <= ctx.options.max_configmap_bytes:
         config_map_name = kube_name(f"{name}-context")
@@ -478,7 +633,7 @@ def _directory_context(directory: Path, dockerfile: str, name: str, where: str, 
             f"{_at(where, 'build.path')}: {directory} cannot be a ConfigMap context: {why}; rerun with --tarball-url "
             "https://HOST/PATH/ (the importer writes the tarball for you to upload there), or push the directory "
             "to git and write spec.build.git (url, a commit as ref, path)")
-    archive = deterministic_tar(directory, files)
+    archive = deterministic_tar(directory, files, contents)
     filename = f"{name}-context.tar"
     target = ctx.options.tarball_dir / filename
     ctx.tarballs[target] = archive
@@ -494,65 +649,97 @@ def _directory_context(directory: Path, dockerfile: str, name: str, where: str, 
 @dataclass(frozen=True)
 class Reference:
     name: str
-    version: str | None  # None: latest
+    version: str | None  # None: a label, or the newest version
     registry: str | None  # None: the workspace
+    label: str | None = None  # `@LABEL`, `/labels/LABEL` (`latest` or any other)
 
     @property
     def curated(self) -> bool:
-        return self.registry == "azureml" or self.name.lower().startswith("azureml-")
+        return (self.registry or "").lower() in CURATED_REGISTRIES or self.name.lower().startswith("azureml-")
+
+
+_REGISTRY_REFERENCE = re.compile(
+    r"azureml://registries/(?P<registry>[^/]+)/environments/(?P<name>[^/]+)(?:/(?P<kind>versions|labels)/(?P<value>[^/]+))?",
+    re.IGNORECASE)
+_WORKSPACE_REFERENCE = re.compile(
+    r"azureml:/{1,2}subscriptions/[^/]+/resource[gG]roups/[^/]+/(?:providers/Microsoft\.MachineLearningServices/)?"
+    r"workspaces/[^/]+/environments/(?P<name>[^/]+)(?:/(?P<kind>versions|labels)/(?P<value>[^/]+))?", re.IGNORECASE)
+_SHORT_REFERENCE = re.compile(r"azureml:(?P<name>[^:@/]+)(?::(?P<version>[^:@/]+)|@(?P<label>[^:@/]+))?")
 
 
 def parse_reference(text: str) -> Reference | None:
-    """`azureml:NAME:VERSION`, `azureml:NAME@latest`, `azureml:NAME`, or
-    `azureml://registries/REG/environments/NAME/versions/N` (or `/labels/latest`); None otherwise."""
-    match = re.fullmatch(r"azureml://registries/([^/]+)/environments/([^/]+)(?:/(versions|labels)/([^/]+))?",
-                         text.strip())
+    """Every form Azure ML accepts: `azureml:NAME`, `azureml:NAME:VERSION`, `azureml:NAME@LABEL`,
+    `azureml://registries/REG/environments/NAME[/versions/V | /labels/L]`, and the workspace's full form
+    `azureml://subscriptions/S/resourceGroups/G/workspaces/W/environments/NAME[/versions/V | /labels/L]`;
+    None otherwise."""
+    text = text.strip()
+    match = _REGISTRY_REFERENCE.fullmatch(text) or _WORKSPACE_REFERENCE.fullmatch(text)
     if match:
-        registry, name, kind, value = match.groups()
-        return Reference(name, None if kind != "versions" else value, registry)
-    match = re.fullmatch(r"azureml:([^:@/]+)(?::([^:@/]+)|@(latest))?", text.strip())
+        kind, value = match.group("kind"), match.group("value")
+        registry = match.groupdict().get("registry")
+        return Reference(match.group("name"), value if kind and kind.lower() == "versions" else None, registry,
+                         value if kind and kind.lower() == "labels" else None)
+    match = _SHORT_REFERENCE.fullmatch(text)
     if match:
-        return Reference(match.group(1), match.group(2), None)
+        return Reference(match.group("name"), match.group("version"), None, match.group("label"))
     return None
 
 
 def curated_counterpart(reference: Reference) -> str | None:
-    bare = re.sub(r"^azureml-", "", reference.name.lower())
-    return next((target for pattern, target in _CURATED_RULES if pattern.fullmatch(bare)), None)
+    """The envkiln curated environment for a curated reference (the nearest of its family), or None."""
+    if not reference.curated:
+        return None
+    target = counterpart(reference.name).target
+    return target.name if target else None
+
+
+def _wanted(reference: Reference) -> str:
+    if reference.version:
+        return f"version {reference.version}"
+    if reference.label and reference.label != LATEST:
+        return f"label {reference.label}"
+    return "the newest version"
 
 
 def _reference_outcome(text: str, reference: Reference, source: str, ctx: _Context) -> Outcome:
-    wanted = f"version {reference.version}" if reference.version else "the newest version"
+    wanted = _wanted(reference)
+    label_note = (f"; Azure's label {reference.label!r} has no envkiln counterpart (envkiln knows versions and "
+                  "@latest)" if reference.label and reference.label != LATEST else "")
     if reference.curated:
-        target = curated_counterpart(reference)
-        if target is None:
-            bare = re.sub(r"^azureml-", "", reference.name.lower())
-            family = next((t for prefix, t in _CURATED_FAMILY.items() if bare.startswith(prefix)), None)
-            nearest = f"; the nearest is {target_line(family)}" if family else ""
-            return Outcome(source, "skipped", f"curated {text} has no envkiln counterpart{nearest}; import its "
-                           "definition (an asset folder) or write an Environment (envkiln curates: "
-                           f"{', '.join(CURATED)})")
+        match = counterpart(reference.name)
+        if match.target is None:
+            return Outcome(source, "skipped", f"curated {text} has no envkiln counterpart: {match.why_none}; import "
+                           "its definition (an asset folder) or write an Environment (envkiln curates: "
+                           f"{', '.join(e.name for e in CATALOG)})")
+        target = match.target.name
         namespace = ctx.options.curated_namespace
-        pinned = (f" (Azure's version {reference.version} is not an envkiln version: to pin one, write "
+        gaps = f" ({'; '.join(match.gaps)})" if match.gaps else " (the same versions)"
+        pinned = (f"; Azure's version {reference.version} is not an envkiln version: to pin one, write "
                   f"{CURATED_REFERENCE_PREFIX}{target}:VERSION with a version from kubectl get environment -n "
-                  f"{namespace} {target} -o jsonpath='{{.status.versions}}')" if reference.version else "")
+                  f"{namespace} {target} -o jsonpath='{{.status.versions}}'" if reference.version else "")
         return Outcome(source, "curated", f"{text} is Azure ML's curated {reference.name} ({wanted}); use envkiln's "
-                       f"curated {target_line(target)} in namespace {namespace}: annotate pods "
-                       f"envkiln.dev/environment={curated_reference(target)}{pinned} and label them "
-                       f"envkiln.dev/environment={CURATED_LABEL_PREFIX}{target}; nothing to import", name=target)
-    return Outcome(source, "reference", f"{text} refers to the workspace environment {reference.name} ({wanted}); "
-                   f"import its definition too, then label pods envkiln.dev/environment={kube_name(reference.name)}"
-                   + (f" (annotation envkiln.dev/environment={kube_name(reference.name)}:{reference.version})"
-                      if reference.version else ""), name=kube_name(reference.name))
+                       f"curated {target}{gaps} in namespace {namespace}: annotate pods "
+                       f"envkiln.dev/environment={curated_reference(target)} and label them "
+                       f"envkiln.dev/environment={CURATED_LABEL_PREFIX}{target}{pinned}{label_note}; nothing to "
+                       "import", name=target)
+    name = kube_name(reference.name)
+    where = (f"the environment {reference.name} of the Azure ML registry {reference.registry}" if reference.registry
+             else f"the workspace environment {reference.name}")
+    annotation = ""
+    if reference.version:
+        version = coerce_version(reference.version)
+        coerced = (f"; Azure's version {reference.version!r} is not an envkiln version: the importer writes it "
+                   f"{version!r}" if version != reference.version else "")
+        annotation = f" (annotation envkiln.dev/environment={name}:{version}{coerced})"
+    elif reference.label == LATEST:
+        annotation = f" (annotation envkiln.dev/environment={name}@{LATEST})"
+    return Outcome(source, "reference", f"{text} refers to {where} ({wanted}); import its definition too, then "
+                   f"label pods envkiln.dev/environment={name}{annotation}{label_note}", name=name)
 
 
 def curated_reference(target: str) -> str:
     """How pods name an envkiln curated environment from any namespace (envkiln.core.workloads)."""
     return f"{CURATED_REFERENCE_PREFIX}{target}@{LATEST}"
-
-
-def target_line(target: str) -> str:
-    return f"{target} ({CURATED[target]})"
 
 
 # --- environment definitions --------------------------------------------------------------------------
@@ -592,8 +779,9 @@ def environment_manifest(definition: dict[str, Any], base: Path, where: str, def
     os_type = str(definition.get("os_type") or "linux").lower()
     if os_type != "linux":
         raise ImportProblem(f"{_at(where, 'os_type')}: {os_type} images are not built by envkiln (Linux builders only)")
-    ignored = sorted(k for k in definition if k not in _ENV_FIELDS)
-    spec: dict[str, Any] = {"version": _version(definition.get("version"), where)}
+    ignored = sorted(k for k in definition if k not in _ENV_FIELDS) + ctx.asset_ignored
+    version, azure_version = _version(definition.get("version"))
+    spec: dict[str, Any] = {"version": version}
     if definition.get("description"):
         spec["description"] = str(definition["description"])
     tags = definition.get("tags")
@@ -630,11 +818,16 @@ def environment_manifest(definition: dict[str, Any], base: Path, where: str, def
             spec["userManaged"] = True
             chosen = "image used as is (no conda_file: Azure ML builds nothing either)"
         else:
-            spec["conda"], variables, conda_ignored = _conda_spec(conda, base, f"{_at(where, 'conda_file')}", ctx)
+            spec["conda"], variables, conda_ignored, constraints = _conda_spec(conda, base, _at(where, "conda_file"),
+                                                                                ctx)
             ignored += conda_ignored
             if variables:
                 spec["environmentVariables"] = variables
             chosen = "image + conda environment"
+            if constraints:
+                spec["dockerSteps"] = constraint_steps(constraints)
+                chosen += (f"; {len(constraints)} constraints (-c) written to {CONSTRAINTS_FILE} by docker steps and "
+                           "named in PIP_CONSTRAINT and UV_CONSTRAINT (set in the image too)")
     else:
         raise ImportProblem(f"{where}: neither image nor build; an Azure ML environment needs one")
     if definition.get("inference_config") is not None:
@@ -642,6 +835,14 @@ def environment_manifest(definition: dict[str, Any], base: Path, where: str, def
     annotations = {ANNOTATION_AZUREML_NAME: azure_name, ANNOTATION_AZUREML_SOURCE: where}
     if ignored:
         annotations[ANNOTATION_AZUREML_IGNORED] = ", ".join(ignored)
+    if azure_version is not None:
+        annotations[ANNOTATION_AZUREML_VERSION] = azure_version
+        chosen += f"; version {azure_version!r} is not an envkiln version: written {version!r}"
+    if ctx.templated:
+        annotations[ANNOTATION_AZUREML_TEMPLATES] = json.dumps(ctx.templated, sort_keys=True)
+        chosen += f"; templates filled: {_templates_said(ctx)}"
+    if ctx.notes:
+        chosen += "; " + "; ".join(ctx.notes)
     metadata: dict[str, Any] = {"name": name, "annotations": annotations}
     if ctx.options.namespace:
         metadata["namespace"] = ctx.options.namespace
@@ -649,6 +850,23 @@ def environment_manifest(definition: dict[str, Any], base: Path, where: str, def
     if ignored:
         chosen += f"; ignored: {', '.join(ignored)}"
     return [manifest, *extra], chosen
+
+
+def _templates_said(ctx: _Context) -> str:
+    """What was filled where, for the stderr line: `FILE: image: {{latest-image-tag}} -> latest`."""
+    said = []
+    for where, text in ctx.templated.items():
+        filled = []
+        for key in dict.fromkeys(m.group(1) for m in _TEMPLATE.finditer(text)):
+            if key in ctx.options.variables:
+                filled.append("{{" + key + "}} from --set")
+            elif key == LATEST_IMAGE_TAG:
+                filled.append("{{" + key + "}} -> latest")
+            elif key == LATEST_PYPI_VERSION:
+                filled.append("{{" + key + "}} pin dropped (the newest release)")
+        if filled:
+            said.append(f"{where}: {', '.join(filled)}")
+    return "; ".join(said)
 
 
 def _validated(documents: list[dict[str, Any]], where: str, ctx: _Context) -> str:
@@ -669,9 +887,12 @@ def _validated(documents: list[dict[str, Any]], where: str, ctx: _Context) -> st
     return identity + json.dumps(manifest["spec"], sort_keys=True, default=str)
 
 
-def _add_environment(definition: dict[str, Any], base: Path, where: str, default_name: str, ctx: _Context) -> None:
+def _add_environment(definition: dict[str, Any], base: Path, where: str, default_name: str, ctx: _Context,
+                     asset: bool = False) -> None:
+    if not asset:  # an asset's templates were filled already, with its variables
+        ctx.templated, ctx.notes, ctx.asset_variables, ctx.asset_ignored = {}, [], {}, []
     try:
-        definition = _fill(definition, {}, where)
+        definition = _fill(definition, where, ctx)
         documents, chosen = environment_manifest(definition, base, where, default_name, ctx)
         name = documents[0]["metadata"]["name"]
         identity = _validated(documents, where, ctx)
@@ -787,6 +1008,7 @@ def _import_file(path: Path, ctx: _Context, via: str | None = None) -> None:
 def _import_asset(directory: Path, ctx: _Context) -> None:
     """An asset folder: asset.yaml (name, version, spec, extra_config) and/or spec.yaml."""
     variables: dict[str, str] = {}
+    ctx.templated, ctx.notes, ctx.asset_variables, ctx.asset_ignored = {}, [], variables, []
     spec_path = directory / "spec.yaml"
     asset_path = directory / "asset.yaml"
     where = str(directory)
@@ -798,22 +1020,30 @@ def _import_asset(directory: Path, ctx: _Context) -> None:
                 ctx.outcomes.append(Outcome(str(asset_path), "skipped", f"an asset of type {asset.get('type')}, "
                                             "not an environment"))
                 return
+            ctx.asset_ignored += [f"asset.yaml.{k}" for k in asset if k not in _ASSET_FIELDS]
             variables["asset.name"] = str(asset.get("name", directory.name))
-            variables["asset.version"] = _version(asset.get("version"), str(asset_path))
+            version = asset.get("version")
+            # As written: the spec's version field coerces it (and keeps the original in an annotation).
+            variables["asset.version"] = "1" if version is None or version == "auto" else tag_value(version)
             spec_path = _confined(directory, str(asset.get("spec", "spec.yaml")), _at(str(asset_path), "spec"), ctx)
             extra = asset.get("extra_config")
             if extra:
                 extra_path = _confined(directory, str(extra), _at(str(asset_path), "extra_config"), ctx)
-                image = (_one_mapping(extra_path).get("image") or {})
+                extra_config = _one_mapping(extra_path)
+                image = extra_config.get("image") or {}
                 ctx.consumed.add(extra_path.resolve())
                 context = image.get("context") or {}
-                variables["image.context.path"] = str(context.get("dir", "context"))
+                ctx.asset_ignored += [f"extra_config.{k}" for k in extra_config if k != "image"]
+                ctx.asset_ignored += [f"extra_config.image.{k}" for k in image if k != "context"]
+                ctx.asset_ignored += [f"extra_config.image.context.{k}" for k in context
+                                      if k not in ("dir", "dockerfile", "template_files")]
+                variables["image.context.path"] = variables["image.context.dir"] = str(context.get("dir", "context"))
                 variables["image.dockerfile.path"] = str(context.get("dockerfile", "Dockerfile"))
         definition = _one_mapping(spec_path)
         ctx.consumed.add(spec_path.resolve())
         ctx.seen_files.add(spec_path.resolve())
         where = str(spec_path)
-        definition = _fill(definition, variables, where)
+        definition = _fill(definition, where, ctx)
         if "image" not in definition and "build" not in definition:
             environment = directory / "environment"
             if (environment / "Dockerfile").is_file():
@@ -821,7 +1051,8 @@ def _import_asset(directory: Path, ctx: _Context) -> None:
     except ImportProblem as problem:
         ctx.outcomes.append(Outcome(where, "error", str(problem)))
         return
-    _add_environment(definition, spec_path.parent, where, variables.get("asset.name", directory.name), ctx)
+    _add_environment(definition, spec_path.parent, where, variables.get("asset.name", directory.name), ctx, asset=True)
+    ctx.asset_variables, ctx.asset_ignored = {}, []
 
 
 def _paths(root: Path, ctx: _Context) -> Iterator[tuple[str, Path]]:

@@ -1,4 +1,8 @@
-"""Curated-name protection: the reserved prefixes belong to the chart's curated namespace."""
+"""Curated-name protection: the reserved prefixes belong to the chart's curated namespace.
+
+The curated environments themselves are defined once, in envkiln.core.catalog (the chart's template and
+the docs are generated from it); each of their names carries a reserved prefix
+(tests/unit/test_curated_catalog.py)."""
 
 from __future__ import annotations
 
