@@ -16,6 +16,7 @@ from envkiln.core.definition import MissingContextContent, definition_hash
 from envkiln.core.errors import DefinitionError
 from envkiln.core.manifests import parse_environment
 from envkiln.core.models import EnvironmentSpec, check_docker_step
+from envkiln.core.models.lines import check_pip_requirement
 from envkiln.core.render import RenderError, installs_pip, render
 from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
 
@@ -416,3 +417,20 @@ def test_context_content_that_is_not_text_is_refused_by_the_hash() -> None:
     spec = spec_of(yaml.safe_load(ENVIRONMENT))
     with pytest.raises(MissingContextContent, match=r"spec\.build\.configMap: the ConfigMap entry 'Dockerfile' is int"):
         definition_hash(spec, yaml.safe_load("Dockerfile: 3"))  # a ConfigMap's data as parsed: any type
+
+
+@pytest.mark.parametrize("line", [
+    "--extra-index-url https://user:secret@pkgs.example/simple",
+    "--index-url https://${PAT}@pkgs.dev.azure.com/org/_packaging/feed/pypi/simple/",
+    "private @ https://token@files.example/private-1.0-py3-none-any.whl",
+    "git+https://oauth2:glpat-x@gitlab.example/org/repo.git@v1",
+])
+def test_a_credential_in_a_pip_url_is_refused_without_being_quoted(line: str) -> None:
+    with pytest.raises(ValueError, match="carries a credential in its URL") as refused:
+        check_pip_requirement(line)
+    assert "secret" not in str(refused.value) and "glpat" not in str(refused.value) and "PAT" not in str(refused.value)
+
+
+@pytest.mark.parametrize("line", ["git+https://github.com/org/repo.git@v1.2", "pkg @ git+https://h/o/r.git@abc"])
+def test_a_git_ref_is_not_a_credential(line: str) -> None:
+    assert check_pip_requirement(line) == line

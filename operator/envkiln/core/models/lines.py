@@ -170,10 +170,20 @@ def _check_url(url: str, what: str, text: str, named: bool) -> None:
         raise ValueError(f"{what} {text!r}: {url!r} is not a URL pip can fetch in a build; use {kinds}")
 
 
+# user[:password]@ right after a URL's scheme (not the @REF of git+https://HOST/ORG/REPO.git@REF).
+# Only the schemes a build fetches (ssh and others are refused elsewhere); a fixed prefix keeps it linear.
+_USERINFO = re.compile(r"((?:git\+)?https?://)[^/@\s]+@")
+
+
 def check_pip_requirement(text: str, what: str = "requirement") -> str:
     """Validate one pip requirement line: a PEP 508 requirement (`name[extras] specifiers ; marker`,
     `name @ https|git+https|file://...`), a direct `https://` or `git+https://` URL, or one of a few
     index options. Options naming files (-r, -c, -e) are refused with what to write instead."""
+    if _USERINFO.search(text):
+        raise ValueError(
+            f"{what} {_USERINFO.sub(lambda m: m.group(1) + '***@', text)!r} carries a credential in its URL; a "
+            "definition is stored in the cluster and hashed, so it must hold none: give the index through the "
+            "build environment instead (chart builds.env, e.g. PIP_EXTRA_INDEX_URL; docs/registries.md)")
     spans = _url_fragments(text)
     for fragment in (text[mark + 1:end] for _, mark, end in spans):
         if not _FRAGMENT_CHARS.fullmatch(fragment):
