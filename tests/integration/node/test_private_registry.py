@@ -237,12 +237,13 @@ def test_a_private_registry_behind_tls_with_workload_identity_and_tenant_pull_se
     image = f"{status['image'].rsplit(':', 1)[0]}@{status['imageDigest']}"
     batch = client.BatchV1Api(node_api)
 
-    def workload(name: str, secrets: list[str]) -> dict[str, Any]:
+    def workload(name: str, secrets: list[str], policy: str = "IfNotPresent") -> dict[str, Any]:
         return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {
             "backoffLimit": 0, "template": {"spec": {
                 "restartPolicy": "Never", "automountServiceAccountToken": False,
                 "serviceAccountName": "nobody", "imagePullSecrets": [{"name": s} for s in secrets],
-                "containers": [{"name": "trainer", "image": image, "command": ["cat", "/private.txt"]}]}}}}
+                "containers": [{"name": "trainer", "image": image, "imagePullPolicy": policy,
+                                "command": ["cat", "/private.txt"]}]}}}}
 
     core.create_namespaced_service_account(node_namespace, {"metadata": {"name": "nobody"}})
     batch.create_namespaced_job(node_namespace, workload("with-secret", ["tenant-pull"]))
@@ -250,8 +251,9 @@ def test_a_private_registry_behind_tls_with_workload_identity_and_tenant_pull_se
     [trainer] = core.list_namespaced_pod(node_namespace, label_selector="job-name=with-secret").items
     assert core.read_namespaced_pod_log(trainer.metadata.name, node_namespace).strip() == "private"
 
-    # Without the pull secret the kubelet is refused: the registry needs the credential.
-    batch.create_namespaced_job(node_namespace, workload("without-secret", []))
+    # Without the pull secret the kubelet is refused: the registry needs the credential (Always: the node
+    # holds the image now, and would otherwise not ask the registry).
+    batch.create_namespaced_job(node_namespace, workload("without-secret", [], policy="Always"))
 
     def refused() -> str | None:
         for pod in core.list_namespaced_pod(node_namespace, label_selector="job-name=without-secret").items:
