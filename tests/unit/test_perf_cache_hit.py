@@ -53,12 +53,12 @@ def _setup() -> tuple[OperatorContext, FakeKube, dict[str, Any], dict[str, Any]]
     return ctx, kube, env, build
 
 
-def test_a_cache_hit_reads_nothing_and_writes_status_and_one_event() -> None:
+def test_a_cache_hit_reads_nothing_and_writes_only_its_status() -> None:
     ctx, kube, env, build = _setup()
     builds = {(NAMESPACE, build["metadata"]["name"]): build}
     result = sync_environment(ctx, NAMESPACE, "hit", env, lambda namespace, name: builds.get((namespace, name)))
     assert result.phase == "Ready"
-    assert requests(kube) == Counter({"patch environments": 1, "create Event Ready": 1})
+    assert requests(kube) == Counter({"patch environments": 1})  # no Event for a hit (issue #25)
     assert stored(kube)["status"]["cacheHit"] is True and stored(kube)["status"]["imageDigest"] == DIGEST
 
 

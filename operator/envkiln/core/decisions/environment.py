@@ -125,7 +125,9 @@ def ready(image: str, digest: str, image_ref: str, cache_hit: bool, build: str |
         CONDITION_IMAGE_AVAILABLE: (True, REASON_CACHE_HIT if cache_hit else REASON_BUILT, why),
         CONDITION_READY: (True, REASON_IMAGE_READY, f"workloads run {image_ref}"),
     }, fields={"image": image, "imageDigest": digest, "imageRef": image_ref, "cacheHit": cache_hit, "build": build},
-        event=("Normal", REASON_READY))
+        # A cache hit is one write, its status (the ImageAvailable condition says CacheHit); a built image's
+        # readiness is news worth an Event.
+        event=None if cache_hit else ("Normal", REASON_READY))
 
 
 def registry_down(reason: str, retry: float, phase: Phase = Phase.PENDING) -> Outcome:
