@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export ENVKILN_CACHE ?= $(HOME)/.cache/envkiln
 
-.PHONY: deps venv test check unit integration lint crds controlplane run demo kind e2e bench clean
+.PHONY: deps venv test check unit integration lint crds controlplane run demo kind e2e bench clean release api-docs
 
 $(BIN)/envkiln: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,11 @@ deps:  ## install what tests and the demo need (Debian packages, Go binaries); q
 controlplane:  ## build (or reuse) kube-apiserver, etcd, helm and kubectl from the pinned Go modules
 	bash tests/controlplane/build.sh
 
-lint: venv  ## ruff, the layer contracts (pyproject [tool.importlinter]) and mypy --strict on the product
+lint: venv  ## ruff, the layer contracts (pyproject [tool.importlinter]), mypy --strict on the product and on the unit tests
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy --strict operator/envkiln
+	$(BIN)/mypy --strict tests/unit
 
 unit: venv  ## unit tests only, on every core, in seconds
 	$(BIN)/pytest tests/unit -q -n auto
@@ -33,11 +34,19 @@ check: lint unit  ## what to run before a commit (and what CI runs first): lint 
 integration: deps venv
 	$(BIN)/pytest tests/integration -q
 
+.PHONY: faults
+faults: deps venv  ## kills, restarts and outages on the real node (docs/reliability.md); not part of `make test`
+	$(BIN)/pytest tests/integration/node -m faults -q
+
 test: check deps  ## everything CI runs: `make check` first (fails fast), then the integration tests
 	$(BIN)/pytest tests/integration tests/e2e -q
 
 crds: venv  ## regenerate crds/ (and the chart's copy) from the models
 	$(BIN)/envkiln crds
+
+.PHONY: chart-docs
+chart-docs: venv  ## regenerate charts/envkiln/README.md from the chart's values.yaml (a unit test fails on drift)
+	$(BIN)/python scripts/chart_docs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
@@ -56,3 +65,16 @@ e2e: venv  ## the e2e suite against the kind cluster from `make kind`
 
 bench: deps venv  ## benchmarks (numbers, not tests); the last stdout line is one JSON object (docs/benchmarks.md)
 	$(BIN)/python -m bench.cluster --json
+
+# The render the build bench compares with: the commit before the one-stage render (#25).
+BENCH_RENDER_OF ?= fbe50f0
+.PHONY: bench-builds
+bench-builds: deps venv  ## real builds on the node, create → Ready, against a plain Dockerfile and the render of BENCH_RENDER_OF, side by side (docs/benchmarks.md, "Builds"; about 25 minutes)
+	flock /tmp/envkiln-node.lock $(BIN)/python -m bench.builds --json --render-of $(BENCH_RENDER_OF) $(BENCH_BUILDS_ARGS)
+
+release: venv  ## VERSION=x.y.z REGISTRY=host/path: push the operator image and the chart pinned to its digest (OCI), build the wheel (scripts/release.py; RELEASE_ARGS=--plain-http, --base-image ...)
+	@test -n "$(VERSION)" -a -n "$(REGISTRY)" || { echo "usage: make release VERSION=x.y.z REGISTRY=host/path [RELEASE_ARGS=...]" >&2; exit 2; }
+	$(BIN)/python scripts/release.py --version "$(VERSION)" --registry "$(REGISTRY)" $(RELEASE_ARGS)
+
+api-docs: venv  ## regenerate docs/api.md from the CRDs in crds/ (a unit test fails while it is stale)
+	$(BIN)/python scripts/api_docs.py

@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from envkiln.core.conditions import get_condition
 from envkiln.core.models import Environment, EnvironmentSpec
 
 PIP_ENV: dict[str, Any] = {
@@ -38,3 +39,10 @@ def manifest(base: dict[str, Any] = PIP_ENV, **spec_changes: Any) -> dict[str, A
 
 def spec_of(doc: dict[str, Any]) -> EnvironmentSpec:
     return Environment.model_validate(doc).spec
+
+
+def condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any]:
+    """The condition of a type, which the test expects to be there."""
+    found = get_condition(conditions, type_)
+    assert found is not None, f"no {type_} condition in {conditions}"
+    return found

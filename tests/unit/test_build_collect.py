@@ -100,4 +100,4 @@ def test_the_shared_push_credential_is_refused_with_what_to_do(value: str) -> No
 def test_the_shared_push_credential_off_changes_nothing(value: str) -> None:
     assert OperatorSettings.from_env({"ENVKILN_SHARED_PUSH_CREDENTIAL": value}) == OperatorSettings()
     with pytest.raises(ValueError):
-        OperatorSettings(shared_push_credential=True)  # type: ignore[call-arg]
+        OperatorSettings.model_validate({"shared_push_credential": True})  # removed: an unknown field

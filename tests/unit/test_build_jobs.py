@@ -4,6 +4,8 @@ log tail, running), as tables."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from envkiln.core.definition import context_digest, definition_hash, image_name
 from envkiln.core.models import EnvironmentBuildSpec
 from envkiln.core.render import render
 from envkiln.core.settings import OperatorSettings
+from fakes import FakeKube
 from helpers import PIP_ENV, spec_of
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # what a git context's ref resolved to
@@ -31,7 +34,7 @@ SETTINGS = OperatorSettings(registry="reg.local:5000", insecure_registry=True, b
                             buildah_image="reg.local:5000/builder:1", buildah_push_image="reg.local:5000/push:1")
 
 
-def build_for(spec: dict[str, Any], context: dict[str, str] | None = None) -> dict[str, Any]:
+def build_for(spec: dict[str, Any], context: Mapping[str, str | bytes] | None = None) -> dict[str, Any]:
     doc = {**PIP_ENV, "spec": spec}
     value = definition_hash(spec_of(doc), context, commit=COMMIT if "git" in spec.get("build", {}) else None)
     build_spec = EnvironmentBuildSpec(hash=value, image=image_name(value, SETTINGS.registry),
@@ -41,7 +44,8 @@ def build_for(spec: dict[str, Any], context: dict[str, str] | None = None) -> di
 
 
 def pod_of(job: dict[str, Any]) -> dict[str, Any]:
-    return job["spec"]["template"]["spec"]
+    pod: dict[str, Any] = job["spec"]["template"]["spec"]
+    return pod
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
@@ -103,7 +107,8 @@ def test_kaniko_builds_without_pushing_and_without_a_shared_cache() -> None:
 def test_buildah_values_reach_the_scripts_only_as_environment() -> None:
     build = build_for(PIP_ENV["spec"])
     pod = pod_of(buildah_job(build, 1, SETTINGS, None))
-    context, builder, push = *pod["initContainers"], pod["containers"][0]
+    context, builder = pod["initContainers"]
+    push = pod["containers"][0]
     value = build["spec"]["hash"]
     assert env_of(builder)["ENVKILN_IMAGE"] == f"reg.local:5000/envkiln/default/env_{value}:{value}"
     assert env_of(builder)["ENVKILN_DOCKERFILE"] == "/workspace/Dockerfile"
@@ -256,8 +261,8 @@ def _tree_tar(members: dict[str, bytes], modes: dict[str, int] | None = None) ->
     return buffer.getvalue()
 
 
-def run_context_script(tmp_path: Any, files: dict[str, str | bytes], digest: str | None = None
-                       ) -> tuple[int, str, Any]:
+def run_context_script(tmp_path: Path, files: dict[str, str | bytes], digest: str | None = None
+                       ) -> tuple[int, str, Path]:
     """The pod's `context` container script over a ConfigMap volume laid out like the kubelet's (keys are
     symlinks into ..data), with its paths moved under tmp_path; (exit code, stderr, the workspace)."""
     import subprocess
@@ -280,7 +285,7 @@ def run_context_script(tmp_path: Any, files: dict[str, str | bytes], digest: str
     return done.returncode, done.stderr, workspace
 
 
-def test_context_script_unpacks_a_nested_tree_under_the_digest(tmp_path: Any) -> None:
+def test_context_script_unpacks_a_nested_tree_under_the_digest(tmp_path: Path) -> None:
     tree = _tree_tar({"src/pkg/__init__.py": b"VALUE = 1\n", "src/tool.sh": b"echo hi\n",
                       "docker/Dockerfile": b"FROM y\n"}, modes={"src/tool.sh": 0o4777})
     code, stderr, workspace = run_context_script(tmp_path, {"Dockerfile": "FROM x\n", ".envkiln-context.tar": tree})
@@ -292,8 +297,8 @@ def test_context_script_unpacks_a_nested_tree_under_the_digest(tmp_path: Any) ->
     assert mode & 0o022 == 0, f"the archive's modes are not applied as written: {oct(mode)}"
 
 
-def test_context_script_checks_the_digest_before_unpacking(tmp_path: Any) -> None:
-    hashed = {"Dockerfile": "FROM x\n", ".envkiln-context.tar": _tree_tar({"a/b": b"1"})}
+def test_context_script_checks_the_digest_before_unpacking(tmp_path: Path) -> None:
+    hashed: dict[str, str | bytes] = {"Dockerfile": "FROM x\n", ".envkiln-context.tar": _tree_tar({"a/b": b"1"})}
     planted = {**hashed, ".envkiln-context.tar": _tree_tar({"a/b": b"2"})}
     code, stderr, workspace = run_context_script(tmp_path, planted, digest=context_digest(hashed))
     assert code == 1 and "not what was hashed" in stderr
@@ -301,37 +306,39 @@ def test_context_script_checks_the_digest_before_unpacking(tmp_path: Any) -> Non
 
 
 @pytest.mark.parametrize("member", ["/etc/evil", "../evil", "a/../../evil", "a/.."])
-def test_context_script_refuses_absolute_and_dotdot_members(tmp_path: Any, member: str) -> None:
-    files = {"Dockerfile": "FROM x\n", ".envkiln-context.tar": _tree_tar({"ok": b"1", member: b"x"})}
+def test_context_script_refuses_absolute_and_dotdot_members(tmp_path: Path, member: str) -> None:
+    files: dict[str, str | bytes] = {"Dockerfile": "FROM x\n",
+                                     ".envkiln-context.tar": _tree_tar({"ok": b"1", member: b"x"})}
     code, stderr, workspace = run_context_script(tmp_path, files)
     assert code == 1 and "absolute path or '..'" in stderr, stderr
     assert not (workspace / "ok").exists() and not (tmp_path / "evil").exists()
 
 
-def test_context_script_copies_flat_contexts_as_before(tmp_path: Any) -> None:
+def test_context_script_copies_flat_contexts_as_before(tmp_path: Path) -> None:
     code, stderr, workspace = run_context_script(tmp_path, {"Dockerfile": "FROM x\n", "requirements.txt": "six\n"})
     assert code == 0, stderr
     assert sorted(p.name for p in workspace.iterdir()) == ["Dockerfile", "requirements.txt"]
 
 
-def test_local_builder_unpacks_a_nested_tree_like_the_pod(tmp_path: Any) -> None:
+def test_local_builder_unpacks_a_nested_tree_like_the_pod(tmp_path: Path) -> None:
     import base64
-    from types import SimpleNamespace
 
     from envkiln.adapters.builders.local import ContextError, materialise_context
 
+    def user_context(archive: bytes) -> dict[str, Any]:
+        return {"metadata": {"name": "user-ctx"}, "data": {"requirements.txt": "six\n"},
+                "binaryData": {".envkiln-context.tar": base64.b64encode(archive).decode()}}
+
     tree = _tree_tar({"src/pkg/__init__.py": b"VALUE = 1\n", "docker/Dockerfile": b"FROM y\n"})
-    configmaps = {"user-ctx": SimpleNamespace(data={"requirements.txt": "six\n"},
-                                              binary_data={".envkiln-context.tar": base64.b64encode(tree).decode()})}
-    kube: Any = SimpleNamespace(read_configmap=lambda namespace, name: configmaps.get(name))
+    kube = FakeKube()
+    kube.put("ConfigMap", "ns", user_context(tree))
     build = build_for({"build": {"configMap": {"name": "user-ctx"}, "dockerfilePath": "docker/Dockerfile"}},
                       {"requirements.txt": "six\n", ".envkiln-context.tar": tree})
     spec = EnvironmentBuildSpec.model_validate(build["spec"])
     assert materialise_context(spec, "ns", kube, tmp_path) == "docker/Dockerfile"
     found = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert found == ["docker/Dockerfile", "requirements.txt", "src/pkg/__init__.py"]
-    evil = base64.b64encode(_tree_tar({"../evil": b"x"})).decode()
-    configmaps["user-ctx"].binary_data = {".envkiln-context.tar": evil}
+    kube.put("ConfigMap", "ns", user_context(_tree_tar({"../evil": b"x"})))
     (tmp_path / "again").mkdir()
     with pytest.raises(ContextError, match=r"absolute path or '\.\.'"):
         materialise_context(spec, "ns", kube, tmp_path / "again")

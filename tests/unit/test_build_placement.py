@@ -8,8 +8,7 @@ import configparser
 import json
 import os
 import subprocess
-from datetime import UTC, datetime
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,11 +20,13 @@ from envkiln.adapters.builders.buildah import buildah_job
 from envkiln.adapters.builders.jobs import JobBuilder, build_env_files
 from envkiln.adapters.builders.kaniko import BUILD_ENV_SCRIPT, kaniko_job
 from envkiln.core.definition import definition_hash
+from envkiln.core.names import build_key, job_name
 from envkiln.core.placement import BuildPlacement, effective_placement, mask_credentials
 from envkiln.core.settings import OperatorSettings, SettingsError
+from fakes import FakeKube
 from helpers import PIP_ENV, spec_of
 
-TAINT = {"key": "envkiln.dev/builds", "operator": "Equal", "value": "only", "effect": "NoSchedule"}
+TAINT: dict[str, object] = {"key": "envkiln.dev/builds", "operator": "Equal", "value": "only", "effect": "NoSchedule"}
 GPU = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
     {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["builds"]}]}]}}}
@@ -152,8 +153,8 @@ def test_every_build_pod_gets_its_namespaces_placement(builder: str) -> None:
     assert build_container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert build_container["resources"]["limits"]["memory"] == PLACED.build_memory_limit
     for other in (context, push):  # they get the proxies, never the index (nor anything else of the build env)
-        names = {e["name"] for e in other["env"]}
-        assert {"HTTPS_PROXY", "NO_PROXY"} <= names and "PIP_INDEX_URL" not in names, other["name"]
+        env_names = {e["name"] for e in other["env"]}
+        assert {"HTTPS_PROXY", "NO_PROXY"} <= env_names and "PIP_INDEX_URL" not in env_names, other["name"]
     # The push credential stays in the push container only; the build env changes nothing of that.
     assert "docker-config" not in {m["name"] for m in build_container["volumeMounts"]}
     # No value is written into the Job's args or scripts, only into the build container's env.
@@ -188,7 +189,7 @@ ENV_FILES: list[tuple[str, dict[str, str], dict[str, str], dict[str, str]]] = [
 
 @pytest.mark.parametrize(("case", "env", "pip", "condarc"), ENV_FILES, ids=[c[0] for c in ENV_FILES])
 def test_build_env_files_script(case: str, env: dict[str, str], pip: dict[str, str], condarc: dict[str, str],
-                                tmp_path: Any) -> None:
+                                tmp_path: Path) -> None:
     script = BUILD_ENV_SCRIPT.replace("/build-env", str(tmp_path))
     subprocess.run(["sh", "-c", script], check=True, env={
         "PATH": os.environ["PATH"], "ENVKILN_BUILD_ENV_NAMES": " ".join(sorted(env)), **env})
@@ -206,43 +207,33 @@ def test_the_build_env_is_not_part_of_the_definition() -> None:
     assert "s3cret" not in json.dumps(build) and "PIP_INDEX_URL" not in json.dumps(build["spec"]["plan"])
 
 
-class FailedJob:
-    """read_job / list_pods / delete_secret of one failed build Job whose build container logged `log`."""
-
-    def __init__(self, build: dict[str, Any], log: str):
-        owner = SimpleNamespace(api_version="envkiln.dev/v1alpha1", kind="EnvironmentBuild",
-                                name=build["metadata"]["name"], uid=build["metadata"]["uid"], controller=True,
-                                block_owner_deletion=True)
-        self.job = SimpleNamespace(
-            metadata=SimpleNamespace(name="job", uid="job-uid", owner_references=[owner],
-                                     creation_timestamp=datetime.now(UTC)),
-            status=SimpleNamespace(conditions=[SimpleNamespace(type="Failed", status="True", reason="BackoffLimit",
-                                                               message="")], active=0, succeeded=0, failed=1))
-        terminated = SimpleNamespace(exit_code=1, message=log, reason="Error")
-        self.pod = SimpleNamespace(
-            metadata=SimpleNamespace(labels={"batch.kubernetes.io/controller-uid": "job-uid"},
-                                     owner_references=[SimpleNamespace(
-                                         api_version="batch/v1", kind="Job", name="job", uid="job-uid",
-                                         controller=True, block_owner_deletion=True)],
-                                     creation_timestamp=datetime.now(UTC)),
-            status=SimpleNamespace(init_container_statuses=[SimpleNamespace(
-                name="build", state=SimpleNamespace(terminated=terminated))], container_statuses=[]))
-
-    def read_job(self, namespace: str, name: str) -> Any:
-        return self.job
-
-    def list_pods(self, namespace: str, selector: str) -> list[Any]:
-        return [self.pod] if selector.endswith("=job-uid") else []
-
-    def delete_secret(self, namespace: str, name: str) -> None:
-        return None
+def failed_job(build: dict[str, Any], log: str) -> FakeKube:
+    """A cluster holding attempt 1 of `build`: a failed Job whose build container logged `log`."""
+    kube = FakeKube()
+    namespace, name = build["metadata"]["namespace"], job_name(build_key(build["spec"]), 1)
+    owner = {"apiVersion": "envkiln.dev/v1alpha1", "kind": "EnvironmentBuild", "name": build["metadata"]["name"],
+             "uid": build["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    kube.put("Job", namespace, {
+        "metadata": {"name": name, "uid": "job-uid", "ownerReferences": [owner],
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimit", "message": ""}],
+                   "active": 0, "succeeded": 0, "failed": 1}})
+    kube.put("Pod", namespace, {
+        "metadata": {"name": f"{name}-pod", "labels": {"batch.kubernetes.io/controller-uid": "job-uid"},
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": "job-uid",
+                                          "controller": True, "blockOwnerDeletion": True}],
+                     "creationTimestamp": "2026-01-01T00:00:01Z"},
+        "status": {"initContainerStatuses": [{
+            "name": "build", "image": "i", "imageID": "", "ready": False, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 1, "message": log, "reason": "Error"}}}], "containerStatuses": []}})
+    return kube
 
 
 def test_a_password_in_the_build_env_never_reaches_the_log_tail() -> None:
     build = build_for(PIP_ENV["spec"])
     log = (f"ERROR: Could not fetch {SECRET_INDEX}/numpy/\nconnecting to https://alice:pw@other.corp/x failed\n"
            f"env: PIP_INDEX_URL={SECRET_INDEX}")
-    builder = JobBuilder(FailedJob(build, log), PLACED)  # type: ignore[arg-type]
+    builder = JobBuilder(failed_job(build, log), PLACED)
     result = builder.observe(build, 1)
     assert result.state is AttemptState.FAILED and result.log_tail is not None
     assert "s3cret" not in result.log_tail and "alice:pw" not in result.log_tail, result.log_tail

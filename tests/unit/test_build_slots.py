@@ -7,19 +7,21 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from types import SimpleNamespace
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
 
-from envkiln.adapters.builders import AttemptResult, AttemptState
+from envkiln.adapters.builders import AttemptResult, AttemptState, Builder
 from envkiln.adapters.keyedlocks import KeyedLocks
+from envkiln.adapters.registryclient import RegistryClient
 from envkiln.core.decisions.build import holds_slot
-from envkiln.core.names import ANNOTATION_SIGNATURE
+from envkiln.core.names import ANNOTATION_SIGNATURE, BUILDS
 from envkiln.core.settings import OperatorSettings
 from envkiln.core.trust import Signer
 from envkiln.reconcile.buildsync import running_builds, sync_build
-from envkiln.reconcile.context import BuildSlots
+from envkiln.reconcile.context import OperatorContext
+from fakes import FakeKube, Intercept
 
 KEY = b"k" * 32
 SPEC = {"hash": "0" * 32, "image": "r/envkiln/a/env_x:x", "plan": {"dockerfile": "FROM x\n"}}
@@ -32,28 +34,41 @@ def build(namespace: str, status: dict[str, Any], signed: bool = True) -> dict[s
             "spec": copy.deepcopy(SPEC), "status": status}
 
 
-class NoListing:
-    def list_in(self, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the slot count must not list builds when the operator holds them")
+def no_listing(why: str) -> Intercept:
+    """A FakeKube intercept failing the test on any list request."""
+    def refuse(verb: str, kind: str, namespace: str, name: str) -> None:
+        if verb == "list":
+            raise AssertionError(why)
+    return refuse
+
+
+def context(kube: FakeKube, builder: Builder, settings: OperatorSettings) -> OperatorContext:
+    return OperatorContext(settings=settings, kube=kube, registry=RegistryClient(), builder=builder,
+                           signer=Signer(KEY), instance_id="i")
 
 
 def test_slots_come_from_the_known_builds_and_only_signed_ones_count() -> None:
-    ctx = SimpleNamespace(kube=NoListing(), signer=Signer(KEY), settings=SimpleNamespace(namespaces=[]))
+    kube = FakeKube()
+    kube.intercept = no_listing("the slot count must not list builds when the operator holds them")
+    ctx = context(kube, Jobs(), OperatorSettings())
     running = {"phase": "Building", "job": "envkiln-x-1"}
     known = [build("a", running), build("a", {"phase": "Succeeded", "job": "j"}), build("b", running),
              build("b", running, signed=False), build("c", {"phase": "Building"})]
-    assert running_builds(ctx, known) == {"a": 1, "b": 1}  # type: ignore[arg-type]
+    assert running_builds(ctx, known) == {"a": 1, "b": 1}
 
 
-class CountingGet:
-    """A `get` that stays busy for a moment and records how many callers were inside at once."""
+class CountingGets:
+    """A FakeKube intercept: each read of a build stays busy for a moment; records how many reads were
+    inside at once."""
 
     def __init__(self) -> None:
         self.inside = 0
         self.most = 0
         self.guard = threading.Lock()
 
-    def get(self, *args: Any) -> None:
+    def __call__(self, verb: str, kind: str, namespace: str, name: str) -> None:
+        if (verb, kind) != ("get", BUILDS):
+            return
         with self.guard:
             self.inside += 1
             self.most = max(self.most, self.inside)
@@ -66,14 +81,15 @@ def test_syncs_of_one_build_are_serialized_and_of_two_builds_are_not() -> None:
     # Seen in CI: a build's watch event and its Job's event synced it at once; both saw the same
     # finished Job and the build's duration was observed twice.
     for names, expected in ((["x", "x", "x"], 1), (["x", "y"], 2)):
-        kube = CountingGet()
-        ctx = SimpleNamespace(kube=kube, build_locks=KeyedLocks(), build_slots=BuildSlots())
+        kube, gets = FakeKube(), CountingGets()
+        kube.intercept = gets
+        ctx = context(kube, Jobs(), OperatorSettings())
         threads = [threading.Thread(target=sync_build, args=(ctx, "a", n)) for n in names]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert kube.most == expected, names
+        assert gets.most == expected, names
         assert len(ctx.build_locks) == 0  # nothing kept once no one holds a key
 
 
@@ -92,44 +108,37 @@ def signed_build(namespace: str, index: int) -> dict[str, Any]:
             "spec": spec, "status": {}}
 
 
-class Store:
-    """get / patch_status / event over dicts, like the API server (a status write takes a moment: the
-    window in which the old count-then-start let every sync see the same free slots)."""
+def store(builds: list[dict[str, Any]]) -> FakeKube:
+    """The API server holding `builds`. A status write takes a moment (the window in which the old
+    count-then-start let every sync see the same free slots); listing builds fails the test (they come
+    from the operator's index)."""
+    kube = FakeKube()
+    for body in builds:
+        kube.put(BUILDS, body["metadata"]["namespace"], body)
+    listing = no_listing("the builds come from the operator's index")
 
-    def __init__(self, builds: list[dict[str, Any]]):
-        self.objects = {(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in builds}
-        self.guard = threading.Lock()
+    def slow_writes(verb: str, kind: str, namespace: str, name: str) -> None:
+        listing(verb, kind, namespace, name)
+        if verb == "patch":
+            time.sleep(0.01)
+    kube.intercept = slow_writes
+    return kube
 
-    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        with self.guard:
-            found = self.objects.get((namespace, name))
-            return copy.deepcopy(found) if found else None
 
-    def patch_status(self, plural: str, namespace: str, name: str, compute: Any, **_: Any) -> dict[str, Any] | None:
-        time.sleep(0.01)
-        with self.guard:
-            current = copy.deepcopy(self.objects[(namespace, name)])
-            patch = compute(current)
-            if patch is not None:
-                status = {**(current.get("status") or {}), **patch}
-                current["status"] = {k: v for k, v in status.items() if v is not None}
-                self.objects[(namespace, name)] = current
-            return copy.deepcopy(current)
+def stored(kube: FakeKube) -> dict[tuple[str, str], dict[str, Any]]:
+    """The builds the API server holds, by (namespace, name). (One list() call copies the store whole while
+    syncs in other threads write to it.)"""
+    return {(namespace, name): body for (kind, namespace, name), body in list(kube.objects.items()) if kind == BUILDS}
 
-    def event(self, *args: Any) -> None:
-        pass
 
-    def list_in(self, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the builds come from the operator's index")
-
-    def finish(self, namespace: str, name: str) -> None:
-        with self.guard:
-            self.objects[(namespace, name)]["status"]["phase"] = "Succeeded"
+def finish(kube: FakeKube, namespace: str, name: str) -> None:
+    kube.objects[(BUILDS, namespace, name)]["status"]["phase"] = "Succeeded"
 
 
 class Jobs:
     """A Job builder whose Jobs run until the test says otherwise; records the most that ran at once."""
 
+    name = "jobs"
     uses_cluster_slots = True
 
     def __init__(self) -> None:
@@ -166,20 +175,15 @@ class Jobs:
                 self.failed.add(key)
 
 
-def slot_ctx(store: Store, jobs: Jobs) -> SimpleNamespace:
-    return SimpleNamespace(kube=store, builder=jobs, signer=Signer(KEY), settings=SETTINGS, instance_id="i",
-                           build_locks=KeyedLocks(), build_slots=BuildSlots(),
-                           metrics=SimpleNamespace(build_progress=lambda *args: None))
-
-
-def sync_all_at_once(ctx: SimpleNamespace, keys: list[tuple[str, str]], known: Any) -> None:
+def sync_all_at_once(ctx: OperatorContext, keys: list[tuple[str, str]],
+                     known: Callable[[], Iterable[dict[str, Any]]]) -> None:
     barrier = threading.Barrier(len(keys))
     errors: list[BaseException] = []
 
     def sync(namespace: str, name: str) -> None:
         barrier.wait()
         try:
-            sync_build(ctx, namespace, name, known)  # type: ignore[arg-type]
+            sync_build(ctx, namespace, name, known)
         except BaseException as error:  # reported below, in the test's thread
             errors.append(error)
 
@@ -194,21 +198,21 @@ def sync_all_at_once(ctx: SimpleNamespace, keys: list[tuple[str, str]], known: A
 @pytest.mark.timeout(60)
 def test_builds_synced_at_once_never_exceed_the_limits() -> None:
     builds = [signed_build("a", i) for i in range(8)] + [signed_build(n, i) for n in ("b", "c") for i in range(4)]
-    store, jobs = Store(builds), Jobs()
-    ctx = slot_ctx(store, jobs)
-    keys = list(store.objects)
+    kube, jobs = store(builds), Jobs()
+    ctx = context(kube, jobs, SETTINGS)
+    keys = list(stored(kube))
     listed = copy.deepcopy(builds)  # the watch has not brought any status write back yet
     sync_all_at_once(ctx, keys, lambda: listed)
     assert jobs.most <= 4 and max(jobs.most_in.values()) <= 2, (jobs.most, jobs.most_in)
     assert len(jobs.running) == 4, "every free slot was used"
     # The statuses hold the slots from their first write: the Job's name is there before the Job.
-    started = [key for key, b in store.objects.items() if holds_slot(b["status"])]
+    started = [key for key, b in stored(kube).items() if holds_slot(b["status"])]
     assert sorted(started) == sorted(jobs.running)
-    queued = [key for key, b in store.objects.items() if b["status"].get("phase") == "Pending"]
+    queued = [key for key, b in stored(kube).items() if b["status"].get("phase") == "Pending"]
     assert len(queued) == 12
 
     # Later syncs, with the watch caught up or not, start nothing more while all four run.
-    for known in (lambda: listed, lambda: list(store.objects.values())):
+    for known in (lambda: listed, lambda: list(stored(kube).values())):
         sync_all_at_once(ctx, keys, known)
         assert len(jobs.running) == 4 and jobs.most == 4 and max(jobs.most_in.values()) <= 2
 
@@ -216,7 +220,7 @@ def test_builds_synced_at_once_never_exceed_the_limits() -> None:
     done = sorted(jobs.running)[:2]
     for key in done:
         jobs.stop(key)
-        store.finish(*key)
+        finish(kube, *key)
     sync_all_at_once(ctx, done, lambda: listed)
     sync_all_at_once(ctx, keys, lambda: listed)
     assert len(jobs.running) == 4 and jobs.most == 4 and max(jobs.most_in.values()) <= 2
@@ -225,23 +229,27 @@ def test_builds_synced_at_once_never_exceed_the_limits() -> None:
 def test_a_retry_waits_for_a_slot_like_a_first_attempt() -> None:
     """A failed attempt gives its slot back; when its backoff is over it needs a slot again."""
     builds = [signed_build("a", i) for i in range(3)]
-    store, jobs = Store(builds), Jobs()
-    ctx = slot_ctx(store, jobs)
-    first, second, third = list(store.objects)
+    kube, jobs = store(builds), Jobs()
+    ctx = context(kube, jobs, SETTINGS)
+    first, second, third = list(stored(kube))
+
+    def known() -> list[dict[str, Any]]:
+        return list(stored(kube).values())
+
     for key in (first, second, third):
-        sync_build(ctx, *key, lambda: list(store.objects.values()))  # type: ignore[arg-type]
+        sync_build(ctx, *key, known)
     assert jobs.running == {first, second}
     # The first one's attempt fails (its sync reads a stale index): it will retry, no backoff here, and gives
     # its slot back; the third takes it.
-    stale = copy.deepcopy(list(store.objects.values()))
+    stale = copy.deepcopy(known())
     jobs.stop(first, failed=True)
-    sync_build(ctx, *first, lambda: stale)  # type: ignore[arg-type]
-    assert store.objects[first]["status"]["attempts"] == 2 and "job" not in store.objects[first]["status"]
-    sync_build(ctx, *third, lambda: list(store.objects.values()))  # type: ignore[arg-type]
+    sync_build(ctx, *first, lambda: stale)
+    assert stored(kube)[first]["status"]["attempts"] == 2 and "job" not in stored(kube)[first]["status"]
+    sync_build(ctx, *third, known)
     assert jobs.running == {second, third}
-    sync_build(ctx, *first, lambda: list(store.objects.values()))  # type: ignore[arg-type]
+    sync_build(ctx, *first, known)
     assert jobs.running == {second, third}, "the retry waits: the namespace's two slots are taken"
-    status = store.objects[first]["status"]
+    status = stored(kube)[first]["status"]
     assert status["phase"] == "Building" and status["attempts"] == 2 and "job" not in status
     assert status["conditions"][0]["reason"] == "Queued"
 

@@ -1,10 +1,10 @@
 """What a Job builder decides before a build pod exists: whose push identity it gets, and whether
 the ConfigMap context still holds the bytes that were hashed. A stand-in for the three reads the
-decisions need (the Kube wrapper itself is tested against the real API server)."""
+decisions need come from the unit tests' FakeKube (the Kube wrapper itself is tested against the real API
+server)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,64 +15,53 @@ from envkiln.core.definition import context_digest, definition_hash
 from envkiln.core.models import EnvironmentBuildSpec
 from envkiln.core.render import render
 from envkiln.core.settings import OperatorSettings
+from fakes import FakeKube
 from helpers import PIP_ENV, spec_of
 
 OPERATOR = {".dockerconfigjson": "b3BlcmF0b3I="}
 TEAM = {".dockerconfigjson": "dGVhbQ=="}
 
 
-class Reads:
-    """read_secret / read_configmap / create_or_get_configmap over a dict of objects."""
-
-    def __init__(self, objects: dict[tuple[str, str], Any]):
-        self.objects = objects
-        self.created: list[dict[str, Any]] = []
-
-    def read_secret(self, namespace: str, name: str) -> Any:
-        return self.objects.get((namespace, name))
-
-    def read_configmap(self, namespace: str, name: str) -> Any:
-        return self.objects.get((namespace, name))
-
-    def create_or_get_configmap(self, namespace: str, body: dict[str, Any]) -> Any:
-        self.created.append(body)
-        refs = [SimpleNamespace(api_version=r["apiVersion"], kind=r["kind"], name=r["name"], uid=r["uid"],
-                                controller=r["controller"], block_owner_deletion=r["blockOwnerDeletion"])
-                for r in body["metadata"]["ownerReferences"]]
-        return SimpleNamespace(data=body.get("data"), binary_data=body.get("binaryData"), immutable=True,
-                               metadata=SimpleNamespace(name=body["metadata"]["name"], owner_references=refs))
+Objects = dict[tuple[str, str], dict[str, Any]]  # (namespace, name) -> the object's body but its name
 
 
-def builder(objects: dict[tuple[str, str], Any], operator_credential: dict[str, str] | None,
-            **settings: Any) -> JobBuilder:
-    return JobBuilder(Reads(objects), OperatorSettings(operator_namespace="ops", curated_namespace="curated",
-                                                       **settings), operator_credential)  # type: ignore[arg-type]
+def cluster(kind: str, objects: Objects) -> FakeKube:
+    """A FakeKube holding `objects`, all of one kind (Secrets, or ConfigMaps)."""
+    kube = FakeKube()
+    for (namespace, name), body in objects.items():
+        kube.put(kind, namespace, {**body, "metadata": {**body.get("metadata", {}), "name": name}})
+    return kube
 
 
-TEAM_SECRET = {("ops", "envkiln-push-team"): SimpleNamespace(data=TEAM)}
+def builder(kube: FakeKube, operator_credential: dict[str, str] | None, **settings: Any) -> JobBuilder:
+    return JobBuilder(kube, OperatorSettings(operator_namespace="ops", curated_namespace="curated", **settings),
+                      operator_credential)
 
-# (id, objects, operator credential, settings, namespace, expected data or the refusal's reason)
-CASES: list[tuple[str, dict[Any, Any], dict[str, str] | None, dict[str, Any], str, Any]] = [
+
+TEAM_SECRET: Objects = {("ops", "envkiln-push-team"): {"data": TEAM}}
+
+# (id, Secrets, operator credential, settings, namespace, expected data or the refusal's reason)
+CASES: list[tuple[str, Objects, dict[str, str] | None, dict[str, Any], str, Any]] = [
     ("own-identity", TEAM_SECRET, OPERATOR, {}, "team", TEAM),
     ("own-identity-without-operator-credential", TEAM_SECRET, None, {}, "team", TEAM),
     ("curated-uses-the-operators", TEAM_SECRET, OPERATOR, {}, "curated", OPERATOR),
     ("none-configured-anywhere", {}, None, {}, "team", None),
     ("missing-identity-is-refused", {}, OPERATOR, {}, "team", "NoPushIdentity"),
     # The operator's own credential is never copied into a tenant's namespace (there is no shared mode).
-    ("operators-credential-is-never-shared", {("ops", "envkiln-push-curated"): SimpleNamespace(data=TEAM)}, OPERATOR,
+    ("operators-credential-is-never-shared", {("ops", "envkiln-push-curated"): {"data": TEAM}}, OPERATOR,
      {}, "team", "NoPushIdentity"),
-    ("template", {("ops", "push-team"): SimpleNamespace(data=TEAM)}, OPERATOR,
+    ("template", {("ops", "push-team"): {"data": TEAM}}, OPERATOR,
      {"push_secret_template": "push-{namespace}"}, "team", TEAM),
-    ("secret-without-key-is-refused", {("ops", "envkiln-push-team"): SimpleNamespace(data={"x": "y"})}, OPERATOR,
+    ("secret-without-key-is-refused", {("ops", "envkiln-push-team"): {"data": {"x": "y"}}}, OPERATOR,
      {}, "team", "NoPushIdentity"),
 ]
 
 
 @pytest.mark.parametrize(("case", "objects", "credential", "settings", "namespace", "expected"), CASES,
                          ids=[c[0] for c in CASES])
-def test_push_identity(case: str, objects: dict[Any, Any], credential: dict[str, str] | None,
+def test_push_identity(case: str, objects: Objects, credential: dict[str, str] | None,
                        settings: dict[str, Any], namespace: str, expected: Any) -> None:
-    job_builder = builder(objects, credential, **settings)
+    job_builder = builder(cluster("Secret", objects), credential, **settings)
     if isinstance(expected, str):
         with pytest.raises(BuildCannotStart) as refused:
             job_builder.push_identity(namespace)
@@ -95,15 +84,14 @@ def configmap_build() -> dict[str, Any]:
     return {"metadata": {"name": f"envb-{value}", "namespace": "team", "uid": "u"}, "spec": spec.to_kube()}
 
 
-def owner(uid: str, controller: bool = True, block: bool | None = True) -> SimpleNamespace:
-    return SimpleNamespace(api_version="envkiln.dev/v1alpha1", kind="EnvironmentBuild", name="envb-x", uid=uid,
-                           controller=controller, block_owner_deletion=block)
+def owner(uid: str, controller: bool = True, block: bool | None = True) -> dict[str, Any]:
+    return {"apiVersion": "envkiln.dev/v1alpha1", "kind": "EnvironmentBuild", "name": "envb-x", "uid": uid,
+            "controller": controller, "blockOwnerDeletion": block}
 
 
-def cm(data: dict[str, str], immutable: bool | None = None, owners: list[SimpleNamespace] | None = None
-       ) -> SimpleNamespace:
-    return SimpleNamespace(data=data, binary_data=None, immutable=immutable,
-                           metadata=SimpleNamespace(name="cm", owner_references=owners))
+def cm(data: dict[str, str], immutable: bool | None = None, owners: list[dict[str, Any]] | None = None
+       ) -> dict[str, Any]:
+    return {"data": data, "immutable": immutable, "metadata": {"ownerReferences": owners}}
 
 
 @pytest.mark.parametrize(("case", "user", "snapshot", "expected"), [
@@ -118,15 +106,17 @@ def cm(data: dict[str, str], immutable: bool | None = None, owners: list[SimpleN
     ("right-bytes-earlier-build", CONTENT, cm(CONTENT, True, [owner("old")]), "ContextChanged"),
     ("right-bytes-not-controller", CONTENT, cm(CONTENT, True, [owner("u", controller=False)]), "ContextChanged"),
 ])
-def test_configmap_context_snapshot(case: str, user: dict[str, str] | None, snapshot: Any, expected: str) -> None:
+def test_configmap_context_snapshot(case: str, user: dict[str, str] | None, snapshot: dict[str, Any] | None,
+                                    expected: str) -> None:
     build = configmap_build()
     value = build["spec"]["hash"]
-    objects: dict[tuple[str, str], Any] = {}
+    objects: Objects = {}
     if user is not None:
         objects[("team", "ctx")] = cm(user)
     if snapshot is not None:
         objects[("team", f"envkiln-{value}-snapshot")] = snapshot
-    job_builder = builder(objects, None)
+    kube = cluster("ConfigMap", objects)
+    job_builder = builder(kube, None)
     spec = EnvironmentBuildSpec.model_validate(build["spec"])
     if expected == "ContextChanged":
         with pytest.raises(BuildCannotStart) as refused:
@@ -134,7 +124,8 @@ def test_configmap_context_snapshot(case: str, user: dict[str, str] | None, snap
         assert refused.value.reason == "ContextChanged"
         return
     job_builder._snapshot_context(build, spec)
-    created = job_builder.kube.created  # type: ignore[attr-defined]
+    created = [kube.objects[(kind, "team", name)] for verb, kind, name in kube.writes
+               if (verb, kind) == ("create", "ConfigMap")]
     if expected == "nothing":
         assert created == []
     else:

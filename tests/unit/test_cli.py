@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
-def test_hash_works_on_every_example(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_hash_works_on_every_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(EXAMPLES) >= 4
     assert main(["hash", "--json", *map(str, EXAMPLES)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -29,7 +29,7 @@ def test_hash_works_on_every_example(capsys) -> None:  # type: ignore[no-untyped
             assert row["image"] == f"localhost:5000/envkiln/default/env_{row['hash']}:{row['hash']}"
 
 
-def test_hash_registry_and_template(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_hash_registry_and_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     example = ROOT / "examples" / "python-pip.yaml"
     assert main(["hash", "--registry", "reg.example.com", "--template", "{registry}/ml/{hash}", str(example)]) == 0
     name, version, value, image = capsys.readouterr().out.split()
@@ -46,14 +46,14 @@ def test_bad_file_exits_nonzero_with_field_named_error(tmp_path: Path) -> None:
     assert "spec.pip[0]" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_invalid_yaml_is_reported_with_its_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_yaml_is_reported_with_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: Environment\nspec:\n  pip: [unclosed\n")
     assert main(["validate", str(bad)]) == 1
     assert "not valid YAML at line" in capsys.readouterr().err
 
 
-def test_validate_reports_every_bad_document(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_validate_reports_every_bad_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     docs = tmp_path / "many.yaml"
     docs.write_text((ROOT / "examples" / "python-pip.yaml").read_text() + "\n---\n"
                     "apiVersion: envkiln.dev/v1alpha1\nkind: Environment\nmetadata: {name: a}\nspec: {}\n---\n"
@@ -70,7 +70,8 @@ def test_render_writes_dockerfile_and_context(tmp_path: Path) -> None:
     assert "scikit-learn" in (tmp_path / "conda.yaml").read_text()
 
 
-def test_configmap_context_from_the_same_file_or_a_directory(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_configmap_context_from_the_same_file_or_a_directory(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     example = ROOT / "examples" / "build-context.yaml"
     assert main(["hash", "--json", str(example)]) == 0
     from_file = json.loads(capsys.readouterr().out)["hash"]
@@ -163,7 +164,12 @@ def test_run_starts_the_operator_on_the_namespaces_to_watch(argv: list[str], nam
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import envkiln.runtime.runner as runner
 
-    started: list[Any] = []
-    monkeypatch.setattr(runner, "run_operator", lambda args: started.append(args) or 0)
+    started: list[argparse.Namespace] = []
+
+    def run_operator(args: argparse.Namespace) -> int:
+        started.append(args)
+        return 0
+
+    monkeypatch.setattr(runner, "run_operator", run_operator)
     assert main(argv) == 0
     assert started[0].namespace == namespaces and started[0].standalone == ("--standalone" in argv)

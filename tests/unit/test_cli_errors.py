@@ -12,7 +12,7 @@ import urllib3
 from kubernetes.client import ApiException
 
 from envkiln.adapters.kubeclient import Timeouts, describe_failure
-from envkiln.cli.errors import EXIT_CODES, ClusterError, Exit, NotFound, NotReady, UsageError, exit_for_status
+from envkiln.cli.errors import EXIT_CODES, CliError, ClusterError, Exit, NotFound, NotReady, UsageError, exit_for_status
 from envkiln.cli.main import build_parser, failure_exit, main
 from envkiln.cli.session import CONNECT_SECONDS, READ_SECONDS, request_timeouts
 
@@ -47,8 +47,8 @@ def test_exit_for_an_api_status(status: int | None, code: Exit) -> None:
     (ClusterError("x"), Exit.CLUSTER),
     (NotFound("x"), Exit.NOT_FOUND),
 ])
-def test_each_error_has_its_code(error: Exception, code: Exit) -> None:
-    assert error.code == code  # type: ignore[attr-defined]
+def test_each_error_has_its_code(error: CliError, code: Exit) -> None:
+    assert error.code == code
 
 
 def api_exception(status: int, message: str | None = None) -> ApiException:
@@ -57,14 +57,19 @@ def api_exception(status: int, message: str | None = None) -> ApiException:
     return error
 
 
+# What urllib3 names in its errors (made, never connected).
+POOL = urllib3.HTTPConnectionPool("h", 6443)
+
+
 def refused() -> urllib3.exceptions.MaxRetryError:
     cause = urllib3.exceptions.NewConnectionError(
-        None, "Failed to establish a new connection: [Errno 111] Connection refused")  # type: ignore[arg-type]
-    return urllib3.exceptions.MaxRetryError(None, "/apis", cause)  # type: ignore[arg-type]
+        urllib3.connection.HTTPConnection("h", 6443),
+        "Failed to establish a new connection: [Errno 111] Connection refused")
+    return urllib3.exceptions.MaxRetryError(POOL, "/apis", cause)
 
 
 def wrapped(cause: Exception) -> urllib3.exceptions.MaxRetryError:
-    return urllib3.exceptions.MaxRetryError(None, "/apis", cause)  # type: ignore[arg-type]
+    return urllib3.exceptions.MaxRetryError(POOL, "/apis", cause)
 
 
 # (id, error, status, exit code, words in the message)
@@ -78,7 +83,7 @@ FAILURES: list[tuple[str, BaseException, int | None, int, str]] = [
     ("refused", refused(), None, Exit.CLUSTER, "cannot reach the API server https://h:6443: connection refused"),
     ("connect-timeout", wrapped(urllib3.exceptions.ConnectTimeoutError(None, "timed out")), None, Exit.CLUSTER,
      "no connection within the time limit"),
-    ("read-timeout", urllib3.exceptions.ReadTimeoutError(None, "/apis", "Read timed out."),  # type: ignore[arg-type]
+    ("read-timeout", urllib3.exceptions.ReadTimeoutError(POOL, "/apis", "Read timed out."),
      None, Exit.CLUSTER, "no answer within the time limit"),
     ("tls", wrapped(urllib3.exceptions.SSLError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")),
      None, Exit.CLUSTER, "TLS failed"),

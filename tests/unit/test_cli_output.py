@@ -12,12 +12,13 @@ from envkiln.cli.cluster import image_verdict, list_rows
 from envkiln.cli.errors import NotFound, NotReady
 from envkiln.cli.output import as_list, dump, dump_items, resource_name, table
 
-ENV = {"apiVersion": "envkiln.dev/v1alpha1", "kind": "Environment",
-       "metadata": {"name": "torch", "namespace": "team", "generation": 2},
-       "spec": {"version": "2", "image": "python:3.11-slim", "pip": ["numpy==2.1.0"]},
-       "status": {"phase": "Ready", "observedGeneration": 2, "shortHash": "0123456789ab", "imageRef": "r@sha256:a",
-                  "versions": [{"version": "1", "imageRef": "r@sha256:old"}, {"version": "0"}],
-                  "message": "ünïcode 中文"}}
+ENV: dict[str, Any] = {
+    "apiVersion": "envkiln.dev/v1alpha1", "kind": "Environment",
+    "metadata": {"name": "torch", "namespace": "team", "generation": 2},
+    "spec": {"version": "2", "image": "python:3.11-slim", "pip": ["numpy==2.1.0"]},
+    "status": {"phase": "Ready", "observedGeneration": 2, "shortHash": "0123456789ab", "imageRef": "r@sha256:a",
+               "versions": [{"version": "1", "imageRef": "r@sha256:old"}, {"version": "0"}],
+               "message": "ünïcode 中文"}}
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
@@ -78,7 +79,7 @@ def test_list_rows(all_namespaces: bool, expected: list[tuple[str, ...]]) -> Non
 
 
 def pending(**status: Any) -> dict[str, Any]:
-    return {**ENV, "status": {**ENV["status"], "phase": "Building", "imageRef": None, **status}}  # type: ignore[dict-item]
+    return {**ENV, "status": {**ENV["status"], "phase": "Building", "imageRef": None, **status}}
 
 
 # (id, environment, version, image, error type, words)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from envkiln.core.conditions import get_condition, kstatus, remove_condition, set_condition, set_progress
+from helpers import condition
 
 
 def test_transition_time_changes_only_when_status_flips() -> None:
@@ -14,7 +17,7 @@ def test_transition_time_changes_only_when_status_flips() -> None:
                                             "message": "still waiting", "lastTransitionTime": "t1",
                                             "observedGeneration": 2}
     flipped = set_condition(same, "Ready", True, "ImageReady", "ok", 2, now="t3")
-    assert get_condition(flipped, "Ready")["lastTransitionTime"] == "t3"
+    assert condition(flipped, "Ready")["lastTransitionTime"] == "t3"
     both = set_condition(flipped, "Valid", True, "Valid", "", 2, now="t4")
     assert [c["type"] for c in both] == ["Ready", "Valid"]
     assert first is not same  # new lists: merge patches replace lists whole
@@ -28,7 +31,7 @@ def test_progress_sets_one_abnormal_condition_and_removes_the_other() -> None:
     assert building == [{"type": "Reconciling", "status": "True", "reason": "Building", "message": "attempt 1",
                          "lastTransitionTime": "t1", "observedGeneration": 2}]
     still = set_progress(building, "reconciling", "Retrying", "attempt 2", 2, now="t2")
-    assert get_condition(still, "Reconciling")["lastTransitionTime"] == "t1"  # still True: no transition
+    assert condition(still, "Reconciling")["lastTransitionTime"] == "t1"  # still True: no transition
     failed = set_progress(still, "stalled", "BuildFailed", "no retries left", 2, now="t3")
     assert [c["type"] for c in failed] == ["Stalled"] and failed[0]["status"] == "True"
     assert set_progress(failed, "done", "ImageReady", "", 3) == []
@@ -37,7 +40,7 @@ def test_progress_sets_one_abnormal_condition_and_removes_the_other() -> None:
     assert remove_condition(ready, "Ready") == [] and remove_condition(None, "Ready") == []
 
 
-def _obj(status: dict | None = None, generation: int | None = 2, **metadata: str) -> dict:  # type: ignore[type-arg]
+def _obj(status: dict[str, Any] | None = None, generation: int | None = 2, **metadata: str) -> dict[str, Any]:
     meta: dict[str, object] = {"name": "x", **metadata}
     if generation is not None:
         meta["generation"] = generation
@@ -70,7 +73,7 @@ KSTATUS_CASES = [
 
 
 @pytest.mark.parametrize(("case", "obj", "expected"), KSTATUS_CASES, ids=[c[0] for c in KSTATUS_CASES])
-def test_kstatus(case: str, obj: dict, expected: str) -> None:  # type: ignore[type-arg]
+def test_kstatus(case: str, obj: dict[str, Any], expected: str) -> None:
     assert kstatus(obj)[0] == expected
 
 

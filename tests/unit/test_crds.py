@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -28,7 +30,7 @@ def test_committed_crds_match_the_models(directory: Path) -> None:
     assert others <= {"kopf.dev_peerings.yaml"}, f"unexpected CRD files {others}"
 
 
-def _walk(node: object, path: str = ""):  # type: ignore[no-untyped-def]
+def _walk(node: object, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     if isinstance(node, dict):
         yield path, node
         for key, value in node.items():
@@ -85,7 +87,7 @@ def test_build_crd_shape() -> None:
     assert yaml.safe_dump(crd)  # serialisable
 
 
-def _properties(node: object, path: str = ""):  # type: ignore[no-untyped-def]
+def _properties(node: object, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """(path, schema) of every named field, however deep."""
     if isinstance(node, dict):
         for name, sub in (node.get("properties") or {}).items():
@@ -110,8 +112,8 @@ def test_every_field_is_described(name: str) -> None:
         assert "envkiln." not in sub.get("description", "").replace("envkiln.dev", ""), f"{path}: a module name"
 
 
-def _resolves(schema: dict, json_path: str) -> bool:  # type: ignore[type-arg]
-    node: dict = schema  # type: ignore[type-arg]
+def _resolves(schema: dict[str, Any], json_path: str) -> bool:
+    node: dict[str, Any] = schema
     for part in re.sub(r"\[[^\]]*\]", "", json_path).lstrip(".").split("."):
         if part == "metadata" and node is schema:
             return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ def environment(phase: str | None = "Ready", version: str = "2", generation: int
 
 
 def pod(annotations: dict[str, str] | None = None, gates: list[dict[str, str]] | None = None,
-        containers: list[str] = ("main",)) -> dict[str, Any]:  # type: ignore[assignment]
+        containers: Sequence[str] = ("main",)) -> dict[str, Any]:
     return {"metadata": {"name": "p", "namespace": "ns", "resourceVersion": "7",
                          "labels": {"envkiln.dev/environment": "train"}, "annotations": annotations or {}},
             "spec": {"containers": [{"name": n, "image": "placeholder", "env": [{"name": "B", "value": "pod"}]}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from envkiln.core.conditions import get_condition, kstatus
+from envkiln.core.conditions import kstatus
 from envkiln.core.decisions.build import (
     MAX_BACKOFF_SECONDS,
     Limits,
@@ -20,6 +20,7 @@ from envkiln.core.decisions.build import (
     refuse,
     slots_in_use,
 )
+from helpers import condition
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 LIMITS = Limits(max_concurrent=2, max_per_namespace=1, retry_limit=2, backoff_seconds=30)
@@ -169,10 +170,10 @@ def test_build_conditions_for_kstatus(case: str, step: Any, succeeded: str, read
 def test_build_conditions_through_retries() -> None:
     first = build_conditions(None, "Building", (None, "Building", "attempt 1 started"), 1, now="t1")
     retry = build_conditions(first, "Building", (None, "Retrying", "attempt 1 failed"), 1, now="t2")
-    assert get_condition(retry, "Reconciling")["lastTransitionTime"] == "t1"  # still reconciling: no transition
+    assert condition(retry, "Reconciling")["lastTransitionTime"] == "t1"  # still reconciling: no transition
     done = build_conditions(retry, "Succeeded", (True, "BuildSucceeded", "pushed"), 1, now="t3")
     assert [c["type"] for c in done] == ["Succeeded", "Ready"]
-    assert get_condition(done, "Ready")["lastTransitionTime"] == "t3"
+    assert condition(done, "Ready")["lastTransitionTime"] == "t3"
     assert build_conditions(done, "Succeeded", (True, "BuildSucceeded", "pushed"), 1, now="t4") == done
 
 

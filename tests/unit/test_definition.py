@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 
@@ -32,11 +33,11 @@ COMMIT_A = "0123456789abcdef0123456789abcdef01234567"
 COMMIT_B = "89abcdef0123456789abcdef0123456789abcdef"
 
 
-def git_env(ref: str = "main", path: str = "", url: str = "https://g/r.git", **build: str) -> dict:
+def git_env(ref: str = "main", path: str = "", url: str = "https://g/r.git", **build: str) -> dict[str, Any]:
     return {**CONFIGMAP_ENV, "spec": {"build": {"git": {"url": url, "ref": ref, "path": path}, **build}}}
 
 
-def h(doc: dict, context: dict | None = None, commit: str | None = None) -> str:
+def h(doc: dict[str, Any], context: dict[str, Any] | None = None, commit: str | None = None) -> str:
     return definition_hash(spec_of(doc), context, commit=commit)
 
 
@@ -51,7 +52,7 @@ GOLDEN = [
 
 
 @pytest.mark.parametrize(("doc", "context", "expected"), GOLDEN, ids=["pip", "conda", "byoc", "configmap"])
-def test_golden_hashes(doc: dict, context: dict | None, expected: str) -> None:
+def test_golden_hashes(doc: dict[str, Any], context: dict[str, Any] | None, expected: str) -> None:
     assert h(doc, context) == expected
 
 
@@ -78,7 +79,7 @@ def test_hash_shape() -> None:
     {"environmentVariables": {"OMP_NUM_THREADS": "4"}},
     {"inference": {"port": 8080, "scoringRoute": "/score"}},
 ])
-def test_runtime_metadata_is_excluded(change: dict) -> None:
+def test_runtime_metadata_is_excluded(change: dict[str, Any]) -> None:
     assert h(manifest(**change)) == h(PIP_ENV)
 
 
@@ -99,7 +100,7 @@ def test_name_and_namespace_are_excluded() -> None:
     (CONDA_ENV, {"pip": None}),
     (BYOC_ENV, {"image": "ghcr.io/org/trainer:1.1"}),
 ])
-def test_image_affecting_changes_change_the_hash(base: dict, change: dict) -> None:
+def test_image_affecting_changes_change_the_hash(base: dict[str, Any], change: dict[str, Any]) -> None:
     assert h(manifest(base, **change)) != h(base)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -17,6 +17,7 @@ from envkiln.cli.follow import (
     EXIT_NOT_FOUND,
     EXIT_NOT_READY,
     EXIT_OK,
+    Cluster,
     after_attempt,
     attempt_source,
     container_action,
@@ -30,6 +31,9 @@ from envkiln.cli.follow import (
     wait_verdict,
 )
 from envkiln.cli.main import main
+from fakes import FakeKube
+
+T = TypeVar("T")
 
 HASH = "0123456789abcdef0123456789abcdef"
 BUILD = f"envb-{HASH}"
@@ -229,21 +233,23 @@ def test_after_attempt(case: str, obj: dict[str, Any], attempt: int, step: str, 
 
 # --- the loops, on a fake cluster ----------------------------------------------------------------------
 
-class FakeCluster:
-    """Environments, builds and pods in memory; each read may advance a scripted timeline."""
+class FakeCluster(Cluster):
+    """A Cluster whose Environments, builds and pods are in memory; each read may advance a scripted
+    timeline (nothing reaches its Kube)."""
 
     def __init__(self, envs: list[dict[str, Any] | None] | None = None, builds: list[dict[str, Any]] | None = None,
                  pods: dict[str, list[dict[str, Any] | None]] | None = None,
                  logs: dict[tuple[str, str], str] | None = None):
+        super().__init__(FakeKube())
         self.envs, self.builds, self.pods, self.logs = envs or [None], builds or [], pods or {}, logs or {}
         self.streams: list[tuple[str, bool]] = []
 
     @staticmethod
-    def _next(items: list[Any]) -> Any:
+    def _next(items: list[T]) -> T:
         return items.pop(0) if len(items) > 1 else items[0]
 
     def environment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._next(self.envs)  # type: ignore[no-any-return]
+        return self._next(self.envs)
 
     def build(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._next(self.builds) if self.builds and name == BUILD else None
@@ -271,7 +277,7 @@ class Clock:
 
 def run_wait(cluster: FakeCluster, timeout: float = 60, version: str | None = None) -> tuple[int, str, str, float]:
     out, err, clock = io.StringIO(), io.StringIO(), Clock()
-    code = wait(cluster, "ns", "torch", version, timeout, out, err, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+    code = wait(cluster, "ns", "torch", version, timeout, out, err, clock=clock, sleep=clock.sleep)
     return code, out.getvalue(), err.getvalue(), clock.now
 
 
@@ -297,7 +303,7 @@ def test_wait_times_out() -> None:
 
 def run_logs(cluster: FakeCluster, attempt: int | None = None, follow: bool = False) -> tuple[int, str, str]:
     out, err, clock = io.StringIO(), io.StringIO(), Clock()
-    code = logs(cluster, "ns", "torch", None, attempt, follow, out, err, sleep=clock.sleep)  # type: ignore[arg-type]
+    code = logs(cluster, "ns", "torch", None, attempt, follow, out, err, sleep=clock.sleep)
     return code, out.getvalue(), err.getvalue()
 
 

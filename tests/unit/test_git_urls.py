@@ -40,7 +40,8 @@ ACCEPTED = [
 
 @pytest.mark.parametrize("url", ACCEPTED)
 def test_accepted(url: str) -> None:
-    assert parse_environment(git(url)).spec.build.git.url == url  # type: ignore[union-attr]
+    build = parse_environment(git(url)).spec.build
+    assert build is not None and build.git is not None and build.git.url == url
 
 
 REFUSED = [

@@ -16,12 +16,13 @@ import lupa.lua51 as lua51
 import pytest
 import yaml
 
-from envkiln.core.models import EnvironmentBuildStatus, EnvironmentStatus
+from envkiln.core.models import EnvironmentBuildStatus, EnvironmentStatus, StatusModel
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "docs" / "gitops" / "argocd"
 CHECKS = sorted(path.parent for path in ARGOCD.glob("*/*/health.lua"))
-STATUS_MODELS = {"Environment": EnvironmentStatus, "EnvironmentBuild": EnvironmentBuildStatus}
+STATUS_MODELS: dict[str, type[StatusModel]] = {"Environment": EnvironmentStatus,
+                                                "EnvironmentBuild": EnvironmentBuildStatus}
 # What Argo CD's health checks may not reach (its Lua VM opens no io/os/package libraries).
 UNSAFE = ("io", "os", "package", "require", "dofile", "loadfile", "load", "loadstring", "debug", "module")
 

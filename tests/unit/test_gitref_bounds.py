@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
@@ -35,9 +35,9 @@ class SlowHost:
         return {"refs/heads/main": C1, **{f"refs/heads/b{i}": C1 for i in range(10)}}
 
 
-def wait_for(condition: object, timeout: float = 5.0) -> None:
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
     end = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < end, "not in time"
         time.sleep(0.01)
 

@@ -23,18 +23,28 @@ def build(name: str = "envb-1", start: str | None = "2026-01-01T11:58:00Z", buil
 
 
 Sample = tuple[str, dict[str, str], float | None]  # (sample name, labels, expected value; None: absent)
+Hook = Callable[[Metrics], None]
 
-CASES: list[tuple[str, Callable[[Metrics], None], list[Sample]]] = [
+
+def steps(*hooks: Hook) -> Hook:
+    """One hook calling `hooks` in order."""
+    def run(metrics: Metrics) -> None:
+        for hook in hooks:
+            hook(metrics)
+    return run
+
+
+CASES: list[tuple[str, Hook, list[Sample]]] = [
     ("a queued build", lambda m: m.build_progress(build(), "Pending", False),
      [("envkiln_builds_queued", {}, 1), ("envkiln_builds_in_flight", {}, 0)]),
-    ("queued, then started", lambda m: (m.build_progress(build(), "Pending", False),
-                                        m.build_progress(build(), "Building", False)),
+    ("queued, then started", steps(lambda m: m.build_progress(build(), "Pending", False),
+                                   lambda m: m.build_progress(build(), "Building", False)),
      [("envkiln_builds_queued", {}, 0), ("envkiln_builds_in_flight", {}, 1)]),
-    ("the same build seen twice counts once", lambda m: (m.build_progress(build(), "Building", False),
-                                                         m.build_progress(build(), "Building", False)),
+    ("the same build seen twice counts once", steps(lambda m: m.build_progress(build(), "Building", False),
+                                                    lambda m: m.build_progress(build(), "Building", False)),
      [("envkiln_builds_in_flight", {}, 1)]),
-    ("a build that succeeds after 120s", lambda m: (m.build_progress(build(), "Building", False),
-                                                    m.build_progress(build(), "Succeeded", True, now=NOW)),
+    ("a build that succeeds after 120s", steps(lambda m: m.build_progress(build(), "Building", False),
+                                               lambda m: m.build_progress(build(), "Succeeded", True, now=NOW)),
      [("envkiln_builds_in_flight", {}, 0),
       ("envkiln_build_duration_seconds_count", {"builder": "kaniko", "outcome": "succeeded"}, 1),
       ("envkiln_build_duration_seconds_sum", {"builder": "kaniko", "outcome": "succeeded"}, 120),
@@ -59,8 +69,8 @@ CASES: list[tuple[str, Callable[[Metrics], None], list[Sample]]] = [
       ("envkiln_registry_lookup_duration_seconds_bucket", {"registry": "localhost:5000", "le": "0.025"}, 1)]),
     ("registry error", lambda m: m.registry_error("localhost:5000"),
      [("envkiln_registry_lookup_errors_total", {"registry": "localhost:5000"}, 1)]),
-    ("a registry the settings do not name is other", lambda m: (m.registry_lookup("evil.example:1", 0.02),
-                                                                m.registry_error("tenant.example")),
+    ("a registry the settings do not name is other", steps(lambda m: m.registry_lookup("evil.example:1", 0.02),
+                                                           lambda m: m.registry_error("tenant.example")),
      [("envkiln_registry_lookup_duration_seconds_count", {"registry": "other"}, 1),
       ("envkiln_registry_lookup_errors_total", {"registry": "other"}, 1),
       ("envkiln_registry_lookup_errors_total", {"registry": "tenant.example"}, None)]),
@@ -74,27 +84,28 @@ CASES: list[tuple[str, Callable[[Metrics], None], list[Sample]]] = [
      [("envkiln_reconcile_errors_total", {"kind": "EnvironmentBuild", "reason": "KeyError"}, 1)]),
     ("an API status out of range", lambda m: m.reconcile_error("Environment", client.ApiException(status=1234)),
      [("envkiln_reconcile_errors_total", {"kind": "Environment", "reason": "api_other"}, 1)]),
-    ("webhook admissions", lambda m: (m.admission("image"), m.admission("image"), m.admission("refused")),
+    ("webhook admissions", steps(lambda m: m.admission("image"), lambda m: m.admission("image"),
+                                 lambda m: m.admission("refused")),
      [("envkiln_webhook_admissions_total", {"result": "image"}, 2),
       ("envkiln_webhook_admissions_total", {"result": "refused"}, 1),
       ("envkiln_webhook_admissions_total", {"result": "gated"}, None)]),
     ("environments by phase follow transitions",
-     lambda m: (m.environment_phase("a", "x", None), m.environment_phase("a", "y", "Building"),
-                m.environment_phase("a", "x", "Building"), m.environment_phase("a", "y", "Ready")),
+     steps(lambda m: m.environment_phase("a", "x", None), lambda m: m.environment_phase("a", "y", "Building"),
+           lambda m: m.environment_phase("a", "x", "Building"), lambda m: m.environment_phase("a", "y", "Ready")),
      [("envkiln_environments", {"phase": "Unknown"}, 0), ("envkiln_environments", {"phase": "Building"}, 1),
       ("envkiln_environments", {"phase": "Ready"}, 1)]),
     ("a phase envkiln never writes is Unknown", lambda m: m.environment_phase("a", "x", "Hacked"),
      [("envkiln_environments", {"phase": "Unknown"}, 1), ("envkiln_environments", {"phase": "Hacked"}, None)]),
     ("a deleted Environment leaves its phase",
-     lambda m: (m.environment_phase("a", "x", "Ready"), m.environment_phase("a", "x", "Ready"),
-                m.environment_phase("a", "x", "Ready", deleted=True), m.environment_phase("a", "gone", None,
-                                                                                          deleted=True)),
+     steps(lambda m: m.environment_phase("a", "x", "Ready"), lambda m: m.environment_phase("a", "x", "Ready"),
+           lambda m: m.environment_phase("a", "x", "Ready", deleted=True),
+           lambda m: m.environment_phase("a", "gone", None, deleted=True)),
      [("envkiln_environments", {"phase": "Ready"}, 0), ("envkiln_environments", {"phase": "Unknown"}, None)]),
 ]
 
 
 @pytest.mark.parametrize(("hook", "samples"), [(c[1], c[2]) for c in CASES], ids=[c[0] for c in CASES])
-def test_hook_moves_its_series(hook: Callable[[Metrics], None], samples: list[Sample]) -> None:
+def test_hook_moves_its_series(hook: Hook, samples: list[Sample]) -> None:
     metrics = Metrics(registries={"localhost:5000"})  # the registry the settings name
     hook(metrics)
     for name, labels, expected in samples:

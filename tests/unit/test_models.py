@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from envkiln.core.errors import DefinitionError
@@ -66,7 +68,7 @@ def test_url_vcs_and_named_url_requirements_are_accepted(line: str) -> None:
     assert parse_environment(manifest(CONDA_ENV, conda=conda)).spec.conda is not None
 
 
-def _meta(name: str, namespace: str | None = None) -> dict:
+def _meta(name: str, namespace: str | None = None) -> dict[str, Any]:
     return {"name": name, **({"namespace": namespace} if namespace else {})}
 
 

@@ -40,14 +40,16 @@ def listener() -> Iterator[socket.socket]:
         yield sock
 
 
-def fixed(*addresses: str) -> Any:
-    asked: list[str] = []
+class FixedResolver:
+    """A resolver answering `addresses` for every name; `asked` lists the names it was asked."""
 
-    def resolver(host: str, port: int, timeout: float) -> list[tuple[int, tuple[Any, ...]]]:
-        asked.append(host)
-        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, (a, port)) for a in addresses]
-    resolver.asked = asked  # type: ignore[attr-defined]
-    return resolver
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = addresses
+        self.asked: list[str] = []
+
+    def __call__(self, host: str, port: int, timeout: float) -> list[tuple[int, tuple[Any, ...]]]:
+        self.asked.append(host)
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, (a, port)) for a in self.addresses]
 
 
 def test_a_refused_address_is_never_connected_to(listener: socket.socket) -> None:
@@ -69,7 +71,7 @@ def test_only_the_checked_addresses_of_a_mixed_answer_are_used(listener: socket.
     # A name answering the metadata service and an allowed address: only the allowed one is dialled,
     # from the one resolution (no second query that could answer something else: DNS rebinding).
     port = listener.getsockname()[1]
-    resolver = fixed("169.254.169.254", "127.0.0.1")
+    resolver = FixedResolver("169.254.169.254", "127.0.0.1")
     dialer = Dialer(LOOPBACK, resolver)
     assert dialer.addresses("mixed.example", port, 1.0) == [(socket.AF_INET, ("127.0.0.1", port))]
     with dialer.connect("mixed.example", port, 1.0) as sock:
@@ -79,7 +81,7 @@ def test_only_the_checked_addresses_of_a_mixed_answer_are_used(listener: socket.
 
 
 def test_a_name_is_refused_before_any_dns_query() -> None:
-    resolver = fixed("93.184.216.34")
+    resolver = FixedResolver("93.184.216.34")
     with pytest.raises(AddressRefused, match="cluster-internal name"):
         Dialer(STRICT, resolver).connect("kubernetes.default.svc", 443, 1.0)
     assert resolver.asked == []

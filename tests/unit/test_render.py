@@ -473,14 +473,14 @@ GOLDEN_CASES: dict[str, tuple[dict[str, Any], str | None, RenderSettings | None]
 }
 MOUNTS = RenderSettings(tool_mounts=True)
 # One stage (a builder that mounts tools, the base image's user known): (definition, digest, settings, base user).
-ONE_STAGE_CASES: dict[str, tuple[dict[str, Any], str | None, RenderSettings | None, str]] = {
+ONE_STAGE_CASES: dict[str, tuple[dict[str, Any], str | None, RenderSettings | None, str | None]] = {
     "one-stage-pip-root-base": (PIP_ENV, DIGEST, MOUNTS, ""),
     "one-stage-pip-user-base-steps": (manifest(pip=PIP_OPTIONS, dockerSteps=STEPS), DIGEST, MOUNTS, "1000"),
     "one-stage-conda-and-pip-user-base": (CONDA_ENV, DIGEST, MOUNTS, "jovyan"),
     "one-stage-pinned-conda-and-pip": (manifest(CONDA_ENV, lock=CONDA_LOCK_TEXT), DIGEST, MOUNTS, ""),
     "one-stage-no-packages": (manifest(pip=None, dockerSteps=STEPS), DIGEST, MOUNTS, "1000"),
     "one-stage-pip-without-uv": (PIP_ENV, DIGEST, RenderSettings(tool_mounts=True, uv_image=None), "app"),
-    "tools-mounted-base-user-unknown": (PIP_ENV, DIGEST, MOUNTS, None),  # type: ignore[dict-item]
+    "tools-mounted-base-user-unknown": (PIP_ENV, DIGEST, MOUNTS, None),
 }
 
 

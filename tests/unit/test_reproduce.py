@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from envkiln.cli.errors import Exit, NotReady
-from envkiln.cli.reproduce import NotFound, diff, docker_steps, lock, version_build
+from envkiln.cli.errors import Exit, NotFound, NotReady
+from envkiln.cli.reproduce import diff, docker_steps, lock, version_build
 from envkiln.core.definition import definition_hash
 from envkiln.core.names import build_name
 from envkiln.core.render import render

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from envkiln.core.names import ANNOTATION_SIGNATURE
@@ -31,7 +32,8 @@ def test_builds_are_kept_trimmed_and_follow_events() -> None:
     assert "managedFields" not in kept["metadata"] and kept["spec"]["image"] == "r/x:1"
     assert indexes.unsettled_builds() == [("ns", "envb-1")]
     indexes.note_build("ns", "envb-1", _build("Succeeded"))
-    assert indexes.unsettled_builds() == [] and indexes.build("ns", "envb-1")["status"]["phase"] == "Succeeded"
+    kept = indexes.build("ns", "envb-1")
+    assert indexes.unsettled_builds() == [] and kept is not None and kept["status"]["phase"] == "Succeeded"
     indexes.note_build("ns", "envb-1", None)
     assert indexes.build("ns", "envb-1") is None and indexes.build("other", "envb-1") is None
 
@@ -100,14 +102,18 @@ def test_the_resync_follows_kopfs_peering_pauses() -> None:
     """The periodic resync is envkiln's own task: it must stop when Kopf pauses this replica."""
     state = PeeringState.attach()
     peering = logging.getLogger("kopf._core.engines.peering")
+
+    def paused() -> bool:  # read afresh after each log line (an attribute read would stay narrowed)
+        return state.paused
+
     try:
-        assert not state.paused
+        assert not paused()
         peering.info("Pausing operations in favour of [Peer(identity='other', priority=200)].")
-        assert state.paused
+        assert paused()
         peering.info("Resuming operations after the pause. Conflicting operators with the same priority are gone.")
-        assert not state.paused
+        assert not paused()
         peering.warning("Pausing all operators, including self: []")
-        assert state.paused
+        assert paused()
     finally:
         peering.removeFilter(state)
 
@@ -128,20 +134,27 @@ def test_a_namespace_over_its_share_waits_and_others_run() -> None:
         release.wait(10)
         return None
 
+    def note(label: str) -> Callable[[], float | None]:
+        """Work that records it ran and asks for no later look."""
+        def work() -> float | None:
+            ran.append(label)
+            return None
+        return work
+
     threads = [threading.Thread(target=_guarded, args=(rt, "env", "a", f"slow{i}", 1.0, slow)) for i in range(2)]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 5
     while len(ran) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    _guarded(rt, "env", "a", "third", 1.0, lambda: ran.append("third") or None)
-    _guarded(rt, "env", "b", "other", 1.0, lambda: ran.append("b") or None)
+    _guarded(rt, "env", "a", "third", 1.0, note("third"))
+    _guarded(rt, "env", "b", "other", 1.0, note("b"))
     assert ran == ["a", "a", "b"]
     assert rt.resync.take_due(time.monotonic() + 1.5) == [("env", "a", "third")]
     release.set()
     for thread in threads:
         thread.join()
-    _guarded(rt, "env", "a", "third", 1.0, lambda: ran.append("third") or None)
+    _guarded(rt, "env", "a", "third", 1.0, note("third"))
     assert ran[-1] == "third"
 
 
@@ -151,7 +164,7 @@ def test_builds_are_kept_without_their_plan_and_with_the_verdict_on_their_whole_
     from envkiln.core.trust import Signer, untrusted_build
 
     signer = Signer(b"k" * 32)
-    spec = {"hash": "0" * 32, "image": "reg/envkiln/ns/env_x:1", "builder": "buildah",
+    spec: dict[str, Any] = {"hash": "0" * 32, "image": "reg/envkiln/ns/env_x:1", "builder": "buildah",
             "plan": {"dockerfile": "FROM x\n" + "RUN true\n" * 1000, "files": [{"path": "a", "content": "b" * 5000}]}}
     signed = {**_build("Building"), "spec": spec}
     signed["metadata"]["annotations"] = {ANNOTATION_SIGNATURE: signer.sign_build("ns", "envb-1", spec)}

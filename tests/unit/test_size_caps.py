@@ -10,11 +10,12 @@ machine runs; bench/hash_render.py prints CPU and wall times.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any
 
 import pytest
@@ -46,7 +47,7 @@ def measured(schema: Any, value: Any, path: str = "", found: dict[str, int] | No
     found = {} if found is None else found
     if not isinstance(schema, dict) or value is None:
         return found
-    sizes = {"maxLength": str, "maxItems": list, "maxProperties": dict}
+    sizes: dict[str, type[Sized]] = {"maxLength": str, "maxItems": list, "maxProperties": dict}
     for keyword, kind in sizes.items():
         if keyword in schema and isinstance(value, kind):
             key = f"{path}:{keyword}"
@@ -107,7 +108,7 @@ def test_a_maximal_environment_is_parsed_and_hashed_in_well_under_100_ms() -> No
     context = {"Dockerfile": "x" * CONFIGMAP_BYTES}  # a ConfigMap context is hashed by its content
     for build in maximal_build_specs()[0]:
         spec = parse_environment(manifest(build)).spec
-        seconds = cpu_median(lambda spec=spec: definition_hash(spec, context, commit="0" * 40))  # type: ignore[misc]
+        seconds = cpu_median(functools.partial(definition_hash, spec, context, commit="0" * 40))
         assert seconds < BUDGET_SECONDS / 10, f"{seconds * 1000:.0f} ms"
 
 
@@ -115,8 +116,13 @@ def test_the_largest_inline_spec_is_read_and_hashed_in_well_under_100_ms() -> No
     """What the webhook does with a pod's inline spec (parse_request, then the anonymous name)."""
     text = largest_inline_spec()
     assert len(text.encode()) == MAX_INLINE_SPEC_BYTES
-    seconds = cpu_median(lambda: anonymous_name(parse_request(INLINE, {"envkiln.dev/environment-spec": text})
-                                                .inline_spec))  # type: ignore[arg-type]
+
+    def read_and_name() -> str:
+        spec = parse_request(INLINE, {"envkiln.dev/environment-spec": text}).inline_spec
+        assert spec is not None
+        return anonymous_name(spec)
+
+    seconds = cpu_median(read_and_name)
     assert seconds < BUDGET_SECONDS, f"{seconds * 1000:.0f} ms"
 
 
@@ -199,5 +205,10 @@ def test_hostile_lines_at_the_cap_are_decided_in_linear_time(check: Callable[[st
     """The checks these replaced took 0.5 to 9 ms on such lines (quadratic), or seconds (exponential); 1,500
     requirement and dependency lines fit in a definition."""
     assert len(text) == MAX
-    seconds = cpu_median(lambda: [_refused_or_accepted(check, text) for _ in range(20)]) / 20
+
+    def twenty() -> None:
+        for _ in range(20):
+            _refused_or_accepted(check, text)
+
+    seconds = cpu_median(twenty) / 20
     assert seconds < 100e-6, f"{seconds * 1e6:.0f} us"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -23,11 +23,19 @@ KEY = b"k" * 32
 HASH = "0123456789abcdef0123456789abcdef"
 IMAGE = f"reg:5000/envkiln/ns/env_{HASH}:{HASH}"
 DIGEST = "sha256:" + "a" * 64
-SPEC = {"hash": HASH, "image": IMAGE, "builder": "buildah",
+SPEC: dict[str, Any] = {"hash": HASH, "image": IMAGE, "builder": "buildah",
         "plan": {"dockerfile": "FROM python:3.11\nRUN true\n", "files": [{"path": "r.txt", "content": "x"}]}}
 
 
-def signed_build(signer: Signer | None = None) -> dict[str, Any]:
+class BuildSigner(Protocol):
+    """What signs a build: envkiln's Signer, or the frozen copy of one from before key ids."""
+
+    def sign_build(self, namespace: str, name: str, spec: dict[str, Any]) -> str: ...
+
+    def sign_record(self, namespace: str, name: str, hash_value: str, image: str, digest: str) -> str: ...
+
+
+def signed_build(signer: BuildSigner | None = None) -> dict[str, Any]:
     signer = signer or Signer(KEY)
     build = {"metadata": {"name": f"envb-{HASH}", "namespace": "ns", "annotations": {}}, "spec": copy.deepcopy(SPEC)}
     build["metadata"]["annotations"][ANNOTATION_SIGNATURE] = signer.sign_build("ns", f"envb-{HASH}", SPEC)
@@ -139,7 +147,7 @@ ROTATION = [
 
 
 @pytest.mark.parametrize(("case", "signer", "verifier", "change", "expected"), ROTATION, ids=[c[0] for c in ROTATION])
-def test_key_rotation(case: str, signer: Any, verifier: Signer, change: Any, expected: str | None) -> None:
+def test_key_rotation(case: str, signer: BuildSigner, verifier: Signer, change: Any, expected: str | None) -> None:
     build = signed_build(signer)
     if change is not None:
         change(build)

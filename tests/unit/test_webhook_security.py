@@ -15,6 +15,8 @@ import pytest
 from cryptography import x509
 
 from envkiln.adapters import webhookcert
+from envkiln.adapters.builders.jobs import JobBuilder
+from envkiln.adapters.registryclient import RegistryClient
 from envkiln.core.decisions.admission import (
     StoredCertificates,
     Validity,
@@ -24,7 +26,10 @@ from envkiln.core.decisions.admission import (
     request_namespace,
     scoped_review,
 )
+from envkiln.core.settings import OperatorSettings
+from envkiln.core.trust import Signer
 from envkiln.core.workloads import WorkloadError, parse_inline_spec, parse_request
+from envkiln.reconcile.context import OperatorContext
 from envkiln.reconcile.webhook import admit_pod, scoped_to_request_namespace
 from fakes import FakeKube
 
@@ -123,8 +128,12 @@ def test_the_server_check_runs_before_the_handler(case: str, given: dict[str, An
 def test_admit_pod_refuses_a_pod_from_another_namespace() -> None:
     pod = {"metadata": {"name": "p", "namespace": "curated", "labels": {"envkiln.dev/environment": "train"}},
            "spec": {"containers": [{"name": "main", "image": "x"}]}}
+    kube, settings = FakeKube(), OperatorSettings()
+    ctx = OperatorContext(settings=settings, kube=kube, registry=RegistryClient(),
+                          builder=JobBuilder(kube, settings, None), signer=Signer(b"k" * 32))
     with pytest.raises(WorkloadError, match="the pod says namespace 'curated' but the request is for namespace"):
-        admit_pod(None, pod, "team-a")  # type: ignore[arg-type]  # refused before any lookup
+        admit_pod(ctx, pod, "team-a")
+    assert kube.calls == [], "refused before any lookup"
 
 
 # --- inline specs are read strictly, names matched whole ----------------------------------------------

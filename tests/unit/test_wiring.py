@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Collection
 from pathlib import Path
+from typing import Protocol
 
 import kopf
 import pytest
@@ -16,9 +18,21 @@ from envkiln.runtime.handlers import register
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "envkiln"
 
 
+class _Handler(Protocol):
+    @property
+    def id(self) -> kopf.HandlerId: ...
+
+
+class _Handlers(Protocol):
+    """What each of Kopf's per-kind registries (activities, changing, ...) has in common."""
+
+    def get_all_handlers(self) -> Collection[_Handler]: ...
+
+
 def _handler_ids(registry: kopf.OperatorRegistry) -> dict[str, set[str]]:
-    kinds = {"activity": registry._activities, "changing": registry._changing, "watching": registry._watching,
-             "spawning": registry._spawning, "indexing": registry._indexing, "webhooks": registry._webhooks}
+    kinds: dict[str, _Handlers] = {
+        "activity": registry._activities, "changing": registry._changing, "watching": registry._watching,
+        "spawning": registry._spawning, "indexing": registry._indexing, "webhooks": registry._webhooks}
     return {kind: {str(h.id) for h in handlers.get_all_handlers()} for kind, handlers in kinds.items()}
 
 
