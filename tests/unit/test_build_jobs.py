@@ -4,7 +4,6 @@ log tail, running), as tables."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +21,16 @@ from envkiln.adapters.builders.jobs import (
     termination,
 )
 from envkiln.adapters.builders.kaniko import kaniko_job
-from envkiln.core.definition import context_digest, definition_hash, image_name
+from envkiln.core.definition import context_digest
 from envkiln.core.models import EnvironmentBuildSpec
-from envkiln.core.render import render
 from envkiln.core.settings import OperatorSettings
 from fakes import FakeKube
-from helpers import PIP_ENV, spec_of
+from helpers import PIP_ENV, build_for
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"  # what a git context's ref resolved to
 SETTINGS = OperatorSettings(registry="reg.local:5000", insecure_registry=True, builder="buildah",
                             buildah_image="reg.local:5000/builder:1", buildah_push_image="reg.local:5000/push:1")
 
 
-def build_for(spec: dict[str, Any], context: Mapping[str, str | bytes] | None = None) -> dict[str, Any]:
-    doc = {**PIP_ENV, "spec": spec}
-    value = definition_hash(spec_of(doc), context, commit=COMMIT if "git" in spec.get("build", {}) else None)
-    build_spec = EnvironmentBuildSpec(hash=value, image=image_name(value, SETTINGS.registry),
-                                      plan=render(spec_of(doc), value))
-    return {"apiVersion": "envkiln.dev/v1alpha1", "kind": "EnvironmentBuild",
-            "metadata": {"name": f"envb-{value}", "namespace": "ns", "uid": "uid-1"}, "spec": build_spec.to_kube()}
 
 
 def pod_of(job: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import yaml
-from test_build_jobs import build_for
 
 from envkiln.adapters.builders import AttemptState
 from envkiln.adapters.builders.buildah import buildah_job
@@ -24,7 +23,7 @@ from envkiln.core.names import build_key, job_name
 from envkiln.core.placement import BuildPlacement, effective_placement, mask_credentials
 from envkiln.core.settings import OperatorSettings, SettingsError
 from fakes import FakeKube
-from helpers import PIP_ENV, spec_of
+from helpers import PIP_ENV, build_for, spec_of
 
 TAINT: dict[str, object] = {"key": "envkiln.dev/builds", "operator": "Equal", "value": "only", "effect": "NoSchedule"}
 GPU = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}

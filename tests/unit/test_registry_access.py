@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from test_build_jobs import build_for
 
 from envkiln.adapters.builders import BuildCannotStart
 from envkiln.adapters.builders.buildah import BuildahJobBuilder, buildah_job
@@ -34,7 +33,7 @@ from envkiln.core.placement import BuildPlacement, effective_placement
 from envkiln.core.registryauth import DockerConfigError, credential_helpers, merge_auths
 from envkiln.core.settings import OperatorSettings, SettingsError
 from fakes import FakeKube
-from helpers import PIP_ENV
+from helpers import PIP_ENV, build_for
 
 A = {"auths": {"r1:5000": {"auth": "YTpi"}, "r2": {"username": "u", "password": "p"}}}
 B = {"auths": {"r1:5000": {"auth": "Yzpk"}, "r3": {"auth": "ZTpm"}}}
