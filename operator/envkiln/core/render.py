@@ -179,14 +179,19 @@ NO_PYTHON = (
 )
 
 
-# uv does not read pip's configuration: the index settings a build env gives through pip.conf
-# (envkiln.adapters.builders.jobs: PIP_INDEX_URL -> index-url, ...) become uv's variables, read at
-# build time (the values never stand in the Dockerfile).
+# uv does not read pip's configuration: the index settings pip would use become uv's variables, read
+# at build time (the values never stand in the Dockerfile): those of /etc/pip.conf (where a build env
+# puts PIP_INDEX_URL & co: envkiln.adapters.builders.jobs), then, as with pip, the PIP_* variables a
+# definition's docker steps set (`ENV PIP_INDEX_URL=...`), which win.
 UV_CONFIG_FROM_PIP = (
     "if [ -r /etc/pip.conf ]; then for pair in index-url=UV_INDEX_URL extra-index-url=UV_EXTRA_INDEX_URL "
     "trusted-host=UV_INSECURE_HOST cert=SSL_CERT_FILE; do "
     "value=$(sed -n \"s/^[[:space:]]*${pair%%=*}[[:space:]]*=[[:space:]]*//p\" /etc/pip.conf | head -n 1); "
-    "[ -z \"$value\" ] || export \"${pair#*=}=$value\"; done; fi"
+    "[ -z \"$value\" ] || export \"${pair#*=}=$value\"; done; fi; "
+    "[ -z \"${PIP_INDEX_URL:-}\" ] || export UV_INDEX_URL=\"$PIP_INDEX_URL\"; "
+    "[ -z \"${PIP_EXTRA_INDEX_URL:-}\" ] || export UV_EXTRA_INDEX_URL=\"$PIP_EXTRA_INDEX_URL\"; "
+    "[ -z \"${PIP_TRUSTED_HOST:-}\" ] || export UV_INSECURE_HOST=\"$PIP_TRUSTED_HOST\"; "
+    "[ -z \"${PIP_CERT:-}\" ] || export SSL_CERT_FILE=\"$PIP_CERT\""
 )
 
 
