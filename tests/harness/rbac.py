@@ -32,6 +32,8 @@ OPERATOR_PERMISSIONS: set[tuple[str, ...]] = {
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "RELEASE"),
     # The push credential copied for one build Job (<job>-push, owned by it), deleted when the attempt ends.
     ("", "secrets", "create"), ("", "secrets", "delete"),
+    # The names of a build namespace's pull service account's imagePullSecrets (never the Secrets).
+    ("", "serviceaccounts", "get"),
     ("", "events", "create"),
     ("", "events", "list"),  # kube.Kube.job_pod_refusals: why the Job controller cannot create a build pod
     ("", "namespaces", "list"), ("", "namespaces", "watch"),  # Kopf's namespace observer

@@ -1,19 +1,58 @@
+{{/* The chart's name (nameOverride): app.kubernetes.io/name, the selector's too. */}}
+{{- define "envkiln.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The prefix of every object's name (fullnameOverride, else the release name with the chart's name
+when it does not contain it). At most 50 characters: objects add suffixes such as -webhook-client-ca. */}}
 {{- define "envkiln.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}{{ .Release.Name | trunc 50 | trimSuffix "-" }}{{- else -}}{{ printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" }}{{- end -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "envkiln.name" . -}}
+{{- if contains $name .Release.Name -}}{{ .Release.Name | trunc 50 | trimSuffix "-" }}{{- else -}}{{ printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "envkiln.labels" -}}
-app.kubernetes.io/name: envkiln
+app.kubernetes.io/name: {{ include "envkiln.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{- define "envkiln.selector" -}}
-app.kubernetes.io/name: envkiln
+app.kubernetes.io/name: {{ include "envkiln.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* The operator's ServiceAccount: the chart's (serviceAccount.create) or one that exists. */}}
+{{- define "envkiln.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "envkiln.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name: with serviceAccount.create=false, name the ServiceAccount the operator runs as" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator image: repository@digest when image.digest is set (the tag is then ignored), else
+repository:tag (default tag: the chart's appVersion). */}}
+{{- define "envkiln.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checksums of what the operator reads only when it starts (files it mounts): a change rolls the
+pods. Add one line per such ConfigMap or Secret the chart renders. */}}
+{{- define "envkiln.startupChecksums" -}}
+{{- if and .Values.webhook.enabled .Values.webhook.clientCA }}
+checksum/webhook-client-ca: {{ .Values.webhook.clientCA | sha256sum }}
+{{- end }}
 {{- end -}}
 
 {{- define "envkiln.registry" -}}

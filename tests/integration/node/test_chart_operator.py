@@ -1,11 +1,21 @@
 """The operator as users run it: `helm install charts/envkiln` on the node, its image built here,
-the webhook on with failurePolicy Fail, nothing but the chart's RBAC. The product's flows pass
-against it, and a new operator pod adopts the build Job of the one that was deleted."""
+the webhook on with failurePolicy Fail, nothing but the chart's RBAC, two replicas (Kopf peering)
+under a PodDisruptionBudget. The product's flows pass against it; a new operator pod adopts the
+build Job of the active one that was deleted; labelled pods are admitted throughout a rolling
+upgrade and a drain of the replicas; `helm upgrade` takes over the CRDs; `helm test` passes, and
+fails when the operator is gone."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import itertools
+import json
+import socket
+import ssl
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,11 +36,13 @@ RELEASE = "envkiln"
 
 
 class Release:
-    def __init__(self, api: client.ApiClient, namespace: str, tenant: str):
+    def __init__(self, api: client.ApiClient, namespace: str, tenant: str, helm: list[str]):
         self.api = api
         self.namespace = namespace
         self.tenant = tenant
+        self.helm = helm
         self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
 
     def operator_pods(self) -> list[client.V1Pod]:
         return self.core.list_namespaced_pod(
@@ -43,6 +55,32 @@ class Release:
                 return pod
         return None
 
+    def ready_operators(self) -> list[client.V1Pod]:
+        return [pod for pod in self.operator_pods() if pod.metadata.deletion_timestamp is None
+                and {c.type: c.status for c in pod.status.conditions or []}.get("Ready") == "True"]
+
+    def active_operator(self) -> client.V1Pod | None:
+        """The replica that acts: the highest priority in the Kopf peering of the watched namespace
+        (the others stand by; every one answers the webhook)."""
+        peering = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            "kopf.dev", "v1", self.tenant, "kopfpeerings", "envkiln")
+        peers = peering.get("status") or {}
+        ready = {pod.metadata.name: pod for pod in self.ready_operators()}
+        ranked = sorted((peer.get("priority", 0), name) for name, peer in peers.items() if name in ready)
+        return ready[ranked[-1][1]] if ranked else None
+
+    def rolled_out(self, replicas: int) -> bool:
+        """The Deployment's latest template runs on `replicas` ready pods, and no other pod is left."""
+        deployment = self.apps.read_namespaced_deployment(RELEASE, self.namespace)
+        status = deployment.status
+        return (status.observed_generation == deployment.metadata.generation
+                and status.updated_replicas == replicas and status.ready_replicas == replicas
+                and status.available_replicas == replicas and len(self.operator_pods()) == replicas)
+
+    def helm_run(self, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.helm, *args, "-n", self.namespace], capture_output=True, text=True,
+                              timeout=timeout)
+
     def log(self) -> str:
         chunks = []
         for pod in self.operator_pods():
@@ -54,10 +92,11 @@ class Release:
 
 @pytest.fixture(scope="module")
 def release(cluster: Any, node_api: client.ApiClient, node_registry_host: str, node_base_image: str,
-            builder_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+            builder_image: str, uv_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     core = client.CoreV1Api(node_api)
     extensions = client.ApiextensionsV1Api(node_api)
-    crds_before = {crd.metadata.name for crd in extensions.list_custom_resource_definition().items}
+    crds_before = {crd.metadata.name: (crd.metadata.labels or {}, crd.metadata.annotations or {})
+                   for crd in extensions.list_custom_resource_definition().items}
     suffix = uuid.uuid4().hex[:6]
     namespace, tenant = f"envkiln-system-{suffix}", f"tenant-{suffix}"
     core.create_namespace({"metadata": {"name": tenant, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}})
@@ -70,7 +109,7 @@ def release(cluster: Any, node_api: client.ApiClient, node_registry_host: str, n
         "curated": {"enabled": False},
         "webhook": {"enabled": True, "failurePolicy": "Fail"},
         "operator": {
-            "registry": node_registry_host, "insecureRegistry": True, "builder": "buildah",
+            "registry": node_registry_host, "insecureRegistry": True, "builder": "buildah", "uvImage": uv_image,
             "buildah": {"image": builder_image, "pushImage": builder_image,
                         "kubeletRootDir": str(cluster.kubelet_root_dir)},
             "buildResources": {"cpuRequest": "100m", "cpuLimit": "2", "memoryRequest": "128Mi",
@@ -90,7 +129,7 @@ def release(cluster: Any, node_api: client.ApiClient, node_registry_host: str, n
     installed = subprocess.run([*helm, "install", RELEASE, str(REPO_ROOT / "charts" / "envkiln"), "-n", namespace,
                                 "--create-namespace", "-f", str(values_file), "--wait", "--timeout", "5m"],
                                capture_output=True, text=True, timeout=400)
-    handle = Release(node_api, namespace, tenant)
+    handle = Release(node_api, namespace, tenant, helm)
     try:
         assert installed.returncode == 0, installed.stderr + "\n" + handle.log()
         yield handle
@@ -100,11 +139,20 @@ def release(cluster: Any, node_api: client.ApiClient, node_registry_host: str, n
         for name in (tenant, namespace):
             with contextlib.suppress(client.ApiException):
                 core.delete_namespace(name)
-        # Helm never removes the CRDs it installed (Kopf's peering ones): leave the cluster as found.
+        # The release keeps its CRDs (crds.keep): leave the cluster as found - the CRDs it brought
+        # deleted, those that were there without the release's labels and annotations (a later
+        # release would otherwise find them owned by this one and leave them alone).
         for crd in extensions.list_custom_resource_definition().items:
             if crd.metadata.name not in crds_before:
                 with contextlib.suppress(client.ApiException):
                     extensions.delete_custom_resource_definition(crd.metadata.name)
+                continue
+            labels, annotations = crds_before[crd.metadata.name]
+            restore = {"metadata": {
+                "labels": {k: labels.get(k) for k in {**(crd.metadata.labels or {}), **labels}},
+                "annotations": {k: annotations.get(k) for k in {**(crd.metadata.annotations or {}), **annotations}}}}
+            with contextlib.suppress(client.ApiException):
+                extensions.patch_custom_resource_definition(crd.metadata.name, restore)
 
 
 def test_operator_pod_runs_under_the_chart(release: Release, cluster: Any) -> None:
@@ -158,8 +206,7 @@ def test_new_operator_pod_adopts_the_running_build(release: Release, node_api: c
         return None
 
     wait_for(build_running, timeout=120, what="the build pod running", diagnostics=release.log)
-    old = release.running_operator()
-    assert old is not None
+    old = wait_for(release.active_operator, timeout=60, what="the active operator replica", diagnostics=release.log)
     release.core.delete_namespaced_pod(old.metadata.name, release.namespace, grace_period_seconds=0)
     replacement: Callable[[], client.V1Pod | None] = lambda: (  # noqa: E731
         pod if (pod := release.running_operator()) is not None and pod.metadata.uid != old.metadata.uid else None)
@@ -169,3 +216,203 @@ def test_new_operator_pod_adopts_the_running_build(release: Release, node_api: c
     assert build["status"]["attempts"] == 1, "adopted, not restarted"
     assert [j.metadata.name for j in envs.jobs() if j.metadata.labels["envkiln.dev/hash"] == status["hash"]] == [
         f"envkiln-{status['hash']}-1"], "no duplicate build Job"
+
+
+def test_helm_upgrade_takes_over_the_crds(release: Release, node_api: client.ApiClient) -> None:
+    """Installed from crds/ and adopted by the release's Job; from the first upgrade on, the CRDs
+    are the release's templates (kept on uninstall), so `helm upgrade` updates them."""
+    extensions = client.ApiextensionsV1Api(node_api)
+    names = {"environments.envkiln.dev", "environmentbuilds.envkiln.dev", "kopfpeerings.kopf.dev",
+             "clusterkopfpeerings.kopf.dev"}
+
+    def adopted() -> bool:
+        for name in names:
+            annotations = extensions.read_custom_resource_definition(name).metadata.annotations or {}
+            if annotations.get("meta.helm.sh/release-name") != RELEASE:
+                return False
+        return True
+
+    # The release's Job (one per revision) has made the CRDs the release's before any upgrade renders them.
+    batch = client.BatchV1Api(node_api)
+    jobs = wait_for(lambda: [j for j in batch.list_namespaced_job(
+        release.namespace, label_selector="app.kubernetes.io/component=crds").items if j.status.succeeded],
+        timeout=120, what="the CRD adoption Job to succeed", diagnostics=release.log)
+    logs = "".join(release.core.read_namespaced_pod_log(pod.metadata.name, release.namespace)
+                   for pod in release.core.list_namespaced_pod(
+                       release.namespace, label_selector=f"job-name={jobs[0].metadata.name}").items)
+    print(f"\n{jobs[0].metadata.name}:\n{logs}")
+    if jobs[0].metadata.name.endswith("-1"):  # the install's: Helm made the CRDs from crds/, unowned
+        for name in names:
+            assert f"{name}: adopted by release {release.namespace}/{RELEASE}" in logs, logs
+    assert "left alone" not in logs and adopted(), logs
+    upgraded = release.helm_run("upgrade", RELEASE, str(REPO_ROOT / "charts" / "envkiln"), "--reuse-values",
+                                "--wait", "--timeout", "5m")
+    assert upgraded.returncode == 0, upgraded.stderr
+    manifest = release.helm_run("get", "manifest", RELEASE)
+    rendered = {doc["metadata"]["name"] for doc in yaml.safe_load_all(manifest.stdout)
+                if doc and doc["kind"] == "CustomResourceDefinition"}
+    assert rendered == names
+    for name in rendered:
+        metadata = extensions.read_custom_resource_definition(name).metadata
+        assert metadata.annotations["meta.helm.sh/release-name"] == RELEASE
+        assert metadata.annotations["meta.helm.sh/release-namespace"] == release.namespace
+        assert metadata.annotations["helm.sh/resource-policy"] == "keep"
+        assert metadata.labels["helm.sh/chart"].startswith("envkiln-")
+
+
+class AdmissionProbe(threading.Thread):
+    """Creates (dry run) a pod labelled for `environment` over and over, as a workload controller
+    would, and records when each one was admitted - mutated by the webhook - or refused."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, environment: str):
+        super().__init__(daemon=True)
+        self.core, self.namespace, self.environment = core, namespace, environment
+        self.stop = threading.Event()
+        self.admitted: list[float] = []
+        self.refused: list[tuple[float, str]] = []
+        self.started = self.ended = 0.0
+
+    def run(self) -> None:
+        body = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "admission-probe", "labels": {"envkiln.dev/environment": self.environment}},
+                "spec": {"containers": [{"name": "main", "image": "placeholder"}]}}
+        self.started = time.monotonic()
+        while not self.stop.is_set():
+            at = time.monotonic()
+            try:
+                pod = self.core.create_namespaced_pod(self.namespace, body, dry_run="All")
+            except client.ApiException as error:
+                self.refused.append((at, f"{error.status} {error.reason}: {error.body}"))
+            except Exception as error:  # a broken connection to the API server is a refusal too
+                self.refused.append((at, repr(error)))
+            else:
+                gated = [g.name for g in pod.spec.scheduling_gates or []] == ["envkiln.dev/environment"]
+                if gated or pod.spec.containers[0].image != "placeholder":
+                    self.admitted.append(at)
+                else:  # admitted without the webhook: not what failurePolicy Fail promises
+                    self.refused.append((at, f"admitted unchanged: {pod.spec.containers[0].image}"))
+            time.sleep(0.05)
+        self.ended = time.monotonic()
+
+    def longest_clear_window(self) -> float:
+        """The longest span with no refusal, in seconds (the whole run when none was refused)."""
+        edges = [self.started, *sorted(at for at, _ in self.refused), self.ended]
+        return max(later - earlier for earlier, later in itertools.pairwise(edges))
+
+    def longest_gap(self) -> float:
+        """The longest time between two admissions (a slow review shows here)."""
+        times = [self.started, *self.admitted, self.ended]
+        return max(later - earlier for earlier, later in itertools.pairwise(times))
+
+
+def _review_directly(api: client.ApiClient, release: Release, pod: client.V1Pod, environment_name: str) -> str:
+    """POST an AdmissionReview of a pod labelled for `environment_name` to `pod`'s webhook port: the
+    refusal's message (the Environment does not exist)."""
+    configuration = client.AdmissionregistrationV1Api(api).read_mutating_webhook_configuration(RELEASE)
+    bundle = base64.b64decode(configuration.webhooks[0].client_config.ca_bundle).decode()
+    context = ssl.create_default_context(cadata=bundle)
+    host = f"{RELEASE}-webhook.{release.namespace}.svc"
+    uid = str(uuid.uuid4())
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"}, "operation": "CREATE",
+        "namespace": release.tenant, "dryRun": True, "userInfo": {"username": "test"},
+        "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "direct", "labels": {"envkiln.dev/environment": environment_name}},
+            "spec": {"containers": [{"name": "main", "image": "placeholder"}]}}}}
+    with socket.create_connection((pod.status.pod_ip, 9443), timeout=15) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        body = json.dumps(review).encode()
+        tls.sendall(b"POST /envkiln-environment HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+                    b"Content-Type: application/json\r\nConnection: close\r\nContent-Length: "
+                    + str(len(body)).encode() + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    response = json.loads(answer.split(b"\r\n\r\n", 1)[1])["response"]
+    assert response["uid"] == uid and response["allowed"] is False, response
+    return str(response["status"]["message"])
+
+
+def _evict(core: client.CoreV1Api, pod: client.V1Pod) -> int:
+    """Evict `pod` as `kubectl drain` does (the PodDisruptionBudget decides): the HTTP status."""
+    try:
+        core.create_namespaced_pod_eviction(pod.metadata.name, pod.metadata.namespace, {
+            "apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": pod.metadata.name, "namespace": pod.metadata.namespace}})
+    except client.ApiException as error:
+        return int(error.status)
+    return 201
+
+
+def test_labelled_pods_are_admitted_through_a_rolling_upgrade_and_a_drain(
+        release: Release, node_api: client.ApiClient, node_base_image: str) -> None:
+    envs = Envs(node_api, release.tenant)
+    envs.create(environment("admitted", image=node_base_image, userManaged=True))  # nothing to build
+    wait_for(lambda: release.rolled_out(2), timeout=180, what="two ready operator replicas", diagnostics=release.log)
+    policy = client.PolicyV1Api(node_api)
+    budget = policy.read_namespaced_pod_disruption_budget(RELEASE, release.namespace)
+    assert budget.spec.min_available == 1
+    before = {pod.metadata.uid for pod in release.operator_pods()}
+
+    probe = AdmissionProbe(release.core, release.tenant, "admitted")
+    probe.start()
+    steps: dict[str, float] = {}
+    try:
+        # Every ready replica answers the webhook, the standby as well as the active one (Kopf pauses
+        # only the standby's watches). The API server keeps its connection to one of them, so ask each
+        # one directly, as the API server would: TLS verified with the caBundle, as the Service's name.
+        active = wait_for(release.active_operator, timeout=60, what="the active replica", diagnostics=release.log)
+        for pod in release.ready_operators():
+            message = _review_directly(node_api, release, pod, "no-such-environment")
+            assert "no-such-environment" in message and "does not exist" in message, message
+        print(f"\nreviews answered by each replica directly, the active one ({active.metadata.name}) and the standby")
+        # 1. A rolling upgrade: a changed pod annotation rolls every replica.
+        began = time.monotonic()
+        upgraded = release.helm_run("upgrade", RELEASE, str(REPO_ROOT / "charts" / "envkiln"), "--reuse-values",
+                                    "--set", f"podAnnotations.envkiln-test/rollout={uuid.uuid4().hex[:8]}",
+                                    "--wait", "--timeout", "5m")
+        assert upgraded.returncode == 0, upgraded.stderr + "\n" + release.log()
+        wait_for(lambda: release.rolled_out(2), timeout=180, what="the rollout to finish", diagnostics=release.log)
+        rolled = {pod.metadata.uid for pod in release.operator_pods()}
+        assert not rolled & before, "every replica was replaced"
+        steps["rolling upgrade"] = time.monotonic() - began
+        # 2. A drain, replica by replica: the budget lets one go at a time, each after its replacement is ready.
+        began = time.monotonic()
+        first, second = release.ready_operators()
+        assert _evict(release.core, first) == 201
+        assert _evict(release.core, second) == 429, "the budget refuses a second eviction while one is replaced"
+        wait_for(lambda: _evict(release.core, second) == 201, timeout=180,
+                 what="the budget to allow the second eviction", diagnostics=release.log)
+        wait_for(lambda: release.rolled_out(2), timeout=180, what="two new replicas after the drain",
+                 diagnostics=release.log)
+        assert not {pod.metadata.uid for pod in release.operator_pods()} & rolled
+        steps["drain"] = time.monotonic() - began
+        time.sleep(3)
+    finally:
+        probe.stop.set()
+        probe.join(timeout=30)
+    total = len(probe.admitted) + len(probe.refused)
+    print(f"\nadmission during {probe.ended - probe.started:.1f} s ("
+          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items())
+          + f"): {total} labelled pods, {len(probe.admitted)} admitted, {len(probe.refused)} refused; "
+          f"longest refusal-free window {probe.longest_clear_window():.1f} s, "
+          f"longest time between admissions {probe.longest_gap():.2f} s")
+    assert not probe.refused, probe.refused[:5]
+    assert len(probe.admitted) >= 50 and probe.longest_gap() < 15, (len(probe.admitted), probe.longest_gap())
+
+
+def test_helm_test_passes_and_fails_without_the_operator(release: Release) -> None:
+    """Last in the module: it scales the operator down."""
+    passed = release.helm_run("test", RELEASE, "--logs", "--timeout", "3m")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "Established=True" in passed.stdout and "allowed=False" in passed.stdout, passed.stdout
+    release.apps.patch_namespaced_deployment_scale(RELEASE, release.namespace, {"spec": {"replicas": 0}})
+    try:
+        wait_for(lambda: not release.operator_pods(), timeout=120, what="no operator pod")
+        failed = release.helm_run("test", RELEASE, "--logs", "--timeout", "3m")
+        assert failed.returncode != 0, failed.stdout
+        assert "FAIL: Deployment envkiln has no ready replica" in failed.stdout + failed.stderr, failed.stdout
+    finally:
+        release.apps.patch_namespaced_deployment_scale(RELEASE, release.namespace, {"spec": {"replicas": 2}})
+    wait_for(lambda: release.rolled_out(2), timeout=180, what="the operator back", diagnostics=release.log)
