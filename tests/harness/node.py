@@ -314,6 +314,39 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self.proxy = ManagedProcess("kube-proxy", [str(self.config.bin_dir / "kube-proxy"), f"--config={path}",
                                                    "--v=1"], self.workdir / "kube-proxy.log").start()
 
+    # restarts (fault tests): the pods keep running in their shims meanwhile
+
+    def restart_containerd(self, downtime: float = 0.0) -> float:
+        """Stop containerd (TERM, then KILL; its shims, in their own process groups, keep the
+        containers running), wait `downtime` seconds, start it again on the same socket and state.
+        Returns the seconds it was down."""
+        assert self.containerd is not None
+        began = time.monotonic()
+        self.containerd.stop(timeout=10)
+        time.sleep(downtime)
+        self.start_containerd()
+        self.wait_containerd()
+        return time.monotonic() - began
+
+    def restart_kubelet(self, downtime: float = 0.0) -> float:
+        """Stop the kubelet (TERM, then KILL), wait `downtime` seconds, start it again with the same
+        configuration and root directory. Returns the seconds it was down (until it was started)."""
+        assert self.kubelet is not None
+        began = time.monotonic()
+        self.kubelet.stop(timeout=10)
+        time.sleep(downtime)
+        self.start_kubelet()
+        return time.monotonic() - began
+
+    def task_pid(self, container_id: str) -> int | None:
+        """The host PID of a running container's task (`containerd://<id>` or the bare id)."""
+        wanted = container_id.rpartition("://")[2]
+        for line in self.ctr("tasks", "ls", check=False).stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] == wanted and fields[2] == "RUNNING":
+                return int(fields[1])
+        return None
+
     # stopping
 
     def remove_containers(self, timeout: float = 20) -> list[str]:

@@ -5,8 +5,12 @@
         pip install --index-url {index.url} envkiln-probe==1.2.3
         assert index.requested("envkiln-probe")
 
+Existing wheels (e.g. downloaded once from PyPI into the harness cache) are served from disk,
+without reading them into memory: `PackageIndex(directory=path)` or `index.add_directory(path)`.
+
 Unknown projects answer 404, so pip and uv fail fast instead of retrying. Every request path is
-recorded (`index.requests`), to prove that a build used this index.
+recorded (`index.requests`), to prove that a build used this index, with the client's User-Agent
+(`index.agents`: pip and uv name themselves there, so a test can tell which of them asked).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["PackageIndex", "Wheel", "make_wheel", "normalize"]
+__all__ = ["PackageIndex", "Wheel", "WheelFile", "make_wheel", "normalize"]
 
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # fixed, so the same inputs make the same bytes
 
@@ -54,6 +58,30 @@ class Wheel:
         path = Path(directory) / self.filename
         path.write_bytes(self.data)
         return path
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    """A wheel already on disk, served from there."""
+
+    path: Path
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    @property
+    def project(self) -> str:
+        return normalize(self.path.name.split("-", 1)[0])
+
+    @classmethod
+    def of(cls, path: Path) -> WheelFile:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return cls(Path(path), digest.hexdigest())
 
 
 def _record_hash(data: bytes) -> str:
@@ -103,21 +131,32 @@ class _Server6(ThreadingHTTPServer):
 class PackageIndex:
     """A PEP 503 index in a thread: `/simple/`, `/simple/<project>/`, `/files/<wheel>`."""
 
-    def __init__(self, wheels: Iterable[Wheel] = (), host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, wheels: Iterable[Wheel] = (), host: str = "127.0.0.1", port: int = 0,
+                 directory: Path | None = None):
         self.host = host
         self.port = port
-        self._wheels: dict[str, dict[str, Wheel]] = {}
+        self._wheels: dict[str, dict[str, Wheel | WheelFile]] = {}
         self._lock = threading.Lock()
-        self._requests: list[str] = []
+        self._requests: list[tuple[str, str]] = []  # (path, User-Agent)
+        self._sent: list[tuple[str, str, int]] = []  # (path, User-Agent, body bytes) of every GET answered
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         for wheel in wheels:
             self.add(wheel)
+        if directory is not None:
+            self.add_directory(directory)
 
-    def add(self, wheel: Wheel) -> Wheel:
+    def add(self, wheel: Wheel | WheelFile) -> Wheel | WheelFile:
         with self._lock:
             self._wheels.setdefault(wheel.project, {})[wheel.filename] = wheel
         return wheel
+
+    def add_directory(self, directory: Path) -> list[WheelFile]:
+        """Serve every `*.whl` in `directory` from disk (hashed once here, for the links' #sha256=)."""
+        files = [WheelFile.of(path) for path in sorted(Path(directory).glob("*.whl"))]
+        for file in files:
+            self.add(file)
+        return files
 
     @property
     def base_url(self) -> str:
@@ -132,14 +171,26 @@ class PackageIndex:
     @property
     def requests(self) -> list[str]:
         with self._lock:
+            return [path for path, _ in self._requests]
+
+    @property
+    def agents(self) -> list[tuple[str, str]]:
+        """(path, User-Agent) of every request, in order."""
+        with self._lock:
             return list(self._requests)
+
+    @property
+    def transfers(self) -> list[tuple[str, str, int]]:
+        """(path, User-Agent, bytes of body sent) of every GET answered, in order."""
+        with self._lock:
+            return list(self._sent)
 
     def requested(self, project: str, files: bool = False) -> bool:
         """Whether the project's page (or, with files=True, one of its wheels) was requested."""
         project = normalize(project)
         with self._lock:
             names = set(self._wheels.get(project, {}))
-            paths = list(self._requests)
+            paths = [path for path, _ in self._requests]
         if files:
             return any(path.startswith("/files/") and path.removeprefix("/files/") in names for path in paths)
         return any(path.rstrip("/") == f"/simple/{project}" for path in paths)
@@ -158,16 +209,35 @@ class PackageIndex:
 
             def _answer(self, body: bool) -> None:
                 path = unquote(urlsplit(self.path).path)
+                agent = self.headers.get("User-Agent", "")
                 with index._lock:
-                    index._requests.append(path)
+                    index._requests.append((path, agent))
                 status, content_type, data = index._route(path)
+                size = data.stat().st_size if isinstance(data, Path) else len(data)
+                start, length = 0, size
+                wanted = _byte_range(self.headers.get("Range", ""), size) if status == 200 else None
+                if wanted is not None:  # uv reads a wheel's metadata with range requests, as PyPI answers them
+                    start, length = wanted
+                    status = 206
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(length))
                 self.send_header("Cache-Control", "no-store")
+                if path.startswith("/files/") and status in (200, 206):
+                    self.send_header("Accept-Ranges", "bytes")
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{start + length - 1}/{size}")
                 self.end_headers()
-                if body:
-                    self.wfile.write(data)
+                if not body:
+                    return
+                if isinstance(data, Path):
+                    with open(data, "rb") as handle:
+                        handle.seek(start)
+                        _copy(handle, self.wfile, length)
+                else:
+                    self.wfile.write(data[start:start + length])
+                with index._lock:
+                    index._sent.append((path, agent, length))
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -188,7 +258,7 @@ class PackageIndex:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def _route(self, path: str) -> tuple[int, str, bytes]:
+    def _route(self, path: str) -> tuple[int, str, bytes | Path]:
         with self._lock:
             wheels = {project: dict(files) for project, files in self._wheels.items()}
         parts = [part for part in path.split("/") if part]
@@ -207,7 +277,8 @@ class PackageIndex:
         if len(parts) == 2 and parts[0] == "files":
             for files in wheels.values():
                 if parts[1] in files:
-                    return 200, "application/octet-stream", files[parts[1]].data
+                    found = files[parts[1]]
+                    return 200, "application/octet-stream", found.path if isinstance(found, WheelFile) else found.data
         return 404, "text/plain; charset=utf-8", b"not found\n"
 
     def __enter__(self) -> PackageIndex:
@@ -215,6 +286,30 @@ class PackageIndex:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """(start, length) of a single `Range: bytes=...` within `size`, else None (then the whole body)."""
+    found = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
+    if not found or not size or (not found.group(1) and not found.group(2)):
+        return None
+    if not found.group(1):  # the last N bytes
+        length = min(int(found.group(2)), size)
+        return size - length, length
+    start = int(found.group(1))
+    end = min(int(found.group(2)), size - 1) if found.group(2) else size - 1
+    if start > end:
+        return None
+    return start, end - start + 1
+
+
+def _copy(source: io.BufferedReader, target: io.BufferedIOBase, length: int) -> None:
+    while length > 0:
+        block = source.read(min(length, 1 << 20))
+        if not block:
+            return
+        target.write(block)
+        length -= len(block)
 
 
 def _page(title: str, links: str) -> bytes:
