@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -10,6 +11,12 @@ from pathlib import Path
 from harness.controlplane import REPO_ROOT, cache_dir
 from harness.process import ManagedProcess
 from harness.records import TEST_SIGNING_KEY
+
+
+def _has_setting(source: Path, name: str) -> bool:
+    """Whether the operator in `source` has the setting `name` (a field of OperatorSettings)."""
+    settings = source / "envkiln" / "core" / "settings.py"
+    return not settings.exists() or re.search(rf"^    {re.escape(name)}\s*:", settings.read_text(), re.M) is not None
 
 
 class OperatorProcess:
@@ -47,7 +54,9 @@ class OperatorProcess:
         if not env["ENVKILN_SIGNING_KEY"]:  # "": the keys of the Secret envkiln-signing-key instead
             del env["ENVKILN_SIGNING_KEY"]
         # Builds install with pip unless a test gives a uv tool image it pushed (ghcr.io is not reachable here).
-        env.setdefault("ENVKILN_UV_IMAGE", "")
+        # Not for an older source (a bench's other revision) that has no such setting: it would refuse to start.
+        if _has_setting(self.source, "uv_image"):
+            env.setdefault("ENVKILN_UV_IMAGE", "")
         env.setdefault("ENVKILN_METRICS_PORT", "0")  # off unless a test asks: several operators run at once
         # Test git servers and registries listen on 127.0.0.1, which namespaces may not name by default.
         env.setdefault("ENVKILN_ALLOWED_PRIVATE_HOSTS", "127.0.0.0/8,::1")
