@@ -93,6 +93,26 @@ def test_retry_writes_when_and_why() -> None:
     assert step.event is not None and step.event[:2] == ("Warning", "BuildFailed")
 
 
+@pytest.mark.parametrize(("tail", "expected"), [
+    (None, ""),
+    ("[push] short", "[push] short"),
+    ("[push] " + "x" * 493, "[push] " + "x" * 493),  # exactly the limit: whole
+    ("[push] " + "a" * 300 + "b" * 400, "[push] …" + "a" * 92 + "b" * 400),  # cut: the container stays named
+    ("[build] " + "y" * 1000, "[build] …" + "y" * 491),
+    ("z" * 800, "z" * 500),  # no container named: the end only
+    ("[" + "w" * 900, "w" * 500),  # not a container prefix
+])
+def test_event_keeps_the_failed_container_of_a_long_tail(tail: str | None, expected: str) -> None:
+    """A push cut by a registry outage left a long skopeo URL; the Event's 500 characters kept only
+    its end and lost "[push]" (found by tests/integration/node/test_faults.py)."""
+    step = after_failure(1, "Error", tail, LIMITS, NOW)
+    assert step.event is not None
+    message = step.event[2]
+    assert message == f"attempt 1 failed (Error): {expected}"
+    assert len(message) - len("attempt 1 failed (Error): ") <= 500
+    assert step.changes["logTail"] == tail, "the status keeps the whole tail"
+
+
 @pytest.mark.parametrize(("reason", "expected"), [
     ("OOMKilled", "OOMKilled"), (None, "BuildFailed"), ("", "BuildFailed"), ("137", "BuildFailed"),
 ])

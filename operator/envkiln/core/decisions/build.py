@@ -149,11 +149,27 @@ def next_step(status: dict[str, Any], limits: Limits, now: datetime, instance: s
     return after_failure(attempt, reason, log_tail, limits, now)
 
 
+EVENT_TAIL = 500  # characters of a failed attempt's log tail in its Warning Event
+
+
+def event_tail(log_tail: str | None, limit: int = EVENT_TAIL) -> str:
+    """The end of a log tail for an Event, keeping the `[container] ` that names where it failed
+    (a long tail cut at its end lost it: "[push] ..." of a push cut by a registry outage read as a
+    bare URL)."""
+    text = log_tail or ""
+    if len(text) <= limit:
+        return text
+    head = ""
+    if text.startswith("[") and "] " in text[:64]:
+        head = text[:text.index("] ") + 2] + "…"
+    return head + text[-(limit - len(head)):]
+
+
 def after_failure(attempt: int, reason: str | None, log_tail: str | None, limits: Limits, now: datetime) -> Step:
     """Retry with backoff while retries are left, else fail for good."""
     reason = reason if reason and reason[:1].isalpha() else REASON_BUILD_FAILED
     summary = f"attempt {attempt} failed ({reason})"
-    event = ("Warning", REASON_BUILD_FAILED, f"{summary}: {(log_tail or '')[-500:]}")
+    event = ("Warning", REASON_BUILD_FAILED, f"{summary}: {event_tail(log_tail)}")
     if attempt <= limits.retry_limit:
         delay = backoff_delay(attempt, limits.backoff_seconds)
         retry_after = now + timedelta(seconds=delay)
