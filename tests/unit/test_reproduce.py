@@ -15,8 +15,8 @@ from envkiln.cli.errors import Exit, NotFound, NotReady
 from envkiln.cli.reproduce import diff, docker_steps, lock, version_build
 from envkiln.core.definition import definition_hash
 from envkiln.core.names import build_name
-from envkiln.core.render import render
-from helpers import PIP_ENV, manifest, spec_of
+from envkiln.core.render import RenderSettings, render
+from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
 
 H1, H2 = "1" * 32, "2" * 32
 BASE2 = "sha256:" + "b" * 64
@@ -63,6 +63,23 @@ def test_docker_steps_are_read_back_from_the_rendered_dockerfile() -> None:
     base, steps = docker_steps(render(spec, definition_hash(spec)).dockerfile)
     assert (base, steps) == ("python:3.11-slim", ["ENV A=1", "RUN echo hi"])
     assert docker_steps("") == (None, [])
+
+
+@pytest.mark.parametrize(("steps", "base_user", "document"), [
+    (["ENV A=1", "RUN echo hi"], "", PIP_ENV),
+    (["ENV A=1", "USER app"], "", PIP_ENV),  # envkiln's USER 0:0 before the installs is not a step
+    (["RUN true"], "1000", PIP_ENV),
+    (["USER 0:0"], "1000", PIP_ENV),  # the user's own USER 0:0 (root at the end: envkiln adds none)
+    (["ENV A=1"], "jovyan", CONDA_ENV),
+    (["ENV A=1", "RUN true"], "1000", manifest(PIP_ENV, pip=None)),  # no packages: steps, then the labels
+], ids=["root-base", "user-step", "user-base", "users-own-root", "conda", "no-packages"])
+def test_docker_steps_of_the_one_stage_render(steps: list[str], base_user: str, document: dict[str, Any]) -> None:
+    spec = spec_of(manifest(document, dockerSteps=steps))
+    plan = render(spec, definition_hash(spec), RenderSettings(tool_mounts=True), base_digest="sha256:" + "a" * 64,
+                  base_user=base_user)
+    assert " AS envkiln-image" in plan.dockerfile.splitlines()[1]
+    base, found = docker_steps(plan.dockerfile)
+    assert found == steps and base is not None and base.endswith("@sha256:" + "a" * 64)
 
 
 class Cluster:

@@ -51,7 +51,7 @@ from envkiln.core.locks import (
 from envkiln.core.manifests import load_environments
 from envkiln.core.models import DEFAULT_CURATED_NAMESPACE
 from envkiln.core.names import REASON_BASE_IMAGE_UPDATED, build_name
-from envkiln.core.render import BASE_STAGE, CONDA_LOCK, PIP_LOCK
+from envkiln.core.render import BASE_STAGE, CONDA_LOCK, CONDA_PREFIX, IMAGE_STAGE, PIP_LOCK, VENV_PREFIX
 
 MANIFEST_HINT = re.compile(r".*\.(ya?ml|json|lock|txt)$")
 
@@ -223,18 +223,36 @@ def _compact(value: Any) -> str:
 
 def docker_steps(dockerfile: str) -> tuple[str | None, list[str]]:
     """(the base image, the docker steps) of a rendered Dockerfile: the base stage's FROM and the
-    instructions after its LABEL up to the next FROM."""
-    base, steps, in_base = None, [], False
-    for line in dockerfile.splitlines():
-        if line.startswith("FROM "):
-            if in_base:
+    instructions after its LABEL up to the next FROM; or, rendered as one build stage, the
+    instructions after its FROM up to envkiln's own (the first COPY, or the labels), without the
+    `USER 0:0` envkiln puts before the installs when it restores a user after them."""
+    lines = dockerfile.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("FROM ")), None)
+    if first is None:
+        return None, []
+    head = lines[first]
+    if head.endswith(f" AS {BASE_STAGE}"):
+        steps = []
+        for line in lines[first + 1:]:
+            if line.startswith("FROM "):
                 break
-            if line.endswith(f" AS {BASE_STAGE}"):
-                base, in_base = line.split()[1], True
-            continue
-        if in_base and line and not line.startswith(("LABEL ", "#")):
+            if line and not line.startswith(("LABEL ", "#")):
+                steps.append(line)
+        return head.split()[1], steps
+    if not head.endswith(f" AS {IMAGE_STAGE}"):
+        return None, []
+    steps = []
+    for line in lines[first + 1:]:
+        if line.startswith(("FROM ", "LABEL ", "COPY ")):
+            break
+        if line and not line.startswith("#"):
             steps.append(line)
-    return base, steps
+    paths = (f"ENV PATH={VENV_PREFIX}/bin:", f"ENV PATH={CONDA_PREFIX}/bin:")
+    envs = [i for i, line in enumerate(lines) if line.startswith(paths)]
+    restores = bool(envs) and any(line.startswith("USER ") for line in lines[envs[0] + 1:])
+    if restores and steps and steps[-1] == "USER 0:0":
+        steps.pop()
+    return head.split()[1], steps
 
 
 def version_build(environment: dict[str, Any], version: str | None) -> tuple[str, str]:
