@@ -294,7 +294,7 @@ class AdmissionProbe(threading.Thread):
 
 @contextlib.contextmanager
 def chart_release(cluster: Any, api: client.ApiClient, registry_host: str, base_image: str, builder_image: str,
-                  workdir: Path, name: str = "envkiln") -> Iterator[tuple[str, str]]:
+                  workdir: Path, name: str = "envkiln", uv_image: str = "") -> Iterator[tuple[str, str]]:
     """`helm install charts/envkiln` as users do (its operator image built here from the sources,
     webhook on with failurePolicy Fail, the chart's RBAC, two replicas peering), watching one tenant
     namespace: yields (release namespace, tenant namespace); uninstalls and removes the CRDs Helm
@@ -318,7 +318,8 @@ def chart_release(cluster: Any, api: client.ApiClient, registry_host: str, base_
         "curated": {"enabled": False},
         "webhook": {"enabled": True, "failurePolicy": "Fail"},
         "operator": {
-            "registry": registry_host, "insecureRegistry": True, "builder": "buildah",
+            # uv_image "": builds install with pip (the chart's default uv image is not reachable here).
+            "registry": registry_host, "insecureRegistry": True, "builder": "buildah", "uvImage": uv_image,
             "buildah": {"image": builder_image, "pushImage": builder_image,
                         "kubeletRootDir": str(cluster.kubelet_root_dir)},
             "buildResources": {"cpuRequest": "100m", "cpuLimit": "2", "memoryRequest": "128Mi",
