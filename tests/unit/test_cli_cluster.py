@@ -188,9 +188,10 @@ def test_an_api_server_that_never_answers(home: Path, capsys: pytest.CaptureFixt
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         config = kubeconfig(home / "config", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        _, startup = envkiln(home, "--version")  # the interpreter and imports, slower while the suite runs beside
         result, elapsed = envkiln(home, "wait", "torch", "--timeout", "2s", kubeconfig_path=config)
         one_line_error(result, Exit.CLUSTER, "no answer within the time limit")
-        assert elapsed <= 3.0, f"wait --timeout 2s took {elapsed:.2f}s"
+        assert elapsed <= 2.0 + startup + 1.0, f"wait --timeout 2s took {elapsed:.2f}s (starting: {startup:.2f}s)"
         started = time.monotonic()
         one_line_error(in_process(capsys, config, "list", "--request-timeout", "0.5s"), Exit.CLUSTER,
                        "no answer within the time limit")

@@ -42,6 +42,16 @@ def cpu_median(work: Callable[[], object], runs: int = 5) -> float:
     return statistics.median(times)
 
 
+def cpu_best(work: Callable[[], object], runs: int = 7) -> float:
+    """The least CPU time of `runs`: what the work costs when nothing else competes for the core's caches."""
+    times = []
+    for _ in range(runs):
+        started = time.process_time()
+        work()
+        times.append(time.process_time() - started)
+    return min(times)
+
+
 def measured(schema: Any, value: Any, path: str = "", found: dict[str, int] | None = None) -> dict[str, int]:
     """`path:keyword` -> the largest size `value` has where `limits()` has a constraint (same paths)."""
     found = {} if found is None else found
@@ -203,12 +213,14 @@ HOSTILE: list[tuple[str, Callable[[str], object], str]] = [
 @pytest.mark.parametrize(("check", "text"), [(c[1], c[2]) for c in HOSTILE], ids=[c[0] for c in HOSTILE])
 def test_hostile_lines_at_the_cap_are_decided_in_linear_time(check: Callable[[str], object], text: str) -> None:
     """The checks these replaced took 0.5 to 9 ms on such lines (quadratic), or seconds (exponential); 1,500
-    requirement and dependency lines fit in a definition."""
+    requirement and dependency lines fit in a definition. Today's checks take 5 to 80 us here when idle and up to
+    110 us beside the rest of the suite, so the bound is the best of seven runs under 300 us: under the fastest
+    quadratic check, above what load adds to a linear one."""
     assert len(text) == MAX
 
     def twenty() -> None:
         for _ in range(20):
             _refused_or_accepted(check, text)
 
-    seconds = cpu_median(twenty) / 20
-    assert seconds < 100e-6, f"{seconds * 1e6:.0f} us"
+    seconds = cpu_best(twenty) / 20
+    assert seconds < 300e-6, f"{seconds * 1e6:.0f} us"
