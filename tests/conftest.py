@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# The one-node cluster's kube-proxy rewrites the host's KUBE-* iptables chains, so two of them cannot run at
+# once: under xdist every test that needs it goes to one worker (`--dist loadgroup`), and the others (the
+# bare control plane, no cluster at all) run beside it on the other.
+NODE_GROUP = "one-node-cluster"
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
@@ -15,6 +20,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(NODE_GROUP))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ import pytest
 import urllib3
 from kubernetes import client
 
-from envkiln.adapters.kube import Kube
+from envkiln.adapters.kube import Kube, unreachable
 from envkiln.core.decisions.retry import RetryPolicy, backoff_seconds, is_retryable, parse_retry_after, should_retry
 
 POLICY = RetryPolicy(attempts=5, base_seconds=0.1, cap_seconds=2.0, max_retry_after_seconds=10.0,
@@ -138,3 +138,27 @@ def test_create_or_get_follows_a_409_after_a_retried_create() -> None:
     k._custom = Custom()
     obj, created = k.create_or_get("environmentbuilds", "ns", {"metadata": {"name": "b"}})
     assert obj["theirs"] and created is False and k.retries == {"connection": 1}
+
+
+NO_POOL: Any = None  # the pool only names the connection in the message
+# As urllib3 2 raises it (its str names the connection: "HTTPConnection(host=..., port=...): ...").
+REFUSED = urllib3.exceptions.NewConnectionError(
+    "HTTPConnection(host='10.0.0.1', port=6443)", "Failed to establish a new connection: [Errno 111] refused")
+
+
+@pytest.mark.parametrize(("error", "line"), [
+    (urllib3.exceptions.MaxRetryError(NO_POOL, "/apis", REFUSED),
+     "MaxRetryError: HTTPConnection(host='10.0.0.1', port=6443): Failed to establish a new connection: "
+     "[Errno 111] refused"),
+    (urllib3.exceptions.ProtocolError("Connection aborted."), "ProtocolError: Connection aborted."),
+    (urllib3.exceptions.ReadTimeoutError(NO_POOL, "/apis", "Read timed out."),
+     "ReadTimeoutError: None: Read timed out."),
+    (ConnectionResetError(104, "Connection reset by peer"),
+     "ConnectionResetError: [Errno 104] Connection reset by peer"),
+    (TimeoutError("timed out"), "TimeoutError: timed out"),
+    (client.ApiException(status=500, reason="Internal"), None),  # the server answered: its message is logged
+    (KeyError("status"), None),  # envkiln's own defect: logged with its traceback
+    (ValueError("bad"), None),
+])
+def test_an_unreachable_api_server_is_one_line_without_a_traceback(error: BaseException, line: str | None) -> None:
+    assert unreachable(error) == line

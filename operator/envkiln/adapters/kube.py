@@ -55,6 +55,15 @@ def api_message(error: ApiError) -> str:
 _CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 
 
+def unreachable(error: BaseException) -> str | None:
+    """What went wrong, in one line, when `error` is the API server not answering (refused, reset, timed
+    out: nothing to debug in envkiln's code, so no traceback); None for any other error."""
+    if not isinstance(error, _CONNECTION_ERRORS):
+        return None
+    reason = getattr(error, "reason", None)  # urllib3's MaxRetryError wraps the cause
+    return f"{type(error).__name__}: {reason or error}"
+
+
 class Kube:
     """The API calls envkiln makes. Thread-safe: Kopf runs sync handlers in a thread pool."""
 

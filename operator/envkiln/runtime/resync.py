@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from envkiln.adapters.kube import ApiError, api_message
+from envkiln.adapters.kube import ApiError, api_message, unreachable
 from envkiln.core.decisions.resync import SETTLED, dispatchable
 from envkiln.core.names import ENVIRONMENTS
 from envkiln.reconcile.buildsync import sync_build
@@ -43,6 +43,9 @@ def _guarded(rt: Runtime, kind: str, namespace: str, name: str, retry: float,
         what = KINDS[kind]
         if isinstance(error, ApiError):
             log.warning("%s %s/%s: %s; retrying in %.0fs", what, namespace, name, api_message(error), retry)
+        elif (cause := unreachable(error)) is not None:
+            log.warning("%s %s/%s: the API server did not answer (%s); retrying in %.0fs", what, namespace, name,
+                        cause, retry)
         else:
             log.exception("%s %s/%s failed; retrying in %.0fs", what, namespace, name, retry)
         rt.ctx.metrics.reconcile_error(what, error)

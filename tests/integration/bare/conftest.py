@@ -5,10 +5,13 @@ test module in this folder runs on the bare control plane."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from kubernetes import client
 
 from harness.controlplane import ControlPlane
+from harness.registry import Registry
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +22,11 @@ def control_plane(bare_control_plane: ControlPlane) -> ControlPlane:
 @pytest.fixture(scope="session")
 def api_client(bare_api_client: client.ApiClient) -> client.ApiClient:
     return bare_api_client
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    """A registry of its own on 127.0.0.1: nothing here runs a pod, so nothing here needs the one-node cluster
+    (whose registry is on the node's address), and this folder runs beside the node tests (tests/conftest.py)."""
+    with Registry() as own:
+        yield own

@@ -116,6 +116,29 @@ def delete_crds_except(extensions: client.ApiextensionsV1Api, keep: set[str]) ->
                     raise
 
 
+CrdMetadata = dict[str, tuple[dict[str, str], dict[str, str]]]
+
+
+def crd_metadata(extensions: client.ApiextensionsV1Api) -> CrdMetadata:
+    """Every CRD's labels and annotations, to put back with `restore_crds`."""
+    return {crd.metadata.name: (crd.metadata.labels or {}, crd.metadata.annotations or {})
+            for crd in extensions.list_custom_resource_definition().items}
+
+
+def restore_crds(extensions: client.ApiextensionsV1Api, before: CrdMetadata) -> None:
+    """Leave the cluster's CRDs as `before` found them: those a release brought deleted, and those that
+    were there without a release's labels and annotations given them back (a later release would
+    otherwise find them owned by this one and leave them alone)."""
+    delete_crds_except(extensions, set(before))
+    for crd in extensions.list_custom_resource_definition().items:
+        labels, annotations = before[crd.metadata.name]
+        restore = {"metadata": {
+            "labels": {k: labels.get(k) for k in {**(crd.metadata.labels or {}), **labels}},
+            "annotations": {k: annotations.get(k) for k in {**(crd.metadata.annotations or {}), **annotations}}}}
+        with contextlib.suppress(client.ApiException):
+            extensions.patch_custom_resource_definition(crd.metadata.name, restore)
+
+
 # --- faults on the node (test_faults.py) ----------------------------------------------------------
 
 def small_spec(base: str, token: str, index: object, *extra_steps: str) -> dict[str, Any]:
@@ -291,6 +314,16 @@ class AdmissionProbe(threading.Thread):
         self.halt.set()
         self.join(timeout=60)
 
+    def longest_clear_window(self) -> float:
+        """The longest span with no refusal, in seconds (the whole run when none was refused)."""
+        edges = [self.started, *sorted(at for at, _ in self.refused), self.ended]
+        return max(later - earlier for earlier, later in itertools.pairwise(edges))
+
+    def longest_gap(self) -> float:
+        """The longest time between two admissions (a slow review shows here)."""
+        times = [self.started, *self.admitted, self.ended]
+        return max(later - earlier for earlier, later in itertools.pairwise(times))
+
 
 @contextlib.contextmanager
 def chart_release(cluster: Any, api: client.ApiClient, registry_host: str, base_image: str, builder_image: str,
@@ -298,14 +331,14 @@ def chart_release(cluster: Any, api: client.ApiClient, registry_host: str, base_
     """`helm install charts/envkiln` as users do (its operator image built here from the sources,
     webhook on with failurePolicy Fail, the chart's RBAC, two replicas peering), watching one tenant
     namespace: yields (release namespace, tenant namespace); uninstalls and removes the CRDs Helm
-    installed afterwards. (tests/integration/node/test_chart_operator.py has its own module fixture.)"""
+    installed afterwards and gives the CRDs that were there their labels and annotations back."""
     from harness.buildah import push_archive
     from harness.controlplane import REPO_ROOT, cache_dir
     from harness.operator_image import operator_image_archive
 
     core = client.CoreV1Api(api)
     extensions = client.ApiextensionsV1Api(api)
-    crds_before = {crd.metadata.name for crd in extensions.list_custom_resource_definition().items}
+    crds_before = crd_metadata(extensions)
     suffix = uuid.uuid4().hex[:6]
     namespace, tenant = f"envkiln-system-{suffix}", f"tenant-{suffix}"
     core.create_namespace({"metadata": {"name": tenant, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}})
@@ -348,7 +381,7 @@ def chart_release(cluster: Any, api: client.ApiClient, registry_host: str, base_
         for created in (tenant, namespace):
             with contextlib.suppress(client.ApiException):
                 core.delete_namespace(created)
-        delete_crds_except(extensions, crds_before)
+        restore_crds(extensions, crds_before)
 
 
 def active_operator(api: client.ApiClient, namespace: str, tenant: str) -> client.V1Pod | None:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import itertools
 import json
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,11 +23,19 @@ import pytest
 import yaml
 from kubernetes import client
 
-from harness.buildah import push_archive
 from harness.controlplane import REPO_ROOT, cache_dir
-from harness.operator_image import operator_image_archive
 from harness.pypi import PackageIndex
-from node_helpers import PROBE_VERSION, job_pod, probe_spec, registry_digest, training_job, wait_job_complete
+from node_helpers import (
+    PROBE_VERSION,
+    AdmissionProbe,
+    active_operator,
+    chart_release,
+    job_pod,
+    probe_spec,
+    registry_digest,
+    training_job,
+    wait_job_complete,
+)
 from operator_helpers import Envs, environment, wait_for
 
 RELEASE = "envkiln"
@@ -60,14 +66,7 @@ class Release:
                 and {c.type: c.status for c in pod.status.conditions or []}.get("Ready") == "True"]
 
     def active_operator(self) -> client.V1Pod | None:
-        """The replica that acts: the highest priority in the Kopf peering of the watched namespace
-        (the others stand by; every one answers the webhook)."""
-        peering = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-            "kopf.dev", "v1", self.tenant, "kopfpeerings", "envkiln")
-        peers = peering.get("status") or {}
-        ready = {pod.metadata.name: pod for pod in self.ready_operators()}
-        ranked = sorted((peer.get("priority", 0), name) for name, peer in peers.items() if name in ready)
-        return ready[ranked[-1][1]] if ranked else None
+        return active_operator(self.api, self.namespace, self.tenant)
 
     def rolled_out(self, replicas: int) -> bool:
         """The Deployment's latest template runs on `replicas` ready pods, and no other pod is left."""
@@ -93,66 +92,12 @@ class Release:
 @pytest.fixture(scope="module")
 def release(cluster: Any, node_api: client.ApiClient, node_registry_host: str, node_base_image: str,
             builder_image: str, uv_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    core = client.CoreV1Api(node_api)
-    extensions = client.ApiextensionsV1Api(node_api)
-    crds_before = {crd.metadata.name: (crd.metadata.labels or {}, crd.metadata.annotations or {})
-                   for crd in extensions.list_custom_resource_definition().items}
-    suffix = uuid.uuid4().hex[:6]
-    namespace, tenant = f"envkiln-system-{suffix}", f"tenant-{suffix}"
-    core.create_namespace({"metadata": {"name": tenant, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}})
-    archive = operator_image_archive(node_base_image)
-    repository = f"{node_registry_host}/envkiln/operator"
-    tag = archive.name.split(".")[0].removeprefix("operator-")
-    push_archive(archive, f"{repository}:{tag}")
-    values = {
-        "image": {"repository": repository, "tag": tag},
-        "curated": {"enabled": False},
-        "webhook": {"enabled": True, "failurePolicy": "Fail"},
-        "operator": {
-            "registry": node_registry_host, "insecureRegistry": True, "builder": "buildah", "uvImage": uv_image,
-            "buildah": {"image": builder_image, "pushImage": builder_image,
-                        "kubeletRootDir": str(cluster.kubelet_root_dir)},
-            "buildResources": {"cpuRequest": "100m", "cpuLimit": "2", "memoryRequest": "128Mi",
-                               "memoryLimit": "2Gi", "ephemeralStorageRequest": "100Mi",
-                               "ephemeralStorageLimit": "5Gi"},
-            "buildRetryBackoffSeconds": 1, "watchNamespaces": [tenant],
-            "extraEnv": [{"name": "ENVKILN_BUILD_SYNC_SECONDS", "value": "1"},
-                         {"name": "ENVKILN_ENV_SYNC_SECONDS", "value": "2"},
-                         {"name": "ENVKILN_CACHE_TTL_SECONDS", "value": "0"},
-                         {"name": "ENVKILN_WATCH_TIMEOUT_SECONDS", "value": "30"}],
-        },
-        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
-    }
-    values_file = tmp_path_factory.mktemp("chart") / "values.yaml"
-    values_file.write_text(yaml.safe_dump(values))
+    """The chart installed as the fault tests install it (node_helpers.chart_release), uv mounted from its tool
+    image; uninstalled, and the CRDs left as found, after the module."""
     helm = [str(cache_dir() / "bin" / "helm"), "--kubeconfig", str(cluster.kubeconfig)]
-    installed = subprocess.run([*helm, "install", RELEASE, str(REPO_ROOT / "charts" / "envkiln"), "-n", namespace,
-                                "--create-namespace", "-f", str(values_file), "--wait", "--timeout", "5m"],
-                               capture_output=True, text=True, timeout=400)
-    handle = Release(node_api, namespace, tenant, helm)
-    try:
-        assert installed.returncode == 0, installed.stderr + "\n" + handle.log()
-        yield handle
-    finally:
-        subprocess.run([*helm, "uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "2m"],
-                       capture_output=True, timeout=200)
-        for name in (tenant, namespace):
-            with contextlib.suppress(client.ApiException):
-                core.delete_namespace(name)
-        # The release keeps its CRDs (crds.keep): leave the cluster as found - the CRDs it brought
-        # deleted, those that were there without the release's labels and annotations (a later
-        # release would otherwise find them owned by this one and leave them alone).
-        for crd in extensions.list_custom_resource_definition().items:
-            if crd.metadata.name not in crds_before:
-                with contextlib.suppress(client.ApiException):
-                    extensions.delete_custom_resource_definition(crd.metadata.name)
-                continue
-            labels, annotations = crds_before[crd.metadata.name]
-            restore = {"metadata": {
-                "labels": {k: labels.get(k) for k in {**(crd.metadata.labels or {}), **labels}},
-                "annotations": {k: annotations.get(k) for k in {**(crd.metadata.annotations or {}), **annotations}}}}
-            with contextlib.suppress(client.ApiException):
-                extensions.patch_custom_resource_definition(crd.metadata.name, restore)
+    with chart_release(cluster, node_api, node_registry_host, node_base_image, builder_image,
+                       tmp_path_factory.mktemp("chart"), name=RELEASE, uv_image=uv_image) as (namespace, tenant):
+        yield Release(node_api, namespace, tenant, helm)
 
 
 def test_operator_pod_runs_under_the_chart(release: Release, cluster: Any) -> None:
@@ -260,51 +205,6 @@ def test_helm_upgrade_takes_over_the_crds(release: Release, node_api: client.Api
         assert metadata.labels["helm.sh/chart"].startswith("envkiln-")
 
 
-class AdmissionProbe(threading.Thread):
-    """Creates (dry run) a pod labelled for `environment` over and over, as a workload controller
-    would, and records when each one was admitted - mutated by the webhook - or refused."""
-
-    def __init__(self, core: client.CoreV1Api, namespace: str, environment: str):
-        super().__init__(daemon=True)
-        self.core, self.namespace, self.environment = core, namespace, environment
-        self.stop = threading.Event()
-        self.admitted: list[float] = []
-        self.refused: list[tuple[float, str]] = []
-        self.started = self.ended = 0.0
-
-    def run(self) -> None:
-        body = {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "admission-probe", "labels": {"envkiln.dev/environment": self.environment}},
-                "spec": {"containers": [{"name": "main", "image": "placeholder"}]}}
-        self.started = time.monotonic()
-        while not self.stop.is_set():
-            at = time.monotonic()
-            try:
-                pod = self.core.create_namespaced_pod(self.namespace, body, dry_run="All")
-            except client.ApiException as error:
-                self.refused.append((at, f"{error.status} {error.reason}: {error.body}"))
-            except Exception as error:  # a broken connection to the API server is a refusal too
-                self.refused.append((at, repr(error)))
-            else:
-                gated = [g.name for g in pod.spec.scheduling_gates or []] == ["envkiln.dev/environment"]
-                if gated or pod.spec.containers[0].image != "placeholder":
-                    self.admitted.append(at)
-                else:  # admitted without the webhook: not what failurePolicy Fail promises
-                    self.refused.append((at, f"admitted unchanged: {pod.spec.containers[0].image}"))
-            time.sleep(0.05)
-        self.ended = time.monotonic()
-
-    def longest_clear_window(self) -> float:
-        """The longest span with no refusal, in seconds (the whole run when none was refused)."""
-        edges = [self.started, *sorted(at for at, _ in self.refused), self.ended]
-        return max(later - earlier for earlier, later in itertools.pairwise(edges))
-
-    def longest_gap(self) -> float:
-        """The longest time between two admissions (a slow review shows here)."""
-        times = [self.started, *self.admitted, self.ended]
-        return max(later - earlier for earlier, later in itertools.pairwise(times))
-
-
 def _review_directly(api: client.ApiClient, release: Release, pod: client.V1Pod, environment_name: str) -> str:
     """POST an AdmissionReview of a pod labelled for `environment_name` to `pod`'s webhook port: the
     refusal's message (the Environment does not exist)."""
@@ -390,8 +290,7 @@ def test_labelled_pods_are_admitted_through_a_rolling_upgrade_and_a_drain(
         steps["drain"] = time.monotonic() - began
         time.sleep(3)
     finally:
-        probe.stop.set()
-        probe.join(timeout=30)
+        probe.stop()
     total = len(probe.admitted) + len(probe.refused)
     print(f"\nadmission during {probe.ended - probe.started:.1f} s ("
           + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items())
