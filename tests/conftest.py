@@ -13,6 +13,7 @@ import pytest
 NODE_GROUP = "one-node-cluster"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook would otherwise run first)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts

@@ -19,7 +19,7 @@ from harness.records import seed_build
 from harness.registry import Registry
 from operator_helpers import Envs, condition, environment, hash_of, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def operator_settings(registry_host: str, **extra: str) -> dict[str, str]:
