@@ -122,6 +122,15 @@ def envkiln(home: Path, *args: str, kubeconfig_path: Path | None = None, stdin: 
     return result, time.monotonic() - started
 
 
+def start_up_seconds(home: Path) -> float:
+    """How long `envkiln list` takes to be refused by a closed port: the interpreter, the imports (the
+    Kubernetes client) and one refused connection, slower while other suites share the machine."""
+    config = kubeconfig(home / "closed-config", f"https://127.0.0.1:{closed_port()}")
+    result, elapsed = envkiln(home, "list", kubeconfig_path=config)
+    assert result.returncode == Exit.CLUSTER, result
+    return elapsed
+
+
 def in_process(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """main(ARGS) in this process (no interpreter to start), with --kubeconfig CONFIG."""
     code = main(["--kubeconfig", str(config), *args])
@@ -172,7 +181,7 @@ def test_an_unreachable_api_server_and_wait_keeps_its_timeout(home: Path) -> Non
     result, elapsed = envkiln(home, "list", kubeconfig_path=config)
     one_line_error(result, Exit.CLUSTER, f"cannot reach the API server https://127.0.0.1:{port}: connection refused")
     assert len(result.stderr.splitlines()) == 1 and elapsed < 10
-    _, startup = envkiln(home, "--version")  # the interpreter and imports, slower while the suite runs beside
+    startup = start_up_seconds(home)
     result, elapsed = envkiln(home, "wait", "torch", "--timeout", "3s", kubeconfig_path=config)
     one_line_error(result, Exit.CLUSTER, f"timed out after 3s: cannot reach the API server https://127.0.0.1:{port}: "
                    "connection refused")
@@ -189,7 +198,7 @@ def test_an_api_server_that_never_answers(home: Path, capsys: pytest.CaptureFixt
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         config = kubeconfig(home / "config", f"http://127.0.0.1:{silent.getsockname()[1]}")
-        _, startup = envkiln(home, "--version")  # the interpreter and imports, slower while the suite runs beside
+        startup = start_up_seconds(home)
         result, elapsed = envkiln(home, "wait", "torch", "--timeout", "2s", kubeconfig_path=config)
         one_line_error(result, Exit.CLUSTER, "no answer within the time limit")
         assert elapsed <= 2.0 + startup + 1.0, f"wait --timeout 2s took {elapsed:.2f}s (starting: {startup:.2f}s)"

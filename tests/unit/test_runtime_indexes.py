@@ -181,3 +181,57 @@ def test_builds_are_kept_without_their_plan_and_with_the_verdict_on_their_whole_
     # Without the verdict, a copy without its plan would not verify: the verdict is what stands in.
     assert signer.build_problem({k: v for k, v in kept.items() if k != "envkiln.verified"},
                                 ANNOTATION_SIGNATURE) is not None
+
+
+def test_a_burst_in_one_namespace_drains_at_the_speed_of_its_syncs_not_two_a_tick() -> None:
+    """300 retries of one namespace due at once (what a burst of applies leaves after waiting out the
+    namespace's share), two at a time per namespace, a tick of a second: each ending item starts the
+    next at once, so all ran within the first ticks; starting only on ticks took 150 s (two a tick)."""
+    import asyncio
+    import concurrent.futures
+    from types import SimpleNamespace
+
+    import pytest
+
+    from envkiln.runtime import resync
+
+    ran: list[tuple[str, str, str]] = []
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def fake_run_item(rt: Any, item: tuple[str, str, str]) -> None:
+        with lock:
+            running[item[1]] = running.get(item[1], 0) + 1
+            most[item[1]] = max(most.get(item[1], 0), running[item[1]])
+        time.sleep(0.002)  # a cache hit's sync
+        with lock:
+            running[item[1]] -= 1
+            ran.append(item)
+
+    settings = SimpleNamespace(env_sync_seconds=1.0, build_sync_seconds=1.0, base_check_seconds=3600.0,
+                               git_ref_ttl_seconds=0, resync_workers=8, resync_per_namespace=2,
+                               resync_item_seconds=30.0)
+    indexes = SimpleNamespace(unsettled_environments=list, unsettled_builds=list, git_environments=list,
+                              base_images=list)
+    pool = concurrent.futures.ThreadPoolExecutor(8)
+    rt: Any = SimpleNamespace(settings=settings, resync=Resync(), indexes=indexes, resync_pool=pool,
+                              peering=SimpleNamespace(paused=False), ctx=None)
+    for index in range(300):
+        rt.resync.retry("env", "burst", f"e{index}", 0.0)
+    rt.resync.retry("env", "quiet", "other", 0.0)
+
+    async def run_for(seconds: float) -> None:
+        task = asyncio.ensure_future(resync.resync_forever(rt))
+        await asyncio.sleep(seconds)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(resync, "run_item", fake_run_item)
+        asyncio.run(run_for(3.5))
+    pool.shutdown(wait=True)
+    assert len(ran) == 301, f"{len(ran)} of 301 ran in 3.5 s (3 ticks)"
+    assert most == {"burst": 2, "quiet": 1}, "the per-namespace bound holds"
+    assert ("env", "quiet", "other") in ran[:3], "the other namespace is not queued behind the burst"

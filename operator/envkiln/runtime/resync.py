@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -114,12 +115,21 @@ def run_item(rt: Runtime, item: Item) -> None:
 
 
 class Dispatcher:
-    """Starts resync items on the resync pool, fairly per namespace, each with a time budget."""
+    """Starts resync items on the resync pool, fairly per namespace, each with a time budget.
+    `wake` is called (from the pool's thread) when an item ends while others wait for their
+    namespace's turn, so that the next starts at once rather than at the next tick: a burst in one
+    namespace (1,000 Environments applied at once, most of them waiting out the namespace's share)
+    drains at the speed of its syncs, not `resync_per_namespace` a second."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, wake: Callable[[], None] | None = None) -> None:
         self.rt = rt
         self.running: dict[Item, concurrent.futures.Future[None]] = {}
         self.pending: list[Item] = []
+        self.wake = wake
+
+    def _ended(self, _: concurrent.futures.Future[None]) -> None:
+        if self.pending and self.wake is not None:
+            self.wake()
 
     def tick(self, work: list[Item]) -> list[Item]:
         """Start what may start now; returns the items started."""
@@ -132,6 +142,7 @@ class Dispatcher:
             future = self.rt.resync_pool.submit(run_item, self.rt, item)
             future.add_done_callback(_log_overrun(item, time.monotonic(), options.resync_item_seconds))
             self.running[item] = future
+            future.add_done_callback(self._ended)
         return start
 
 
@@ -149,7 +160,13 @@ async def resync_forever(rt: Runtime) -> None:
     here, on the event loop Kopf updates them on; the work runs on the resync pool."""
     options = rt.settings
     loop = asyncio.get_running_loop()
-    dispatcher = Dispatcher(rt)
+    woken = asyncio.Event()
+
+    def wake() -> None:  # from a resync thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the operator is stopping
+            loop.call_soon_threadsafe(woken.set)
+
+    dispatcher = Dispatcher(rt, wake)
     now = time.monotonic()
     next_envs, next_builds = now + options.env_sync_seconds, now + options.build_sync_seconds
     # The first base check soon after start (the latest digests live in memory only).
@@ -157,7 +174,9 @@ async def resync_forever(rt: Runtime) -> None:
     tick = min(1.0, options.env_sync_seconds, options.build_sync_seconds)
     bases: asyncio.Future[list[tuple[str, str]]] | None = None
     while True:
-        await asyncio.sleep(tick)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), tick)
+        woken.clear()
         if rt.peering.paused:  # another replica acts (Kopf stopped this one's watches and timers too)
             continue
         now = time.monotonic()
