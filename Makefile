@@ -31,19 +31,19 @@ unit: venv  ## unit tests only, on every core, in seconds
 
 check: lint unit  ## what to run before a commit (and what CI runs first): lint and unit tests, about a minute
 
-# Two workers: one runs every test that needs the one-node cluster, the other the rest (bare control plane,
-# no cluster) beside it (tests/conftest.py, NODE_GROUP). The slowest 15 are listed at the end.
-INTEGRATION_ARGS ?= -n 2 --dist loadgroup --durations=15
+# Two pytest processes at once: the tests that need the one-node cluster, and the rest beside them
+# (scripts/integration.sh; SERIAL=1 for one process). The slowest 15 of each are listed at the end.
+INTEGRATION_ARGS ?= --durations=15
 
 integration: deps venv
-	$(BIN)/pytest tests/integration -q $(INTEGRATION_ARGS)
+	BIN=$(BIN) scripts/integration.sh $(INTEGRATION_ARGS)
 
 .PHONY: faults
 faults: deps venv  ## kills, restarts and outages on the real node (docs/reliability.md); not part of `make test`
 	$(BIN)/pytest tests/integration/node -m faults -q
 
 test: check deps  ## everything CI runs: `make check` first (fails fast), then the integration tests
-	$(BIN)/pytest tests/integration tests/e2e -q $(INTEGRATION_ARGS)
+	BIN=$(BIN) scripts/integration.sh $(INTEGRATION_ARGS)
 
 crds: venv  ## regenerate crds/ (and the chart's copy) from the models
 	$(BIN)/envkiln crds

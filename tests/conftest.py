@@ -7,13 +7,10 @@ from pathlib import Path
 
 import pytest
 
+
 # The one-node cluster's kube-proxy rewrites the host's KUBE-* iptables chains, so two of them cannot run at
-# once: under xdist every test that needs it goes to one worker (`--dist loadgroup`), and the others (the
-# bare control plane, no cluster at all) run beside it on the other.
-NODE_GROUP = "one-node-cluster"
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook would otherwise run first)
+# once: scripts/integration.sh runs the tests marked here in one pytest process and the others (the bare
+# control plane, no cluster at all) in a second one beside it.
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts
@@ -22,7 +19,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
         if "cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group(NODE_GROUP))
+            item.add_marker(pytest.mark.one_node_cluster)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]

@@ -131,6 +131,8 @@ def restore_crds(extensions: client.ApiextensionsV1Api, before: CrdMetadata) -> 
     otherwise find them owned by this one and leave them alone)."""
     delete_crds_except(extensions, set(before))
     for crd in extensions.list_custom_resource_definition().items:
+        if crd.metadata.name not in before:  # deleted just now, still finishing
+            continue
         labels, annotations = before[crd.metadata.name]
         restore = {"metadata": {
             "labels": {k: labels.get(k) for k in {**(crd.metadata.labels or {}), **labels}},
