@@ -42,6 +42,7 @@ from envkiln.reconcile.context import OperatorContext, make_context
 from envkiln.reconcile.webhook import admit_pod_counted, scoped_to_request_namespace
 from envkiln.runtime.resync import build, environment, gated_pod, notify_environments, resync_forever
 from envkiln.runtime.state import PeeringState, Runtime
+from envkiln.runtime.webhookserver import ClosingWebhookServer
 
 log = logging.getLogger("envkiln")
 ENV_RESOURCE = (GROUP, VERSION, ENVIRONMENTS)
@@ -141,14 +142,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
                 options.registry, options.effective_pull_registry)
 
 
-def _webhook_server(ctx: OperatorContext) -> kopf.WebhookServer:
-    """Kopf's server with the certificate envkiln keeps (and renews) in Secrets (WebhookTLS; Kopf
-    reloads the file when it changes). With a client CA configured, only callers presenting a
-    certificate from it (the API server) complete the TLS handshake."""
+def _webhook_server(ctx: OperatorContext) -> ClosingWebhookServer:
+    """Kopf's server (each answer closing its connection) with the certificate envkiln keeps (and
+    renews) in Secrets (WebhookTLS; Kopf reloads the file when it changes). With a client CA
+    configured, only callers presenting a certificate from it (the API server) complete the TLS
+    handshake."""
     options = ctx.settings
     tls = WebhookTLS(ctx.kube, options).start()
     client_ca = options.webhook_client_ca_file
-    return kopf.WebhookServer(addr=options.webhook_listen_address, port=options.webhook_port,
+    return ClosingWebhookServer(addr=options.webhook_listen_address, port=options.webhook_port,
                               certfile=str(tls.pem_file), pkeyfile=str(tls.pem_file), cadata=tls.ca_bundle,
                               host=options.effective_webhook_hosts()[0],
                               verify_mode=ssl.CERT_REQUIRED if client_ca else None, verify_cafile=client_ca)

@@ -172,6 +172,14 @@ def test_a_forged_review_posted_to_the_webhook_changes_nothing(
     wait_for(lambda: core.read_namespaced_secret("envkiln-webhook-tls", secrets), timeout=60,
              what="the webhook certificate", diagnostics=operator.log)
     bundle = base64.b64decode(core.read_namespaced_secret("envkiln-webhook-tls", secrets).data["ca.crt"])
+
+    def listening() -> bool:  # the certificate is written before the server starts
+        with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", int(webhook["webhook_port"])), timeout=2):
+            return True
+        return False
+
+    wait_for(listening, timeout=60, what="the webhook listening", diagnostics=operator.log)
     spec = {"image": "python:3.11-slim", "pip": ["forged-run==6.6.6"]}
     name = f"anonymous-{hash_of(spec)}"
     answers = []
