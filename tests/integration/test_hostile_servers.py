@@ -391,7 +391,8 @@ def test_a_flood_is_cut_off_at_the_cap_and_memory_stays_bounded(serve: Callable[
     # The control: with a cap the flood never reaches, what the client keeps grows until the deadline.
     text, _, uncapped = peak_growth(1 << 40)
     assert "no answer within 3s" in text
-    assert uncapped > 4 * growth, f"the control grew by {uncapped} bytes only: the test could not fail"
+    # (2x: a starved machine sends the control's flood slower; 3x was seen beside other suites)
+    assert uncapped > 2 * growth, f"the control grew by {uncapped} bytes only: the test could not fail"
 
 
 def test_a_smaller_cap_is_the_setting(serve: Callable[..., RawServer]) -> None:

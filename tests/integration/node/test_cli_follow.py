@@ -112,13 +112,13 @@ def test_wait_and_logs_follow_a_build_to_ready(node_api: client.ApiClient, node_
     envs.create(environment("probe", **probe_spec(node_base_image, probe_index,
                                                   f"RUN echo {marker}-$((6*7)) && sleep 8")))
     follow, waiting, impatient = run("logs", "-f", "probe"), run("wait", "probe", "--timeout", "10m"), \
-        run("wait", "probe", "--timeout", "2s")
+        run("wait", "probe", "--timeout", "5s")  # 2 s was too short to get an answer beside other suites (exit 4)
     ready_condition = run.kubectl("wait", "--for=condition=Ready", "environment/probe", "--timeout=600s")
 
     assert waiting.wait() == 0, f"{waiting}\n{operator.log()[-3000:]}"
     status = envs.status("probe")
     assert waiting.stdout == status["imageRef"], "wait prints the image reference, and only it"
-    assert impatient.wait() == 3 and "timed out after 2s: Environment probe is not Ready" in impatient.stderr, impatient
+    assert impatient.wait() == 3 and "timed out after 5s: Environment probe is not Ready" in impatient.stderr, impatient
 
     assert follow.wait() == 0, follow
     [arrived] = [at for at, line in follow.out if line == f"{marker}-42"]  # the RUN step's own output
