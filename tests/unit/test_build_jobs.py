@@ -23,9 +23,10 @@ from envkiln.adapters.builders.jobs import (
 from envkiln.adapters.builders.kaniko import kaniko_job
 from envkiln.core.definition import context_digest
 from envkiln.core.models import EnvironmentBuildSpec
+from envkiln.core.render import RenderSettings, render
 from envkiln.core.settings import OperatorSettings
 from fakes import FakeKube
-from helpers import PIP_ENV, build_for
+from helpers import PIP_ENV, build_for, spec_of
 
 SETTINGS = OperatorSettings(registry="reg.local:5000", insecure_registry=True, builder="buildah",
                             buildah_image="reg.local:5000/builder:1", buildah_push_image="reg.local:5000/push:1")
@@ -39,7 +40,7 @@ def pod_of(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container["env"]}
+    return {item["name"]: item["value"] for item in container.get("env", [])}
 
 
 BUILDERS = {"buildah": buildah_job, "kaniko": kaniko_job}
@@ -332,3 +333,111 @@ def test_local_builder_unpacks_a_nested_tree_like_the_pod(tmp_path: Path) -> Non
     (tmp_path / "again").mkdir()
     with pytest.raises(ContextError, match=r"absolute path or '\.\.'"):
         materialise_context(spec, "ns", kube, tmp_path / "again")
+
+
+def one_stage_build() -> dict[str, Any]:
+    """An EnvironmentBuild whose plan is the one-stage render (buildah, the base's user known)."""
+    build = build_for(PIP_ENV["spec"])
+    plan = render(spec_of(PIP_ENV), build["spec"]["hash"], RenderSettings(tool_mounts=True), base_user="")
+    build["spec"]["plan"] = EnvironmentBuildSpec.model_validate({**build["spec"], "plan": plan}).to_kube()["plan"]
+    return build
+
+
+@pytest.mark.parametrize(("builder", "one_stage", "lock_env"), [
+    ("buildah", True, True),
+    ("buildah", False, False),  # the multi-stage render: the lock is the image's last layer
+    ("kaniko", False, False),
+], ids=["buildah-one-stage", "buildah-multi-stage", "kaniko"])
+def test_the_lock_image_is_made_and_pushed_only_for_a_one_stage_plan(builder: str, one_stage: bool,
+                                                                      lock_env: bool) -> None:
+    build = one_stage_build() if one_stage else build_for(PIP_ENV["spec"])
+    pod = pod_of(BUILDERS[builder](build, 1, SETTINGS, None))
+    build_container, push = pod["initContainers"][-1], pod["containers"][0]
+    assert ("ENVKILN_LOCK_DIR" in env_of(build_container)) is lock_env
+    if lock_env:
+        assert env_of(build_container)["ENVKILN_LOCK_DIR"] == "/out/lock"
+        assert env_of(build_container)["ENVKILN_LOCK_ARCHIVE"] == "/out/lock.tar"
+        assert env_of(push)["ENVKILN_LOCK_ARCHIVE"] == "oci-archive:/out/lock.tar"
+        assert env_of(push)["ENVKILN_REPOSITORY"] == repository_of(build["spec"]["image"])
+    else:
+        assert "ENVKILN_LOCK_ARCHIVE" not in env_of(push) and "ENVKILN_LOCK_ARCHIVE" not in env_of(build_container)
+
+
+FAKE_SKOPEO = """#!/bin/sh
+# records its arguments; writes a digest where --digestfile says
+echo "skopeo $*" >> "$CALLS"
+while [ $# -gt 0 ]; do
+  if [ "$1" = --digestfile ]; then printf '%s' "$DIGEST" > "$2"; fi
+  shift
+done
+"""
+
+
+@pytest.mark.parametrize("with_lock", [True, False], ids=["lock-image", "no-lock-image"])
+def test_push_script_pushes_the_lock_image_by_the_digest_before_reporting_it(tmp_path: Path, with_lock: bool) -> None:
+    import subprocess
+
+    build = one_stage_build() if with_lock else build_for(PIP_ENV["spec"])
+    push = pod_of(buildah_job(build, 1, SETTINGS, None))["containers"][0]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "skopeo").write_text(FAKE_SKOPEO)
+    (bin_dir / "skopeo").chmod(0o755)
+    calls, termination_log, tmp = tmp_path / "calls", tmp_path / "termination-log", tmp_path / "var-tmp"
+    tmp.mkdir()
+    script = push["command"][2].replace("/dev/termination-log", str(termination_log)).replace("/var/tmp", str(tmp))
+    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, env={
+        **env_of(push), "PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "DIGEST": DIGEST})
+    assert done.returncode == 0, done.stderr
+    image, repository = build["spec"]["image"], repository_of(build["spec"]["image"])
+    lines = calls.read_text().splitlines()
+    expected = [f"copy --quiet --retry-times 3 --dest-tls-verify=false --digestfile {tmp}/envkiln-digest "
+                f"oci-archive:/out/image.tar docker://{image}"]
+    if with_lock:
+        expected.append(f"copy --quiet --retry-times 3 --dest-tls-verify=false oci-archive:/out/lock.tar "
+                        f"docker://{repository}:sha256-{'a' * 64}.lock")
+    expected.append(f"copy --quiet --retry-times 3 --dest-tls-verify=false oci-archive:/out/image.tar "
+                    f"docker://{repository}:latest")
+    assert [line.removeprefix("skopeo ") for line in lines] == expected
+    assert termination_log.read_text() == DIGEST
+
+
+FAKE_BUILDAH = """#!/bin/sh
+echo "buildah $*" >> "$CALLS"
+"""
+
+
+@pytest.mark.parametrize("lock_written", [True, False], ids=["lock-written", "no-lock-written"])
+def test_build_script_mounts_the_lock_directory_and_makes_the_lock_image(tmp_path: Path, lock_written: bool) -> None:
+    import subprocess
+
+    build = one_stage_build()
+    builder = pod_of(buildah_job(build, 1, SETTINGS, None))["initContainers"][-1]
+    bin_dir, lock_dir, tmp = tmp_path / "bin", tmp_path / "out-lock", tmp_path / "var-tmp"
+    for directory in (bin_dir, tmp):
+        directory.mkdir()
+    (bin_dir / "buildah").write_text(FAKE_BUILDAH)
+    (bin_dir / "buildah").chmod(0o755)
+    calls = tmp_path / "calls"
+    script = builder["command"][2].replace("/var/tmp", str(tmp)).replace("/etc/containers", str(tmp_path / "etc"))
+    if lock_written:  # what the render's lock step writes through the mount
+        lock_dir.mkdir()
+        (lock_dir / "envkiln-lock.txt").write_text("# envkiln lock v1\n[pip]\nsix==1.16.0\n")
+    env = {**env_of(builder), "ENVKILN_LOCK_DIR": str(lock_dir), "PATH": f"{bin_dir}:/usr/bin:/bin",
+           "CALLS": str(calls)}
+    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    lines = [line.removeprefix("buildah --storage-driver vfs ") for line in calls.read_text().splitlines()]
+    assert f"--volume {lock_dir}:/envkiln-lock" in lines[0], "RUN steps write the lock into the mounted directory"
+    assert lines[1] == f"push --quiet {build['spec']['image']} oci-archive:/out/image.tar"
+    if not lock_written:
+        assert done.returncode == 1
+        assert "the build wrote no lock to /envkiln-lock/envkiln-lock.txt; nothing is pushed" in done.stderr
+        assert len(lines) == 2
+        return
+    assert done.returncode == 0, done.stderr
+    assert lines[2:] == [
+        f"build --isolation chroot --layers=false --quiet -f {tmp}/envkiln-lock.Dockerfile -t envkiln-lock {lock_dir}",
+        "push --quiet envkiln-lock oci-archive:/out/lock.tar"]
+    assert (tmp / "envkiln-lock.Dockerfile").read_text() == (
+        "FROM scratch\nCOPY envkiln-lock.txt /opt/envkiln/envkiln-lock.txt\n")
+    assert "lock image made (3 lines)" in done.stdout

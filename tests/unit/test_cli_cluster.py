@@ -173,14 +173,19 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_an_unreachable_api_server_and_wait_keeps_its_timeout(home: Path) -> None:
+def test_an_unreachable_api_server_and_wait_keeps_its_timeout(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Connections refused: `list` says so at once, in one line; `wait --timeout 3s` retries for 3 s
     (not more: no retries below its own, no request beyond the deadline), then exit 4."""
     port = closed_port()
     config = kubeconfig(home / "config", f"https://127.0.0.1:{port}")
-    result, elapsed = envkiln(home, "list", kubeconfig_path=config)
-    one_line_error(result, Exit.CLUSTER, f"cannot reach the API server https://127.0.0.1:{port}: connection refused")
-    assert len(result.stderr.splitlines()) == 1 and elapsed < 10
+    refused = f"cannot reach the API server https://127.0.0.1:{port}: connection refused"
+    result, _ = envkiln(home, "list", kubeconfig_path=config)
+    one_line_error(result, Exit.CLUSTER, refused)
+    assert len(result.stderr.splitlines()) == 1
+    # "At once": timed in this process, without the interpreter's start-up (14 s under load here).
+    started = time.monotonic()
+    one_line_error(in_process(capsys, config, "list"), Exit.CLUSTER, refused)
+    assert time.monotonic() - started < 3.0, "a refused connection is not retried"
     startup = start_up_seconds(home)
     result, elapsed = envkiln(home, "wait", "torch", "--timeout", "3s", kubeconfig_path=config)
     one_line_error(result, Exit.CLUSTER, f"timed out after 3s: cannot reach the API server https://127.0.0.1:{port}: "

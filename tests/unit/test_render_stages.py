@@ -4,17 +4,20 @@ byte, is pinned by the golden test in test_render.py."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from envkiln.core.locks import LOCK_HEADER, LOCK_SCRIPT, LOCK_SCRIPT_NAME, Lock, parse_lock
 from envkiln.core.models import ContextFile
+from envkiln.core.names import lock_tag
 from envkiln.core.render import (
     _LOCK_LAYER_PART,
     CONDA_PREFIX,
     UV_CONFIG_FROM_PIP,
     VENV_PREFIX,
+    LockLocation,
     Part,
     RenderSettings,
     _base_part,
@@ -28,6 +31,8 @@ from envkiln.core.render import (
     _prepare_python,
     _python,
     final_user,
+    lock_location,
+    render,
 )
 from helpers import CONDA_ENV, PIP_ENV, manifest, spec_of
 
@@ -270,6 +275,62 @@ def test_the_lock_layer_is_the_last_stage_and_one_copy() -> None:
     assert layer == Part(lines=(
         "FROM envkiln-image",
         "COPY --from=envkiln-install /envkiln-lock/envkiln-lock.txt /opt/envkiln/envkiln-lock.txt"))
+
+
+@pytest.mark.parametrize(("document", "pinned"), [
+    (PIP_ENV, None), (CONDA_ENV, None), (CONDA_ONLY, None), (manifest(CONDA_ONLY, lock=CONDA_LOCK), CONDA_LOCK),
+], ids=["pip", "conda-and-pip", "conda-only-python-or-shell", "pinned-conda-only"])
+def test_the_one_stage_lock_step_copies_the_lock_into_the_image_before_cleaning_up(
+        document: dict[str, Any], pinned: str | None) -> None:
+    spec = spec_of(document)
+    staged = _lock_write_part(spec, lock(pinned), RenderSettings())
+    into = _lock_write_part(spec, lock(pinned), RenderSettings(), into_image=True)
+    assert staged.files == into.files
+    *_, run = into.lines
+    assert run == staged.lines[-1].replace(
+        " \\\n && rm -rf /tmp/envkiln",
+        " \\\n && cp /envkiln-lock/envkiln-lock.txt /opt/envkiln/envkiln-lock.txt \\\n && rm -rf /tmp/envkiln")
+    assert run.endswith("cp /envkiln-lock/envkiln-lock.txt /opt/envkiln/envkiln-lock.txt \\\n && rm -rf /tmp/envkiln")
+
+
+ONE_STAGE = RenderSettings(tool_mounts=True)
+
+
+@pytest.mark.parametrize(("document", "settings", "base_user", "expected"), [
+    (PIP_ENV, ONE_STAGE, "", LockLocation.LOCK_IMAGE),
+    (CONDA_ENV, ONE_STAGE, "1000", LockLocation.LOCK_IMAGE),
+    (CONDA_ONLY, ONE_STAGE, "", LockLocation.LOCK_IMAGE),
+    (PIP_ENV, ONE_STAGE, None, LockLocation.LAST_LAYER),  # base user unknown: multi-stage
+    (PIP_ENV, RenderSettings(), "", LockLocation.LAST_LAYER),  # Kaniko
+    (CONDA_ENV, RenderSettings(), None, LockLocation.LAST_LAYER),
+    (manifest(pip=None, dockerSteps=["RUN true"]), ONE_STAGE, "", None),  # nothing installed: no lock
+    (manifest(pip=None, dockerSteps=["RUN true"]), RenderSettings(), None, None),
+], ids=["one-stage-pip", "one-stage-conda-user-base", "one-stage-conda-only", "base-user-unknown", "kaniko-pip",
+        "kaniko-conda", "one-stage-no-packages", "multi-stage-no-packages"])
+def test_lock_location_of_each_render(document: dict[str, Any], settings: RenderSettings, base_user: str | None,
+                                      expected: LockLocation | None) -> None:
+    plan = render(spec_of(document), HASH, settings, base_digest=DIGEST, base_user=base_user)
+    assert lock_location(plan.dockerfile) is expected
+    # exactly one of the two ways into the image, or none
+    assert plan.dockerfile.count("/opt/envkiln/envkiln-lock.txt") == (0 if expected is None else 1)
+
+
+@pytest.mark.parametrize(("dockerfile", "expected"), [
+    ("", None),  # a user build context's plan
+    ("FROM x\nRUN true\n", None),
+    ("FROM envkiln-image\nCOPY --from=envkiln-image /envkiln-lock/envkiln-lock.txt /opt/envkiln/envkiln-lock.txt\n",
+     LockLocation.LAST_LAYER),  # a one-stage plan rendered before the lock image (its EnvironmentBuild survives)
+    ("RUN python lock.py write /envkiln-lock/envkiln-lock.txt \\\n && cp /envkiln-lock/envkiln-lock.txt "
+     "/opt/envkiln/envkiln-lock.txt \\\n && rm -rf /tmp/envkiln\n", LockLocation.LOCK_IMAGE),
+], ids=["context", "no-lock", "older-one-stage-plan", "one-stage-plan"])
+def test_lock_location_reads_the_plan(dockerfile: str, expected: LockLocation | None) -> None:
+    assert lock_location(dockerfile) is expected
+
+
+def test_lock_tag_is_a_valid_tag_named_by_the_digest() -> None:
+    tag = lock_tag("sha256:" + "a" * 64)
+    assert tag == "sha256-" + "a" * 64 + ".lock"
+    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag)  # the distribution spec's tag grammar
 
 
 @pytest.mark.parametrize(("parts", "expected"), [

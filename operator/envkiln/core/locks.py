@@ -1,7 +1,8 @@
 """Package locks ("envkiln lock v1"): what a built image holds, and what changed between two.
 
-A lock is the text a build writes into its image (/opt/envkiln/envkiln-lock.txt, the image's
-last layer) and the operator records in the EnvironmentBuild's status; `envkiln lock` prints it
+A lock is the text a build writes into its image (/opt/envkiln/envkiln-lock.txt; read back from
+the image's last layer or the lock image beside it, envkiln.core.render.lock_location) and the
+operator records in the EnvironmentBuild's status; `envkiln lock` prints it
 and `spec.lock` pins a definition to it. The format:
 
     # envkiln lock v1

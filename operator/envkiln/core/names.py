@@ -65,8 +65,20 @@ POD_CONDITION: Final = f"{GROUP}/EnvironmentReady"
 IMAGE_LABEL_HASH: Final = "dev.envkiln.definition-hash"
 IMAGE_LABEL_BASE: Final = "org.opencontainers.image.base.name"
 IMAGE_LABEL_BASE_DIGEST: Final = "org.opencontainers.image.base.digest"
-# The resolved package set, in the image's last layer (written by the render's install stage).
+# The resolved package set, in the image (written by the render's install step). The operator reads
+# it from the image's last layer (the multi-stage render, for Kaniko) or, for the one-stage render
+# (buildah, local), from a one-layer image beside it, tagged lock_tag(image digest).
 LOCK_FILE: Final = "/opt/envkiln/envkiln-lock.txt"
+# Where the one-stage render's lock step writes the lock: a directory the builder mounts into RUN
+# steps (`--volume`), so the builder has the lock after the build without a stage of its own.
+LOCK_EXPORT_DIR: Final = "/envkiln-lock"
+LOCK_EXPORT_FILE: Final = f"{LOCK_EXPORT_DIR}/envkiln-lock.txt"
+
+
+def lock_tag(digest: str) -> str:
+    """The tag of the lock image of the image `digest` ("sha256:<hex>" -> "sha256-<hex>.lock", as
+    cosign names what it attaches to an image)."""
+    return digest.replace(":", "-", 1) + ".lock"
 
 # On Environments made by `envkiln import azureml`: where each came from (envkiln.core.azureml).
 ANNOTATION_AZUREML_NAME: Final = f"{GROUP}/azureml-name"  # the Azure ML name as written (before coercion)

@@ -6,8 +6,11 @@ Layers are ordered so that rarely changing ones come first: docker steps, then t
 environment, then pip requirements. With a builder that bind-mounts tools from images (buildah)
 and the base image's user known, the installs run as root in the one stage FROM the base, which
 then gets its user back (`one_stage`); otherwise they run in a stage of their own and the image
-is the base stage plus /opt/envkiln copied from it (`_multi_stage`). Last, either way, the lock
-(the resolved packages, envkiln.core.locks) alone in the image's last layer.
+is the base stage plus /opt/envkiln copied from it (`_multi_stage`). The lock (the resolved
+packages, envkiln.core.locks) is in the image either way, at names.LOCK_FILE: the multi-stage
+render copies it into a last layer of its own, where the operator reads it from the registry; the
+one-stage render writes it in its install step and also to names.LOCK_EXPORT_DIR, a directory the
+builder mounts, which the builder pushes as a one-layer image beside the image (`lock_location`).
 
 uv comes from a tool image (RenderSettings.uv_image), bind-mounted into the RUN steps that use it
 or copied into the discarded install stage: it is never installed by pip, nor left in the image.
@@ -20,6 +23,7 @@ it ends up with differ.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 
@@ -38,7 +42,7 @@ from envkiln.core.locks import (
 )
 from envkiln.core.models import BuildPlan, CondaPipBlock, ContextFile, EnvironmentKind, EnvironmentSpec, buildkit
 from envkiln.core.names import IMAGE_LABEL_BASE as LABEL_BASE
-from envkiln.core.names import IMAGE_LABEL_BASE_DIGEST, LOCK_FILE
+from envkiln.core.names import IMAGE_LABEL_BASE_DIGEST, LOCK_EXPORT_DIR, LOCK_EXPORT_FILE, LOCK_FILE
 from envkiln.core.names import IMAGE_LABEL_HASH as LABEL_HASH
 
 # Pinned so that renders (and therefore builds) are reproducible; both are settings (pin them by
@@ -52,11 +56,13 @@ VENV_PREFIX = f"{ENVKILN_ROOT}/venv"
 STAGING_DIR = "/tmp/envkiln"
 TOOLS_DIR = "/tmp/envkiln-tools"  # where tool images are bind-mounted for a RUN step (buildah)
 
-# The lock: written in the install stage outside /opt/envkiln, then copied into the image by the
-# last instruction, so the image's last layer holds that one small file (the operator reads it
-# from the registry). LOCK_FILE is envkiln.core.names.LOCK_FILE.
-LOCK_DIR = "/envkiln-lock"
-LOCK_STAGED = f"{LOCK_DIR}/envkiln-lock.txt"
+# The lock: written outside /opt/envkiln (in a directory the one-stage builders mount: names.LOCK_EXPORT_DIR),
+# then copied into the image at names.LOCK_FILE: by a last stage of its own in the multi-stage render
+# (the image's last layer holds that one small file), by the lock step itself in the one-stage one.
+LOCK_DIR = LOCK_EXPORT_DIR
+LOCK_STAGED = LOCK_EXPORT_FILE
+# The one-stage render's lock step ends with this copy; the operator tells the two renders apart by it.
+LOCK_INTO_IMAGE = f"cp {LOCK_STAGED} {LOCK_FILE}"
 LOCK_SCRIPT_PATH = f"{STAGING_DIR}/{LOCK_SCRIPT_NAME}"
 CONDA_EXPORT = f"{STAGING_DIR}/conda-explicit.txt"  # `micromamba env export --explicit --md5`
 # spec.lock's sections as context files: an explicit conda file, and pip lines (with the definition's
@@ -425,14 +431,16 @@ def _lock_write_command(spec: EnvironmentSpec, pinned: Lock | None, pip_section:
     return write
 
 
-def _lock_write_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSettings) -> Part:
+def _lock_write_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSettings,
+                     into_image: bool = False) -> Part:
     """The lock script (unless the pinned pip install copied it already), then the lock written to
-    /envkiln-lock and the staging directory removed."""
+    /envkiln-lock (and with `into_image` copied to names.LOCK_FILE) and the staging directory removed."""
     python = _python(spec)
     pip_section = pinned.has_pip if pinned is not None else installs_pip(spec)
     write = _lock_write_command(spec, pinned, pip_section, settings)
+    cleanup = (f" \\\n && {LOCK_INTO_IMAGE}" if into_image else "") + f" \\\n && rm -rf {STAGING_DIR}"
     if pip_section:
-        run = f"RUN {settings.uv_mount()}{python} {write} \\\n && rm -rf {STAGING_DIR}"
+        run = f"RUN {settings.uv_mount()}{python} {write}{cleanup}"
     else:
         # conda without pip packages: the environment may have no Python; then the base's python3 runs
         # the script, and without one the shell writes the [conda] section itself.
@@ -441,8 +449,7 @@ def _lock_write_part(spec: EnvironmentSpec, pinned: Lock | None, settings: Rende
             f"      \"$lock_python\" {write}; \\\n"
             f"    else \\\n"
             f"      {_conda_lock_in_shell(pinned is not None)}; \\\n"
-            f"    fi \\\n"
-            f" && rm -rf {STAGING_DIR}"
+            f"    fi{cleanup}"
         )
     return _joined([Part() if _pins_pip(pinned) else _SCRIPT_PART, Part(lines=(run,))])
 
@@ -528,11 +535,13 @@ def _one_stage(spec: EnvironmentSpec, definition_hash: str, settings: RenderSett
       and the pip requirements (uv mounted from its image) under /opt/envkiln, the lock written to
       /envkiln-lock, the environment (PATH, conda's variables), then that user again: the base's USER,
       WORKDIR, ENTRYPOINT and CMD (and whatever the docker steps set) are the image's;
-    - the labels last, so that an edit of the definition changes only the last instruction of the stage;
-    - the image: FROM that stage, the lock copied to /opt/envkiln/envkiln-lock.txt, alone in its last layer.
+    - the labels last, so that an edit of the definition changes only the last instruction of the stage.
 
-    No stage is a copy of another's root filesystem but the lock's (BUILDS.md: each stage on vfs is a
-    full copy and commit)."""
+    The lock step writes the lock to /envkiln-lock (names.LOCK_EXPORT_DIR: the builder mounts a
+    directory of its own there and pushes the lock from it as a one-layer image beside the image,
+    names.lock_tag) and copies it to /opt/envkiln/envkiln-lock.txt in the image. No stage copies
+    another's root filesystem (BUILDS.md: each stage on vfs is a full copy and commit; the lock's own
+    stage cost 13 s of a 95 s build)."""
     assert spec.image is not None
     base, digest = base_reference(spec.image, base_digest)
     label = f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}"
@@ -547,10 +556,25 @@ def _one_stage(spec: EnvironmentSpec, definition_hash: str, settings: RenderSett
     return _joined([
         Part(lines=(f"FROM {base} AS {IMAGE_STAGE}", *steps, *(("USER 0:0",) if as_root else ()))),
         _conda_part(spec, pinned, settings), _pip_part(spec, pinned, settings),
-        _lock_write_part(spec, pinned, settings),
+        _lock_write_part(spec, pinned, settings, into_image=True),
         Part(lines=(*_env_lines(spec), *((f"USER {user}",) if as_root else ()), label)),
-        Part(lines=(f"FROM {IMAGE_STAGE}", f"COPY --from={IMAGE_STAGE} {LOCK_STAGED} {LOCK_FILE}")),
     ])
+
+
+class LockLocation(enum.Enum):
+    """Where the operator reads a build's lock from the registry."""
+
+    LAST_LAYER = "the image's last layer"  # the multi-stage render (and earlier one-stage renders)
+    LOCK_IMAGE = "the lock image beside the image"  # the one-stage render: names.lock_tag(digest)
+
+
+def lock_location(dockerfile: str) -> LockLocation | None:
+    """Where the build of a rendered Dockerfile leaves its lock (None: it writes none: user build
+    contexts, definitions without packages). A builder mounts a directory at names.LOCK_EXPORT_DIR
+    and pushes the lock image exactly when this is LOCK_IMAGE."""
+    if LOCK_FILE not in dockerfile:
+        return None
+    return LockLocation.LOCK_IMAGE if LOCK_INTO_IMAGE in dockerfile else LockLocation.LAST_LAYER
 
 
 def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings,

@@ -50,7 +50,9 @@ from envkiln.core.names import (
     REASON_UNTRUSTED_BUILD,
     build_key,
     job_name,
+    lock_tag,
 )
+from envkiln.core.render import LockLocation, lock_location
 from envkiln.core.trust import untrusted_build
 from envkiln.reconcile.context import OperatorContext
 
@@ -144,19 +146,22 @@ def _verify(ctx: OperatorContext, build: dict[str, Any], attempt: int, digest: s
         step.changes["recordSignature"] = ctx.signer.sign_record(meta["namespace"], meta["name"],
                                                                  build["spec"]["hash"], image, digest)
         step.changes["baseImageDigest"] = build["spec"].get("baseImageDigest")
-        step.changes["lock"] = _read_lock(ctx, build, f"{repository}@{digest}")
+        step.changes["lock"] = _read_lock(ctx, build, repository, digest)
     return step
 
 
-def _read_lock(ctx: OperatorContext, build: dict[str, Any], image: str) -> dict[str, Any] | None:
-    """The lock the build wrote into the image's last layer (names.LOCK_FILE), when its plan writes one.
+def _read_lock(ctx: OperatorContext, build: dict[str, Any], repository: str, digest: str) -> dict[str, Any] | None:
+    """The lock the build wrote (names.LOCK_FILE), when its plan writes one: from the image's last
+    layer, or from the lock image the builder pushed beside it (envkiln.core.render.lock_location).
     A lock that cannot be read is logged and left out: the image is good either way."""
-    if LOCK_FILE not in (build["spec"].get("plan") or {}).get("dockerfile", ""):
+    where = lock_location((build["spec"].get("plan") or {}).get("dockerfile", ""))
+    if where is None:
         return None
+    image = f"{repository}@{digest}" if where is LockLocation.LAST_LAYER else f"{repository}:{lock_tag(digest)}"
     try:
         raw = ctx.registry.read_last_layer_file(image, LOCK_FILE)
         if raw is None:
-            raise LockError(f"the image's last layer holds no {LOCK_FILE}")
+            raise LockError(f"{where.value} ({image}) holds no {LOCK_FILE} in its last layer")
         text = raw.decode("utf-8")
         lock = parse_lock(text)
     except (RegistryUnavailable, LockError, UnicodeDecodeError) as error:

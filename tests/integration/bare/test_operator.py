@@ -315,6 +315,14 @@ def test_local_builder_real_build_then_cache_hit(api_client: client.ApiClient, n
     assert status["cacheHit"] is False
     assert "latest" in registry.tags(repository)
     assert len(manifest["layers"]) >= 2
+    # The one-stage render's lock: beside the image, a one-layer image tagged by the image's digest,
+    # which the operator read into the EnvironmentBuild's status.
+    lock_tag = "sha256-" + registry_digest.removeprefix("sha256:") + ".lock"
+    assert lock_tag in registry.tags(repository)
+    lock_manifest, _ = registry.manifest(repository, lock_tag)
+    assert len(lock_manifest["layers"]) == 1
+    [build] = envs.builds()
+    assert "six==1.16.0" in build["status"]["lock"]["text"].splitlines()
     envs.create(environment("real-again", **spec))
     again = envs.wait_phase("real-again", "Ready", diagnostics=operator.log)
     assert again["imageRef"] == status["imageRef"] and again["cacheHit"] is True

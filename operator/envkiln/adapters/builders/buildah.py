@@ -25,15 +25,19 @@ from typing import Any
 from envkiln.adapters.builders.jobs import (
     ARCHIVE,
     BUILD_ENV_FILES,
+    LOCK_ARCHIVE,
+    LOCK_OUT,
     NO_ACCESS,
     OUT,
     BuildAccess,
     JobBuilder,
     build_job,
     job_pod_spec,
+    makes_lock_image,
 )
 from envkiln.core.imageref import parse_image_reference
 from envkiln.core.models import EnvironmentBuildSpec
+from envkiln.core.names import LOCK_EXPORT_DIR, LOCK_EXPORT_FILE, LOCK_FILE
 from envkiln.core.settings import OperatorSettings
 
 __all__ = ["BuildahJobBuilder", "buildah_job", "buildah_pod_spec"]
@@ -60,6 +64,10 @@ if [ -n "${ENVKILN_BUILD_ENV_NAMES:-}" ]; then
   if [ -s "$condarc" ]; then set -- "$@" --volume "$condarc:/etc/conda/.condarc:ro"; fi
 fi
 if [ -n "${ENVKILN_CA_DIR:-}" ]; then set -- "$@" --volume "$ENVKILN_CA_DIR:$ENVKILN_CA_DIR:ro"; fi
+if [ -n "${ENVKILN_LOCK_DIR:-}" ]; then
+  mkdir -p "$ENVKILN_LOCK_DIR"
+  set -- "$@" --volume "$ENVKILN_LOCK_DIR:@LOCK_EXPORT_DIR@"
+fi
 if [ -n "${ENVKILN_INSECURE_REGISTRY:-}" ]; then
   mkdir -p /etc/containers/registries.conf.d
   printf '[[registry]]\\nlocation = "%s"\\ninsecure = true\\n' "$ENVKILN_INSECURE_REGISTRY" \\
@@ -69,7 +77,19 @@ buildah --storage-driver vfs build --isolation chroot --layers=false "$@" \\
   --label "dev.envkiln.definition-hash=$ENVKILN_HASH" -f "$ENVKILN_DOCKERFILE" -t "$ENVKILN_IMAGE" "$ENVKILN_CONTEXT"
 buildah --storage-driver vfs push --quiet "$ENVKILN_IMAGE" "oci-archive:$ENVKILN_ARCHIVE"
 echo "built $ENVKILN_IMAGE"
-""".replace("@BUILD_ENV_FILES@", BUILD_ENV_FILES)
+if [ -n "${ENVKILN_LOCK_DIR:-}" ]; then
+  if [ ! -s "$ENVKILN_LOCK_DIR/@LOCK_NAME@" ]; then
+    echo "envkiln: the build wrote no lock to @LOCK_EXPORT_DIR@/@LOCK_NAME@; nothing is pushed" >&2
+    exit 1
+  fi
+  printf 'FROM scratch\\nCOPY @LOCK_NAME@ @LOCK_FILE@\\n' > /var/tmp/envkiln-lock.Dockerfile
+  buildah --storage-driver vfs build --isolation chroot --layers=false --quiet \\
+    -f /var/tmp/envkiln-lock.Dockerfile -t envkiln-lock "$ENVKILN_LOCK_DIR" > /dev/null
+  buildah --storage-driver vfs push --quiet envkiln-lock "oci-archive:$ENVKILN_LOCK_ARCHIVE"
+  echo "lock image made ($(wc -l < "$ENVKILN_LOCK_DIR/@LOCK_NAME@") lines)"
+fi
+""".replace("@BUILD_ENV_FILES@", BUILD_ENV_FILES).replace("@LOCK_EXPORT_DIR@", LOCK_EXPORT_DIR).replace(
+    "@LOCK_NAME@", LOCK_EXPORT_FILE.rsplit("/", 1)[1]).replace("@LOCK_FILE@", LOCK_FILE)
 
 
 def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, context_dir: str | None,
@@ -101,6 +121,8 @@ def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, co
                 {"name": "ENVKILN_DOCKERFILE", "value": dockerfile},
                 {"name": "ENVKILN_CONTEXT", "value": context},
                 {"name": "ENVKILN_BUILD_ENV_NAMES", "value": " ".join(sorted(build_env or {}))},
+                *([{"name": "ENVKILN_LOCK_DIR", "value": LOCK_OUT},
+                   {"name": "ENVKILN_LOCK_ARCHIVE", "value": LOCK_ARCHIVE}] if makes_lock_image(spec) else []),
                 {"name": "BUILDAH_ISOLATION", "value": "chroot"},
                 {"name": "STORAGE_DRIVER", "value": "vfs"}],
         "terminationMessagePolicy": "FallbackToLogsOnError",

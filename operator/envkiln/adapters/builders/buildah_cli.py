@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from envkiln.core.names import LOCK_EXPORT_DIR, LOCK_EXPORT_FILE, LOCK_FILE, lock_tag
+
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -54,21 +56,50 @@ def push(source: str, destination: str, insecure: bool = True, root: str | os.Pa
 
 def build_and_push(context_dir: Path, destination: str, dockerfile: str = "Dockerfile",
                    extra_tags: tuple[str, ...] = (), insecure: bool = True, timeout: float = 1800,
-                   root: str | os.PathLike[str] | None = None) -> BuildResult:
-    """`buildah bud` the context, push to `destination` (repository:tag); returns the pushed digest."""
+                   root: str | os.PathLike[str] | None = None, lock_dir: Path | None = None) -> BuildResult:
+    """`buildah bud` the context, push to `destination` (repository:tag); returns the pushed digest.
+
+    `lock_dir` (a one-stage render's lock, envkiln.core.render.lock_location): mounted into RUN steps
+    at names.LOCK_EXPORT_DIR; the lock the build writes there is pushed as a one-layer image
+    (names.LOCK_FILE in it) to names.lock_tag(digest) before the digest is returned."""
     tls = f"--tls-verify={'false' if insecure else 'true'}"
     args = ["bud", "--isolation", "chroot", tls, "--layers=false", "-f", str(context_dir / dockerfile),
             "-t", destination]
     if os.path.exists(HOST_CA_BUNDLE):
         # pip/uv inside the build verify TLS against the host's CA bundle.
         args += ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
+    if lock_dir is not None:
+        args += ["-v", f"{lock_dir}:{LOCK_EXPORT_DIR}"]
     result = buildah(*args, str(context_dir), root=root, check=False, timeout=timeout)
     log = result.stdout + result.stderr
     if result.returncode != 0:
         raise BuildFailed(f"build of {destination} failed ({result.returncode})", log)
-    digest = push(destination, destination, insecure=insecure, root=root)
     repository = destination.rsplit(":", 1)[0] if ":" in destination.rsplit("/", 1)[-1] else destination
-    for tag in extra_tags:
-        push(destination, f"{repository}:{tag}", insecure=insecure, root=root)
-    buildah("rmi", "--force", destination, root=root, check=False)
+    lock = lock_dir / Path(LOCK_EXPORT_FILE).name if lock_dir is not None else None
+    if lock is not None and (not lock.is_file() or lock.stat().st_size == 0):
+        buildah("rmi", "--force", destination, root=root, check=False)
+        raise BuildFailed(f"the build wrote no lock to {LOCK_EXPORT_FILE}; nothing was pushed", log)
+    try:
+        digest = push(destination, destination, insecure=insecure, root=root)
+        if lock is not None:
+            _push_lock_image(lock, f"{repository}:{lock_tag(digest)}", insecure, root, timeout)
+        for tag in extra_tags:
+            push(destination, f"{repository}:{tag}", insecure=insecure, root=root)
+    finally:
+        buildah("rmi", "--force", destination, root=root, check=False)
     return BuildResult(destination, digest, log)
+
+
+def _push_lock_image(lock: Path, destination: str, insecure: bool, root: str | os.PathLike[str] | None,
+                     timeout: float) -> None:
+    """The lock file the build wrote, as a one-layer image FROM scratch (names.LOCK_FILE in it), pushed
+    to `destination`."""
+    with tempfile.TemporaryDirectory(prefix="envkiln-lockfile-") as tmp:
+        dockerfile = Path(tmp) / "Dockerfile"
+        dockerfile.write_text(f"FROM scratch\nCOPY {lock.name} {LOCK_FILE}\n")
+        buildah("bud", "--isolation", "chroot", "--layers=false", "-f", str(dockerfile), "-t", destination,
+                str(lock.parent), root=root, timeout=timeout)
+    try:
+        push(destination, destination, insecure=insecure, root=root)
+    finally:
+        buildah("rmi", "--force", destination, root=root, check=False)

@@ -60,6 +60,7 @@ from envkiln.core.names import (
 )
 from envkiln.core.placement import BuildPlacement, mask_credentials
 from envkiln.core.registryauth import DockerConfigError, merge_auths
+from envkiln.core.render import LockLocation, lock_location
 from envkiln.core.settings import OperatorSettings
 
 __all__ = ["JobBuilder", "build_job", "context_configmap", "context_configmap_name", "job_name"]
@@ -69,6 +70,11 @@ CONTEXT_MOUNT = "/workspace"  # the verified context the build reads (an emptyDi
 CONTEXT_SOURCE = "/context-source"  # the operator's immutable ConfigMap, mounted read-only
 OUT = "/out"
 ARCHIVE = f"{OUT}/image.tar"
+# A one-stage render's lock (envkiln.core.render.lock_location): the build's RUN step writes it into
+# LOCK_OUT (mounted at names.LOCK_EXPORT_DIR), the build container makes it a one-layer image
+# (LOCK_ARCHIVE), the push container pushes that beside the image as names.lock_tag(digest).
+LOCK_OUT = f"{OUT}/lock"
+LOCK_ARCHIVE = f"{OUT}/lock.tar"
 PUSH_USER = 65532
 CREDENTIALS_MOUNT = "/creds"
 PUSH_TOKEN_DIR = "/var/run/secrets/envkiln/push-token"
@@ -113,12 +119,18 @@ fi
 echo "context verified: sha256 $actual"
 """.replace("@TREE@", CONTEXT_TREE_KEY)
 
-# The `push` container, the only one that mounts the push credential.
+# The `push` container, the only one that mounts the push credential. The lock image (when the
+# build made one) is pushed before the digest is reported: a build reported done has its lock.
 PUSH_SCRIPT = """set -eu
 set -- --retry-times 3
 if [ -n "${ENVKILN_INSECURE_REGISTRY:-}" ]; then set -- "$@" --dest-tls-verify=false; fi
 if [ -f /creds/config.json ]; then set -- "$@" --dest-authfile /creds/config.json; fi
-skopeo copy --quiet "$@" --digestfile /dev/termination-log "$ENVKILN_ARCHIVE" "docker://$ENVKILN_IMAGE"
+skopeo copy --quiet "$@" --digestfile /var/tmp/envkiln-digest "$ENVKILN_ARCHIVE" "docker://$ENVKILN_IMAGE"
+if [ -n "${ENVKILN_LOCK_ARCHIVE:-}" ]; then
+  skopeo copy --quiet "$@" "$ENVKILN_LOCK_ARCHIVE" \\
+    "docker://$ENVKILN_REPOSITORY:$(sed 's/:/-/' /var/tmp/envkiln-digest).lock"
+fi
+cat /var/tmp/envkiln-digest > /dev/termination-log
 skopeo copy --quiet "$@" "$ENVKILN_ARCHIVE" "docker://$ENVKILN_LATEST"
 """
 
@@ -342,10 +354,11 @@ def context_init(spec: EnvironmentBuildSpec, settings: OperatorSettings
     return container, volumes, dockerfile
 
 
-def push_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, archive: str, with_credentials: str | None
-                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def push_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, archive: str, with_credentials: str | None,
+                   lock_archive: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(the `push` container, its volumes besides `out`): skopeo copies `archive` (e.g.
-    oci-archive:/out/image.tar) to the image and writes the pushed digest to its termination
+    oci-archive:/out/image.tar) to the image, then `lock_archive` (when the build makes a lock
+    image) to names.lock_tag of the pushed digest, and writes that digest to its termination
     message. It alone mounts the push credential (`with_credentials`: the Secret's name)."""
     registry_host = parse_image_reference(spec.image).registry or ""
     volumes: list[dict[str, Any]] = [{"name": "push-tmp", "emptyDir": {}}]
@@ -372,6 +385,8 @@ def push_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, archi
                 {"name": "ENVKILN_LATEST", "value": f"{repository_of(spec.image)}:latest"},
                 {"name": "ENVKILN_ARCHIVE", "value": archive},
                 {"name": "ENVKILN_INSECURE_REGISTRY", "value": registry_host if settings.insecure_registry else ""},
+                *([{"name": "ENVKILN_REPOSITORY", "value": repository_of(spec.image)},
+                   {"name": "ENVKILN_LOCK_ARCHIVE", "value": lock_archive}] if lock_archive else []),
                 {"name": "HOME", "value": "/var/tmp"},
                 *identity, *env_entries(settings.build_push_env)],
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -380,6 +395,11 @@ def push_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, archi
         "volumeMounts": mounts,
     }
     return container, volumes
+
+
+def makes_lock_image(spec: EnvironmentBuildSpec) -> bool:
+    """Whether the build pushes a lock image beside the image (the one-stage render's lock)."""
+    return spec.plan.context is None and lock_location(spec.plan.dockerfile) is LockLocation.LOCK_IMAGE
 
 
 def env_entries(env: dict[str, str], only_proxies: bool = False) -> list[dict[str, Any]]:
@@ -531,7 +551,8 @@ def job_pod_spec(build: dict[str, Any], settings: OperatorSettings, build_contai
     builder = {**builder, "resources": {key: dict(value) for key, value in placement.resources.items()}}
     if placement.env:
         builder["env"] = [*builder.get("env", []), *env_entries(placement.env)]
-    push, push_volumes = push_container(spec, settings, f"{archive_format}:{ARCHIVE}", with_credentials)
+    lock_archive = f"{archive_format}:{LOCK_ARCHIVE}" if makes_lock_image(spec) else None
+    push, push_volumes = push_container(spec, settings, f"{archive_format}:{ARCHIVE}", with_credentials, lock_archive)
     push["env"] = [*push["env"], *env_entries(placement.env, only_proxies=True)]
     if context is not None:
         context["env"] = [*context["env"], *env_entries(placement.env, only_proxies=True)]

@@ -26,6 +26,7 @@ from envkiln.adapters.builders.buildah_cli import BuildFailed, build_and_push
 from envkiln.adapters.kube import Kube
 from envkiln.core.models import BuildContext, EnvironmentBuildSpec
 from envkiln.core.names import CONTEXT_TREE_KEY
+from envkiln.core.render import LockLocation, lock_location
 from envkiln.core.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -143,14 +144,17 @@ class LocalBuilder:
     def _build(self, build: dict[str, Any], attempt: int) -> AttemptResult:
         spec = EnvironmentBuildSpec.model_validate(build["spec"])
         namespace = build["metadata"]["namespace"]
-        with tempfile.TemporaryDirectory(prefix="envkiln-ctx-") as tmp:
+        # The lock directory (a one-stage render's) is not in the context: the build cannot COPY it.
+        with tempfile.TemporaryDirectory(prefix="envkiln-ctx-") as tmp, \
+                tempfile.TemporaryDirectory(prefix="envkiln-lock-") as lock_tmp:
             context = Path(tmp)
+            lock_dir = Path(lock_tmp) if lock_location(spec.plan.dockerfile) is LockLocation.LOCK_IMAGE else None
             try:
                 dockerfile = materialise_context(spec, namespace, self.kube, context)
                 result = build_and_push(context, spec.image, dockerfile=dockerfile, extra_tags=("latest",),
                                         insecure=self.settings.insecure_registry,
                                         timeout=self.settings.build_deadline_seconds,
-                                        root=self.settings.local_storage_root)
+                                        root=self.settings.local_storage_root, lock_dir=lock_dir)
             except BuildFailed as error:
                 return AttemptResult(AttemptState.FAILED, reason="BuildFailed", log_tail=tail(error.log))
             except (ContextError, OSError, subprocess.SubprocessError) as error:

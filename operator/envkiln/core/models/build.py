@@ -78,8 +78,9 @@ class EnvironmentBuildStatus(StatusModel):
     digest: str | None = Field(default=None, description="Digest of the pushed image, verified in the registry.")
     base_image_digest: str | None = Field(default=None, description="Digest of the base image it was built on.")
     lock: BuildLock | None = Field(
-        default=None, description="The resolved packages, read from the image's last layer "
-        "(the file /opt/envkiln/envkiln-lock.txt) once the image is verified.")
+        default=None, description="The resolved packages (the file /opt/envkiln/envkiln-lock.txt), read once the "
+        "image is verified: from the lock image beside it (tag sha256-<digest>.lock; buildah and local builders) "
+        "or from the image's last layer (Kaniko).")
     image_ref: str | None = Field(
         default=None, description="The pushed image as workloads pull it, repository@sha256:...")
     record_signature: str | None = Field(
