@@ -441,3 +441,17 @@ def test_build_script_mounts_the_lock_directory_and_makes_the_lock_image(tmp_pat
     assert (tmp / "envkiln-lock.Dockerfile").read_text() == (
         "FROM scratch\nCOPY envkiln-lock.txt /opt/envkiln/envkiln-lock.txt\n")
     assert "lock image made (3 lines)" in done.stdout
+
+
+@pytest.mark.parametrize(("driver", "capabilities"), [
+    ("vfs", ["SETUID", "SETGID", "SETFCAP"]),
+    ("overlay", ["SETUID", "SETGID", "SETFCAP", "SYS_ADMIN"]),  # kernel overlay mounts
+], ids=["vfs", "overlay"])
+def test_the_storage_driver_reaches_every_buildah_call_and_overlay_alone_adds_sys_admin(
+        driver: str, capabilities: list[str]) -> None:
+    settings = SETTINGS.model_copy(update={"buildah_storage_driver": driver})
+    builder = pod_of(buildah_job(one_stage_build(), 1, settings, None))["initContainers"][-1]
+    assert env_of(builder)["STORAGE_DRIVER"] == driver
+    assert builder["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": capabilities}
+    script = builder["command"][2]
+    assert script.count("buildah --storage-driver") == script.count('buildah --storage-driver "$STORAGE_DRIVER"') == 4

@@ -108,6 +108,12 @@ class OperatorSettings(BaseModel):
         default="envkiln/buildah.json",
         description="Localhost seccomp profile of the buildah build container, relative to the kubelet's seccomp dir.",
     )
+    buildah_storage_driver: Literal["vfs", "overlay"] = Field(
+        default="vfs", description="Storage driver of the buildah build container. vfs needs no privilege beyond "
+        "the builder's, but copies the root filesystem for every stage and layer; overlay does not, and needs "
+        "CAP_SYS_ADMIN in the build container (its kernel overlay mounts), which Pod Security baseline refuses: "
+        "use it where build namespaces are privileged (docs/benchmarks.md has what each costs).",
+    )
     local_storage_root: str | None = Field(
         default=None, description="buildah storage directory of the local builder (default: buildah's own)."
     )

@@ -5,8 +5,10 @@ because a RUN step can escape buildah's chroot isolation and read whatever its c
 
 - the init container `build` runs `buildah build` (vfs storage, chroot isolation) as root with
   only SETUID, SETGID and SETFCAP, no privilege escalation and a Localhost seccomp profile
-  (Pod Security `baseline` admits it), and writes an OCI archive to an emptyDir. It mounts no
-  credential and no service-account token;
+  (Pod Security `baseline` admits it), and writes an OCI archive to an emptyDir (and for a
+  one-stage render the lock image, from the lock its RUN step wrote into a mounted directory).
+  It mounts no credential and no service-account token. With ENVKILN_BUILDAH_STORAGE_DRIVER=overlay
+  it also has CAP_SYS_ADMIN (kernel overlay mounts; `baseline` refuses that);
 - the container `push` (shared with Kaniko, envkiln.adapters.builders.jobs), non-root with every
   capability dropped and the runtime's default seccomp profile, alone mounts the push
   credential, copies the archive to the registry with skopeo and writes the pushed digest to
@@ -73,9 +75,9 @@ if [ -n "${ENVKILN_INSECURE_REGISTRY:-}" ]; then
   printf '[[registry]]\\nlocation = "%s"\\ninsecure = true\\n' "$ENVKILN_INSECURE_REGISTRY" \\
     > /etc/containers/registries.conf.d/50-envkiln.conf
 fi
-buildah --storage-driver vfs build --isolation chroot --layers=false "$@" \\
+buildah --storage-driver "$STORAGE_DRIVER" build --isolation chroot --layers=false "$@" \\
   --label "dev.envkiln.definition-hash=$ENVKILN_HASH" -f "$ENVKILN_DOCKERFILE" -t "$ENVKILN_IMAGE" "$ENVKILN_CONTEXT"
-buildah --storage-driver vfs push --quiet "$ENVKILN_IMAGE" "oci-archive:$ENVKILN_ARCHIVE"
+buildah --storage-driver "$STORAGE_DRIVER" push --quiet "$ENVKILN_IMAGE" "oci-archive:$ENVKILN_ARCHIVE"
 echo "built $ENVKILN_IMAGE"
 if [ -n "${ENVKILN_LOCK_DIR:-}" ]; then
   if [ ! -s "$ENVKILN_LOCK_DIR/@LOCK_NAME@" ]; then
@@ -83,13 +85,19 @@ if [ -n "${ENVKILN_LOCK_DIR:-}" ]; then
     exit 1
   fi
   printf 'FROM scratch\\nCOPY @LOCK_NAME@ @LOCK_FILE@\\n' > /var/tmp/envkiln-lock.Dockerfile
-  buildah --storage-driver vfs build --isolation chroot --layers=false --quiet \\
+  buildah --storage-driver "$STORAGE_DRIVER" build --isolation chroot --layers=false --quiet \\
     -f /var/tmp/envkiln-lock.Dockerfile -t envkiln-lock "$ENVKILN_LOCK_DIR" > /dev/null
-  buildah --storage-driver vfs push --quiet envkiln-lock "oci-archive:$ENVKILN_LOCK_ARCHIVE"
+  buildah --storage-driver "$STORAGE_DRIVER" push --quiet envkiln-lock "oci-archive:$ENVKILN_LOCK_ARCHIVE"
   echo "lock image made ($(wc -l < "$ENVKILN_LOCK_DIR/@LOCK_NAME@") lines)"
 fi
 """.replace("@BUILD_ENV_FILES@", BUILD_ENV_FILES).replace("@LOCK_EXPORT_DIR@", LOCK_EXPORT_DIR).replace(
     "@LOCK_NAME@", LOCK_EXPORT_FILE.rsplit("/", 1)[1]).replace("@LOCK_FILE@", LOCK_FILE)
+
+
+def build_capabilities(settings: OperatorSettings) -> list[str]:
+    """The build container's capabilities: what chroot isolation needs, and for the overlay driver the
+    kernel overlay mounts (CAP_SYS_ADMIN; Pod Security baseline refuses it)."""
+    return ["SETUID", "SETGID", "SETFCAP", *(["SYS_ADMIN"] if settings.buildah_storage_driver == "overlay" else [])]
 
 
 def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, context_dir: str | None,
@@ -124,13 +132,13 @@ def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, co
                 *([{"name": "ENVKILN_LOCK_DIR", "value": LOCK_OUT},
                    {"name": "ENVKILN_LOCK_ARCHIVE", "value": LOCK_ARCHIVE}] if makes_lock_image(spec) else []),
                 {"name": "BUILDAH_ISOLATION", "value": "chroot"},
-                {"name": "STORAGE_DRIVER", "value": "vfs"}],
+                {"name": "STORAGE_DRIVER", "value": settings.buildah_storage_driver}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": {},  # the namespace's build placement (envkiln.adapters.builders.jobs.job_pod_spec)
         "securityContext": {
             "runAsUser": 0,
             "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]},
+            "capabilities": {"drop": ["ALL"], "add": build_capabilities(settings)},
             "seccompProfile": {"type": "Localhost", "localhostProfile": settings.buildah_seccomp_profile},
         },
         "volumeMounts": mounts,
