@@ -169,9 +169,9 @@ def other_revision(rev: str) -> Revision:
 
 class Bench:
     def __init__(self, cluster: Cluster, index: PackageIndex, base: str, builder: str, workdir: Path,
-                 index_via: str, pins: dict[str, list[str]]):
+                 index_via: str, pins: dict[str, list[str]], pod_security: str = "baseline"):
         self.cluster, self.index, self.base, self.builder, self.workdir = cluster, index, base, builder, workdir
-        self.index_via, self.pins = index_via, pins
+        self.index_via, self.pins, self.pod_security = index_via, pins, pod_security
         self.api = config.new_client_from_config(str(cluster.kubeconfig))
         install_crds(self.api)
         self.core = client.CoreV1Api(self.api)
@@ -183,7 +183,7 @@ class Bench:
 
     def namespace(self, name: str) -> str:
         self.core.create_namespace({"metadata": {"name": name, "labels": {
-            "pod-security.kubernetes.io/enforce": "baseline"}}})
+            "pod-security.kubernetes.io/enforce": self.pod_security}}})
         deadline = time.monotonic() + 60  # ServiceAccount admission: pods need the default account
         while not self.core.list_namespaced_service_account(name, field_selector="metadata.name=default").items:
             if time.monotonic() > deadline:
@@ -440,6 +440,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="make the cluster's work directory (kubelet root, so the build pods' emptyDir storage; "
                              "containerd; registry) under this directory, e.g. /var/tmp for a disk like a real "
                              "node's (default: the harness's, /dev/shm: memory, where vfs copies cost less)")
+    parser.add_argument("--pod-security", choices=("baseline", "privileged"), default="baseline",
+                        help="the Pod Security level the bench's namespaces enforce (privileged for "
+                             "--setting ENVKILN_BUILDAH_STORAGE_DRIVER=overlay: its build container has SYS_ADMIN)")
     parser.add_argument("--svg", type=Path, help="write a bar chart of the seconds here")
     parser.add_argument("--keep", type=Path, help="copy the operators' logs here")
     args = parser.parse_args(argv)
@@ -454,7 +457,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     revisions: list[Revision] = []
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results: dict[str, Any] = {}
-    details: dict[str, Any] = {"steps": steps, "quick": args.quick, "index_via": args.index_via}
+    details: dict[str, Any] = {"steps": steps, "quick": args.quick, "index_via": args.index_via,
+                               "pod_security": args.pod_security, "settings": args.setting,
+                               "before_settings": args.before_setting}
     cluster: Cluster | None = None
     bench: Bench | None = None
     index: PackageIndex | None = None
@@ -479,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         builder_digest = push_archive(builder_image_archive(), f"{registry}/envkiln/builder:bench")
         builder = f"{registry}/envkiln/builder@{builder_digest}"
         index = PackageIndex(host=cluster.address, directory=wheels).start()
-        bench = Bench(cluster, index, base, builder, workdir, args.index_via, pins)
+        bench = Bench(cluster, index, base, builder, workdir, args.index_via, pins, args.pod_security)
         run = uuid.uuid4().hex[:6]
         operators: dict[str, tuple[OperatorProcess, str, str]] = {}
         for revision in revisions:
