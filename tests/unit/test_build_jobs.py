@@ -443,15 +443,44 @@ def test_build_script_mounts_the_lock_directory_and_makes_the_lock_image(tmp_pat
     assert "lock image made (3 lines)" in done.stdout
 
 
-@pytest.mark.parametrize(("driver", "capabilities"), [
-    ("vfs", ["SETUID", "SETGID", "SETFCAP"]),
-    ("overlay", ["SETUID", "SETGID", "SETFCAP", "SYS_ADMIN"]),  # kernel overlay mounts
-], ids=["vfs", "overlay"])
-def test_the_storage_driver_reaches_every_buildah_call_and_overlay_alone_adds_sys_admin(
-        driver: str, capabilities: list[str]) -> None:
+FAKE_BUILDAH_INFO = """#!/bin/sh
+echo "buildah $*" >> "$CALLS"
+case "$*" in
+  *"overlay info"*) if [ -n "${NO_OVERLAY:-}" ]; then echo "kernel does not support overlay fs" >&2; exit 125; fi ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(("driver", "overlay_works", "used"), [
+    ("vfs", True, "vfs"),  # not even probed
+    ("overlay", True, "overlay"),
+    ("overlay", False, "vfs"),  # said in the build's log
+], ids=["vfs", "overlay", "overlay-unavailable-falls-back-to-vfs"])
+def test_the_storage_driver_reaches_every_buildah_call_with_the_same_privileges(
+        tmp_path: Path, driver: str, overlay_works: bool, used: str) -> None:
+    import subprocess
+
     settings = SETTINGS.model_copy(update={"buildah_storage_driver": driver})
-    builder = pod_of(buildah_job(one_stage_build(), 1, settings, None))["initContainers"][-1]
+    builder = pod_of(buildah_job(build_for(PIP_ENV["spec"]), 1, settings, None))["initContainers"][-1]
     assert env_of(builder)["STORAGE_DRIVER"] == driver
-    assert builder["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": capabilities}
-    script = builder["command"][2]
-    assert script.count("buildah --storage-driver") == script.count('buildah --storage-driver "$STORAGE_DRIVER"') == 4
+    # overlay needs nothing more: buildah without CAP_SYS_ADMIN mounts it in a user namespace
+    assert builder["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]}
+    bin_dir, tmp = tmp_path / "bin", tmp_path / "var-tmp"
+    for directory in (bin_dir, tmp):
+        directory.mkdir()
+    (bin_dir / "buildah").write_text(FAKE_BUILDAH_INFO)
+    (bin_dir / "buildah").chmod(0o755)
+    calls = tmp_path / "calls"
+    script = builder["command"][2].replace("/var/tmp", str(tmp)).replace("/etc/containers", str(tmp_path / "etc"))
+    env = {**env_of(builder), "PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls),
+           **({} if overlay_works else {"NO_OVERLAY": "1"})}
+    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    probes = ["buildah --storage-driver overlay info"] if driver == "overlay" else []
+    assert lines[:len(probes)] == probes
+    work = lines[len(probes):]
+    assert [line.split()[:3] for line in work] == [["buildah", "--storage-driver", used]] * 2  # build, push
+    assert ("the overlay storage driver cannot be used here; building with vfs" in done.stderr) is (used != driver)
+    if used != driver:
+        assert "kernel does not support overlay fs" in done.stderr

@@ -109,10 +109,11 @@ class OperatorSettings(BaseModel):
         description="Localhost seccomp profile of the buildah build container, relative to the kubelet's seccomp dir.",
     )
     buildah_storage_driver: Literal["vfs", "overlay"] = Field(
-        default="vfs", description="Storage driver of the buildah build container. vfs needs no privilege beyond "
-        "the builder's, but copies the root filesystem for every stage and layer; overlay does not, and needs "
-        "CAP_SYS_ADMIN in the build container (its kernel overlay mounts), which Pod Security baseline refuses: "
-        "use it where build namespaces are privileged (docs/benchmarks.md has what each costs).",
+        default="vfs", description="Storage driver of the buildah build container: vfs copies the root filesystem "
+        "for every layer it unpacks and every stage; overlay does not. Neither needs more than the build "
+        "container's privileges: without CAP_SYS_ADMIN buildah runs rootless, in a user namespace, where a "
+        "kernel of 5.13 or later mounts overlay; where overlay cannot be used, the build says so in its log and "
+        "uses vfs (docs/benchmarks.md has what each costs).",
     )
     local_storage_root: str | None = Field(
         default=None, description="buildah storage directory of the local builder (default: buildah's own)."

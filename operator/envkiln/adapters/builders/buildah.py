@@ -7,8 +7,9 @@ because a RUN step can escape buildah's chroot isolation and read whatever its c
   only SETUID, SETGID and SETFCAP, no privilege escalation and a Localhost seccomp profile
   (Pod Security `baseline` admits it), and writes an OCI archive to an emptyDir (and for a
   one-stage render the lock image, from the lock its RUN step wrote into a mounted directory).
-  It mounts no credential and no service-account token. With ENVKILN_BUILDAH_STORAGE_DRIVER=overlay
-  it also has CAP_SYS_ADMIN (kernel overlay mounts; `baseline` refuses that);
+  It mounts no credential and no service-account token. ENVKILN_BUILDAH_STORAGE_DRIVER=overlay needs
+  nothing more: without CAP_SYS_ADMIN buildah runs rootless, in a user namespace, where the kernel
+  (5.13 or later) mounts overlay for it; where it cannot, the build says so and uses vfs;
 - the container `push` (shared with Kaniko, envkiln.adapters.builders.jobs), non-root with every
   capability dropped and the runtime's default seccomp profile, alone mounts the push
   credential, copies the archive to the registry with skopeo and writes the pushed digest to
@@ -59,6 +60,11 @@ __all__ = ["BuildahJobBuilder", "buildah_job", "buildah_pod_spec"]
 # (e.g. for `PIP_CERT` in the build env), and never committed either.
 BUILD_SCRIPT = """set -eu
 set --
+if [ "$STORAGE_DRIVER" = overlay ] && ! buildah --storage-driver overlay info > /var/tmp/envkiln-overlay.log 2>&1; then
+  echo "envkiln: the overlay storage driver cannot be used here; building with vfs:" >&2
+  tail -n 3 /var/tmp/envkiln-overlay.log >&2
+  STORAGE_DRIVER=vfs
+fi
 if [ -n "${ENVKILN_BUILD_ENV_NAMES:-}" ]; then
   mkdir -p /var/tmp/envkiln-build-env
   pip=/var/tmp/envkiln-build-env/pip.conf condarc=/var/tmp/envkiln-build-env/condarc
@@ -92,12 +98,6 @@ if [ -n "${ENVKILN_LOCK_DIR:-}" ]; then
 fi
 """.replace("@BUILD_ENV_FILES@", BUILD_ENV_FILES).replace("@LOCK_EXPORT_DIR@", LOCK_EXPORT_DIR).replace(
     "@LOCK_NAME@", LOCK_EXPORT_FILE.rsplit("/", 1)[1]).replace("@LOCK_FILE@", LOCK_FILE)
-
-
-def build_capabilities(settings: OperatorSettings) -> list[str]:
-    """The build container's capabilities: what chroot isolation needs, and for the overlay driver the
-    kernel overlay mounts (CAP_SYS_ADMIN; Pod Security baseline refuses it)."""
-    return ["SETUID", "SETGID", "SETFCAP", *(["SYS_ADMIN"] if settings.buildah_storage_driver == "overlay" else [])]
 
 
 def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, context_dir: str | None,
@@ -138,7 +138,7 @@ def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, co
         "securityContext": {
             "runAsUser": 0,
             "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"], "add": build_capabilities(settings)},
+            "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]},
             "seccompProfile": {"type": "Localhost", "localhostProfile": settings.buildah_seccomp_profile},
         },
         "volumeMounts": mounts,
