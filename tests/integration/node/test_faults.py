@@ -198,19 +198,34 @@ def wait_gated(envs: Envs, job: str, history: PodHistory | None = None) -> clien
     return pod
 
 
+def running_build_pod(envs: Envs, build: str, container: str, attempt: int = 1) -> client.V1Pod | None:
+    """The build pod of `build` (attempt `attempt`) if `container` runs in it now."""
+    for pod in build_pods(envs.core, envs.namespace):
+        labels = pod.metadata.labels
+        if labels["envkiln.dev/build"] == build and labels.get("envkiln.dev/attempt") == str(attempt) \
+                and running_in(pod, container):
+            return pod
+    return None
+
+
 def build_pod_in(envs: Envs, build: str, container: str, attempt: int = 1, timeout: float = 180,
                  diagnostics: Callable[[], str] | None = None) -> client.V1Pod:
     """The build pod of `build` (attempt `attempt`) once `container` runs in it."""
-    def found() -> client.V1Pod | None:
-        for pod in build_pods(envs.core, envs.namespace):
-            labels = pod.metadata.labels
-            if labels["envkiln.dev/build"] == build and labels.get("envkiln.dev/attempt") == str(attempt) \
-                    and running_in(pod, container):
-                return pod
-        return None
+    return wait_for(lambda: running_build_pod(envs, build, container, attempt), timeout=timeout, interval=0.1,
+                    what=f"{container} running in {build}'s build pod", diagnostics=diagnostics)
 
-    return wait_for(found, timeout=timeout, interval=0.1, what=f"{container} running in {build}'s build pod",
-                    diagnostics=diagnostics)
+
+def all_running(envs: Envs, builds: list[str], container: str, timeout: float = 180,
+                diagnostics: Callable[[], str] | None = None) -> None:
+    """Until `container` has been seen running in each build's pod (attempt 1), all polled together: waited
+    for one after another, a short build can finish before its turn comes (seen in one run)."""
+    pending, deadline = set(builds), time.monotonic() + timeout
+    while pending:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{container} never seen running for {sorted(pending)}\n"
+                                 f"{diagnostics() if diagnostics else ''}")
+        pending = {build for build in pending if running_build_pod(envs, build, container) is None}
+        time.sleep(0.1)
 
 
 def build_of(envs: Envs, name: str, timeout: float = 60) -> str:
@@ -384,19 +399,33 @@ def test_build_pod_deleted_evicted_and_job_deleted_mid_build(
         for name in names:
             wait_gated(envs, f"train-{name}", history)
         builds = {name: build_of(envs, name) for name in names}
-        # Each fault as soon as its build container runs, so that it lands mid-build.
-        pod = build_pod_in(envs, builds["deleted"], "build", diagnostics=operator.log)
-        envs.core.delete_namespaced_pod(pod.metadata.name, node_namespace, grace_period_seconds=0)
-        assert (envs.build(builds["deleted"]).get("status") or {}).get("phase") == "Building"
-        pod = build_pod_in(envs, builds["evicted"], "build", diagnostics=operator.log)
-        envs.core.create_namespaced_pod_eviction(pod.metadata.name, node_namespace, {
-            "apiVersion": "policy/v1", "kind": "Eviction",
-            "metadata": {"name": pod.metadata.name, "namespace": node_namespace}})
-        assert (envs.build(builds["evicted"]).get("status") or {}).get("phase") == "Building"
-        build_pod_in(envs, builds["jobless"], "build", diagnostics=operator.log)
-        [job] = [j for j in envs.jobs() if j.metadata.labels["envkiln.dev/build"] == builds["jobless"]]
-        envs.batch.delete_namespaced_job(job.metadata.name, node_namespace, propagation_policy="Background")
-        assert (envs.build(builds["jobless"]).get("status") or {}).get("phase") == "Building"
+        deleted_jobs: list[client.V1Job] = []
+
+        def strike(name: str, pod: client.V1Pod) -> None:
+            if name == "deleted":
+                envs.core.delete_namespaced_pod(pod.metadata.name, node_namespace, grace_period_seconds=0)
+            elif name == "evicted":
+                envs.core.create_namespaced_pod_eviction(pod.metadata.name, node_namespace, {
+                    "apiVersion": "policy/v1", "kind": "Eviction",
+                    "metadata": {"name": pod.metadata.name, "namespace": node_namespace}})
+            else:
+                [job] = [j for j in envs.jobs() if j.metadata.labels["envkiln.dev/build"] == builds[name]]
+                envs.batch.delete_namespaced_job(job.metadata.name, node_namespace, propagation_policy="Background")
+                deleted_jobs.append(job)
+            assert (envs.build(builds[name]).get("status") or {}).get("phase") == "Building", name
+
+        # Each fault as soon as its build container runs, whichever runs first, so that each lands mid-build
+        # (struck one after another, the third build had finished by its turn in one run).
+        pending, deadline = set(names), time.monotonic() + 180
+        while pending:
+            assert time.monotonic() < deadline, f"no build container ran for {sorted(pending)}\n{operator.log()}"
+            for name in sorted(pending):
+                pod = running_build_pod(envs, builds[name], "build")
+                if pod is not None:
+                    strike(name, pod)
+                    pending.discard(name)
+            time.sleep(0.1)
+        [job] = deleted_jobs
         statuses = assert_converged(envs, specs, timeout=600, diagnostics=operator.log)
         converged = time.monotonic() - began
         for name in names:
@@ -442,7 +471,7 @@ def test_active_replica_killed_while_pods_are_admitted(
         token = uuid.uuid4().hex[:8]
         envs.create(environment("served", image=node_base_image, userManaged=True))  # nothing to build
         envs.wait_phase("served", "Ready", timeout=120, diagnostics=logs)
-        specs = {f"peer-{i}": [small_spec(node_base_image, token, i, "RUN sleep 15")] for i in range(3)}
+        specs = {f"peer-{i}": [small_spec(node_base_image, token, i, "RUN sleep 30")] for i in range(3)}
         history = PodHistory(node_api, tenant)
         history.start()
         probe = AdmissionProbe(core, tenant, "served")
@@ -450,8 +479,7 @@ def test_active_replica_killed_while_pods_are_admitted(
         try:
             for name, versions in specs.items():
                 envs.create(environment(name, **versions[0]))
-            for name in specs:
-                build_pod_in(envs, build_of(envs, name), "build", diagnostics=logs)
+            all_running(envs, [build_of(envs, name) for name in specs], "build", diagnostics=logs)
             time.sleep(3)
             active = wait_for(lambda: active_operator(node_api, system, tenant), timeout=60,
                               what="the active replica", diagnostics=logs)
