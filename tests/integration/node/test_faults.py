@@ -251,7 +251,7 @@ def test_apiserver_restarted_while_builds_run_and_gated_pods_wait(
             envs.batch.create_namespaced_job(node_namespace, cat_job(f"train-{name}", name))
         for name in specs:
             wait_gated(envs, f"train-{name}", history)
-            build_pod_in(envs, build_of(envs, name), "build", diagnostics=operator.log)
+        all_running(envs, [build_of(envs, name) for name in specs], "build", diagnostics=operator.log)
         restart_began = time.monotonic()
         cluster.control_plane.restart_apiserver()  # etcd keeps the data; nothing else is restarted
         down = time.monotonic() - restart_began
