@@ -121,7 +121,8 @@ def test_private_addresses_are_refused_before_any_connection(url: str, said: str
         start = time.monotonic()
         with pytest.raises(GitRefError) as raised:
             GitResolver(timeout_seconds=2).resolve(target, "main")
-        assert time.monotonic() - start < 0.5
+        # Well inside the 2 s a connection attempt would be given (0.5 s was exceeded once on a loaded machine).
+        assert time.monotonic() - start < 1.5
         message = str(raised.value)
         assert message.startswith(f"spec.build.git: cannot reach {target} ({said}; ")
         assert "ENVKILN_ALLOWED_PRIVATE_HOSTS" in message and "pin a commit" in message
