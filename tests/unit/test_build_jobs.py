@@ -4,6 +4,7 @@ log tail, running), as tables."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -256,8 +257,6 @@ def run_context_script(tmp_path: Path, files: dict[str, str | bytes], digest: st
                        ) -> tuple[int, str, Path]:
     """The pod's `context` container script over a ConfigMap volume laid out like the kubelet's (keys are
     symlinks into ..data), with its paths moved under tmp_path; (exit code, stderr, the workspace)."""
-    import subprocess
-
     build = build_for({"build": {"configMap": {"name": "user-ctx"}}}, {"Dockerfile": "FROM x"})
     build["spec"]["plan"]["contextDigest"] = digest or context_digest(files)
     pod = pod_of(buildah_job(build, 1, SETTINGS, None))
@@ -375,8 +374,6 @@ done
 
 @pytest.mark.parametrize("with_lock", [True, False], ids=["lock-image", "no-lock-image"])
 def test_push_script_pushes_the_lock_image_by_the_digest_before_reporting_it(tmp_path: Path, with_lock: bool) -> None:
-    import subprocess
-
     build = one_stage_build() if with_lock else build_for(PIP_ENV["spec"])
     push = pod_of(buildah_job(build, 1, SETTINGS, None))["containers"][0]
     bin_dir = tmp_path / "bin"
@@ -407,26 +404,32 @@ echo "buildah $*" >> "$CALLS"
 """
 
 
-@pytest.mark.parametrize("lock_written", [True, False], ids=["lock-written", "no-lock-written"])
-def test_build_script_mounts_the_lock_directory_and_makes_the_lock_image(tmp_path: Path, lock_written: bool) -> None:
-    import subprocess
-
-    build = one_stage_build()
-    builder = pod_of(buildah_job(build, 1, SETTINGS, None))["initContainers"][-1]
-    bin_dir, lock_dir, tmp = tmp_path / "bin", tmp_path / "out-lock", tmp_path / "var-tmp"
+def run_build_script(tmp_path: Path, builder: dict[str, Any], fake_buildah: str, **env: str
+                     ) -> tuple[subprocess.CompletedProcess[str], list[str], Path]:
+    """The build container's script with a stand-in buildah that records its calls, /var/tmp and
+    /etc/containers moved under tmp_path: (the process, the buildah calls, where /var/tmp went)."""
+    bin_dir, tmp = tmp_path / "bin", tmp_path / "var-tmp"
     for directory in (bin_dir, tmp):
         directory.mkdir()
-    (bin_dir / "buildah").write_text(FAKE_BUILDAH)
+    (bin_dir / "buildah").write_text(fake_buildah)
     (bin_dir / "buildah").chmod(0o755)
     calls = tmp_path / "calls"
     script = builder["command"][2].replace("/var/tmp", str(tmp)).replace("/etc/containers", str(tmp_path / "etc"))
+    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, env={
+        **env_of(builder), "PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), **env})
+    return done, calls.read_text().splitlines() if calls.exists() else [], tmp
+
+
+@pytest.mark.parametrize("lock_written", [True, False], ids=["lock-written", "no-lock-written"])
+def test_build_script_mounts_the_lock_directory_and_makes_the_lock_image(tmp_path: Path, lock_written: bool) -> None:
+    build = one_stage_build()
+    builder = pod_of(buildah_job(build, 1, SETTINGS, None))["initContainers"][-1]
+    lock_dir = tmp_path / "out-lock"
     if lock_written:  # what the render's lock step writes through the mount
         lock_dir.mkdir()
         (lock_dir / "envkiln-lock.txt").write_text("# envkiln lock v1\n[pip]\nsix==1.16.0\n")
-    env = {**env_of(builder), "ENVKILN_LOCK_DIR": str(lock_dir), "PATH": f"{bin_dir}:/usr/bin:/bin",
-           "CALLS": str(calls)}
-    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, env=env)
-    lines = [line.removeprefix("buildah --storage-driver vfs ") for line in calls.read_text().splitlines()]
+    done, calls, tmp = run_build_script(tmp_path, builder, FAKE_BUILDAH, ENVKILN_LOCK_DIR=str(lock_dir))
+    lines = [line.removeprefix("buildah --storage-driver vfs ") for line in calls]
     assert f"--volume {lock_dir}:/envkiln-lock" in lines[0], "RUN steps write the lock into the mounted directory"
     assert lines[1] == f"push --quiet {build['spec']['image']} oci-archive:/out/image.tar"
     if not lock_written:
@@ -458,25 +461,14 @@ esac
 ], ids=["vfs", "overlay", "overlay-unavailable-falls-back-to-vfs"])
 def test_the_storage_driver_reaches_every_buildah_call_with_the_same_privileges(
         tmp_path: Path, driver: str, overlay_works: bool, used: str) -> None:
-    import subprocess
-
     settings = SETTINGS.model_copy(update={"buildah_storage_driver": driver})
     builder = pod_of(buildah_job(build_for(PIP_ENV["spec"]), 1, settings, None))["initContainers"][-1]
     assert env_of(builder)["STORAGE_DRIVER"] == driver
     # overlay needs nothing more: buildah without CAP_SYS_ADMIN mounts it in a user namespace
     assert builder["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]}
-    bin_dir, tmp = tmp_path / "bin", tmp_path / "var-tmp"
-    for directory in (bin_dir, tmp):
-        directory.mkdir()
-    (bin_dir / "buildah").write_text(FAKE_BUILDAH_INFO)
-    (bin_dir / "buildah").chmod(0o755)
-    calls = tmp_path / "calls"
-    script = builder["command"][2].replace("/var/tmp", str(tmp)).replace("/etc/containers", str(tmp_path / "etc"))
-    env = {**env_of(builder), "PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls),
-           **({} if overlay_works else {"NO_OVERLAY": "1"})}
-    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    done, lines, _ = run_build_script(tmp_path, builder, FAKE_BUILDAH_INFO,
+                                      **({} if overlay_works else {"NO_OVERLAY": "1"}))
     assert done.returncode == 0, done.stderr
-    lines = calls.read_text().splitlines()
     probes = ["buildah --storage-driver overlay info"] if driver == "overlay" else []
     assert lines[:len(probes)] == probes
     work = lines[len(probes):]
