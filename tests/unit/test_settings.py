@@ -48,6 +48,10 @@ def test_queueing_settings() -> None:
     assert defaults.worker_limit == 40 and defaults.worker_idle_seconds == 0.05
     settings = OperatorSettings.from_env({"ENVKILN_WORKER_LIMIT": "100", "ENVKILN_WORKER_IDLE_SECONDS": "0.5"})
     assert settings.worker_limit == 100 and settings.worker_idle_seconds == 0.5
-    for environ in ({"ENVKILN_WORKER_LIMIT": "0"}, {"ENVKILN_WORKER_IDLE_SECONDS": "0"}):
+    # The start's listing comes in pages (Kopf's chunked listing); 0: one response.
+    assert defaults.list_chunk_size == 500
+    assert OperatorSettings.from_env({"ENVKILN_LIST_CHUNK_SIZE": "0"}).list_chunk_size == 0
+    for environ in ({"ENVKILN_WORKER_LIMIT": "0"}, {"ENVKILN_WORKER_IDLE_SECONDS": "0"},
+                    {"ENVKILN_LIST_CHUNK_SIZE": "-1"}):
         with pytest.raises(SettingsError, match=next(iter(environ))):
             OperatorSettings.from_env(environ)

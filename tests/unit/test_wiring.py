@@ -87,3 +87,20 @@ def test_no_mutable_module_state_in_the_operator() -> None:
         offenders += [f"{path.relative_to(PACKAGE)}:{n.lineno} global" for n in ast.walk(tree)
                       if isinstance(n, ast.Global)]
     assert offenders == []
+
+
+@pytest.mark.parametrize(("module", "not_loaded"), [
+    # The operator without its webhook (the default) never loads cryptography: 8 MiB resident.
+    ("envkiln.runtime.handlers", "cryptography"),
+    ("envkiln.runtime.runner", "kopf"),
+])
+def test_the_runtime_loads_what_it_uses_only(module: str, not_loaded: str) -> None:
+    """A heavy library is imported where it is used, not at the top of the runtime's modules."""
+    import subprocess
+    import sys
+
+    probe = f"import sys, {module}; print(any(m == {not_loaded!r} or m.startswith({not_loaded!r} + '.') "\
+            "for m in sys.modules))"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                           cwd=PACKAGE.parent).stdout.strip()
+    assert found == "False", f"importing {module} loads {not_loaded}"

@@ -230,6 +230,10 @@ class OperatorSettings(BaseModel):
         default=0.05, gt=0, description="How long a per-object worker waits for its object's next event before it "
         "exits and frees its place (Kopf's queueing idle timeout).")
     watch_timeout_seconds: int = Field(default=300, ge=1, description="Server-side watch timeout.")
+    list_chunk_size: int = Field(
+        default=500, ge=0, description="Objects per page when the operator lists a kind at start (Kopf's "
+        "chunked listing): a start with thousands present never holds the whole list as one response. 0: one "
+        "response.")
     liveness_endpoint: str | None = Field(default=None, description="e.g. http://0.0.0.0:8080/healthz")
     metrics_port: int = Field(default=8000, ge=0, le=65535, description="Port of the Prometheus metrics (/metrics, "
                               "docs/metrics.md) on all addresses; 0 turns them off.")

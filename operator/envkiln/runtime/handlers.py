@@ -23,7 +23,6 @@ import kopf
 
 from envkiln.adapters.kube import ApiError, api_message
 from envkiln.adapters.kubeclient import api_client_from_environment
-from envkiln.adapters.webhookcert import WebhookTLS
 from envkiln.core.decisions.anonymous import waiting_inline_pod
 from envkiln.core.decisions.resync import build_finished_event, build_needs_sync, environment_needs_sync
 from envkiln.core.names import (
@@ -114,6 +113,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.queueing.idle_timeout = options.worker_idle_seconds
     settings.watching.server_timeout = options.watch_timeout_seconds
     settings.watching.client_timeout = options.watch_timeout_seconds + 30
+    settings.watching.chunk_size = options.list_chunk_size or None
 
     def after_local_build(namespace: str, name: str) -> None:
         build(memo.runtime, namespace, name)
@@ -147,6 +147,8 @@ def _webhook_server(ctx: OperatorContext) -> ClosingWebhookServer:
     renews) in Secrets (WebhookTLS; Kopf reloads the file when it changes). With a client CA
     configured, only callers presenting a certificate from it (the API server) complete the TLS
     handshake."""
+    from envkiln.adapters.webhookcert import WebhookTLS  # cryptography (8 MiB resident) only with the webhook
+
     options = ctx.settings
     tls = WebhookTLS(ctx.kube, options).start()
     client_ca = options.webhook_client_ca_file
