@@ -35,6 +35,13 @@ image with /uv and /uvx from the uv wheel is pushed to the node registry and nam
 `--probe-uv` (on with `--quick`) first builds, per revision, a package made here with the index given
 only through the build env, and reports whether that build got Ready and whether pip or uv fetched it.
 
+`--link-mbps N` makes the index send its wheels at most N Mbit/s, all downloads together (one link,
+as to a real index), instead of at the speed of this machine's loopback. `--package-proxy` puts the
+chart's package proxy (packageProxy: proxpi, rendered by helm, its image built here) on the node,
+reading from the index, and points this checkout's operator's builds at it through the build env the
+chart makes (the `--render-of` operator keeps reading the index directly); it implies
+`--index-via build-env`. With `--render-of HEAD` that measures the same render with and without it.
+
 Every Environment is its own definition without a marker in it: each revision and each run gets
 its own namespaces (images and EnvironmentBuilds are per namespace), so nothing is a cache hit and
 no step differs from the ones a user writes. A priming build (FROM the cluster's busybox image, in
@@ -69,6 +76,7 @@ from harness.cluster import Cluster
 from harness.controlplane import REPO_ROOT, install_crds
 from harness.images import builder_image_archive
 from harness.operator import OperatorProcess
+from harness.package_proxy import deploy as deploy_package_proxy
 from harness.pypi import PackageIndex, make_wheel
 from harness.wheels import mirror, uv_tool_archive
 
@@ -178,6 +186,7 @@ class Bench:
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.operators: list[OperatorProcess] = []
+        self.proxy_env: dict[str, str] | None = None  # the build env of the chart's package proxy, once deployed
         assert cluster.registry is not None
         self.registry = cluster.registry.host
 
@@ -191,15 +200,20 @@ class Bench:
             time.sleep(0.2)
         return name
 
-    def build_env(self) -> str:
-        host = self.index.host
-        return json.dumps({"PIP_INDEX_URL": self.index.url, "PIP_TRUSTED_HOST": host,
-                           "PIP_DEFAULT_TIMEOUT": "30", "UV_INDEX_URL": self.index.url, "UV_INSECURE_HOST": host})
+    def build_env(self, via_proxy: bool = False) -> str:
+        if via_proxy:
+            assert self.proxy_env is not None, "deploy the package proxy first"
+            url, host = self.proxy_env["PIP_INDEX_URL"], self.proxy_env["PIP_TRUSTED_HOST"]
+        else:
+            url, host = self.index.url, self.index.host
+        return json.dumps({"PIP_INDEX_URL": url, "PIP_TRUSTED_HOST": host,
+                           "PIP_DEFAULT_TIMEOUT": "30", "UV_INDEX_URL": url, "UV_INSECURE_HOST": host})
 
     def requirement_lines(self, pins: list[str]) -> list[str]:
         return ([f"--index-url {self.index.url}"] if self.index_via == "both" else []) + pins
 
-    def operator(self, revision: Revision, namespaces: list[str], extra: dict[str, str]) -> OperatorProcess:
+    def operator(self, revision: Revision, namespaces: list[str], extra: dict[str, str],
+                 via_proxy: bool = False) -> OperatorProcess:
         settings = {
             "ENVKILN_REGISTRY": self.registry, "ENVKILN_INSECURE_REGISTRY": "true", "ENVKILN_BUILDER": "buildah",
             "ENVKILN_BUILDAH_IMAGE": self.builder, "ENVKILN_BUILDAH_PUSH_IMAGE": self.builder,
@@ -208,7 +222,7 @@ class Bench:
             "ENVKILN_BUILD_SYNC_SECONDS": "1", "ENVKILN_ENV_SYNC_SECONDS": "2",
             "ENVKILN_REGISTRY_RETRY_SECONDS": "2", "ENVKILN_WATCH_TIMEOUT_SECONDS": "20",
             "ENVKILN_BUILD_RETRY_LIMIT": "0", "ENVKILN_CACHE_TTL_SECONDS": "0",
-            "ENVKILN_BUILD_ENV": self.build_env(), **extra,
+            "ENVKILN_BUILD_ENV": self.build_env(via_proxy), **extra,
         }
         # Only this bench's settings: an operator refuses ENVKILN_* variables it does not know.
         saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("ENVKILN_") and k != "ENVKILN_CACHE"}
@@ -441,12 +455,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "containerd; registry) under this directory, e.g. /var/tmp for a disk like a real "
                              "node's (default: the harness's, /dev/shm: memory, where vfs copies cost less)")
     parser.add_argument("--pod-security", choices=("baseline", "privileged"), default="baseline",
-                        help="the Pod Security level the bench's namespaces enforce (privileged for "
-                             "--setting ENVKILN_BUILDAH_STORAGE_DRIVER=overlay: its build container has SYS_ADMIN)")
+                        help="the Pod Security level the bench's namespaces enforce (baseline admits the buildah "
+                             "build container with either storage driver)")
+    parser.add_argument("--link-mbps", type=float, help="the index sends its wheels at most this fast (Mbit/s, "
+                        "all downloads together), as over a real link (default: as fast as the loopback)")
+    parser.add_argument("--package-proxy", action="store_true",
+                        help="this checkout's builds read packages through the chart's package proxy on the node "
+                             "(implies --index-via build-env)")
     parser.add_argument("--svg", type=Path, help="write a bar chart of the seconds here")
     parser.add_argument("--keep", type=Path, help="copy the operators' logs here")
     args = parser.parse_args(argv)
     ARGS_JSON[0] = args.json
+    if args.package_proxy:
+        args.index_via = "build-env"  # a --index-url line would send uv past the proxy
     steps = [s for s in (args.only.split(",") if args.only else (["cold"] if args.quick else STEPS)) if s]
     if unknown := set(steps) - set(STEPS):
         parser.error(f"unknown steps {sorted(unknown)}")
@@ -459,7 +480,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     details: dict[str, Any] = {"steps": steps, "quick": args.quick, "index_via": args.index_via,
                                "pod_security": args.pod_security, "settings": args.setting,
-                               "before_settings": args.before_setting}
+                               "before_settings": args.before_setting, "link_mbps": args.link_mbps,
+                               "package_proxy": args.package_proxy}
     cluster: Cluster | None = None
     bench: Bench | None = None
     index: PackageIndex | None = None
@@ -483,8 +505,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         base = f"{registry}/envkiln-test/python-base@{base_digest}"
         builder_digest = push_archive(builder_image_archive(), f"{registry}/envkiln/builder:bench")
         builder = f"{registry}/envkiln/builder@{builder_digest}"
-        index = PackageIndex(host=cluster.address, directory=wheels).start()
+        link = args.link_mbps * 1e6 / 8 if args.link_mbps else None
+        index = PackageIndex(host=cluster.address, directory=wheels, link_bytes_per_second=link).start()
         bench = Bench(cluster, index, base, builder, workdir, args.index_via, pins, args.pod_security)
+        if args.package_proxy:
+            proxy_namespace = bench.namespace(f"bench-package-proxy-{uuid.uuid4().hex[:6]}")
+            t = time.monotonic()
+            proxy = deploy_package_proxy(bench.api, cluster, proxy_namespace, base, index.url + "/")
+            bench.proxy_env = proxy.build_env
+            details["package_proxy_s"] = round(time.monotonic() - t, 1)
+            log(f"package proxy Ready at {proxy.address} in {details['package_proxy_s']}s")
         run = uuid.uuid4().hex[:6]
         operators: dict[str, tuple[OperatorProcess, str, str]] = {}
         for revision in revisions:
@@ -499,7 +529,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             prime = bench.namespace(f"bench-{revision.label}-prime-{run}")
             details[f"{revision.prefix}operator"] = {"commit": revision.commit, "settings": {
                 k: v for k, v in extra.items()}, "namespaces": [envs, plain, prime]}
-            operators[revision.prefix] = (bench.operator(revision, [envs, plain, prime], extra), envs, plain)
+            via_proxy = args.package_proxy and not revision.prefix
+            details[f"{revision.prefix}operator"]["via_package_proxy"] = via_proxy
+            operators[revision.prefix] = (bench.operator(revision, [envs, plain, prime], extra, via_proxy), envs, plain)
             # Priming (not measured): the builder image onto the node, with a base no measured build uses.
             bench.core.create_namespaced_config_map(prime, {"metadata": {"name": "prime"}, "data": {
                 "Dockerfile": f"FROM {cluster.busybox_image}\nRUN true\n"}})

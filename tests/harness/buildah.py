@@ -78,3 +78,26 @@ def push_archive(archive: Path, destination: str, insecure: bool = True) -> str:
             check=True, capture_output=True, timeout=600,
         )
         return digest_file.read_text().strip()
+
+
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def bud_to_archive(context: Path, dockerfile: Path, target: Path, build_args: dict[str, str],
+                   timeout: float = 900) -> None:
+    """`buildah bud` of `dockerfile` in `context` (chroot, no layer cache; the host CA bundle mounted at its
+    own path, so pip in RUN steps reaches PyPI through the TLS-inspecting proxy), written to `target` as
+    an OCI archive (through a .partial file, so a cached archive is whole or absent)."""
+    tag = f"localhost/envkiln-harness:{target.stem}"
+    args = ["bud", "--isolation", "chroot", "--tls-verify=false", "--layers=false", "-f", str(dockerfile), "-t", tag]
+    for name, value in build_args.items():
+        args += ["--build-arg", f"{name}={value}"]
+    if Path(HOST_CA_BUNDLE).exists():
+        args += ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
+    buildah(*args, str(context), timeout=timeout)
+    partial = target.with_suffix(".partial")
+    try:
+        buildah("push", tag, f"oci-archive:{partial}")
+        partial.rename(target)
+    finally:
+        buildah("rmi", "--force", tag, check=False)

@@ -11,12 +11,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from harness.buildah import base_image_archive, buildah
+from harness.buildah import base_image_archive, bud_to_archive
 from harness.cache import cached
 from harness.controlplane import REPO_ROOT, cache_dir
 
 SOURCES = ("pyproject.toml", "README.md", "operator")
-HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def source_key() -> str:
@@ -44,18 +43,7 @@ def operator_image_archive(base_image: str, timeout: float = 900) -> Path:
             subprocess.run(["cp", "-a", *[str(REPO_ROOT / s) for s in SOURCES], str(context)], check=True)
             for cache in context.rglob("__pycache__"):
                 subprocess.run(["rm", "-rf", str(cache)], check=True)
-            tag = f"localhost/envkiln-operator:{target.stem}"
-            args = ["bud", "--isolation", "chroot", "--tls-verify=false", "--layers=false",
-                    "--build-arg", f"BASE_IMAGE={base_image}", "-f", str(context / "operator" / "Dockerfile"),
-                    "-t", tag]
-            if Path(HOST_CA_BUNDLE).exists():
-                args += ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]  # pip reaches PyPI from the build
-            buildah(*args, str(context), timeout=timeout)
-            partial = target.with_suffix(".partial")
-            try:
-                buildah("push", tag, f"oci-archive:{partial}")
-                partial.rename(target)
-            finally:
-                buildah("rmi", "--force", tag, check=False)
+            bud_to_archive(context, context / "operator" / "Dockerfile", target, {"BASE_IMAGE": base_image},
+                           timeout=timeout)
 
     return cached(cache_dir() / "images" / f"operator-{source_key()}.oci.tar", make)

@@ -22,6 +22,7 @@ import io
 import re
 import socket
 import threading
+import time
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -132,8 +133,11 @@ class PackageIndex:
     """A PEP 503 index in a thread: `/simple/`, `/simple/<project>/`, `/files/<wheel>`."""
 
     def __init__(self, wheels: Iterable[Wheel] = (), host: str = "127.0.0.1", port: int = 0,
-                 directory: Path | None = None):
+                 directory: Path | None = None, link_bytes_per_second: float | None = None):
+        """`link_bytes_per_second`: the wheels' bytes leave at most this fast, all downloads together (one
+        shared link, as from a real index over a real network link); None: as fast as the machine."""
         self.host = host
+        self.link = _Link(link_bytes_per_second) if link_bytes_per_second else None
         self.port = port
         self._wheels: dict[str, dict[str, Wheel | WheelFile]] = {}
         self._lock = threading.Lock()
@@ -233,7 +237,7 @@ class PackageIndex:
                 if isinstance(data, Path):
                     with open(data, "rb") as handle:
                         handle.seek(start)
-                        _copy(handle, self.wfile, length)
+                        _copy(handle, self.wfile, length, index.link)
                 else:
                     self.wfile.write(data[start:start + length])
                 with index._lock:
@@ -303,11 +307,30 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end - start + 1
 
 
-def _copy(source: io.BufferedReader, target: io.BufferedIOBase, length: int) -> None:
+class _Link:
+    """A link of a given speed shared by every download: each block takes its turn on one timeline."""
+
+    def __init__(self, bytes_per_second: float):
+        self.rate = bytes_per_second
+        self._lock = threading.Lock()
+        self._free_at = 0.0
+
+    def send(self, size: int) -> None:
+        """Wait until `size` bytes would have crossed the link after everything sent before them."""
+        with self._lock:
+            start = max(time.monotonic(), self._free_at)
+            self._free_at = start + size / self.rate
+            done = self._free_at
+        time.sleep(max(0.0, done - time.monotonic()))
+
+
+def _copy(source: io.BufferedReader, target: io.BufferedIOBase, length: int, link: _Link | None = None) -> None:
     while length > 0:
-        block = source.read(min(length, 1 << 20))
+        block = source.read(min(length, 1 << 16 if link else 1 << 20))
         if not block:
             return
+        if link is not None:
+            link.send(len(block))
         target.write(block)
         length -= len(block)
 

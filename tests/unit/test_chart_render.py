@@ -5,6 +5,7 @@ answering), the CRD mode, the checksums and `helm test`. Skipped where no helm b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -201,3 +202,64 @@ def test_works_as_a_subchart_with_global_values(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     documents = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert one(documents, "Deployment", "kiln")["spec"]["replicas"] == 2
+
+
+def _build_env(documents: list[dict[str, Any]]) -> dict[str, str]:
+    operator = one(documents, "Deployment", "envkiln")["spec"]["template"]["spec"]["containers"][0]
+    return json.loads({e["name"]: e.get("value") for e in operator["env"]}["ENVKILN_BUILD_ENV"])  # type: ignore[no-any-return]
+
+
+PROXY_URL = "http://envkiln-package-proxy.envkiln-system.svc:5000/index/"
+
+
+@pytest.mark.parametrize(("values", "build_env"), [
+    ([], {}),  # off by default: nothing of it, the build env as given
+    (["builds.env.HTTP_PROXY=http://p:3128"], {"HTTP_PROXY": "http://p:3128"}),
+    (["packageProxy.enabled=true"],
+     {"PIP_INDEX_URL": PROXY_URL, "PIP_TRUSTED_HOST": "envkiln-package-proxy.envkiln-system.svc:5000"}),
+    (["packageProxy.enabled=true", "packageProxy.clusterIP=10.96.0.50", "packageProxy.port=8080"],
+     {"PIP_INDEX_URL": "http://10.96.0.50:8080/index/", "PIP_TRUSTED_HOST": "10.96.0.50:8080"}),
+    (["packageProxy.enabled=true", "builds.env.HTTP_PROXY=http://p:3128"],
+     {"HTTP_PROXY": "http://p:3128", "PIP_INDEX_URL": PROXY_URL,
+      "PIP_TRUSTED_HOST": "envkiln-package-proxy.envkiln-system.svc:5000"}),
+    # An index the administrator set wins: the chart adds nothing.
+    (["packageProxy.enabled=true", "builds.env.PIP_INDEX_URL=https://mirror/simple"],
+     {"PIP_INDEX_URL": "https://mirror/simple"}),
+])
+def test_the_package_proxy_and_the_build_env_it_gives(values: list[str], build_env: dict[str, str]) -> None:
+    documents = render(*values)
+    assert _build_env(documents) == build_env
+    proxy = [d for d in documents if d["metadata"]["name"] == "envkiln-package-proxy"]
+    if "packageProxy.enabled=true" not in values:
+        assert not proxy
+        return
+    assert sorted(d["kind"] for d in proxy) == ["Deployment", "NetworkPolicy", "Service"]
+    spec = one(proxy, "Deployment")["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    # It answers every file from its cache (never a redirect to the upstream), from the upstream only.
+    assert env["PROXPI_DOWNLOAD_TIMEOUT"] == "600" and env["PROXPI_INDEX_URL"] == "https://pypi.org/simple/"
+    assert env["PROXPI_CACHE_DIR"] == "/var/cache/proxpi" and env["PROXPI_CACHE_SIZE"] == "21474836480"
+    assert spec["securityContext"]["runAsNonRoot"] and spec["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"]
+    service = one(proxy, "Service")["spec"]
+    assert service["selector"] == one(proxy, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert service.get("clusterIP") == ("10.96.0.50" if "packageProxy.clusterIP=10.96.0.50" in values else None)
+    assert one(proxy, "NetworkPolicy")["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_the_package_proxy_keeps_its_cache_on_a_claim_when_asked() -> None:
+    documents = render("packageProxy.enabled=true", "packageProxy.persistence.enabled=true",
+                       "packageProxy.upstream=https://mirror.example/simple/",
+                       "packageProxy.extraUpstreams={https://download.pytorch.org/whl/cu121/}")
+    claim = one(documents, "PersistentVolumeClaim", "envkiln-package-proxy")
+    assert claim["spec"]["resources"]["requests"]["storage"] == "25Gi"
+    spec = one(documents, "Deployment", "envkiln-package-proxy")["spec"]["template"]["spec"]
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "envkiln-package-proxy"}} in spec["volumes"]
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    assert env["PROXPI_INDEX_URL"] == "https://mirror.example/simple/"
+    assert env["PROXPI_EXTRA_INDEX_URLS"] == "https://download.pytorch.org/whl/cu121/"
+    for bad in ("packageProxy.upstream=ftp://x", "packageProxy.port=0", "packageProxy.clusterIP=not-an-ip",
+                "packageProxy.unknown=1"):
+        result = helm("template", "x", str(CHART), *BASE, "--set", bad)
+        assert "values don't meet the specifications of the schema" in result.stderr, bad

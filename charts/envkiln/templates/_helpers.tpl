@@ -84,3 +84,21 @@ else operator.watchNamespaces plus the curated namespace when the chart installs
 {{- end -}}
 {{- toJson $watched -}}
 {{- end -}}
+
+{{/* The package proxy's index URL as builds reach it: by its Service's fixed address when
+packageProxy.clusterIP is set, else by the Service's DNS name. */}}
+{{- define "envkiln.packageProxyHost" -}}
+{{- .Values.packageProxy.clusterIP | default (printf "%s-package-proxy.%s.svc" (include "envkiln.fullname" .) .Release.Namespace) -}}
+{{- end -}}
+
+{{/* builds.env as the operator gets it: with the package proxy on, PIP_INDEX_URL and PIP_TRUSTED_HOST
+point at it unless builds.env sets PIP_INDEX_URL itself. */}}
+{{- define "envkiln.buildEnv" -}}
+{{- $env := deepCopy .Values.builds.env -}}
+{{- if and .Values.packageProxy.enabled (not (hasKey $env "PIP_INDEX_URL")) -}}
+{{- $host := include "envkiln.packageProxyHost" . -}}
+{{- $_ := set $env "PIP_INDEX_URL" (printf "http://%s:%v/index/" $host .Values.packageProxy.port) -}}
+{{- $_ := set $env "PIP_TRUSTED_HOST" (printf "%s:%v" $host .Values.packageProxy.port) -}}
+{{- end -}}
+{{- $env | toJson -}}
+{{- end -}}

@@ -147,3 +147,27 @@ def test_buildah_build_push_and_read_manifest_back(registry: Registry, base_imag
     assert manifest["schemaVersion"] == 2
     assert len(manifest["layers"]) >= 2, "base layer plus the RUN layer"
     assert "probe" in registry.tags("envkiln-test/harness")
+
+
+def test_the_package_index_link_is_shared_by_every_download(tmp_path: Path) -> None:
+    """bench.builds --link-mbps: the index's wheels leave at most that fast, all downloads together."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.pypi import PackageIndex
+
+    (tmp_path / "big-1.0-py3-none-any.whl").write_bytes(os.urandom(1 << 20))
+
+    def fetch(index: PackageIndex) -> int:
+        with urllib.request.urlopen(f"{index.base_url}/files/big-1.0-py3-none-any.whl", timeout=30) as answer:
+            return len(answer.read())
+
+    with PackageIndex(directory=tmp_path, link_bytes_per_second=2 << 20) as index:  # 2 MiB/s
+        start = time.monotonic()
+        assert fetch(index) == 1 << 20
+        alone = time.monotonic() - start
+        start = time.monotonic()
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(fetch, [index, index])) == [1 << 20, 1 << 20]
+        together = time.monotonic() - start
+    assert alone >= 0.45 and together >= 0.95, (alone, together)  # 1 MiB, then 2 MiB, over one 2 MiB/s link

@@ -40,6 +40,17 @@ def node_namespace(node_api: client.ApiClient) -> Iterator[str]:
         core.delete_namespace(name)
 
 
+@pytest.fixture()
+def second_namespace(node_api: client.ApiClient) -> Iterator[str]:
+    """Another tenant namespace beside node_namespace (Pod Security baseline)."""
+    name = f"n-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(node_api)
+    core.create_namespace({"metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}})
+    yield name
+    with contextlib.suppress(client.ApiException):
+        core.delete_namespace(name)
+
+
 @pytest.fixture(scope="session")
 def node_registry_host(cluster: Any) -> str:
     return str(cluster.registry.host)

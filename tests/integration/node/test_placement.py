@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from harness.pypi import PackageIndex
@@ -53,16 +52,6 @@ def tainted_node(core: client.CoreV1Api) -> Iterator[str]:
     finally:
         core.patch_node(name, {"spec": {"taints": without_ours()}})
         assert not [t for t in core.read_node(name).spec.taints or [] if t.key == TAINT["key"]]
-
-
-@pytest.fixture()
-def second_namespace(node_api: client.ApiClient) -> Iterator[str]:
-    name = f"n-{uuid.uuid4().hex[:10]}"
-    core = client.CoreV1Api(node_api)
-    core.create_namespace({"metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}})
-    yield name
-    with contextlib.suppress(client.ApiException):
-        core.delete_namespace(name)
 
 
 def test_a_tainted_node_takes_only_builds_that_tolerate_it(
