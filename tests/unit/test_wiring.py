@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Collection
 from pathlib import Path
 from typing import Protocol
@@ -96,9 +98,6 @@ def test_no_mutable_module_state_in_the_operator() -> None:
 ])
 def test_the_runtime_loads_what_it_uses_only(module: str, not_loaded: str) -> None:
     """A heavy library is imported where it is used, not at the top of the runtime's modules."""
-    import subprocess
-    import sys
-
     probe = f"import sys, {module}; print(any(m == {not_loaded!r} or m.startswith({not_loaded!r} + '.') "\
             "for m in sys.modules))"
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,

@@ -85,10 +85,15 @@ else operator.watchNamespaces plus the curated namespace when the chart installs
 {{- toJson $watched -}}
 {{- end -}}
 
-{{/* The package proxy's index URL as builds reach it: by its Service's fixed address when
-packageProxy.clusterIP is set, else by the Service's DNS name. */}}
+{{/* The package proxy's objects' name (Deployment, Service, NetworkPolicy, PVC). */}}
+{{- define "envkiln.packageProxyName" -}}
+{{- printf "%s-package-proxy" (include "envkiln.fullname" .) -}}
+{{- end -}}
+
+{{/* The package proxy's host as builds reach it: its Service's fixed address when
+packageProxy.clusterIP is set, else the Service's DNS name. */}}
 {{- define "envkiln.packageProxyHost" -}}
-{{- .Values.packageProxy.clusterIP | default (printf "%s-package-proxy.%s.svc" (include "envkiln.fullname" .) .Release.Namespace) -}}
+{{- .Values.packageProxy.clusterIP | default (printf "%s.%s.svc" (include "envkiln.packageProxyName" .) .Release.Namespace) -}}
 {{- end -}}
 
 {{/* builds.env as the operator gets it: with the package proxy on, PIP_INDEX_URL and PIP_TRUSTED_HOST
