@@ -476,3 +476,46 @@ def test_the_storage_driver_reaches_every_buildah_call_with_the_same_privileges(
     assert ("the overlay storage driver cannot be used here; building with vfs" in done.stderr) is (used != driver)
     if used != driver:
         assert "kernel does not support overlay fs" in done.stderr
+
+
+FAKE_BUILDAH_PULL = """#!/bin/sh
+echo "buildah $*" >> "$CALLS"
+case "$*" in
+  *" pull "*) if [ -n "${PULL_FAILS:-}" ]; then echo "manifest unknown" >&2; exit 125; fi ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("pulled", [True, False], ids=["parent-pulled", "parent-missing-falls-back"])
+def test_build_script_builds_on_the_earlier_image_when_it_can_pull_it(tmp_path: Path, pulled: bool) -> None:
+    build = one_stage_build()
+    parent = "reg.local:5000/envkiln/ns/env_x@sha256:" + "e" * 64
+    build["spec"]["plan"]["parent"] = {"build": "envb-x", "image": parent, "dockerfile": "FROM " + parent + "\n"}
+    pod = pod_of(buildah_job(build, 1, SETTINGS, None))
+    builder = pod["initContainers"][-1]
+    assert env_of(builder)["ENVKILN_PARENT"] == parent
+    assert env_of(builder)["ENVKILN_PARENT_DOCKERFILE"] == "/workspace/Dockerfile.on-earlier-image"
+    spec = EnvironmentBuildSpec.model_validate(build["spec"])
+    assert rendered_files(spec)["Dockerfile.on-earlier-image"] == "FROM " + parent + "\n"
+    assert env_of(pod["initContainers"][0])["ENVKILN_CONTEXT_DIGEST"] == context_digest(rendered_files(spec))
+    lock_dir = tmp_path / "out-lock"
+    lock_dir.mkdir()
+    (lock_dir / "envkiln-lock.txt").write_text("# envkiln lock v1\n[pip]\nsix==1.16.0\n")
+    done, calls, _ = run_build_script(tmp_path, builder, FAKE_BUILDAH_PULL, ENVKILN_LOCK_DIR=str(lock_dir),
+                                      **({} if pulled else {"PULL_FAILS": "1"}))
+    assert done.returncode == 0, done.stderr
+    lines = [line.removeprefix("buildah --storage-driver vfs ") for line in calls]
+    assert lines[0] == f"pull --quiet {parent}"
+    dockerfile = "/workspace/Dockerfile.on-earlier-image" if pulled else "/workspace/Dockerfile"
+    assert f" -f {dockerfile} " in lines[1]
+    assert ("starting from the earlier image" in done.stdout) is pulled
+    assert ("cannot be pulled; building from the base" in done.stderr) is not pulled
+    if not pulled:
+        assert "manifest unknown" in done.stderr
+
+
+def test_a_build_without_a_parent_pulls_nothing_first(tmp_path: Path) -> None:
+    builder = pod_of(buildah_job(one_stage_build(), 1, SETTINGS, None))["initContainers"][-1]
+    assert "ENVKILN_PARENT" not in env_of(builder)
+    _, calls, _ = run_build_script(tmp_path, builder, FAKE_BUILDAH_PULL)
+    assert " pull " not in calls[0] and " -f /workspace/Dockerfile " in calls[0]

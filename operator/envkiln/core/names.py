@@ -65,6 +65,8 @@ POD_CONDITION: Final = f"{GROUP}/EnvironmentReady"
 IMAGE_LABEL_HASH: Final = "dev.envkiln.definition-hash"
 IMAGE_LABEL_BASE: Final = "org.opencontainers.image.base.name"
 IMAGE_LABEL_BASE_DIGEST: Final = "org.opencontainers.image.base.digest"
+# The earlier image a build started from (envkiln.core.decisions.parent).
+IMAGE_LABEL_PARENT: Final = "dev.envkiln.parent"
 # The resolved package set, in the image (written by the render's install step). The operator reads
 # it from the image's last layer (the multi-stage render, for Kaniko) or, for the one-stage render
 # (buildah, local), from a one-layer image beside it, tagged lock_tag(image digest).

@@ -42,7 +42,7 @@ from envkiln.core.locks import (
 )
 from envkiln.core.models import BuildPlan, CondaPipBlock, ContextFile, EnvironmentKind, EnvironmentSpec, buildkit
 from envkiln.core.names import IMAGE_LABEL_BASE as LABEL_BASE
-from envkiln.core.names import IMAGE_LABEL_BASE_DIGEST, LOCK_EXPORT_DIR, LOCK_EXPORT_FILE, LOCK_FILE
+from envkiln.core.names import IMAGE_LABEL_BASE_DIGEST, IMAGE_LABEL_PARENT, LOCK_EXPORT_DIR, LOCK_EXPORT_FILE, LOCK_FILE
 from envkiln.core.names import IMAGE_LABEL_HASH as LABEL_HASH
 
 # Pinned so that renders (and therefore builds) are reproducible; both are settings (pin them by
@@ -69,6 +69,7 @@ CONDA_EXPORT = f"{STAGING_DIR}/conda-explicit.txt"  # `micromamba env export --e
 # index options) of which the build installs those not installed already (PIP_INSTALL).
 CONDA_LOCK = "conda-lock.txt"
 PIP_LOCK = "pip-lock.txt"
+REQUIREMENTS_FILE = "requirements.txt"  # spec.pip as a context file
 PIP_INSTALL = f"{STAGING_DIR}/pip-install.txt"
 
 
@@ -408,11 +409,11 @@ def _pip_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSettin
         ))
         return _joined([copy, _SCRIPT_PART, install])
     if pinned is None and spec.pip:
-        requirements = f"{STAGING_DIR}/requirements.txt"
+        requirements = f"{STAGING_DIR}/{REQUIREMENTS_FILE}"
         command = _pip_install(python, settings, requirements)
-        return Part(lines=(f"COPY requirements.txt {requirements}",
+        return Part(lines=(f"COPY {REQUIREMENTS_FILE} {requirements}",
                            f"RUN {settings.uv_mount()}{prepare} \\\n && {command}"),
-                    files=(ContextFile(path="requirements.txt", content=requirements_file(spec.pip)),))
+                    files=(ContextFile(path=REQUIREMENTS_FILE, content=requirements_file(spec.pip)),))
     return Part()
 
 
@@ -577,16 +578,68 @@ def lock_location(dockerfile: str) -> LockLocation | None:
     return LockLocation.LOCK_IMAGE if LOCK_INTO_IMAGE in dockerfile else LockLocation.LAST_LAYER
 
 
+HEADER = "# Rendered by envkiln; do not edit. Definition hash "
+
+
+def _dockerfile(header: str, part: Part) -> str:
+    dockerfile = "\n".join([header, *part.lines]) + "\n"
+    check_round_trip(dockerfile, list(part.lines))  # every line but the comment is one instruction
+    return dockerfile
+
+
 def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings,
                     base_digest: str | None, base_user: str | None) -> BuildPlan:
     if settings.tool_mounts and base_user is not None:
         plan = _one_stage(spec, definition_hash, settings, base_digest, base_user)
     else:
         plan = _multi_stage(spec, definition_hash, settings, base_digest)
-    header = "# Rendered by envkiln; do not edit. Definition hash " + definition_hash
-    dockerfile = "\n".join([header, *plan.lines]) + "\n"
-    check_round_trip(dockerfile, list(plan.lines))  # every line but the comment is one instruction
-    return BuildPlan(dockerfile=dockerfile, files=list(plan.files))
+    return BuildPlan(dockerfile=_dockerfile(HEADER + definition_hash, plan), files=list(plan.files))
+
+
+# The files of a plan that can be a parent or be built on one (envkiln.core.decisions.parent).
+_REUSABLE_FILES = sorted([REQUIREMENTS_FILE, LOCK_SCRIPT_NAME])
+
+
+def reuse_shape(dockerfile: str, file_paths: list[str]) -> str | None:
+    """A one-stage, pip-only plan's Dockerfile without its definition hash (what two plans that differ only
+    in their pip requirements share); None for any other plan (multi-stage, conda, a pinned lock, no pip
+    requirements, not rendered by envkiln)."""
+    header, _, rest = dockerfile.partition("\n")
+    if not header.startswith(HEADER) or sorted(file_paths) != _REUSABLE_FILES or LOCK_INTO_IMAGE not in rest:
+        return None
+    definition_hash = header.removeprefix(HEADER).strip()
+    if not re.fullmatch(r"[0-9a-f]{32}", definition_hash):
+        return None
+    return rest.replace(definition_hash, "<hash>")
+
+
+def render_on_parent(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings, base_digest: str | None,
+                     base_user: str, parent_image: str) -> str:
+    """The Dockerfile that builds a one-stage, pip-only definition FROM the image of an earlier build of
+    its namespace (`parent_image`, repository@digest; chosen by envkiln.core.decisions.parent: the same
+    render but for some pip requirements, all of which this definition has too). The parent already holds
+    the docker steps, the venv, the environment and the base's user: this installs the requirements into
+    that venv (uv adds only the missing ones), writes the lock of the whole venv as the one-stage render
+    does (to /envkiln-lock and into the image), and sets the labels, with the parent's digest besides.
+    The plan's own Dockerfile stays the one from the base: the builder falls back to it when the parent
+    cannot be pulled."""
+    assert spec.image is not None and spec.pip and spec.conda is None and spec.lock is None
+    _, digest = base_reference(spec.image, base_digest)
+    label = f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}"
+    if digest is not None:
+        label += f" {IMAGE_LABEL_BASE_DIGEST}={_quote(digest)}"
+    label += f" {IMAGE_LABEL_PARENT}={_quote(parent_image)}"
+    user = final_user(spec, base_user)
+    as_root = user not in ROOT_USERS
+    python, requirements = _python(spec), f"{STAGING_DIR}/{REQUIREMENTS_FILE}"
+    part = _joined([
+        Part(lines=(f"FROM {parent_image} AS {IMAGE_STAGE}", *(("USER 0:0",) if as_root else ()),
+                    f"COPY {REQUIREMENTS_FILE} {requirements}",
+                    f"RUN {settings.uv_mount()}{_pip_install(python, settings, requirements)}")),
+        _lock_write_part(spec, None, settings, into_image=True),
+        Part(lines=(*((f"USER {user}",) if as_root else ()), label)),
+    ])
+    return _dockerfile(f"{HEADER}{definition_hash}, on {parent_image}", part)
 
 
 def render(spec: EnvironmentSpec, definition_hash: str, settings: RenderSettings | None = None,

@@ -115,6 +115,13 @@ class OperatorSettings(BaseModel):
         "kernel of 5.13 or later mounts overlay; where overlay cannot be used, the build says so in its log and "
         "uses vfs (docs/benchmarks.md has what each costs).",
     )
+    build_on_earlier_images: bool = Field(
+        default=True, description="In-cluster buildah builds of a pip-only definition start from the image of an "
+        "earlier build of the same namespace that has all but some of its pip requirements (the same base, steps "
+        "and tools), and install only the missing ones: one small layer instead of the whole environment. A "
+        "requirement the earlier image already satisfies keeps its installed version, as a layer cache would "
+        "(pin versions, or spec.lock, for exact ones). false: every build starts from its base.",
+    )
     local_storage_root: str | None = Field(
         default=None, description="buildah storage directory of the local builder (default: buildah's own)."
     )

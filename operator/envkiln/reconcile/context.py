@@ -25,6 +25,7 @@ from envkiln.adapters.registryclient import (
     token_services,
 )
 from envkiln.core.decisions.network import NetworkPolicy
+from envkiln.core.decisions.parent import Candidate
 from envkiln.core.names import MANAGED_BY, SIGNING_KEY_SECRET
 from envkiln.core.registryauth import DockerConfigError, credential_helpers
 from envkiln.core.settings import OperatorSettings
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 # (namespace, hash) -> names of the Environments with that hash.
 EnvironmentsByHash = Callable[[str, str], Iterable[str]]
+EarlierBuilds = Callable[[str], Iterable[Candidate]]
 
 
 @dataclass
@@ -45,6 +47,8 @@ class OperatorContext:
     signer: Signer
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     environments_by_hash: EnvironmentsByHash | None = None
+    # The namespace's succeeded builds a new build may start from (the runtime's index; None: none).
+    earlier_builds: EarlierBuilds | None = None
     metrics: Metrics = field(default_factory=Metrics)  # its own registry; served by runtime/handlers.configure
     # One sync of a given EnvironmentBuild at a time: its watch event, its Job's event and the
     # resync run in different threads, and two of them must not both see and act on the same step.

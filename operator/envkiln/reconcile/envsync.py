@@ -21,6 +21,7 @@ from envkiln.core.buildspec import build_manifest
 from envkiln.core.conditions import get_condition, now_iso
 from envkiln.core.decisions.collect import build_facts, builds_to_collect, environment_facts
 from envkiln.core.decisions.environment import Facts, Lookup, Outcome, decide, invalid, new_status
+from envkiln.core.decisions.parent import Candidate
 from envkiln.core.decisions.resync import base_moved
 from envkiln.core.definition import MissingContextContent, context_digest, definition_hash
 from envkiln.core.errors import DefinitionError
@@ -192,6 +193,16 @@ def base_user(ctx: OperatorContext, spec: EnvironmentSpec, digest: str | None) -
         return None
 
 
+def earlier_builds(ctx: OperatorContext, facts: Facts) -> list[Candidate]:
+    """The namespace's succeeded builds a new in-cluster buildah build of `facts` may start from
+    (ENVKILN_BUILD_ON_EARLIER_IMAGES); only pip-only definitions are ever built on one."""
+    spec = facts.spec
+    if (not ctx.settings.build_on_earlier_images or ctx.settings.builder != "buildah" or ctx.earlier_builds is None
+            or spec is None or not spec.pip or spec.conda is not None or spec.lock is not None):
+        return []
+    return list(ctx.earlier_builds(facts.namespace))
+
+
 def create_or_adopt_build(ctx: OperatorContext, facts: Facts, rebuild_on: str | None = None) -> dict[str, Any]:
     """Create the EnvironmentBuild for the facts' hash (or, with `rebuild_on`, its rebuild on that
     base digest), or adopt the one someone else created meanwhile."""
@@ -199,7 +210,7 @@ def create_or_adopt_build(ctx: OperatorContext, facts: Facts, rebuild_on: str | 
     digest = rebuild_on or base_digest(ctx, facts.spec)
     body = build_manifest(ctx.signer, ctx.settings, facts.namespace, facts.spec, facts.hash, facts.context_digest,
                           base_digest=digest, rebuild=rebuild_on is not None, commit=facts.resolved_commit,
-                          base_user=base_user(ctx, facts.spec, digest))
+                          base_user=base_user(ctx, facts.spec, digest), earlier=earlier_builds(ctx, facts))
     build, created = ctx.kube.create_or_get(BUILDS, facts.namespace, body)
     if created:
         log.info("created EnvironmentBuild %s/%s for %s", facts.namespace, body["metadata"]["name"],

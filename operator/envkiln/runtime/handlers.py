@@ -124,6 +124,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     rt = Runtime(options, ctx, settings.execution.executor, peering=PeeringState.attach())
     indexes = rt.indexes
     ctx.environments_by_hash = indexes.environments_with
+    ctx.earlier_builds = indexes.earlier_builds
     # Every EnvironmentBuild before any event is handled, so that an Environment finds its build in
     # memory from the start; the build watch keeps the index current from then on.
     try:

@@ -6,7 +6,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from envkiln.core.decisions.parent import Candidate, reuse_facts
 from envkiln.core.decisions.resync import build_unsettled, environment_unsettled, follows_git_ref, watched_base
+from envkiln.core.imageref import InvalidImageReference, parse_image_reference
 from envkiln.core.names import ANNOTATION_SIGNATURE
 from envkiln.core.trust import VERIFIED
 
@@ -33,15 +35,29 @@ class Indexes:
         self._unsettled: set[tuple[str, str]] = set()
         self._bases: dict[tuple[str, str], tuple[str, str | None]] = {}  # -> (base reference, built-on digest)
         self._git: set[tuple[str, str]] = set()  # Environments following a git branch or tag
+        # namespace -> name -> a verified, succeeded build a new one may start from (decisions.parent)
+        self._earlier: dict[str, dict[str, Candidate]] = {}
 
     def note_build(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
         """The build as seen in an event (None: deleted)."""
         kept = None if body is None else _trimmed_build(body, self._verify)  # verified outside the lock
+        earlier = None if body is None or kept is None or self._verify is None else _candidate(body, kept)
         with self._lock:
             if kept is None:
                 self._builds.pop((namespace, name), None)
             else:
                 self._builds[(namespace, name)] = kept
+            if earlier is not None:
+                self._earlier.setdefault(namespace, {})[name] = earlier
+            elif name in self._earlier.get(namespace, {}):
+                del self._earlier[namespace][name]
+                if not self._earlier[namespace]:
+                    del self._earlier[namespace]
+
+    def earlier_builds(self, namespace: str) -> list[Candidate]:
+        """The namespace's verified, succeeded builds that a new build may start from."""
+        with self._lock:
+            return list(self._earlier.get(namespace, {}).values())
 
     def build(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -126,6 +142,26 @@ def _trimmed_build(body: Mapping[str, Any],
                      "annotations": {k: v for k, v in annotations.items() if k == ANNOTATION_SIGNATURE}},
         "spec": spec, "status": _without_lock_text(body.get("status") or {}),
     }
+
+
+def _candidate(body: Mapping[str, Any], kept: Mapping[str, Any]) -> Candidate | None:
+    """The build as a parent for later ones: verified (signed by this operator), succeeded, its digest
+    recorded, its plan one that can be built on (None otherwise)."""
+    status, spec = kept.get("status") or {}, body.get("spec") or {}
+    verdict = kept.get(VERIFIED) or {}
+    digest, image, plan = status.get("digest"), spec.get("image"), spec.get("plan")
+    if (verdict.get("problem") is not None or status.get("phase") != "Succeeded" or not isinstance(digest, str)
+            or not isinstance(image, str) or not isinstance(plan, Mapping)):
+        return None
+    facts = reuse_facts(plan)
+    if facts is None:
+        return None
+    try:
+        repository = parse_image_reference(image).name
+    except InvalidImageReference:
+        return None
+    return Candidate(name=str((body.get("metadata") or {}).get("name")), repository=repository, digest=digest,
+                     facts=facts)
 
 
 def _without_lock_text(status: Mapping[str, Any]) -> dict[str, Any]:

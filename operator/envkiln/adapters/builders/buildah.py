@@ -32,6 +32,7 @@ from envkiln.adapters.builders.jobs import (
     LOCK_OUT,
     NO_ACCESS,
     OUT,
+    PARENT_DOCKERFILE,
     BuildAccess,
     JobBuilder,
     build_job,
@@ -81,8 +82,19 @@ if [ -n "${ENVKILN_INSECURE_REGISTRY:-}" ]; then
   printf '[[registry]]\\nlocation = "%s"\\ninsecure = true\\n' "$ENVKILN_INSECURE_REGISTRY" \\
     > /etc/containers/registries.conf.d/50-envkiln.conf
 fi
+dockerfile="$ENVKILN_DOCKERFILE"
+if [ -n "${ENVKILN_PARENT:-}" ]; then
+  if buildah --storage-driver "$STORAGE_DRIVER" pull --quiet "$ENVKILN_PARENT" \\
+      > /dev/null 2> /var/tmp/envkiln-parent.log; then
+    echo "envkiln: starting from the earlier image $ENVKILN_PARENT"
+    dockerfile="$ENVKILN_PARENT_DOCKERFILE"
+  else
+    echo "envkiln: the earlier image $ENVKILN_PARENT cannot be pulled; building from the base:" >&2
+    tail -n 3 /var/tmp/envkiln-parent.log >&2
+  fi
+fi
 buildah --storage-driver "$STORAGE_DRIVER" build --isolation chroot --layers=false "$@" \\
-  --label "dev.envkiln.definition-hash=$ENVKILN_HASH" -f "$ENVKILN_DOCKERFILE" -t "$ENVKILN_IMAGE" "$ENVKILN_CONTEXT"
+  --label "dev.envkiln.definition-hash=$ENVKILN_HASH" -f "$dockerfile" -t "$ENVKILN_IMAGE" "$ENVKILN_CONTEXT"
 buildah --storage-driver "$STORAGE_DRIVER" push --quiet "$ENVKILN_IMAGE" "oci-archive:$ENVKILN_ARCHIVE"
 echo "built $ENVKILN_IMAGE"
 if [ -n "${ENVKILN_LOCK_DIR:-}" ]; then
@@ -129,6 +141,9 @@ def buildah_container(spec: EnvironmentBuildSpec, settings: OperatorSettings, co
                 {"name": "ENVKILN_DOCKERFILE", "value": dockerfile},
                 {"name": "ENVKILN_CONTEXT", "value": context},
                 {"name": "ENVKILN_BUILD_ENV_NAMES", "value": " ".join(sorted(build_env or {}))},
+                *([{"name": "ENVKILN_PARENT", "value": spec.plan.parent.image},
+                   {"name": "ENVKILN_PARENT_DOCKERFILE", "value": f"{context}/{PARENT_DOCKERFILE}"}]
+                  if spec.plan.parent is not None and context_dir is not None else []),
                 *([{"name": "ENVKILN_LOCK_DIR", "value": LOCK_OUT},
                    {"name": "ENVKILN_LOCK_ARCHIVE", "value": LOCK_ARCHIVE}] if makes_lock_image(spec) else []),
                 {"name": "BUILDAH_ISOLATION", "value": "chroot"},

@@ -279,8 +279,14 @@ def not_made_for(kind: str, obj: Any, build: dict[str, Any]) -> BuildCannotStart
         kind, meta["namespace"], obj.metadata.name, owner_references(obj), KIND_BUILD, meta["name"]))
 
 
+# The Dockerfile FROM an earlier image (spec.plan.parent), beside the plan's own in the context.
+PARENT_DOCKERFILE = "Dockerfile.on-earlier-image"
+
+
 def rendered_files(spec: EnvironmentBuildSpec) -> dict[str, str]:
-    return {"Dockerfile": spec.plan.dockerfile, **{f.path: f.content for f in spec.plan.files}}
+    parent = spec.plan.parent
+    return {"Dockerfile": spec.plan.dockerfile, **{f.path: f.content for f in spec.plan.files},
+            **({PARENT_DOCKERFILE: parent.dockerfile} if parent is not None else {})}
 
 
 def context_configmap(build: dict[str, Any]) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from envkiln.core.models.build import (
     EnvironmentBuildManifest,
     EnvironmentBuildSpec,
     EnvironmentBuildStatus,
+    ParentImage,
 )
 from envkiln.core.models.context import BuildContext, ConfigMapContext, GitContext, TarballContext
 from envkiln.core.models.environment import (
@@ -97,6 +98,7 @@ __all__ = [
     "Line",
     "LockSummary",
     "ObjectMeta",
+    "ParentImage",
     "Phase",
     "PipLine",
     "StatusModel",

@@ -17,12 +17,25 @@ class ContextFile(KubeModel):
     content: str = Field(description="The file's content.")
 
 
+class ParentImage(KubeModel):
+    """An earlier build of the namespace that this build starts from (envkiln.core.decisions.parent)."""
+
+    build: str = Field(description="The earlier EnvironmentBuild.")
+    image: str = Field(description="Its image, repository@digest, as the registry verified it.")
+    dockerfile: str = Field(description="The Dockerfile FROM that image: it installs what the earlier image "
+                            "lacks. The plan's own Dockerfile (from the base) is built when the image cannot "
+                            "be pulled.")
+
+
 class BuildPlan(KubeModel):
     """Everything a builder needs, rendered from a definition (envkiln.core.render)."""
 
     dockerfile: str = Field(description="The rendered Dockerfile (empty for user build contexts).")
     files: list[ContextFile] = Field(default_factory=list, description="Context files besides the Dockerfile.")
     context: BuildContext | None = Field(default=None, description="The user's build context, passed through.")
+    parent: ParentImage | None = Field(
+        default=None, description="The earlier image of the namespace this build starts from, when one holds "
+        "all but some of its pip requirements (in-cluster buildah builds; ENVKILN_BUILD_ON_EARLIER_IMAGES).")
     context_digest: str | None = Field(
         default=None, description="sha256 of the ConfigMap context's files as they were hashed; the build pod "
         "checks the files it gets against it.")
