@@ -398,3 +398,23 @@ def active_operator(api: client.ApiClient, namespace: str, tenant: str) -> clien
              and {c.type: c.status for c in pod.status.conditions or []}.get("Ready") == "True"}
     ranked = sorted((peer.get("priority", 0), name) for name, peer in peers.items() if name in ready)
     return ready[ranked[-1][1]] if ranked else None
+
+
+def run_in(core: client.CoreV1Api, namespace: str, image: str, script: str, timeout: float = 120) -> str:
+    """Run `script` in a pod of `image` on the node; its log (the pod must succeed)."""
+    name = f"run-{uuid.uuid4().hex[:8]}"
+    core.create_namespaced_pod(namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                 "containers": [{"name": "main", "image": image, "command": ["/bin/sh", "-c", script]}]}})
+
+    def done() -> str | None:
+        pod = core.read_namespaced_pod(name, namespace)
+        if pod.status.phase in ("Succeeded", "Failed"):
+            return str(pod.status.phase)
+        return None
+
+    phase = wait_for(done, timeout=timeout, interval=0.5, what=f"pod {name} to finish")
+    log = core.read_namespaced_pod_log(name, namespace, container="main")
+    assert phase == "Succeeded", log
+    return str(log)

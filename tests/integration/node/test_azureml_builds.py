@@ -10,7 +10,6 @@ built as imported (only the base image reference is replaced by the local one).
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ from kubernetes import client
 from envkiln.core.azureml import ImportOptions, import_azureml
 from harness.buildah import build_and_push
 from harness.pypi import PackageIndex
-from node_helpers import PROBE, PROBE_VERSION
-from operator_helpers import Envs, environment, wait_for
+from node_helpers import PROBE, PROBE_VERSION, run_in
+from operator_helpers import Envs, environment
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "azureml" / "build"
 PLACEHOLDER_PIP = "localhost:5000/envkiln-test/azureml-base:pip"
@@ -73,26 +72,6 @@ def azureml_bases(node_base_image: str, node_registry_host: str, probe_index: Pa
         f"FROM {node_base_image}", "COPY micromamba /bin/micromamba", "RUN chmod 755 /bin/micromamba", "",
     ]), {"micromamba": FAKE_MICROMAMBA}, f"{node_registry_host}/envkiln-test/fake-micromamba:1")
     return {"pip": preinstalled, "conda": preinstalled, "nonroot": nonroot, "micromamba": micromamba}
-
-
-def run_in(core: client.CoreV1Api, namespace: str, image: str, script: str, timeout: float = 120) -> str:
-    """Run `script` in a pod of `image` on the node; its log (the pod must succeed)."""
-    name = f"run-{uuid.uuid4().hex[:8]}"
-    core.create_namespaced_pod(namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
-                 "containers": [{"name": "main", "image": image, "command": ["/bin/sh", "-c", script]}]}})
-
-    def done() -> str | None:
-        pod = core.read_namespaced_pod(name, namespace)
-        if pod.status.phase in ("Succeeded", "Failed"):
-            return str(pod.status.phase)
-        return None
-
-    phase = wait_for(done, timeout=timeout, interval=0.5, what=f"pod {name} to finish")
-    log = core.read_namespaced_pod_log(name, namespace, container="main")
-    assert phase == "Succeeded", log
-    return str(log)
 
 
 def imported(fixture: str, image: str | None = None, context_from: str | None = None) -> list[dict[str, Any]]:
