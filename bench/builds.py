@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -102,6 +103,10 @@ QUICK_B = sorted([*QUICK_A, "joblib==1.6.0"])
 QUICK_A_TQDM = sorted([*QUICK_A, "tqdm==4.70.1"])
 
 STEPS = ("cold", "plain", "warm", "one_package")
+# The build container's log lines that start each phase (job_phases' "marks").
+BUILD_MARKS = (("from", "STEP 1/"), ("earlier_pulled", "envkiln: starting from the earlier image"),
+               ("install", "Using Python"), ("commit", "COMMIT "), ("archive", "--> "), ("built", "built "),
+               ("lock_image", "lock image made"))
 GOALS = {  # name: (figure, over, at most)
     "cold_le_0.5_plain": ("cold_s", "plain_s", 0.5),
     "one_package_le_0.35_cold": ("one_package_s", "cold_s", 0.35),
@@ -330,7 +335,23 @@ class Bench:
                         phases[container.name] = {
                             "start_after_pod_s": (done.started_at - created).total_seconds(),
                             "seconds": (done.finished_at - done.started_at).total_seconds()}
+                        if container.name == "build":
+                            phases["build"]["marks"] = self.build_marks(pod, done.started_at)
         return phases
+
+    def build_marks(self, pod: Any, started: Any) -> dict[str, float]:
+        """Where the build container's time went: seconds from its start to the first log line of each
+        phase (kubelet timestamps)."""
+        log = self.core.read_namespaced_pod_log(pod.metadata.name, pod.metadata.namespace, container="build",
+                                                timestamps=True)
+        marks: dict[str, float] = {}
+        for line in log.splitlines():
+            stamp, _, text = line.partition(" ")
+            for mark, needle in BUILD_MARKS:
+                if mark not in marks and text.startswith(needle):
+                    moment = datetime.datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00")
+                    marks[mark] = round((moment - started).total_seconds(), 1)
+        return marks
 
     def settle(self, namespace: str, timeout: float = 300) -> float:
         """Delete the namespace's finished build Jobs, wait until the kubelet has removed their pods'

@@ -186,3 +186,11 @@ def test_the_index_is_asked_only_for_in_cluster_buildah_pip_only_builds(
     found = earlier_builds(ctx, Facts(spec=definition, namespace="ns"))
     assert (asked_for == ["ns"]) is asked and bool(found) is asked
     assert earlier_builds(replace(ctx, earlier_builds=None), Facts(spec=definition, namespace="ns")) == []
+
+
+def test_the_index_keeps_nothing_for_it_when_builds_never_start_from_an_earlier_image() -> None:
+    indexes = Indexes(verify=lambda build: None, offers_earlier=False)
+    manifest = build_manifest(SIGNER, SETTINGS, "ns", spec(), "a" * 32, base_digest=BASE_DIGEST, base_user="")
+    indexes.note_build("ns", manifest["metadata"]["name"], succeeded(manifest, "sha256:" + "f" * 64))
+    assert indexes.earlier_builds("ns") == []
+    assert indexes.build("ns", manifest["metadata"]["name"]) is not None

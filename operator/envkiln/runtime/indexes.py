@@ -23,11 +23,15 @@ class Indexes:
     starts. Written on the event loop (async handlers), read from handler threads: one lock.
     """
 
-    def __init__(self, verify: Callable[[Mapping[str, Any]], str | None] | None = None) -> None:
+    def __init__(self, verify: Callable[[Mapping[str, Any]], str | None] | None = None,
+                 offers_earlier: bool = True) -> None:
         # `verify`: why a build (whole, as the API server sent it) is not trusted, None if it is;
         # with it, builds are kept without their plan (the rendered Dockerfile and files: up to
         # hundreds of KiB each), and with the verdict instead (envkiln.core.trust.VERIFIED).
         self._verify = verify
+        # Whether builds are kept as earlier images later builds may start from (only in-cluster buildah
+        # builds start from one: otherwise nothing is kept for it).
+        self._offers_earlier = offers_earlier and verify is not None
         self._lock = threading.Lock()
         self._builds: dict[tuple[str, str], dict[str, Any]] = {}
         self._hash_of: dict[tuple[str, str], str] = {}
@@ -41,7 +45,7 @@ class Indexes:
     def note_build(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
         """The build as seen in an event (None: deleted)."""
         kept = None if body is None else _trimmed_build(body, self._verify)  # verified outside the lock
-        earlier = None if body is None or kept is None or self._verify is None else _candidate(body, kept)
+        earlier = _candidate(body, kept) if body is not None and kept is not None and self._offers_earlier else None
         with self._lock:
             if kept is None:
                 self._builds.pop((namespace, name), None)

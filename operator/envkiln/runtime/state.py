@@ -115,7 +115,9 @@ class Runtime:
     def __post_init__(self) -> None:
         signer = self.ctx.signer
         # Builds are verified once, whole, when they arrive, and kept without their plan.
-        self.indexes = Indexes(verify=lambda build: signer.build_problem(dict(build), ANNOTATION_SIGNATURE))
+        settings = self.ctx.settings
+        self.indexes = Indexes(verify=lambda build: signer.build_problem(dict(build), ANNOTATION_SIGNATURE),
+                               offers_earlier=settings.build_on_earlier_images and settings.builder == "buildah")
         self.webhook = concurrent.futures.ThreadPoolExecutor(self.settings.webhook_workers,
                                                              thread_name_prefix="envkiln-webhook")
         self.resync_pool = concurrent.futures.ThreadPoolExecutor(self.settings.resync_workers,

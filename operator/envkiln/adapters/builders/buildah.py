@@ -84,6 +84,7 @@ if [ -n "${ENVKILN_INSECURE_REGISTRY:-}" ]; then
 fi
 dockerfile="$ENVKILN_DOCKERFILE"
 if [ -n "${ENVKILN_PARENT:-}" ]; then
+  echo "envkiln: pulling the earlier image $ENVKILN_PARENT"
   if buildah --storage-driver "$STORAGE_DRIVER" pull --quiet "$ENVKILN_PARENT" \\
       > /dev/null 2> /var/tmp/envkiln-parent.log; then
     echo "envkiln: starting from the earlier image $ENVKILN_PARENT"
