@@ -13,7 +13,8 @@ The last line of stdout is one JSON object (`--json` sends progress to stderr):
 - `warm_s`: B = A + seaborn + statsmodels (25 pins), in A's namespace after A;
 - `one_package_s`: A + tqdm, in A's namespace after A and B;
 - `image_mib`: A's compressed size (the sum of the layer sizes in its registry manifest), and
-  `plain_image_mib`, `warm_image_mib`, `one_package_image_mib`;
+  `plain_image_mib`, `warm_image_mib`, `one_package_image_mib`; `warm_new_mib` and
+  `one_package_new_mib`: what of those a node that has A's image still pulls (layers A lacks);
 - ratios and goals (`goals`: cold <= 0.5 x plain, one_package <= 0.35 x cold, warm <= 0.6 x cold,
   A's image no larger than the plain one's);
 - with `--render-of REV`, the same keys prefixed `before_` for the operator of REV (a `git worktree`
@@ -291,6 +292,7 @@ class Bench:
             raise RuntimeError(f"{namespace}/{name}: {status.get('phase')} after {elapsed:.0f}s: "
                                f"{json.dumps(status.get('conditions', []))[:2000]}\nlog tail:\n{tail}")
         result["image"] = status.get("imageRef") or status.get("image")
+        result["layers"] = self.image_layers(status)
         result["image_mib"] = round(self.image_size(status) / 2**20, 1)
         result["job"] = self.job_phases(namespace)
         result["settle_s"] = self.settle(namespace)
@@ -311,14 +313,21 @@ class Bench:
         self.settle(namespace)
         return {**outcome, "index": _index_summary(self.index.transfers[before:])}
 
-    def image_size(self, status: dict[str, Any]) -> int:
+    def image_layers(self, status: dict[str, Any]) -> dict[str, int]:
+        """The image's layers: digest -> compressed size."""
+        return {layer["digest"]: int(layer["size"]) for layer in self.manifest(status)["layers"]}
+
+    def manifest(self, status: dict[str, Any]) -> dict[str, Any]:
         image, digest = status["image"], status["imageDigest"]
         host, rest = image.split("/", 1)
         repository = rest.rsplit(":", 1)[0].split("@")[0]
         request = urllib.request.Request(f"http://{host}/v2/{repository}/manifests/{digest}",
                                          headers={"Accept": MANIFEST_ACCEPT})
         with urllib.request.urlopen(request, timeout=30) as response:
-            manifest = json.loads(response.read())
+            return dict(json.loads(response.read()))
+
+    def image_size(self, status: dict[str, Any]) -> int:
+        manifest = self.manifest(status)
         return sum(int(layer["size"]) for layer in manifest["layers"]) + int(manifest["config"]["size"])
 
     def job_phases(self, namespace: str) -> dict[str, Any]:
@@ -436,6 +445,12 @@ def figures(prefix: str, measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for step, result in measured.items():
         out[f"{prefix}{step}_s"] = result["seconds"]
         out[f"{prefix}{'image' if step == 'cold' else step + '_image'}_mib"] = result["image_mib"]
+    cold = measured.get("cold", {}).get("layers")
+    for step in ("warm", "one_package"):  # what a node that has A's image pulls for this one
+        layers = measured.get(step, {}).get("layers")
+        if cold is not None and layers is not None:
+            out[f"{prefix}{step}_new_mib"] = round(sum(size for digest, size in layers.items()
+                                                       if digest not in cold) / 2**20, 1)
     return out
 
 

@@ -19,6 +19,12 @@ Before both, the `context` init container checks the context against the signed 
 
 A RUN step can still tamper with its own archive: the push container trusts the archive for
 nothing but that build's own output, under that build's own name.
+
+A plan with a parent (spec.plan.parent: an earlier image of the same namespace, by digest;
+envkiln.core.decisions.parent) is built FROM that image with the plan's second Dockerfile, which
+installs only what the earlier image lacks; when the build container cannot pull it (deleted,
+or its registry wants a credential the build does not have) it says so and builds the plan's own
+Dockerfile from the base.
 """
 
 from __future__ import annotations
