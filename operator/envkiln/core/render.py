@@ -334,13 +334,17 @@ def _python(spec: EnvironmentSpec) -> str:
     return f"{CONDA_PREFIX}/bin/python" if spec.conda is not None else f"{VENV_PREFIX}/bin/python"
 
 
+def _labels(definition_hash: str, image: str, base_digest: str | None) -> str:
+    """The LABEL instruction: the definition hash, the base as written and, when pinned, its digest."""
+    label = f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(image)}"
+    return label + (f" {IMAGE_LABEL_BASE_DIGEST}={_quote(base_digest)}" if base_digest is not None else "")
+
+
 def _base_part(spec: EnvironmentSpec, definition_hash: str, base_digest: str | None) -> Part:
     """Stage envkiln-base: FROM the base (at its digest when known), the labels, the docker steps."""
     assert spec.image is not None
     base, digest = base_reference(spec.image, base_digest)
-    label = f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}"
-    if digest is not None:
-        label += f" {IMAGE_LABEL_BASE_DIGEST}={_quote(digest)}"
+    label = _labels(definition_hash, spec.image, digest)
     return Part(lines=(f"FROM {base} AS {BASE_STAGE}", label, *(step.strip() for step in spec.docker_steps or [])))
 
 
@@ -545,9 +549,7 @@ def _one_stage(spec: EnvironmentSpec, definition_hash: str, settings: RenderSett
     stage cost 13 s of a 95 s build)."""
     assert spec.image is not None
     base, digest = base_reference(spec.image, base_digest)
-    label = f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}"
-    if digest is not None:
-        label += f" {IMAGE_LABEL_BASE_DIGEST}={_quote(digest)}"
+    label = _labels(definition_hash, spec.image, digest)
     steps = tuple(step.strip() for step in spec.docker_steps or [])
     if spec.conda is None and not spec.pip:
         return Part(lines=(f"FROM {base} AS {IMAGE_STAGE}", *steps, label))
@@ -625,10 +627,7 @@ def render_on_parent(spec: EnvironmentSpec, definition_hash: str, settings: Rend
     cannot be pulled."""
     assert spec.image is not None and spec.pip and spec.conda is None and spec.lock is None
     _, digest = base_reference(spec.image, base_digest)
-    label = f"LABEL {LABEL_HASH}={_quote(definition_hash)} {LABEL_BASE}={_quote(spec.image)}"
-    if digest is not None:
-        label += f" {IMAGE_LABEL_BASE_DIGEST}={_quote(digest)}"
-    label += f" {IMAGE_LABEL_PARENT}={_quote(parent_image)}"
+    label = _labels(definition_hash, spec.image, digest) + f" {IMAGE_LABEL_PARENT}={_quote(parent_image)}"
     user = final_user(spec, base_user)
     as_root = user not in ROOT_USERS
     python, requirements = _python(spec), f"{STAGING_DIR}/{REQUIREMENTS_FILE}"
