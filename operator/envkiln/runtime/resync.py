@@ -30,22 +30,12 @@ Item = tuple[str, str, str]  # (kind: env | build | pod, namespace, name)
 KINDS = {"env": "Environment", "build": "EnvironmentBuild", "pod": "Pod"}
 
 
-def _leave(rt: Runtime, namespace: str) -> None:
-    """The slot back to the namespace's share, and the object that waited longest for it due now."""
-    woken = rt.share.leave(namespace)
-    if woken is not None:
-        rt.resync.retry(*woken, 0.0)
-        if rt.wake is not None:
-            rt.wake()
-
-
 def _guarded(rt: Runtime, kind: str, namespace: str, name: str, retry: float,
              work: Callable[[], float | None]) -> None:
     """Run `work` (which returns when to look again, or None); on a failure log it, count it and
     retry after `retry` seconds (as Kopf retried a handler's errors). When the namespace already has
-    its share of objects being synced, the object waits for the next slot that frees there
-    (NamespaceShare; a second at most)."""
-    if not rt.share.try_enter(namespace, (kind, namespace, name)):
+    its share of objects being synced, the object waits a second instead (NamespaceShare)."""
+    if not rt.share.try_enter(namespace):
         rt.resync.retry(kind, namespace, name, 1.0)
         return
     try:
@@ -63,7 +53,7 @@ def _guarded(rt: Runtime, kind: str, namespace: str, name: str, retry: float,
         rt.resync.retry(kind, namespace, name, retry)
         return
     finally:
-        _leave(rt, namespace)
+        rt.share.leave(namespace)
     if again is not None:
         rt.resync.retry(kind, namespace, name, again)
 
@@ -176,7 +166,6 @@ async def resync_forever(rt: Runtime) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the operator is stopping
             loop.call_soon_threadsafe(woken.set)
 
-    rt.wake = wake
     dispatcher = Dispatcher(rt, wake)
     now = time.monotonic()
     next_envs, next_builds = now + options.env_sync_seconds, now + options.build_sync_seconds

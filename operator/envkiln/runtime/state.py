@@ -6,7 +6,6 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from envkiln.core.decisions.resync import due
@@ -73,50 +72,27 @@ class PeeringState(logging.Filter):
 
 
 class NamespaceShare:
-    """How many objects of each namespace are being synced right now, bounded per namespace; and,
-    in order, the objects that found their namespace's share taken, so that each slot that frees
-    hands itself to the next of them at once (not after a timer)."""
+    """How many objects of each namespace are being synced right now, bounded per namespace."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lock = threading.Lock()
         self._busy: dict[str, int] = {}
-        self._waiting: dict[str, dict[tuple[str, str, str], None]] = {}  # namespace -> items, oldest first
 
-    def try_enter(self, namespace: str, item: tuple[str, str, str] | None = None) -> bool:
-        """Take a slot of the namespace; False when none is free (then `item`, if given, waits for one)."""
+    def try_enter(self, namespace: str) -> bool:
         with self._lock:
             if self._busy.get(namespace, 0) >= self.limit:
-                if item is not None:
-                    self._waiting.setdefault(namespace, {})[item] = None
                 return False
             self._busy[namespace] = self._busy.get(namespace, 0) + 1
-            if item is not None and namespace in self._waiting:
-                self._waiting[namespace].pop(item, None)
-                if not self._waiting[namespace]:
-                    del self._waiting[namespace]
             return True
 
-    def leave(self, namespace: str) -> tuple[str, str, str] | None:
-        """Give the slot back; returns the item that waited longest for one in this namespace (None: none)."""
+    def leave(self, namespace: str) -> None:
         with self._lock:
             left = self._busy.get(namespace, 0) - 1
             if left > 0:
                 self._busy[namespace] = left
             else:
                 self._busy.pop(namespace, None)
-            waiting = self._waiting.get(namespace)
-            if not waiting:
-                return None
-            item = next(iter(waiting))
-            del waiting[item]
-            if not waiting:
-                del self._waiting[namespace]
-            return item
-
-    def waiting(self) -> int:
-        with self._lock:
-            return sum(len(items) for items in self._waiting.values())
 
 
 @dataclass
@@ -135,8 +111,6 @@ class Runtime:
     resync_pool: concurrent.futures.ThreadPoolExecutor = field(init=False)
     rates: NamespaceRates = field(init=False)
     share: NamespaceShare = field(init=False)
-    # Wakes the resync loop (set by envkiln.runtime.resync.resync_forever; callable from any thread).
-    wake: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         signer = self.ctx.signer
