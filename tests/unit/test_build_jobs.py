@@ -431,16 +431,18 @@ def test_build_script_mounts_the_lock_directory_and_makes_the_lock_image(tmp_pat
     done, calls, tmp = run_build_script(tmp_path, builder, FAKE_BUILDAH, ENVKILN_LOCK_DIR=str(lock_dir))
     lines = [line.removeprefix("buildah --storage-driver vfs ") for line in calls]
     assert f"--volume {lock_dir}:/envkiln-lock" in lines[0], "RUN steps write the lock into the mounted directory"
-    assert lines[1] == f"push --quiet {build['spec']['image']} oci-archive:/out/image.tar"
+    # committed straight into the archive, compressed: no copy into storage and out again
+    assert lines[0].startswith("build --isolation chroot --layers=false --disable-compression=false ")
+    assert " -t oci-archive:/out/image.tar " in lines[0]
     if not lock_written:
         assert done.returncode == 1
         assert "the build wrote no lock to /envkiln-lock/envkiln-lock.txt; nothing is pushed" in done.stderr
-        assert len(lines) == 2
+        assert len(lines) == 1
         return
     assert done.returncode == 0, done.stderr
-    assert lines[2:] == [
-        f"build --isolation chroot --layers=false --quiet -f {tmp}/envkiln-lock.Dockerfile -t envkiln-lock {lock_dir}",
-        "push --quiet envkiln-lock oci-archive:/out/lock.tar"]
+    assert lines[1:] == [
+        f"build --isolation chroot --layers=false --disable-compression=false --quiet "
+        f"-f {tmp}/envkiln-lock.Dockerfile -t oci-archive:/out/lock.tar {lock_dir}"]
     assert (tmp / "envkiln-lock.Dockerfile").read_text() == (
         "FROM scratch\nCOPY envkiln-lock.txt /opt/envkiln/envkiln-lock.txt\n")
     assert "lock image made (3 lines)" in done.stdout
@@ -472,7 +474,7 @@ def test_the_storage_driver_reaches_every_buildah_call_with_the_same_privileges(
     probes = ["buildah --storage-driver overlay info"] if driver == "overlay" else []
     assert lines[:len(probes)] == probes
     work = lines[len(probes):]
-    assert [line.split()[:3] for line in work] == [["buildah", "--storage-driver", used]] * 2  # build, push
+    assert [line.split()[:4] for line in work] == [["buildah", "--storage-driver", used, "build"]]  # into the archive
     assert ("the overlay storage driver cannot be used here; building with vfs" in done.stderr) is (used != driver)
     if used != driver:
         assert "kernel does not support overlay fs" in done.stderr

@@ -65,6 +65,10 @@ __all__ = ["BuildahJobBuilder", "buildah_job", "buildah_pod_spec"]
 # history, a containers.conf `env` is not given to RUN steps by buildah build. The registry CA bundle
 # (ENVKILN_CA_DIR), when there is one, is bind-mounted read-only into RUN containers at the same path
 # (e.g. for `PIP_CERT` in the build env), and never committed either.
+#
+# The image is committed straight into the OCI archive, its layers compressed there (`-t oci-archive:`,
+# `--disable-compression=false`): not into the build's own storage first and then pushed out of it,
+# which wrote and read every new layer once more (7 s of a 26 s build of a 335 MB layer here).
 BUILD_SCRIPT = """set -eu
 set --
 if [ "$STORAGE_DRIVER" = overlay ] && ! buildah --storage-driver overlay info > /var/tmp/envkiln-overlay.log 2>&1; then
@@ -100,9 +104,9 @@ if [ -n "${ENVKILN_PARENT:-}" ]; then
     tail -n 3 /var/tmp/envkiln-parent.log >&2
   fi
 fi
-buildah --storage-driver "$STORAGE_DRIVER" build --isolation chroot --layers=false "$@" \\
-  --label "dev.envkiln.definition-hash=$ENVKILN_HASH" -f "$dockerfile" -t "$ENVKILN_IMAGE" "$ENVKILN_CONTEXT"
-buildah --storage-driver "$STORAGE_DRIVER" push --quiet "$ENVKILN_IMAGE" "oci-archive:$ENVKILN_ARCHIVE"
+buildah --storage-driver "$STORAGE_DRIVER" build --isolation chroot --layers=false --disable-compression=false "$@" \\
+  --label "dev.envkiln.definition-hash=$ENVKILN_HASH" -f "$dockerfile" -t "oci-archive:$ENVKILN_ARCHIVE" \\
+  "$ENVKILN_CONTEXT"
 echo "built $ENVKILN_IMAGE"
 if [ -n "${ENVKILN_LOCK_DIR:-}" ]; then
   if [ ! -s "$ENVKILN_LOCK_DIR/@LOCK_NAME@" ]; then
@@ -110,9 +114,8 @@ if [ -n "${ENVKILN_LOCK_DIR:-}" ]; then
     exit 1
   fi
   printf 'FROM scratch\\nCOPY @LOCK_NAME@ @LOCK_FILE@\\n' > /var/tmp/envkiln-lock.Dockerfile
-  buildah --storage-driver "$STORAGE_DRIVER" build --isolation chroot --layers=false --quiet \\
-    -f /var/tmp/envkiln-lock.Dockerfile -t envkiln-lock "$ENVKILN_LOCK_DIR" > /dev/null
-  buildah --storage-driver "$STORAGE_DRIVER" push --quiet envkiln-lock "oci-archive:$ENVKILN_LOCK_ARCHIVE"
+  buildah --storage-driver "$STORAGE_DRIVER" build --isolation chroot --layers=false --disable-compression=false \\
+    --quiet -f /var/tmp/envkiln-lock.Dockerfile -t "oci-archive:$ENVKILN_LOCK_ARCHIVE" "$ENVKILN_LOCK_DIR" > /dev/null
   echo "lock image made ($(wc -l < "$ENVKILN_LOCK_DIR/@LOCK_NAME@") lines)"
 fi
 """.replace("@BUILD_ENV_FILES@", BUILD_ENV_FILES).replace("@LOCK_EXPORT_DIR@", LOCK_EXPORT_DIR).replace(
