@@ -22,7 +22,8 @@ from envkiln.runtime.indexes import Indexes
 
 BASE_DIGEST = "sha256:" + "b" * 64
 ONE_STAGE = RenderSettings(tool_mounts=True)
-SETTINGS = OperatorSettings(registry="reg.local:5000", insecure_registry=True, builder="buildah")
+SETTINGS = OperatorSettings(registry="reg.local:5000", insecure_registry=True, builder="buildah",
+                            build_on_earlier_images=True)
 SIGNER = Signer(b"k" * 32)
 A = ["numpy==2.1.3", "pandas==2.2.3"]
 

@@ -46,7 +46,7 @@ def build_log(envs: Envs, namespace: str, build: dict[str, Any]) -> str:
 def test_a_definition_that_adds_a_package_is_built_on_the_earlier_image(
         node_api: client.ApiClient, node_namespace: str, node_base_image: str, two_package_index: PackageIndex,
         buildah_operator: Any) -> None:
-    operator = buildah_operator(node_namespace)
+    operator = buildah_operator(node_namespace, build_on_earlier_images="true")
     envs = Envs(node_api, node_namespace)
     steps = [*index_steps(two_package_index), f"ENV ENVKILN_TEST_DEFINITION={uuid.uuid4().hex[:12]}"]
     first = [f"{PROBE}=={PROBE_VERSION}"]
