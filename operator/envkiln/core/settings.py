@@ -116,8 +116,8 @@ class OperatorSettings(BaseModel):
         "uses vfs (docs/benchmarks.md has what each costs).",
     )
     build_on_earlier_images: bool = Field(
-        default=False, description="true: in-cluster buildah builds of a pip-only definition start from the image of an "
-        "earlier build of the same namespace that has all but some of its pip requirements (the same base, steps "
+        default=False, description="true: in-cluster buildah builds of a pip-only definition start from the image of "
+        "an earlier build of the same namespace that has all but some of its pip requirements (the same base, steps "
         "and tools), and install only the missing ones: one small layer instead of the whole environment. A "
         "requirement the earlier image already satisfies keeps its installed version, as a layer cache would "
         "(pin versions, or spec.lock, for exact ones). Off by default: the build pod pulls the whole earlier image, "
