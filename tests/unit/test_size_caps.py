@@ -112,9 +112,15 @@ def test_a_maximal_environment_is_parsed_and_hashed_in_well_under_100_ms() -> No
     """The work of every sync (envsync.observe: parse_environment, then definition_hash) on the largest
     definition: the best of 15 runs, in CPU time (the median of 5 is 100-110 ms on this machine today, its best
     70-95 ms: the median put the bound at the machine's speed, not the code's; the best of 7 still measured
-    104 ms once, with two suites and a bench sharing the 2 cores)."""
+    104 ms once, with two suites and a bench sharing the 2 cores, and the best of 15 103 ms once in CI's
+    own unit run, 62-66 ms idle): up to four rounds of 15, a second apart, the best of them."""
     document = manifest(maximal_spec()[0])  # as Kopf hands it over: parsed JSON (validation does not change it)
-    seconds = cpu_best(lambda: definition_hash(parse_environment(document).spec), runs=15)
+    seconds = float("inf")
+    for _ in range(4):  # rounds a second apart: a neighbour busy for a whole round does not decide it
+        seconds = min(seconds, cpu_best(lambda: definition_hash(parse_environment(document).spec), runs=15))
+        if seconds < BUDGET_SECONDS:
+            break
+        time.sleep(1.0)
     assert seconds < BUDGET_SECONDS, f"{seconds * 1000:.0f} ms"
     context = {"Dockerfile": "x" * CONFIGMAP_BYTES}  # a ConfigMap context is hashed by its content
     for build in maximal_build_specs()[0]:
