@@ -139,22 +139,32 @@ def test_the_manifest_carries_the_parent_only_when_one_fits() -> None:
     assert "parent" not in unknown_user["spec"]["plan"]
 
 
-def succeeded(manifest: dict[str, Any], digest: str, phase: str = "Succeeded") -> dict[str, Any]:
-    return {**manifest, "metadata": {**manifest["metadata"], "uid": "u"},
-            "status": {"phase": phase, "digest": digest}}
+def succeeded(manifest: dict[str, Any], digest: str, phase: str = "Succeeded", recorded: bool = True
+              ) -> dict[str, Any]:
+    meta, build_spec = manifest["metadata"], manifest["spec"]
+    record = SIGNER.sign_record(meta["namespace"], meta["name"], build_spec["hash"], build_spec["image"], digest)
+    return {**manifest, "metadata": {**meta, "uid": "u"},
+            "status": {"phase": phase, "digest": digest, **({"recordSignature": record} if recorded else {})}}
 
 
-@pytest.mark.parametrize(("phase", "verified", "offered"), [
-    ("Succeeded", True, True),
-    ("Building", True, False),
-    ("Failed", True, False),
-    ("Succeeded", False, False),  # not signed by this operator
-], ids=["succeeded", "building", "failed", "unverified"])
-def test_the_index_offers_verified_succeeded_builds_of_the_namespace(phase: str, verified: bool,
+def signed_indexes(verified: bool = True, offers_earlier: bool = True) -> Indexes:
+    return Indexes(verify=lambda build: None if verified else "not signed", offers_earlier=offers_earlier,
+                   verify_record=lambda build: SIGNER.record_problem(dict(build)))
+
+
+@pytest.mark.parametrize(("phase", "verified", "recorded", "offered"), [
+    ("Succeeded", True, True, True),
+    ("Building", True, True, False),
+    ("Failed", True, True, False),
+    ("Succeeded", False, True, False),  # its spec not signed by this operator
+    ("Succeeded", True, False, False),  # its digest not recorded by this operator
+], ids=["succeeded", "building", "failed", "unverified", "record-unsigned"])
+def test_the_index_offers_verified_succeeded_builds_of_the_namespace(phase: str, verified: bool, recorded: bool,
                                                                      offered: bool) -> None:
-    indexes = Indexes(verify=lambda build: None if verified else "not signed")
+    indexes = signed_indexes(verified)
     manifest = build_manifest(SIGNER, SETTINGS, "ns", spec(), "a" * 32, base_digest=BASE_DIGEST, base_user="")
-    indexes.note_build("ns", manifest["metadata"]["name"], succeeded(manifest, "sha256:" + "f" * 64, phase))
+    indexes.note_build("ns", manifest["metadata"]["name"], succeeded(manifest, "sha256:" + "f" * 64, phase,
+                                                                     recorded))
     found = indexes.earlier_builds("ns")
     assert bool(found) is offered
     assert indexes.earlier_builds("other") == []
@@ -190,7 +200,7 @@ def test_the_index_is_asked_only_for_in_cluster_buildah_pip_only_builds(
 
 
 def test_the_index_keeps_nothing_for_it_when_builds_never_start_from_an_earlier_image() -> None:
-    indexes = Indexes(verify=lambda build: None, offers_earlier=False)
+    indexes = signed_indexes(offers_earlier=False)
     manifest = build_manifest(SIGNER, SETTINGS, "ns", spec(), "a" * 32, base_digest=BASE_DIGEST, base_user="")
     indexes.note_build("ns", manifest["metadata"]["name"], succeeded(manifest, "sha256:" + "f" * 64))
     assert indexes.earlier_builds("ns") == []

@@ -24,14 +24,17 @@ class Indexes:
     """
 
     def __init__(self, verify: Callable[[Mapping[str, Any]], str | None] | None = None,
-                 offers_earlier: bool = True) -> None:
+                 offers_earlier: bool = True,
+                 verify_record: Callable[[Mapping[str, Any]], str | None] | None = None) -> None:
         # `verify`: why a build (whole, as the API server sent it) is not trusted, None if it is;
         # with it, builds are kept without their plan (the rendered Dockerfile and files: up to
         # hundreds of KiB each), and with the verdict instead (envkiln.core.trust.VERIFIED).
         self._verify = verify
         # Whether builds are kept as earlier images later builds may start from (only in-cluster buildah
         # builds start from one: otherwise nothing is kept for it).
-        self._offers_earlier = offers_earlier and verify is not None
+        # `verify_record`: why a build's recorded digest is not trusted (None: the operator signed it).
+        self._offers_earlier = offers_earlier and verify is not None and verify_record is not None
+        self._verify_record = verify_record
         self._lock = threading.Lock()
         self._builds: dict[tuple[str, str], dict[str, Any]] = {}
         self._hash_of: dict[tuple[str, str], str] = {}
@@ -45,7 +48,9 @@ class Indexes:
     def note_build(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
         """The build as seen in an event (None: deleted)."""
         kept = None if body is None else _trimmed_build(body, self._verify)  # verified outside the lock
-        earlier = _candidate(body, kept) if body is not None and kept is not None and self._offers_earlier else None
+        earlier = None
+        if body is not None and kept is not None and self._offers_earlier and self._verify_record is not None:
+            earlier = _candidate(body, kept, self._verify_record)
         with self._lock:
             if kept is None:
                 self._builds.pop((namespace, name), None)
@@ -148,9 +153,10 @@ def _trimmed_build(body: Mapping[str, Any],
     }
 
 
-def _candidate(body: Mapping[str, Any], kept: Mapping[str, Any]) -> Candidate | None:
+def _candidate(body: Mapping[str, Any], kept: Mapping[str, Any],
+               verify_record: Callable[[Mapping[str, Any]], str | None]) -> Candidate | None:
     """The build as a parent for later ones: verified (signed by this operator), succeeded, its digest
-    recorded, its plan one that can be built on (None otherwise)."""
+    recorded by this operator (the record's signature), its plan one that can be built on (None otherwise)."""
     status, spec = kept.get("status") or {}, body.get("spec") or {}
     verdict = kept.get(VERIFIED) or {}
     digest, image, plan = status.get("digest"), spec.get("image"), spec.get("plan")
@@ -158,7 +164,7 @@ def _candidate(body: Mapping[str, Any], kept: Mapping[str, Any]) -> Candidate | 
             or not isinstance(image, str) or not isinstance(plan, Mapping)):
         return None
     facts = reuse_facts(plan)
-    if facts is None:
+    if facts is None or verify_record(body) is not None:
         return None
     try:
         repository = parse_image_reference(image).name
