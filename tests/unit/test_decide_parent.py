@@ -148,8 +148,8 @@ def succeeded(manifest: dict[str, Any], digest: str, phase: str = "Succeeded", r
 
 
 def signed_indexes(verified: bool = True, offers_earlier: bool = True) -> Indexes:
-    return Indexes(verify=lambda build: None if verified else "not signed", offers_earlier=offers_earlier,
-                   verify_record=lambda build: SIGNER.record_problem(dict(build)))
+    return Indexes(verify=lambda build: None if verified else "not signed",
+                   verify_record=(lambda build: SIGNER.record_problem(dict(build))) if offers_earlier else None)
 
 
 @pytest.mark.parametrize(("phase", "verified", "recorded", "offered"), [

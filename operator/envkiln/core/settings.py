@@ -432,6 +432,12 @@ class OperatorSettings(BaseModel):
     def effective_pull_registry(self) -> str:
         return self.pull_registry or self.registry
 
+    @property
+    def starts_from_earlier_images(self) -> bool:
+        """Whether new builds may start from an earlier image of their namespace (only the in-cluster
+        buildah builder does)."""
+        return self.build_on_earlier_images and self.builder == "buildah"
+
     def render_settings(self) -> RenderSettings:
         # buildah (in the cluster or local) mounts tools from images for a RUN step; Kaniko cannot.
         return RenderSettings(micromamba_image=self.micromamba_image, uv_image=self.uv_image or None,

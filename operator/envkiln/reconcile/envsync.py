@@ -197,7 +197,7 @@ def earlier_builds(ctx: OperatorContext, facts: Facts) -> list[Candidate]:
     """The namespace's succeeded builds a new in-cluster buildah build of `facts` may start from
     (ENVKILN_BUILD_ON_EARLIER_IMAGES); only pip-only definitions are ever built on one."""
     spec = facts.spec
-    if (not ctx.settings.build_on_earlier_images or ctx.settings.builder != "buildah" or ctx.earlier_builds is None
+    if (not ctx.settings.starts_from_earlier_images or ctx.earlier_builds is None
             or spec is None or not spec.pip or spec.conda is not None or spec.lock is not None):
         return []
     return list(ctx.earlier_builds(facts.namespace))

@@ -24,17 +24,15 @@ class Indexes:
     """
 
     def __init__(self, verify: Callable[[Mapping[str, Any]], str | None] | None = None,
-                 offers_earlier: bool = True,
                  verify_record: Callable[[Mapping[str, Any]], str | None] | None = None) -> None:
         # `verify`: why a build (whole, as the API server sent it) is not trusted, None if it is;
         # with it, builds are kept without their plan (the rendered Dockerfile and files: up to
         # hundreds of KiB each), and with the verdict instead (envkiln.core.trust.VERIFIED).
         self._verify = verify
-        # Whether builds are kept as earlier images later builds may start from (only in-cluster buildah
-        # builds start from one: otherwise nothing is kept for it).
-        # `verify_record`: why a build's recorded digest is not trusted (None: the operator signed it).
-        self._offers_earlier = offers_earlier and verify is not None and verify_record is not None
-        self._verify_record = verify_record
+        # `verify_record`: why a build's recorded digest is not trusted (None: the operator signed it);
+        # with it (and `verify`), succeeded builds are kept as earlier images later builds may start
+        # from; without it nothing is kept for that (ENVKILN_BUILD_ON_EARLIER_IMAGES off).
+        self._verify_record = verify_record if verify is not None else None
         self._lock = threading.Lock()
         self._builds: dict[tuple[str, str], dict[str, Any]] = {}
         self._hash_of: dict[tuple[str, str], str] = {}
@@ -49,7 +47,7 @@ class Indexes:
         """The build as seen in an event (None: deleted)."""
         kept = None if body is None else _trimmed_build(body, self._verify)  # verified outside the lock
         earlier = None
-        if body is not None and kept is not None and self._offers_earlier and self._verify_record is not None:
+        if body is not None and kept is not None and self._verify_record is not None:
             earlier = _candidate(body, kept, self._verify_record)
         with self._lock:
             if kept is None:

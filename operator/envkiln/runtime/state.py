@@ -115,10 +115,9 @@ class Runtime:
     def __post_init__(self) -> None:
         signer = self.ctx.signer
         # Builds are verified once, whole, when they arrive, and kept without their plan.
-        settings = self.ctx.settings
         self.indexes = Indexes(verify=lambda build: signer.build_problem(dict(build), ANNOTATION_SIGNATURE),
-                               offers_earlier=settings.build_on_earlier_images and settings.builder == "buildah",
-                               verify_record=lambda build: signer.record_problem(dict(build)))
+                               verify_record=(lambda build: signer.record_problem(dict(build)))
+                               if self.ctx.settings.starts_from_earlier_images else None)
         self.webhook = concurrent.futures.ThreadPoolExecutor(self.settings.webhook_workers,
                                                              thread_name_prefix="envkiln-webhook")
         self.resync_pool = concurrent.futures.ThreadPoolExecutor(self.settings.resync_workers,
