@@ -31,8 +31,9 @@ unit: venv  ## unit tests only, on every core, in seconds
 
 check: lint unit  ## what to run before a commit (and what CI runs first): lint and unit tests, about a minute
 
-# Two pytest processes at once: the tests that need the one-node cluster, and the rest beside them
-# (scripts/integration.sh; SERIAL=1 for one process). The slowest 15 of each are listed at the end.
+# Three pytest processes at once: the node tests in two halves, each on a one-node cluster of its own (one
+# with kube-proxy, one without), and the rest beside them (scripts/integration.sh; SERIAL=1 for one
+# process). The slowest 15 of each are listed at the end.
 INTEGRATION_ARGS ?= --durations=15
 
 integration: deps venv

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 
-# The one-node cluster's kube-proxy rewrites the host's KUBE-* iptables chains, so two of them cannot run at
-# once: scripts/integration.sh runs the tests marked here in one pytest process and the others (the bare
-# control plane, no cluster at all) in a second one beside it.
+# The tests marked one_node_cluster here run in two pytest processes, each with its own node cluster (only one
+# of them with kube-proxy: it rewrites the host's KUBE-* iptables chains), and the others (the bare control
+# plane, no cluster at all) in a third beside them: scripts/integration.sh.
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts
@@ -20,6 +21,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
         if "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.one_node_cluster)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # ENVKILN_NODE_KUBE_PROXY=0: this process's node runs no kube-proxy (scripts/integration.sh's second half)
+    if item.get_closest_marker("kube_proxy") and os.environ.get("ENVKILN_NODE_KUBE_PROXY") == "0":
+        pytest.fail("this test's pods reach a ClusterIP Service and this node runs no kube-proxy "
+                    "(ENVKILN_NODE_KUBE_PROXY=0): run it with the half that has one", pytrace=False)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]

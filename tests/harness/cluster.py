@@ -4,6 +4,9 @@ network (bridge + node address) -> registry on the node address (+ the busybox/p
 containerd -> etcd + kube-apiserver (on the node address) -> controller-manager + scheduler ->
 kubelet + kube-proxy -> wait for the node to be Ready and schedulable.
 
+`Cluster(kube_proxy=False)` runs no kube-proxy (pods reach no ClusterIP Service): such a cluster can run
+beside one that has it (harness.hostshare), which is how `make test` runs the node tests in two halves.
+
 `stop()` undoes everything (processes, pods, mounts, interfaces, iptables chains, sysctls,
 directories outside the work directory) and records in `leftovers` whatever differs from the
 snapshot taken before the start. Run `python -m harness.cluster [--keep]` to try it by hand.
@@ -24,10 +27,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from harness import leftovers
+from harness import hostshare, leftovers
 from harness.controlplane import ControlPlane, _fast_tmp, ensure_binaries
-from harness.network import TestNetwork
-from harness.node import SECCOMP_PROFILE, Node, NodeConfig, busybox_image_archive, node_lock, unmount_under
+from harness.network import PREFIX, TestNetwork
+from harness.node import SECCOMP_PROFILE, Node, NodeConfig, busybox_image_archive, node_lock, umount, unmount_under
 from harness.process import ManagedProcess
 from harness.registry import Registry
 
@@ -46,10 +49,12 @@ def _skopeo_push(archive: Path, destination: str) -> str:
 class Cluster:
     """Use as a context manager, or start()/stop(). After stop(), `leftovers` lists what was not undone."""
 
-    def __init__(self, workdir: Path | None = None, ready_timeout: float = 120):
+    def __init__(self, workdir: Path | None = None, ready_timeout: float = 120, kube_proxy: bool = True):
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="envkiln-node-", dir=_fast_tmp()))
         self.ready_timeout = ready_timeout
+        self.kube_proxy = kube_proxy
         self.network = TestNetwork()
+        self._entry = hostshare.Entry(self.network.ident)
         self.control_plane: ControlPlane | None = None
         self.registry: Registry | None = None
         self.node: Node | None = None
@@ -98,14 +103,16 @@ class Cluster:
         t0 = time.monotonic()
         self._bin_dir = bin_dir = ensure_binaries(("etcd", "apiserver", "node"))
         self._mark("binaries", t0)
-        self._stack.enter_context(node_lock())
-        self._before = leftovers.snapshot(self.workdir)
-        self._sysctls = leftovers.read_sysctls()
-        self._dirs_before = leftovers.directories()
-        self._netns_before = leftovers.mounts(None)
-        self._chains_before = leftovers.iptables()
+        if self.kube_proxy:
+            self._stack.enter_context(node_lock())
         t = time.monotonic()
-        self.network.up()
+        with hostshare.mutex():  # the host before the first running cluster, and a network no other one took
+            self._before = self._entry.join()
+            self.network.up()
+        self._sysctls = dict(item.split("=", 1) for item in self._before["sysctls"])
+        self._dirs_before = set(self._before["directories"])
+        self._netns_before = set(self._before["mounts"])
+        self._chains_before = set(self._before["iptables"])
         node_ip = self.network.node_ip
 
         self.registry = Registry(self.workdir / "registry", address=node_ip).start()
@@ -140,7 +147,8 @@ class Cluster:
         ], self.workdir / "kube-scheduler.log").start()
         self.node.wait_containerd()
         self.node.start_kubelet()
-        self.node.start_proxy()
+        if self.kube_proxy:
+            self.node.start_proxy()
         self.wait_ready()
         self._mark("node ready", t)
         self._mark("total", t0)
@@ -208,11 +216,15 @@ class Cluster:
                 return
             time.sleep(0.3)
 
-    def _cleanup_iptables(self) -> list[str]:
-        errors: list[str] = []
+    def _cleanup_proxy(self) -> None:
         if self._bin_dir is not None:
             subprocess.run([str(self._bin_dir / "kube-proxy"), "--cleanup"], capture_output=True, timeout=60,
                            check=False)
+
+    def _cleanup_iptables(self) -> list[str]:
+        """Every KUBE-/CNI-/envkiln chain and rule the host did not have before the first cluster."""
+        errors: list[str] = []
+        self._cleanup_proxy()
         new = leftovers.iptables() - self._chains_before
         chains: dict[tuple[str, str], set[str]] = {}
         for item in new:
@@ -251,32 +263,54 @@ class Cluster:
         except Exception as error:  # teardown goes on
             errors.append(f"deleting pods: {error}")
         if self.node is not None:
-            errors += self.node.stop(self._netns_before)
+            errors += self.node.stop()
         if self.control_plane is not None:
             self.control_plane.stop()
         if self.registry is not None:
             self.registry.stop()
-        if self._before:
-            errors += self._cleanup_iptables()
+        if self._before and self.kube_proxy:
+            self._cleanup_proxy()  # one cluster at a time runs kube-proxy (node_lock): its chains are its own
         errors += self.network.down()
-        if self._sysctls:
-            errors += leftovers.restore_sysctls(self._sysctls)
-        for directory in sorted(leftovers.directories() - self._dirs_before) if self._before else []:
-            errors += unmount_under(Path(directory))
-            shutil.rmtree(directory, ignore_errors=True)
-            if os.path.lexists(directory):
-                errors.append(f"could not remove {directory}")
         errors += unmount_under(self.workdir)
         if not os.environ.get("ENVKILN_KEEP_TESTDIRS"):
             shutil.rmtree(self.workdir, ignore_errors=True)
         if self._before:
-            self.leftovers = errors + leftovers.compare(self._before, leftovers.snapshot(self.workdir))
+            with hostshare.mutex():
+                if self._entry.leave():  # the last one out undoes the host-wide parts
+                    errors += self._undo_host_wide()
+                    self.leftovers = errors + leftovers.compare(self._before, leftovers.snapshot(self.workdir))
+                else:  # another cluster still runs: answer for this one's own parts only
+                    self.leftovers = errors + hostshare.own_items(
+                        leftovers.compare(self._before, leftovers.snapshot(self.workdir)), self._own_needles())
             self._before = {}
         else:
             self.leftovers = errors
         self._stack.close()
         self._mark("stop", t)
         return self.leftovers
+
+    def _own_needles(self) -> tuple[str, ...]:
+        net = self.network
+        return (str(self.workdir), f"{PREFIX}{net.ident}", f"{PREFIX}c{net.ident}", f"envkiln {net.ident}",
+                *(f"10.{b}.{net.index}." for b in (98, 99, 244)))
+
+    def _undo_host_wide(self) -> list[str]:
+        errors = self._cleanup_iptables()
+        if self._sysctls:
+            errors += leftovers.restore_sysctls(self._sysctls)
+        for directory in sorted(leftovers.directories() - self._dirs_before):
+            errors += unmount_under(Path(directory))
+            shutil.rmtree(directory, ignore_errors=True)
+            if os.path.lexists(directory):
+                errors.append(f"could not remove {directory}")
+        # network namespaces bind-mounted under /run/netns (containerd keeps them under its state
+        # directory here, so this finds none unless that changes)
+        for point in sorted(leftovers.mounts(None) - self._netns_before):
+            if point.startswith("/run/netns/"):
+                errors += umount(point)
+                with contextlib.suppress(OSError):
+                    os.unlink(point)
+        return errors
 
     def __enter__(self) -> Cluster:
         try:
@@ -292,6 +326,8 @@ class Cluster:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="keep the cluster running until Ctrl-C")
+    parser.add_argument("--no-kube-proxy", action="store_true",
+                        help="run no kube-proxy (no ClusterIP Services; can run beside a cluster that has one)")
     args = parser.parse_args(argv)
 
     def interrupt(*_: object) -> None:
@@ -299,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)  # also when started in the background (SIGINT ignored there)
-    cluster = Cluster()
+    cluster = Cluster(kube_proxy=not args.no_kube_proxy)
     try:
         cluster.start()
         print(f"KUBECONFIG={cluster.kubeconfig}", flush=True)

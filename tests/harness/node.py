@@ -203,6 +203,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   disable_apparmor = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  # the pods' network namespaces under the state directory, not /run/netns: two nodes on one host
+  # each find and remove their own
+  netns_mounts_under_state_dir = true
 
 [{cri}.containerd]
   snapshotter = "overlayfs"
@@ -369,7 +372,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 errors.append(f"ctr containers delete {container}: {result.stderr.strip()}")
         return errors
 
-    def stop(self, netns_before: set[str]) -> list[str]:
+    def stop(self) -> list[str]:
         errors: list[str] = []
         for process in (self.kubelet, self.proxy):
             if process is not None:
@@ -378,13 +381,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         if self.containerd is not None:
             self.containerd.stop(timeout=10)
         errors += kill_processes_using(self.workdir)
-        errors += unmount_under(self.workdir)
-        # network namespaces that containerd made (files bind-mounted under /run/netns)
-        for point in sorted(mounts() - netns_before):
-            if point.startswith("/run/netns/"):
-                errors += _umount(point)
-                with contextlib.suppress(OSError):
-                    os.unlink(point)
+        errors += unmount_under(self.workdir)  # the pods' network namespaces too (under containerd's state)
         return errors
 
 
@@ -404,7 +401,7 @@ def kill_processes_using(directory: Path) -> list[str]:
     return [f"process still running: {line}" for line in processes(needle)]
 
 
-def _umount(point: str) -> list[str]:
+def umount(point: str) -> list[str]:
     result = subprocess.run(["umount", point], capture_output=True, text=True, check=False)
     if result.returncode == 0:
         return []
@@ -422,7 +419,7 @@ def unmount_under(directory: Path) -> list[str]:
             return []
         errors = []
         for point in sorted(points, key=lambda p: (-p.count("/"), p)):
-            errors += _umount(point)
+            errors += umount(point)
     return errors
 
 

@@ -26,7 +26,7 @@ BASE_IMAGE_REPOSITORY = "envkiln-test/python-base"
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """The whole one-node cluster. Its teardown fails loudly if anything is left on the host."""
-    started = Cluster()
+    started = Cluster(kube_proxy=os.environ.get("ENVKILN_NODE_KUBE_PROXY") != "0")
     try:
         started.start()
     except BaseException:

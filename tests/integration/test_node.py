@@ -9,9 +9,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from kubernetes import client
 
-from harness import leftovers
+from harness import hostshare, leftovers
 from harness.cluster import Cluster
 from harness.node import unmount_under
 
@@ -77,6 +78,7 @@ for path in ("/version", f"/api/v1/namespaces/{open(sa + '/namespace').read()}/p
 """
 
 
+@pytest.mark.kube_proxy
 def test_pod_reaches_apiserver_through_kubernetes_service(node_ready: Cluster, api_client: client.ApiClient,
                                                           namespace: str, base_image: str) -> None:
     core = client.CoreV1Api(api_client)
@@ -127,3 +129,27 @@ def test_leftover_check_notices_what_is_left() -> None:
         # (other pods of the session may come and go meanwhile: look only at what this test made)
         still = "\n".join(leftovers.compare(before, leftovers.snapshot(tmp)))
         assert name not in still and tmp not in still, still
+
+
+def test_two_clusters_share_the_host_and_the_last_one_out_cleans(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """harness.hostshare: the first cluster's snapshot is the one every later cluster compares with,
+    and only the last one to leave is told to undo the host-wide parts; a killed run's entry does not
+    count (its flock went with it)."""
+    monkeypatch.setenv("ENVKILN_CACHE", str(tmp_path))
+    first, second = hostshare.Entry("aaaa"), hostshare.Entry("bbbb")
+    with hostshare.mutex():
+        before = first.join()
+    (tmp_path / "clusters" / "cccc.lock").write_text("")  # a run that was killed: nobody holds it
+    with hostshare.mutex():
+        assert hostshare.others_running("bbbb") == ["aaaa"]
+        assert not (tmp_path / "clusters" / "cccc.lock").exists()
+        assert second.join() == before
+    with hostshare.mutex():
+        assert first.leave() is False  # the second still runs
+    with hostshare.mutex():
+        assert second.leave() is True
+    assert not list((tmp_path / "clusters").glob("*.lock")) and not (tmp_path / "clusters" / "pristine.json").exists()
+    lines = ["interfaces: + ekaaaa", "interfaces: + vethdeadbeef", "routes: + unreachable 10.98.7.0/24",
+             "iptables: + iptables-save filter chain KUBE-KUBELET-CANARY"]
+    assert hostshare.own_items(lines, ("ekaaaa", "10.98.7.")) == lines[:1] + lines[2:3]

@@ -24,7 +24,7 @@ DEFAULT_BUILDAH_IMAGE = "quay.io/buildah/stable:v1.41.5"
 DEFAULT_SKOPEO_IMAGE = "quay.io/skopeo/stable:v1.20.0"
 PREFIX = "ENVKILN_"
 # Read by the development harness (tests/harness), not by the operator.
-DEV_TOOL_VARIABLES = {"cache", "debian_mirror", "keep_testdirs"}
+DEV_TOOL_VARIABLES = {"cache", "debian_mirror", "keep_testdirs", "node_kube_proxy"}
 # Settings that are gone, and what to do instead: refused at start when they ask for what is gone
 # (set to their old default, they change nothing and are accepted).
 REMOVED_SETTINGS = {

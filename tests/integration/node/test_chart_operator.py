@@ -38,6 +38,8 @@ from node_helpers import (
 )
 from operator_helpers import Envs, environment, wait_for
 
+pytestmark = pytest.mark.kube_proxy  # its pods reach ClusterIP Services
+
 RELEASE = "envkiln"
 
 

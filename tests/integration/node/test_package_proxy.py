@@ -18,6 +18,8 @@ from harness.package_proxy import deploy
 from harness.pypi import PackageIndex, make_wheel
 from operator_helpers import Envs, environment
 
+pytestmark = pytest.mark.kube_proxy  # its pods reach ClusterIP Services
+
 HELM = cache_dir() / "bin" / "helm"
 SHARED = make_wheel("envkiln-shared", "2.0.0", module="envkiln_shared", source="SHARED = 2\n",
                     files={"envkiln_shared_data.bin": os.urandom(256 * 1024)})

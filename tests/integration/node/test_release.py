@@ -25,7 +25,7 @@ from harness.controlplane import REPO_ROOT, cache_dir
 from node_helpers import delete_crds_except, operator_logs, ready_operator_pod, registry_digest
 from operator_helpers import wait_for
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.kube_proxy]  # the operator's pods reach the API server's Service
 
 MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
 
