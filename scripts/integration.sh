@@ -23,7 +23,7 @@ node=tests/integration/node
 # listed here fails in the second half, saying so.
 WITH_PROXY=(tests/integration/test_node.py "$node/test_chart_operator.py" "$node/test_release.py"
             "$node/test_package_proxy.py" "$node/test_drift.py" "$node/test_cli_follow.py"
-            "$node/test_key_rotation.py" "$node/test_security.py" "$node/test_placement.py")
+            "$node/test_key_rotation.py" "$node/test_security.py")
 work=$(mktemp -d /tmp/envkiln-integration-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 ok() { [ "$1" -eq 0 ] || [ "$1" -eq 5 ]; }

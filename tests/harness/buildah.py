@@ -40,6 +40,23 @@ def build_and_push(context_dir: Path, destination: str, dockerfile: str = "Docke
                            insecure=insecure, timeout=timeout, root=storage_root())
 
 
+def forget_images(registry_host: str) -> None:
+    """Remove from the harness's storage every image known only by names in `registry_host` (a test
+    registry that is going away: the bases builds pulled from it, images built FROM them); without this,
+    each run left its own copies behind (176 MB each on vfs). The test base image stays: it is the same
+    image every run (its layers make the next run's pulls of it instant)."""
+    import json
+
+    listed = buildah("images", "--json", check=False)
+    if listed.returncode or not listed.stdout.strip():
+        return
+    prefix = registry_host.rstrip("/") + "/"
+    for image in json.loads(listed.stdout):
+        names = image.get("names") or []
+        if names and all(name.startswith(prefix) and "/envkiln-test/python-base" not in name for name in names):
+            buildah("rmi", "--force", image["id"], check=False)
+
+
 def base_image_archive() -> Path:
     """An OCI archive of a small Debian image with python3 + venv, made once per cache."""
     return cached(cache_dir() / "images" / f"debian-{DEBIAN_SUITE}-python.oci.tar", _make_base_image)

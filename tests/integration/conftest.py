@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from harness.buildah import base_image_archive, push_archive
+from harness.buildah import base_image_archive, forget_images, push_archive
 from harness.cluster import Cluster
 from harness.controlplane import ControlPlane, install_crds
 from harness.registry import Registry
@@ -33,6 +33,8 @@ def cluster() -> Iterator[Cluster]:
         started.stop()
         raise
     yield started
+    if started.registry is not None:
+        forget_images(started.registry.host)
     left = started.stop()
     if left:
         pytest.fail("the test cluster left things behind:\n  " + "\n  ".join(left), pytrace=False)

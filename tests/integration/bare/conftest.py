@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
+from harness.buildah import forget_images
 from harness.controlplane import ControlPlane
 from harness.registry import Registry
 
@@ -30,3 +31,4 @@ def registry() -> Iterator[Registry]:
     (whose registry is on the node's address), and this folder runs beside the node tests (tests/conftest.py)."""
     with Registry() as own:
         yield own
+        forget_images(own.host)
