@@ -73,7 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 from kubernetes import client, config
 
-from harness.buildah import base_image_archive, push_archive
+from harness.buildah import BASE_REPOSITORY, base_image_archive, push_archive
 from harness.cluster import Cluster
 from harness.controlplane import REPO_ROOT, install_crds
 from harness.images import builder_image_archive
@@ -537,8 +537,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         assert cluster.registry is not None
         details["cluster_start_s"] = round(time.monotonic() - t, 1)
         registry = cluster.registry.host
-        base_digest = push_archive(base_image_archive(), f"{registry}/envkiln-test/python-base:bookworm")
-        base = f"{registry}/envkiln-test/python-base@{base_digest}"
+        base_digest = push_archive(base_image_archive(), f"{registry}/{BASE_REPOSITORY}:bookworm")
+        base = f"{registry}/{BASE_REPOSITORY}@{base_digest}"
         builder_digest = push_archive(builder_image_archive(), f"{registry}/envkiln/builder:bench")
         builder = f"{registry}/envkiln/builder@{builder_digest}"
         link = args.link_mbps * 1e6 / 8 if args.link_mbps else None

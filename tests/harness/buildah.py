@@ -7,6 +7,7 @@ pushed into each test registry.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ __all__ = ["BuildFailed", "BuildResult", "base_image_archive", "build_and_push",
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("ENVKILN_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+BASE_REPOSITORY = "envkiln-test/python-base"  # where tests and benches push base_image_archive()
 
 
 def storage_root() -> Path:
@@ -45,15 +47,13 @@ def forget_images(registry_host: str) -> None:
     registry that is going away: the bases builds pulled from it, images built FROM them); without this,
     each run left its own copies behind (176 MB each on vfs). The test base image stays: it is the same
     image every run (its layers make the next run's pulls of it instant)."""
-    import json
-
     listed = buildah("images", "--json", check=False)
     if listed.returncode or not listed.stdout.strip():
         return
     prefix = registry_host.rstrip("/") + "/"
     for image in json.loads(listed.stdout):
         names = image.get("names") or []
-        if names and all(name.startswith(prefix) and "/envkiln-test/python-base" not in name for name in names):
+        if names and all(name.startswith(prefix) and f"/{BASE_REPOSITORY}" not in name for name in names):
             buildah("rmi", "--force", image["id"], check=False)
 
 

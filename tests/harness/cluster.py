@@ -29,7 +29,7 @@ from pathlib import Path
 
 from harness import hostshare, leftovers
 from harness.controlplane import ControlPlane, _fast_tmp, ensure_binaries
-from harness.network import PREFIX, TestNetwork
+from harness.network import TestNetwork
 from harness.node import SECCOMP_PROFILE, Node, NodeConfig, busybox_image_archive, node_lock, umount, unmount_under
 from harness.process import ManagedProcess
 from harness.registry import Registry
@@ -276,23 +276,19 @@ class Cluster:
             shutil.rmtree(self.workdir, ignore_errors=True)
         if self._before:
             with hostshare.mutex():
-                if self._entry.leave():  # the last one out undoes the host-wide parts
+                last = self._entry.leave()
+                if last:  # the last one out undoes the host-wide parts
                     errors += self._undo_host_wide()
-                    self.leftovers = errors + leftovers.compare(self._before, leftovers.snapshot(self.workdir))
-                else:  # another cluster still runs: answer for this one's own parts only
-                    self.leftovers = errors + hostshare.own_items(
-                        leftovers.compare(self._before, leftovers.snapshot(self.workdir)), self._own_needles())
+                differences = leftovers.compare(self._before, leftovers.snapshot(self.workdir))
+                if not last:  # another cluster still runs: answer for this one's own parts only
+                    differences = hostshare.own_items(differences, (str(self.workdir), *self.network.own_names()))
+                self.leftovers = errors + differences
             self._before = {}
         else:
             self.leftovers = errors
         self._stack.close()
         self._mark("stop", t)
         return self.leftovers
-
-    def _own_needles(self) -> tuple[str, ...]:
-        net = self.network
-        return (str(self.workdir), f"{PREFIX}{net.ident}", f"{PREFIX}c{net.ident}", f"envkiln {net.ident}",
-                *(f"10.{b}.{net.index}." for b in (98, 99, 244)))
 
     def _undo_host_wide(self) -> list[str]:
         errors = self._cleanup_iptables()

@@ -64,6 +64,16 @@ class TestNetwork:
         return f"{PREFIX}c{self.ident}"
 
     @property
+    def guard_comment(self) -> str:
+        return f"envkiln {self.ident}: pods stay inside"
+
+    def own_names(self) -> tuple[str, ...]:
+        """Strings that name this network's parts on the host (its bridges, its guard rule, its three
+        address ranges): what a leftover line must contain to be this network's."""
+        return (self.bridge, self.cni_bridge, self.guard_comment,
+                *(f"10.{b}.{self.index}." for b in (98, 99, 244)))
+
+    @property
     def node_ip(self) -> str:
         return f"10.99.{self.index}.1"
 
@@ -100,7 +110,7 @@ class TestNetwork:
             run("ip", "route", "add", "unreachable", cidr, "metric", UNREACHABLE_METRIC)
         self._up.append("route")
         self._guard = ["FORWARD", "-i", self.cni_bridge, "!", "-o", self.cni_bridge, "-m", "comment",
-                       "--comment", f"envkiln {self.ident}: pods stay inside", "-j", "DROP"]
+                       "--comment", self.guard_comment, "-j", "DROP"]
         run("iptables", "-I", *self._guard)
         self._up.append("guard")
         return self

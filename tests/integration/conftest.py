@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from harness.buildah import base_image_archive, forget_images, push_archive
+from harness.buildah import BASE_REPOSITORY, base_image_archive, forget_images, push_archive
 from harness.cluster import Cluster
 from harness.controlplane import ControlPlane, install_crds
 from harness.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE_IMAGE_REPOSITORY = "envkiln-test/python-base"
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +119,7 @@ def registry(cluster: Cluster) -> Registry:
 @pytest.fixture(scope="session")
 def base_image(registry: Registry) -> str:
     """A small Debian + python3 image in the test registry, from a cached debootstrap rootfs."""
-    reference = f"{registry.host}/{BASE_IMAGE_REPOSITORY}:bookworm"
+    reference = f"{registry.host}/{BASE_REPOSITORY}:bookworm"
     push_archive(base_image_archive(), reference)
     return reference
 

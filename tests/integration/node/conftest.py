@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from harness.buildah import base_image_archive, push_archive
+from harness.buildah import BASE_REPOSITORY, base_image_archive, push_archive
 from harness.images import builder_image_archive
 from harness.operator import OperatorProcess
 from harness.ports import free_port
@@ -58,9 +58,9 @@ def node_registry_host(cluster: Any) -> str:
 
 @pytest.fixture(scope="session")
 def node_base_image(node_registry_host: str) -> str:
-    reference = f"{node_registry_host}/envkiln-test/python-base:bookworm"
+    reference = f"{node_registry_host}/{BASE_REPOSITORY}:bookworm"
     digest = push_archive(base_image_archive(), reference)
-    return f"{node_registry_host}/envkiln-test/python-base@{digest}"
+    return f"{node_registry_host}/{BASE_REPOSITORY}@{digest}"
 
 
 @pytest.fixture(scope="session")
