@@ -20,6 +20,7 @@ from envkiln.core.names import IMAGE_LABEL_BASE_DIGEST, LOCK_FILE
 from envkiln.core.names import IMAGE_LABEL_HASH as LABEL_HASH
 from envkiln.core.render import (
     CONDA_PREFIX,
+    SEED_PIP,
     VENV_PREFIX,
     InvalidLock,
     NothingToBuild,
@@ -53,12 +54,15 @@ def test_pip_only_uses_a_venv_and_uv_from_its_image_never_pip_installed() -> Non
     assert "micromamba" not in plan.dockerfile
     # The base image's own Python, its packages visible: `import torch` on a PyTorch base keeps working.
     assert 'base_python="$(command -v python3 || command -v python)"' in plan.dockerfile
-    assert f'"$base_python" -m venv --system-site-packages {VENV_PREFIX}' in plan.dockerfile
+    # Made without pip; uv installs the pip and setuptools wheels ensurepip would have (render.SEED_PIP).
+    assert f'"$base_python" -m venv --without-pip --system-site-packages {VENV_PREFIX}' in plan.dockerfile
+    assert f"{VENV_PREFIX}/bin/python -c '{SEED_PIP}' /tmp/envkiln/uv" in plan.dockerfile
     assert "uv pip install" in plan.dockerfile and "pip install uv" not in plan.dockerfile
     assert "-m pip install" not in plan.dockerfile  # no fallback: a failing install fails the build
     assert "COPY --from=ghcr.io/astral-sh/uv:0.9.18 /uv /tmp/envkiln/uv" in lines  # the discarded install stage
     without_uv = plan_of(PIP_ENV, RenderSettings(uv_image=None)).dockerfile
     assert "uv" not in without_uv.replace("--uv", "") and "-m pip install --no-cache-dir" in without_uv
+    assert f'"$base_python" -m venv --system-site-packages {VENV_PREFIX}' in without_uv
     assert f"ENV PATH={VENV_PREFIX}/bin:$PATH" in lines
     assert {f.path: f.content for f in plan.files} == {"requirements.txt": "numpy==2.1.3\npandas==2.2.3\n",
                                                        LOCK_SCRIPT_NAME: LOCK_SCRIPT}

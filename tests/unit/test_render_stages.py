@@ -15,6 +15,7 @@ from envkiln.core.names import lock_tag
 from envkiln.core.render import (
     _LOCK_LAYER_PART,
     CONDA_PREFIX,
+    SEED_PIP,
     UV_CONFIG_FROM_PIP,
     VENV_PREFIX,
     LockLocation,
@@ -128,16 +129,26 @@ VENV_PREPARE = ('base_python="$(command -v python3 || command -v python)" \\\n'
                 ' || { echo "envkiln: the base image has neither python3 nor python on its PATH; ')
 
 
-@pytest.mark.parametrize(("document", "python", "prepare"), [
-    (PIP_ENV, f"{VENV_PREFIX}/bin/python", VENV_PREPARE),
-    (CONDA_ENV, f"{CONDA_PREFIX}/bin/python", f"{CONDA_PREFIX}/bin/python -m pip --version >/dev/null"),
-], ids=["venv", "conda"])
-def test_the_python_that_installs(document: dict[str, Any], python: str, prepare: str) -> None:
+VENV_BY_PIP = f' "$base_python" -m venv --system-site-packages {VENV_PREFIX}'
+VENV_BY_UV = (f' "$base_python" -m venv --without-pip --system-site-packages {VENV_PREFIX} \\\n'
+              f" && {VENV_PREFIX}/bin/python -c '{SEED_PIP}' ")
+
+
+@pytest.mark.parametrize(("document", "settings", "python", "prepare", "made"), [
+    (PIP_ENV, RenderSettings(), f"{VENV_PREFIX}/bin/python", VENV_PREPARE, VENV_BY_UV + "/tmp/envkiln/uv"),
+    (PIP_ENV, RenderSettings(uv_image="r/uv:1", tool_mounts=True), f"{VENV_PREFIX}/bin/python", VENV_PREPARE,
+     VENV_BY_UV + "/tmp/envkiln-tools/uv"),
+    (PIP_ENV, RenderSettings(uv_image=None), f"{VENV_PREFIX}/bin/python", VENV_PREPARE, VENV_BY_PIP),
+    (CONDA_ENV, RenderSettings(), f"{CONDA_PREFIX}/bin/python",
+     f"{CONDA_PREFIX}/bin/python -m pip --version >/dev/null", None),
+], ids=["venv-pip-seeded-by-uv", "venv-uv-mounted", "venv-by-ensurepip-without-uv", "conda"])
+def test_the_python_that_installs(document: dict[str, Any], settings: RenderSettings, python: str, prepare: str,
+                                  made: str | None) -> None:
     spec = spec_of(document)
     assert _python(spec) == python
-    assert _prepare_python(spec).startswith(prepare)
-    if spec.conda is None:
-        assert _prepare_python(spec).endswith(f' "$base_python" -m venv --system-site-packages {VENV_PREFIX}')
+    assert _prepare_python(spec, settings).startswith(prepare)
+    if made is not None:
+        assert _prepare_python(spec, settings).endswith(made)
 
 
 def _uv(python: str, requirements: str, uv: str = "/tmp/envkiln/uv", flags: str = "") -> str:
@@ -163,12 +174,13 @@ PIP_OPTIONS = ["--index-url https://i/simple", "numpy==2.1.3", "--index-url http
 @pytest.mark.parametrize(("document", "pinned", "settings", "expected"), [
     (PIP_ENV, None, RenderSettings(), Part(
         lines=("COPY requirements.txt /tmp/envkiln/requirements.txt",
-               f"RUN {_prepare_python(spec_of(PIP_ENV))} \\\n && {_uv(VENV_PY, '/tmp/envkiln/requirements.txt')}"),
+               f"RUN {_prepare_python(spec_of(PIP_ENV), RenderSettings())} \\\n && "
+               f"{_uv(VENV_PY, '/tmp/envkiln/requirements.txt')}"),
         files=(ContextFile(path="requirements.txt", content="numpy==2.1.3\npandas==2.2.3\n"),))),
     (manifest(pip=PIP_OPTIONS), None, RenderSettings(uv_image="r/uv:1", tool_mounts=True), Part(
         lines=("COPY requirements.txt /tmp/envkiln/requirements.txt",
                "RUN --mount=type=bind,from=r/uv:1,source=/uv,target=/tmp/envkiln-tools/uv "
-               f"{_prepare_python(spec_of(PIP_ENV))} \\\n && "
+               f"{_prepare_python(spec_of(PIP_ENV), RenderSettings(uv_image='r/uv:1', tool_mounts=True))} \\\n && "
                f"{_uv(VENV_PY, '/tmp/envkiln/requirements.txt', uv='/tmp/envkiln-tools/uv')}"),
         files=(ContextFile(path="requirements.txt", content="--index-url https://i/simple\nnumpy==2.1.3\n"
                                                             "--index-url https://i/simple\nsix==1.16.0\n"),))),
@@ -181,7 +193,7 @@ PIP_OPTIONS = ["--index-url https://i/simple", "numpy==2.1.3", "--index-url http
     (manifest(CONDA_ONLY, lock=CONDA_LOCK), CONDA_LOCK, RenderSettings(), Part()),
     (manifest(pip=PIP_OPTIONS, lock=PIP_LOCK), PIP_LOCK, RenderSettings(), Part(
         lines=("COPY pip-lock.txt /tmp/envkiln/pip-lock.txt", SCRIPT_COPY,
-               _pinned_pip_run(VENV_PY, _prepare_python(spec_of(PIP_ENV)))),
+               _pinned_pip_run(VENV_PY, _prepare_python(spec_of(PIP_ENV), RenderSettings()))),
         files=(ContextFile(path="pip-lock.txt", content="--index-url https://i/simple\nnumpy==2.1.3\nsix==1.16.0\n"),
                SCRIPT))),
     (manifest(CONDA_PIP_BLOCK, lock=BOTH_LOCK), BOTH_LOCK, RenderSettings(), Part(
@@ -189,7 +201,8 @@ PIP_OPTIONS = ["--index-url https://i/simple", "numpy==2.1.3", "--index-url http
         files=(ContextFile(path="pip-lock.txt", content="--index-url https://i\nsix==1.16.0\n"), SCRIPT))),
     (PIP_ENV, None, RenderSettings(uv_image=None), Part(
         lines=("COPY requirements.txt /tmp/envkiln/requirements.txt",
-               f"RUN {_prepare_python(spec_of(PIP_ENV))} \\\n && {VENV_PY} -m pip install --no-cache-dir "
+               f"RUN {_prepare_python(spec_of(PIP_ENV), RenderSettings(uv_image=None))} \\\n"
+               f" && {VENV_PY} -m pip install --no-cache-dir "
                "--disable-pip-version-check --requirement /tmp/envkiln/requirements.txt"),
         files=(ContextFile(path="requirements.txt", content="numpy==2.1.3\npandas==2.2.3\n"),))),
 ], ids=["pip", "pip-options-kept-in-order-uv-mounted", "conda-and-pip", "conda-pip-block-in-conda-yaml", "conda-only",

@@ -184,6 +184,29 @@ NO_PYTHON = (
     "envkiln: the base image has neither python3 nor python on its PATH; a pip-only environment installs into "
     "the base image's Python: choose a base with Python, or add conda with a python dependency"
 )
+NO_ENSUREPIP = (
+    "envkiln: the Python of the base image has no ensurepip, so the venv of the environment cannot get pip: "
+    "install it in a docker step (Debian and Ubuntu: the python3-venv package)"
+)
+# Run by the new venv's Python with uv's path as its argument: the wheels ensurepip would install (its
+# package names, from the distribution's WHEEL_PKG_DIR, else its own _bundled directory; the last file
+# name of each, as ensurepip picks) installed by uv, offline; ensurepip itself when they are not all
+# there. One line of simple statements, no single quote: it is a `python -c '...'` in a RUN step.
+SEED_PIP = "; ".join((
+    "import importlib, importlib.util, os, sys, sysconfig",
+    f"importlib.util.find_spec(\"ensurepip\") or sys.exit(\"{NO_ENSUREPIP}\")",
+    "e = importlib.import_module(\"ensurepip\")",
+    "n = tuple(getattr(e, \"_PACKAGE_NAMES\", ()))",
+    "d = [p for p in (sysconfig.get_config_var(\"WHEEL_PKG_DIR\"), os.path.join(os.path.dirname(e.__file__), "
+    "\"_bundled\")) if p and os.path.isdir(p)]",
+    "w = [{k: os.path.join(p, f) for f in sorted(os.listdir(p)) for k in n if f.startswith(k + \"-\") and "
+    "f.endswith(\".whl\")} for p in d]",
+    "w = [x for x in w if n and len(x) == len(n)]",
+    "a = [sys.argv[1], \"pip\", \"install\", \"--quiet\", \"--offline\", \"--no-cache\", \"--no-deps\", "
+    "\"--python\", sys.executable, *[w[0][k] for k in n]] if w else [sys.executable, \"-m\", \"ensurepip\", "
+    "\"--upgrade\", \"--default-pip\"]",
+    "os.execv(a[0], a)",
+))
 
 
 # uv does not read pip's configuration: the index settings pip would use become uv's variables, read
@@ -381,16 +404,20 @@ def _conda_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSett
     ), files=(environment,))
 
 
-def _prepare_python(spec: EnvironmentSpec) -> str:
+def _prepare_python(spec: EnvironmentSpec, settings: RenderSettings) -> str:
     """The shell that readies the Python pip installs into: the conda environment's (checked to have pip),
-    else a venv made by the base's own Python, seeing the base's packages."""
+    else a venv made by the base's own Python, seeing the base's packages. With uv, the venv is made
+    without pip and uv installs the pip (and setuptools) wheels ensurepip would have installed, from the
+    base Python's own copies (SEED_PIP): the same packages, without ensurepip's pip run and bytecode
+    compilation (2.5 s of CPU a build here, and half the venv's size)."""
     if spec.conda is not None:
         return f"{_python(spec)} -m pip --version >/dev/null"
-    return (
-        f"base_python=\"$(command -v python3 || command -v python)\" \\\n"
-        f" || {{ echo \"{NO_PYTHON}\" >&2; exit 1; }}; \\\n"
-        f" \"$base_python\" -m venv --system-site-packages {VENV_PREFIX}"
-    )
+    find_python = (f"base_python=\"$(command -v python3 || command -v python)\" \\\n"
+                   f" || {{ echo \"{NO_PYTHON}\" >&2; exit 1; }}; \\\n")
+    if settings.uv_image is None:
+        return find_python + f" \"$base_python\" -m venv --system-site-packages {VENV_PREFIX}"
+    return (find_python + f" \"$base_python\" -m venv --without-pip --system-site-packages {VENV_PREFIX} \\\n"
+            f" && {_python(spec)} -c '{SEED_PIP}' {settings.uv()}")
 
 
 _SCRIPT_PART = Part(lines=(f"COPY {LOCK_SCRIPT_NAME} {LOCK_SCRIPT_PATH}",),
@@ -400,7 +427,7 @@ _SCRIPT_PART = Part(lines=(f"COPY {LOCK_SCRIPT_NAME} {LOCK_SCRIPT_PATH}",),
 def _pip_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSettings) -> Part:
     """The pip install: of the lock's [pip] lines not installed already, without dependencies (the lock
     script, copied first, lists them); else of spec.pip; else nothing (a conda pip block is in conda.yaml)."""
-    python, prepare = _python(spec), _prepare_python(spec)
+    python, prepare = _python(spec), _prepare_python(spec, settings)
     if pinned is not None and _pins_pip(pinned):
         lock = ContextFile(path=PIP_LOCK, content=_lock_file(_pip_options(spec) + pip_lines(pinned)))
         copy = Part(lines=(f"COPY {PIP_LOCK} {STAGING_DIR}/{PIP_LOCK}",), files=(lock,))
