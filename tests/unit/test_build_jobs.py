@@ -155,7 +155,7 @@ def test_context_configmap_is_immutable_and_holds_the_plan() -> None:
     build = build_for(PIP_ENV["spec"])
     configmap = context_configmap(build)
     assert configmap is not None and configmap["immutable"] is True
-    assert set(configmap["data"]) == {"Dockerfile", "requirements.txt", "envkiln_lock.py"}
+    assert set(configmap["data"]) == {"Dockerfile", "requirements.txt", "envkiln_lock.py", "envkiln_venv.py"}
     assert context_configmap(build_for({"build": {"git": {"url": "https://e.org/o/r.git", "ref": "v1"}}})) is None
 
 

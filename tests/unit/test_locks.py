@@ -36,6 +36,7 @@ from envkiln.core.locks import (
     package_count,
     parse_lock,
 )
+from envkiln.core.render import VENV_SCRIPT
 
 CF = "https://conda.anaconda.org/conda-forge"
 MD5 = "0123456789abcdef0123456789abcdef"
@@ -364,8 +365,9 @@ def test_compat_problems_finds_what_an_old_or_bare_python_cannot_run(source: str
         assert len(problems) == 1 and problems[0].startswith(problem), problems
 
 
-def test_the_program_runs_on_python_3_6_with_the_standard_library_alone() -> None:
-    assert compat_problems(LOCK_SCRIPT) == []
+@pytest.mark.parametrize("program", [LOCK_SCRIPT, VENV_SCRIPT], ids=["envkiln_lock", "envkiln_venv"])
+def test_the_programs_run_on_python_3_6_with_the_standard_library_alone(program: str) -> None:
+    assert compat_problems(program) == []
 
 
 BZIP2_URL = f"{CF}/linux-64/bzip2-1.0.8-h4bc722e_7.conda"
@@ -547,3 +549,11 @@ def test_the_script_runs_on_the_oldest_and_newest_python_found(version: str, scr
     done = run_script(python, script, "pip-install-list", str(pinned), str(wanted))
     assert done.returncode == 0, done.stderr
     assert wanted.read_text() == "--index-url https://idx/simple\nsix==0.0.1\n"
+
+
+def test_the_commands_the_script_runs_write_no_bytecode_into_the_image() -> None:
+    """`pip freeze` runs inside the image being built, whose venv's pip was installed uncompiled
+    (render.SEED_PIP): it must not leave __pycache__ files in the image."""
+    out = envkiln_lock.run([sys.executable, "-c", "import os, sys; print(os.environ['PYTHONDONTWRITEBYTECODE'], "
+                                                  "sys.dont_write_bytecode)"])
+    assert out == "1 True\n"

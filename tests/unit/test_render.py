@@ -20,8 +20,9 @@ from envkiln.core.names import IMAGE_LABEL_BASE_DIGEST, LOCK_FILE
 from envkiln.core.names import IMAGE_LABEL_HASH as LABEL_HASH
 from envkiln.core.render import (
     CONDA_PREFIX,
-    SEED_PIP,
     VENV_PREFIX,
+    VENV_SCRIPT,
+    VENV_SCRIPT_NAME,
     InvalidLock,
     NothingToBuild,
     RenderError,
@@ -56,7 +57,8 @@ def test_pip_only_uses_a_venv_and_uv_from_its_image_never_pip_installed() -> Non
     assert 'base_python="$(command -v python3 || command -v python)"' in plan.dockerfile
     # Made without pip; uv installs the pip and setuptools wheels ensurepip would have (render.SEED_PIP).
     assert f'"$base_python" -m venv --without-pip --system-site-packages {VENV_PREFIX}' in plan.dockerfile
-    assert f"{VENV_PREFIX}/bin/python -c '{SEED_PIP}' /tmp/envkiln/uv" in plan.dockerfile
+    assert f"{VENV_PREFIX}/bin/python /tmp/envkiln/envkiln_venv.py /tmp/envkiln/uv" in plan.dockerfile
+    assert "COPY envkiln_venv.py /tmp/envkiln/envkiln_venv.py" in lines
     assert "uv pip install" in plan.dockerfile and "pip install uv" not in plan.dockerfile
     assert "-m pip install" not in plan.dockerfile  # no fallback: a failing install fails the build
     assert "COPY --from=ghcr.io/astral-sh/uv:0.9.18 /uv /tmp/envkiln/uv" in lines  # the discarded install stage
@@ -65,7 +67,7 @@ def test_pip_only_uses_a_venv_and_uv_from_its_image_never_pip_installed() -> Non
     assert f'"$base_python" -m venv --system-site-packages {VENV_PREFIX}' in without_uv
     assert f"ENV PATH={VENV_PREFIX}/bin:$PATH" in lines
     assert {f.path: f.content for f in plan.files} == {"requirements.txt": "numpy==2.1.3\npandas==2.2.3\n",
-                                                       LOCK_SCRIPT_NAME: LOCK_SCRIPT}
+                                                       LOCK_SCRIPT_NAME: LOCK_SCRIPT, VENV_SCRIPT_NAME: VENV_SCRIPT}
     assert f'{LABEL_HASH}="{definition_hash(spec_of(PIP_ENV))}"' in plan.dockerfile
 
 
@@ -356,7 +358,8 @@ def test_a_pinned_pip_definition_installs_the_lock_without_dependencies() -> Non
                             lock=PIP_LOCK_TEXT))
     plan = render(spec, "0" * 32, base_digest=DIGEST)
     files = {f.path: f.content for f in plan.files}
-    assert set(files) == {"pip-lock.txt", LOCK_SCRIPT_NAME}, "the definition's requirements are not installed"
+    assert set(files) == {"pip-lock.txt", LOCK_SCRIPT_NAME, VENV_SCRIPT_NAME}, (
+        "the definition's requirements are not installed")
     assert files["pip-lock.txt"] == "--index-url https://idx/simple\nnumpy==2.1.3\npandas==2.2.3\npip==24.0\n"
     text = plan.dockerfile
     assert "COPY pip-lock.txt /tmp/envkiln/pip-lock.txt" in text and "requirements.txt" not in text

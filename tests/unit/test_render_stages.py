@@ -15,9 +15,10 @@ from envkiln.core.names import lock_tag
 from envkiln.core.render import (
     _LOCK_LAYER_PART,
     CONDA_PREFIX,
-    SEED_PIP,
     UV_CONFIG_FROM_PIP,
     VENV_PREFIX,
+    VENV_SCRIPT,
+    VENV_SCRIPT_NAME,
     LockLocation,
     Part,
     RenderSettings,
@@ -48,6 +49,8 @@ PIP_LOCK = f"{LOCK_HEADER}\n[pip]\nnumpy==2.1.3\nsix==1.16.0\n"
 BOTH_LOCK = CONDA_LOCK + "[pip]\nsix==1.16.0\n"
 SCRIPT = ContextFile(path=LOCK_SCRIPT_NAME, content=LOCK_SCRIPT)
 SCRIPT_COPY = f"COPY {LOCK_SCRIPT_NAME} /tmp/envkiln/{LOCK_SCRIPT_NAME}"
+VENV_FILE = ContextFile(path=VENV_SCRIPT_NAME, content=VENV_SCRIPT)
+VENV_COPY = f"COPY {VENV_SCRIPT_NAME} /tmp/envkiln/{VENV_SCRIPT_NAME}"
 CONDA_ONLY = manifest(CONDA_ENV, pip=None, dockerSteps=None, conda={"dependencies": ["nodejs"]})
 CONDA_PIP_BLOCK = manifest(CONDA_ENV, pip=None,
                            conda={"dependencies": ["python", {"pip": ["--index-url https://i", "six"]}]})
@@ -131,7 +134,7 @@ VENV_PREPARE = ('base_python="$(command -v python3 || command -v python)" \\\n'
 
 VENV_BY_PIP = f' "$base_python" -m venv --system-site-packages {VENV_PREFIX}'
 VENV_BY_UV = (f' "$base_python" -m venv --without-pip --system-site-packages {VENV_PREFIX} \\\n'
-              f" && {VENV_PREFIX}/bin/python -c '{SEED_PIP}' ")
+              f" && {VENV_PREFIX}/bin/python /tmp/envkiln/envkiln_venv.py ")
 
 
 @pytest.mark.parametrize(("document", "settings", "python", "prepare", "made"), [
@@ -173,17 +176,18 @@ PIP_OPTIONS = ["--index-url https://i/simple", "numpy==2.1.3", "--index-url http
 
 @pytest.mark.parametrize(("document", "pinned", "settings", "expected"), [
     (PIP_ENV, None, RenderSettings(), Part(
-        lines=("COPY requirements.txt /tmp/envkiln/requirements.txt",
+        lines=("COPY requirements.txt /tmp/envkiln/requirements.txt", VENV_COPY,
                f"RUN {_prepare_python(spec_of(PIP_ENV), RenderSettings())} \\\n && "
                f"{_uv(VENV_PY, '/tmp/envkiln/requirements.txt')}"),
-        files=(ContextFile(path="requirements.txt", content="numpy==2.1.3\npandas==2.2.3\n"),))),
+        files=(ContextFile(path="requirements.txt", content="numpy==2.1.3\npandas==2.2.3\n"), VENV_FILE))),
     (manifest(pip=PIP_OPTIONS), None, RenderSettings(uv_image="r/uv:1", tool_mounts=True), Part(
-        lines=("COPY requirements.txt /tmp/envkiln/requirements.txt",
+        lines=("COPY requirements.txt /tmp/envkiln/requirements.txt", VENV_COPY,
                "RUN --mount=type=bind,from=r/uv:1,source=/uv,target=/tmp/envkiln-tools/uv "
                f"{_prepare_python(spec_of(PIP_ENV), RenderSettings(uv_image='r/uv:1', tool_mounts=True))} \\\n && "
                f"{_uv(VENV_PY, '/tmp/envkiln/requirements.txt', uv='/tmp/envkiln-tools/uv')}"),
         files=(ContextFile(path="requirements.txt", content="--index-url https://i/simple\nnumpy==2.1.3\n"
-                                                            "--index-url https://i/simple\nsix==1.16.0\n"),))),
+                                                            "--index-url https://i/simple\nsix==1.16.0\n"),
+               VENV_FILE))),
     (CONDA_ENV, None, RenderSettings(), Part(
         lines=("COPY requirements.txt /tmp/envkiln/requirements.txt",
                f"RUN {CONDA_PREP} \\\n && {_uv(CONDA_PY, '/tmp/envkiln/requirements.txt')}"),
@@ -192,10 +196,10 @@ PIP_OPTIONS = ["--index-url https://i/simple", "numpy==2.1.3", "--index-url http
     (CONDA_ONLY, None, RenderSettings(), Part()),
     (manifest(CONDA_ONLY, lock=CONDA_LOCK), CONDA_LOCK, RenderSettings(), Part()),
     (manifest(pip=PIP_OPTIONS, lock=PIP_LOCK), PIP_LOCK, RenderSettings(), Part(
-        lines=("COPY pip-lock.txt /tmp/envkiln/pip-lock.txt", SCRIPT_COPY,
+        lines=("COPY pip-lock.txt /tmp/envkiln/pip-lock.txt", SCRIPT_COPY, VENV_COPY,
                _pinned_pip_run(VENV_PY, _prepare_python(spec_of(PIP_ENV), RenderSettings()))),
         files=(ContextFile(path="pip-lock.txt", content="--index-url https://i/simple\nnumpy==2.1.3\nsix==1.16.0\n"),
-               SCRIPT))),
+               SCRIPT, VENV_FILE))),
     (manifest(CONDA_PIP_BLOCK, lock=BOTH_LOCK), BOTH_LOCK, RenderSettings(), Part(
         lines=("COPY pip-lock.txt /tmp/envkiln/pip-lock.txt", SCRIPT_COPY, _pinned_pip_run(CONDA_PY, CONDA_PREP)),
         files=(ContextFile(path="pip-lock.txt", content="--index-url https://i\nsix==1.16.0\n"), SCRIPT))),

@@ -231,8 +231,8 @@ def expected_keywords(spec: EnvironmentSpec) -> list[str]:
         keywords += ["COPY"]  # uv from its tool image, into the install stage only
     if spec.conda:
         keywords += ["COPY", "COPY", "RUN"]
-    if spec.pip:
-        keywords += ["COPY", "RUN"]
+    if spec.pip:  # the requirements, the venv seed (pip-only: a venv made without pip), the install
+        keywords += ["COPY", *([] if spec.conda else ["COPY"]), "RUN"]
     keywords += ["COPY", "RUN"]  # the lock script, then the lock written
     keywords += ["FROM", "COPY", "ENV"] + (["ENV"] if spec.conda else [])
     keywords += ["FROM", "COPY"]  # the lock, alone in a stage of its own: the last layer

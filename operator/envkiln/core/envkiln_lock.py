@@ -260,7 +260,10 @@ def pip_requirements(text: str, source: str) -> Tuple[List[str], Dict[str, str]]
 
 def run(command: List[str]) -> Optional[str]:
     """The output of a command, None when it cannot run or fails."""
-    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONIOENCODING="utf-8")
+    # No bytecode written: `pip freeze` runs in the image being built, whose venv's pip has none (envkiln's
+    # render seeds it uncompiled, as uv installs every package); __pycache__ files would enter the image.
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONIOENCODING="utf-8",
+               PYTHONDONTWRITEBYTECODE="1")
     try:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd="/")
     except OSError:

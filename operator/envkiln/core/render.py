@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from importlib import resources
 
 import yaml
 
@@ -64,6 +65,10 @@ LOCK_STAGED = LOCK_EXPORT_FILE
 # The one-stage render's lock step ends with this copy; the operator tells the two renders apart by it.
 LOCK_INTO_IMAGE = f"cp {LOCK_STAGED} {LOCK_FILE}"
 LOCK_SCRIPT_PATH = f"{STAGING_DIR}/{LOCK_SCRIPT_NAME}"
+# The venv seed (envkiln_venv.py, shipped in this package), written into pip-only contexts built with uv.
+VENV_SCRIPT_NAME = "envkiln_venv.py"
+VENV_SCRIPT = resources.files("envkiln.core").joinpath(VENV_SCRIPT_NAME).read_text(encoding="utf-8")
+VENV_SCRIPT_PATH = f"{STAGING_DIR}/{VENV_SCRIPT_NAME}"
 CONDA_EXPORT = f"{STAGING_DIR}/conda-explicit.txt"  # `micromamba env export --explicit --md5`
 # spec.lock's sections as context files: an explicit conda file, and pip lines (with the definition's
 # index options) of which the build installs those not installed already (PIP_INSTALL).
@@ -184,29 +189,6 @@ NO_PYTHON = (
     "envkiln: the base image has neither python3 nor python on its PATH; a pip-only environment installs into "
     "the base image's Python: choose a base with Python, or add conda with a python dependency"
 )
-NO_ENSUREPIP = (
-    "envkiln: the Python of the base image has no ensurepip, so the venv of the environment cannot get pip: "
-    "install it in a docker step (Debian and Ubuntu: the python3-venv package)"
-)
-# Run by the new venv's Python with uv's path as its argument: the wheels ensurepip would install (its
-# package names, from the distribution's WHEEL_PKG_DIR, else its own _bundled directory; the last file
-# name of each, as ensurepip picks) installed by uv, offline; ensurepip itself when they are not all
-# there. One line of simple statements, no single quote: it is a `python -c '...'` in a RUN step.
-SEED_PIP = "; ".join((
-    "import importlib, importlib.util, os, sys, sysconfig",
-    f"importlib.util.find_spec(\"ensurepip\") or sys.exit(\"{NO_ENSUREPIP}\")",
-    "e = importlib.import_module(\"ensurepip\")",
-    "n = tuple(getattr(e, \"_PACKAGE_NAMES\", ()))",
-    "d = [p for p in (sysconfig.get_config_var(\"WHEEL_PKG_DIR\"), os.path.join(os.path.dirname(e.__file__), "
-    "\"_bundled\")) if p and os.path.isdir(p)]",
-    "w = [{k: os.path.join(p, f) for f in sorted(os.listdir(p)) for k in n if f.startswith(k + \"-\") and "
-    "f.endswith(\".whl\")} for p in d]",
-    "w = [x for x in w if n and len(x) == len(n)]",
-    "a = [sys.argv[1], \"pip\", \"install\", \"--quiet\", \"--offline\", \"--no-cache\", \"--no-deps\", "
-    "\"--python\", sys.executable, *[w[0][k] for k in n]] if w else [sys.executable, \"-m\", \"ensurepip\", "
-    "\"--upgrade\", \"--default-pip\"]",
-    "os.execv(a[0], a)",
-))
 
 
 # uv does not read pip's configuration: the index settings pip would use become uv's variables, read
@@ -407,9 +389,9 @@ def _conda_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSett
 def _prepare_python(spec: EnvironmentSpec, settings: RenderSettings) -> str:
     """The shell that readies the Python pip installs into: the conda environment's (checked to have pip),
     else a venv made by the base's own Python, seeing the base's packages. With uv, the venv is made
-    without pip and uv installs the pip (and setuptools) wheels ensurepip would have installed, from the
-    base Python's own copies (SEED_PIP): the same packages, without ensurepip's pip run and bytecode
-    compilation (2.5 s of CPU a build here, and half the venv's size)."""
+    without pip and envkiln_venv.py (copied by _venv_script_part) has uv install the pip and setuptools
+    wheels ensurepip would have, from the base Python's own copies: the same packages without ensurepip's
+    pip run and bytecode compilation (2.5 s of CPU a build here, and half the venv's size)."""
     if spec.conda is not None:
         return f"{_python(spec)} -m pip --version >/dev/null"
     find_python = (f"base_python=\"$(command -v python3 || command -v python)\" \\\n"
@@ -417,7 +399,16 @@ def _prepare_python(spec: EnvironmentSpec, settings: RenderSettings) -> str:
     if settings.uv_image is None:
         return find_python + f" \"$base_python\" -m venv --system-site-packages {VENV_PREFIX}"
     return (find_python + f" \"$base_python\" -m venv --without-pip --system-site-packages {VENV_PREFIX} \\\n"
-            f" && {_python(spec)} -c '{SEED_PIP}' {settings.uv()}")
+            f" && {_python(spec)} {VENV_SCRIPT_PATH} {settings.uv()}")
+
+
+def _venv_script_part(spec: EnvironmentSpec, settings: RenderSettings) -> Part:
+    """envkiln_venv.py into the staging directory, for _prepare_python's venv made without pip (a venv
+    and uv); nothing otherwise."""
+    if spec.conda is not None or settings.uv_image is None:
+        return Part()
+    return Part(lines=(f"COPY {VENV_SCRIPT_NAME} {VENV_SCRIPT_PATH}",),
+                files=(ContextFile(path=VENV_SCRIPT_NAME, content=VENV_SCRIPT),))
 
 
 _SCRIPT_PART = Part(lines=(f"COPY {LOCK_SCRIPT_NAME} {LOCK_SCRIPT_PATH}",),
@@ -438,13 +429,15 @@ def _pip_part(spec: EnvironmentSpec, pinned: Lock | None, settings: RenderSettin
             f"    {_pip_install(python, settings, PIP_INSTALL, no_deps=True)}; \\\n"
             f"  fi",
         ))
-        return _joined([copy, _SCRIPT_PART, install])
+        return _joined([copy, _SCRIPT_PART, _venv_script_part(spec, settings), install])
     if pinned is None and spec.pip:
         requirements = f"{STAGING_DIR}/{REQUIREMENTS_FILE}"
         command = _pip_install(python, settings, requirements)
-        return Part(lines=(f"COPY {REQUIREMENTS_FILE} {requirements}",
-                           f"RUN {settings.uv_mount()}{prepare} \\\n && {command}"),
-                    files=(ContextFile(path=REQUIREMENTS_FILE, content=requirements_file(spec.pip)),))
+        return _joined([
+            Part(lines=(f"COPY {REQUIREMENTS_FILE} {requirements}",),
+                 files=(ContextFile(path=REQUIREMENTS_FILE, content=requirements_file(spec.pip)),)),
+            _venv_script_part(spec, settings),
+            Part(lines=(f"RUN {settings.uv_mount()}{prepare} \\\n && {command}",))])
     return Part()
 
 
@@ -626,7 +619,7 @@ def _system_managed(spec: EnvironmentSpec, definition_hash: str, settings: Rende
 
 
 # The files of a plan that can be a parent or be built on one (envkiln.core.decisions.parent).
-_REUSABLE_FILES = sorted([REQUIREMENTS_FILE, LOCK_SCRIPT_NAME])
+_REUSABLE_FILES = sorted([REQUIREMENTS_FILE, LOCK_SCRIPT_NAME, VENV_SCRIPT_NAME])
 
 
 def reuse_shape(dockerfile: str, file_paths: list[str]) -> str | None:
