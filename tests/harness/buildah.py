@@ -57,9 +57,16 @@ def forget_images(registry_host: str) -> None:
             buildah("rmi", "--force", image["id"], check=False)
 
 
+# What debian:bookworm-slim leaves out too (its dpkg path-excludes): translations, documentation and
+# manual pages, a third of the image (52 of 176 MB). Every build pod pulls and copies the base (vfs), so
+# its size is CPU in every build of the suite. "-slim" in the archive's name: a cache made before keeps
+# its own image, and a new one is made beside it.
+TRIMMED = ("usr/share/locale", "usr/share/doc", "usr/share/man", "usr/share/info")
+
+
 def base_image_archive() -> Path:
     """An OCI archive of a small Debian image with python3 + venv, made once per cache."""
-    return cached(cache_dir() / "images" / f"debian-{DEBIAN_SUITE}-python.oci.tar", _make_base_image)
+    return cached(cache_dir() / "images" / f"debian-{DEBIAN_SUITE}-python-slim.oci.tar", _make_base_image)
 
 
 def _make_base_image(target: Path) -> None:
@@ -72,6 +79,12 @@ def _make_base_image(target: Path) -> None:
         )
         shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
         shutil.rmtree(rootfs / "var" / "lib" / "apt" / "lists", ignore_errors=True)
+        for trimmed in TRIMMED:
+            for entry in (rootfs / trimmed).glob("*"):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         container = buildah("from", "scratch").stdout.strip()
         try:
             mount = buildah("mount", container).stdout.strip()
