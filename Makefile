@@ -20,11 +20,13 @@ deps:  ## install what tests and the demo need (Debian packages, Go binaries); q
 controlplane:  ## build (or reuse) kube-apiserver, etcd, helm and kubectl from the pinned Go modules
 	bash tests/controlplane/build.sh
 
+# mypy's cache lives with the other caches, not in the clone: a fresh clone checks only what differs from the
+# last run (mypy compares each file's hash), 1-2 s instead of 12-15.
 lint: venv  ## ruff, the layer contracts (pyproject [tool.importlinter]), mypy --strict on the product and on the unit tests
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/lint-imports
-	$(BIN)/mypy --strict operator/envkiln
-	$(BIN)/mypy --strict tests/unit
+	MYPY_CACHE_DIR=$(ENVKILN_CACHE)/mypy $(BIN)/mypy --strict operator/envkiln
+	MYPY_CACHE_DIR=$(ENVKILN_CACHE)/mypy $(BIN)/mypy --strict tests/unit
 
 unit: venv  ## unit tests only, on every core, in seconds
 	$(BIN)/pytest tests/unit -q -n auto
