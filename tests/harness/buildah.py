@@ -45,7 +45,7 @@ def build_and_push(context_dir: Path, destination: str, dockerfile: str = "Docke
 def forget_images(registry_host: str) -> None:
     """Remove from the harness's storage every image known only by names in `registry_host` (a test
     registry that is going away: the bases builds pulled from it, images built FROM them); without this,
-    each run left its own copies behind (176 MB each on vfs). The test base image stays: it is the same
+    each run left its own copies behind (a whole base image each on vfs). The test base image stays: it is the same
     image every run (its layers make the next run's pulls of it instant)."""
     listed = buildah("images", "--json", check=False)
     if listed.returncode or not listed.stdout.strip():

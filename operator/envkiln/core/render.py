@@ -396,16 +396,23 @@ def _prepare_python(spec: EnvironmentSpec, settings: RenderSettings) -> str:
         return f"{_python(spec)} -m pip --version >/dev/null"
     find_python = (f"base_python=\"$(command -v python3 || command -v python)\" \\\n"
                    f" || {{ echo \"{NO_PYTHON}\" >&2; exit 1; }}; \\\n")
-    if settings.uv_image is None:
+    if not _seeds_pip(spec, settings):
         return find_python + f" \"$base_python\" -m venv --system-site-packages {VENV_PREFIX}"
     return (find_python + f" \"$base_python\" -m venv --without-pip --system-site-packages {VENV_PREFIX} \\\n"
             f" && {_python(spec)} {VENV_SCRIPT_PATH} {settings.uv()}")
 
 
+def _seeds_pip(spec: EnvironmentSpec, settings: RenderSettings) -> bool:
+    """Whether the install makes a venv without pip and seeds it with envkiln_venv.py: a venv (no conda)
+    and uv. The one place _prepare_python and _venv_script_part ask, so the RUN never names a script the
+    context lacks."""
+    return spec.conda is None and settings.uv_image is not None
+
+
 def _venv_script_part(spec: EnvironmentSpec, settings: RenderSettings) -> Part:
     """envkiln_venv.py into the staging directory, for _prepare_python's venv made without pip (a venv
     and uv); nothing otherwise."""
-    if spec.conda is not None or settings.uv_image is None:
+    if not _seeds_pip(spec, settings):
         return Part()
     return Part(lines=(f"COPY {VENV_SCRIPT_NAME} {VENV_SCRIPT_PATH}",),
                 files=(ContextFile(path=VENV_SCRIPT_NAME, content=VENV_SCRIPT),))
